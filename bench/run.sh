@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# bench/run.sh [dhcp|tftp|http|storm|all]: pxe-anywhere against reference
+# servers (dnsmasq, tftpd-hpa, nginx), each run inside network namespaces
+# this script makes and always removes. Nothing binds to a real interface.
+# Prints a table per section: ours, reference, ratio (>1 means ours wins).
+#
+# Environment: PXA_BIN (default bin/pxe-anywhere, built if missing),
+# REPS (interleaved repetitions per pair, default 3; median reported),
+# DHCP_RATES, DHCP_SECS, PERF_CLIENTS, TFTP_CLIENTS, STORM_N,
+# STORM_INITRD_MB, HTTP_INITRD_MB, KEEP_LOGS=1 (keep the work dir).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+MODE=${1:-all}
+case $MODE in dhcp|tftp|http|storm|all) ;; *) echo "usage: $0 [dhcp|tftp|http|storm|all]" >&2; exit 2;; esac
+[ "$(id -u)" = 0 ] || { echo "bench: needs root (network namespaces)" >&2; exit 1; }
+
+REPS=${REPS:-3}
+PXA_BIN=${PXA_BIN:-$ROOT/bin/pxe-anywhere}
+IPXE_DIR=${IPXE_DIR:-/usr/lib/ipxe}
+WORK=$(mktemp -d /tmp/pxe-bench.XXXXXX)
+chmod 700 "$WORK"
+TAG=pxb$$
+SRV=$TAG-srv
+CL=$TAG-cl
+PIDS=()
+
+cleanup() {
+	set +e
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	for ns in "$CL" "$SRV"; do
+		for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+		ip netns del "$ns" 2>/dev/null
+	done
+	if [ "${KEEP_LOGS:-0}" = 1 ]; then echo "bench: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+need() { for t in "$@"; do command -v "$t" >/dev/null || { echo "bench: missing $t (see scripts/apt-packages.txt)" >&2; exit 1; }; done; }
+need ip perfdhcp dnsmasq in.tftpd nginx curl go
+
+inns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+# The lab: server namespace with bridge br0 (10.77.0.1/16 for pxe-anywhere,
+# .3 for tftpd-hpa, .4 for dnsmasq TFTP), one client namespace on a veth.
+lab() {
+	ip netns add "$SRV"
+	ip netns add "$CL"
+	inns "$SRV" ip link set lo up
+	inns "$SRV" ip link add br0 type bridge forward_delay 0 stp_state 0
+	for a in 10.77.0.1 10.77.0.3 10.77.0.4; do inns "$SRV" ip addr add $a/16 dev br0; done
+	inns "$SRV" ip link set br0 up
+	ip link add "${TAG}h" type veth peer name "${TAG}c"
+	ip link set "${TAG}h" netns "$SRV"
+	ip link set "${TAG}c" netns "$CL"
+	inns "$SRV" ip link set "${TAG}h" master br0 up
+	inns "$CL" ip link set "${TAG}c" name eth0
+	inns "$CL" ip link set lo up
+	inns "$CL" ip addr add 10.77.0.2/16 dev eth0
+	inns "$CL" ip link set eth0 up
+}
+
+tools() {
+	if [ ! -x "$PXA_BIN" ]; then
+		(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$PXA_BIN" ./cmd/pxe-anywhere)
+	fi
+	mkdir -p "$WORK/bin"
+	for t in tftpload httpload storm; do
+		(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$WORK/bin/$t" ./bench/$t)
+	done
+}
+
+# Files the images point at: random bytes, so nothing compresses.
+mkimage() { # name kernel_mb initrd_mb
+	mkdir -p "$WORK/img/$1"
+	head -c $(($2 << 20)) /dev/urandom >"$WORK/img/$1/bzImage"
+	head -c $(($3 << 20)) /dev/urandom >"$WORK/img/$1/initrd"
+}
+
+# pxe-anywhere config: mode (proxy|authoritative), machines (count, MACs
+# as storm makes them), unknown policy.
+pxa_config() { # file mode nmachines unknown image
+	local f=$1 mode=$2 n=$3 unknown=$4 img=$5
+	cat >"$f" <<-YAML
+	server:
+	  interfaces: [br0]
+	  advertise: 10.77.0.1
+	  http_listen: "10.77.0.1:8080"
+	  tftp_listen: "10.77.0.1:69"
+	  state_dir: $WORK/state-$RANDOM
+	  max_installs: 2
+	  unknown_machines: $unknown
+	dhcp:
+	  mode: $mode
+	  subnet: 10.77.0.0/16
+	  range: [10.77.1.0, 10.77.250.255]
+	  router: 10.77.0.1
+	  lease_time: 1h
+	images:
+	  bench:
+	    kernel: $WORK/img/$img/bzImage
+	    initrd: [$WORK/img/$img/initrd]
+	    cmdline: "init=/nix/store/bench-init/init"
+	profiles:
+	  bench:
+	    image: bench
+	    store_paths: {system: /nix/store/00000000000000000000000000000000-bench}
+	machines:
+	YAML
+	[ "$n" -gt 0 ] || { sed -i 's/^machines:$/machines: []/' "$f"; return; }
+	for i in $(seq 1 "$n"); do
+		printf '  - {mac: "52:54:01:00:%02x:%02x", profile: bench}\n' $((i >> 8)) $((i & 255)) >>"$f"
+	done
+}
+
+# start_bg name cmd...: runs cmd in the server namespace, logs to WORK.
+start_bg() {
+	local name=$1; shift
+	ip netns exec "$SRV" "$@" >"$WORK/$name.log" 2>&1 &
+	LASTPID=$!
+	PIDS+=("$LASTPID")
+}
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+start_pxa() { # config
+	start_bg pxa-$RANDOM "$PXA_BIN" serve --config "$1"
+	PXA_PID=$LASTPID
+	for _ in $(seq 1 300); do
+		inns "$CL" curl -fsS -o /dev/null http://10.77.0.1:8080/healthz 2>/dev/null && return 0
+		kill -0 "$PXA_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "bench: pxe-anywhere did not come up; its log:" >&2
+	tail -n 30 "$WORK"/pxa-*.log >&2
+	exit 1
+}
+
+# CPU seconds (utime+stime) of a set of pids, and sum of their VmHWM in MB.
+cpu_s() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo "scale=2; $t / $(getconf CLK_TCK)" | bc; }
+hwm_mb() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmHWM/{print $2}' /proc/$p/status))); done; echo $((t / 1024)); }
+# Resets VmHWM so that peak RSS is the peak of one run (Linux ≥ 4.0).
+reset_hwm() { for p in "$@"; do echo 5 >/proc/$p/clear_refs; done; }
+
+median() { sort -g | awk '{a[NR]=$1} END{if(NR==0){print "nan"}else if(NR%2){print a[(NR+1)/2]}else{print (a[NR/2]+a[NR/2+1])/2}}'; }
+kv() { tr ' ' '\n' | awk -F= -v k="$1" '$1==k{print $2}'; }
+ratio() { echo "$1 $2" | awk '{ if ($2+0==0) print "n/a"; else printf "%.2f", $1/$2 }'; }
+
+ROWS=()
+row() { ROWS+=("$(printf '| %s | %s | %s | %s | %s |' "$@")"); }
+table() { # title, header for ours/ref
+	echo
+	echo "### $1"
+	echo
+	echo "| case | pxe-anywhere | $2 | ratio | note |"
+	echo "|---|---|---|---|---|"
+	printf '%s\n' "${ROWS[@]}"
+	ROWS=()
+}
+
+machine_info() {
+	echo "## Bench run $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo
+	echo "- machine: $(nproc) cores, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), kernel $(uname -r), $(awk '/MemTotal/{printf "%d MB RAM", $2/1024}' /proc/meminfo)"
+	echo "- load generator and servers share these cores; REPS=$REPS interleaved runs per pair, median shown"
+	echo "- pxe-anywhere $("$PXA_BIN" version 2>/dev/null | head -1), $(dnsmasq --version | head -1), $(in.tftpd -V 2>&1 | head -1), $(nginx -v 2>&1), perfdhcp $(perfdhcp -v 2>&1 | head -1)"
+}
+
+# ---------------------------------------------------------------- DHCP
+# perfdhcp: DORA at a fixed rate for DHCP_SECS; reports exchanges/s
+# (completed DORAs), drops and average latency of both exchanges.
+perf() { # rate extra-args...
+	local rate=$1; shift
+	local out
+	out=$(inns "$CL" perfdhcp -4 -l eth0 -r "$rate" -R "${PERF_CLIENTS:-20000}" -p "${DHCP_SECS:-10}" -d 1 "$@" 2>&1 || true)
+	echo "$out" >>"$WORK/perfdhcp.log"
+	# Summary: the last "sent"/"received"/"drops" and delays per exchange.
+	echo "$out" | awk -v rate="$rate" -v secs="${DHCP_SECS:-10}" '
+		/^\*\*\*\*\*\*\* Results/ {ex=""}
+		/^\*\*\*Statistics for: DISCOVER-OFFER/ {ex="DO"}
+		/^\*\*\*Statistics for: REQUEST-ACK/ {ex="RA"}
+		/^received packets:/ {rcv[ex]=$3}
+		/^sent packets:/ {snt[ex]=$3}
+		/^drops:/ {drp[ex]=$2}
+		/^avg delay:/ {d[ex]=$3}
+		END {
+			last = ("RA" in rcv) ? "RA" : "DO"
+			printf "rate=%s sent=%d done=%d per_s=%.0f drops=%d drop_pct=%.2f do_ms=%s ra_ms=%s\n", rate, snt["DO"], rcv[last], rcv[last]/secs, drp["DO"]+drp["RA"], (snt["DO"]? 100*(drp["DO"]+drp["RA"])/snt["DO"] : 0), d["DO"], d["RA"]
+		}'
+}
+
+dnsmasq_dhcp() { # extra args
+	start_bg dnsmasq-$RANDOM dnsmasq --port=0 --no-daemon --interface=br0 --bind-interfaces \
+		--listen-address=10.77.0.1 --no-ping --dhcp-lease-max=100000 \
+		--dhcp-leasefile="$WORK/dnsmasq-$RANDOM.leases" --pid-file= "$@"
+	REF_PID=$LASTPID
+	sleep 0.5
+}
+
+bench_dhcp() {
+	local rates=${DHCP_RATES:-"500 1000 2000 4000"}
+	local cfg="$WORK/dhcp-auth.yaml" cfgp="$WORK/dhcp-proxy.yaml"
+	pxa_config "$cfg" authoritative 0 ignore small
+	pxa_config "$cfgp" proxy 0 local-boot small
+	# PXE DISCOVER: option 60 "PXEClient:Arch:00000:UNDI:002001", 93 = 0.
+	local pxeopts=(-o 60,505845436c69656e743a417263683a30303030303a554e44493a303032303031 -o 93,0000)
+	for rate in $rates; do
+		for rep in $(seq 1 "$REPS"); do
+			# Fresh servers each run: an empty lease table for both.
+			sed -i "s|state_dir: .*|state_dir: $WORK/state-$RANDOM|" "$cfg"
+			start_pxa "$cfg"; perf "$rate" >>"$WORK/dhcp-ours-$rate"; stop "$PXA_PID"
+			dnsmasq_dhcp --dhcp-range=10.77.1.0,10.77.250.255,1h; perf "$rate" >>"$WORK/dhcp-ref-$rate"; stop "$REF_PID"
+			sed -i "s|state_dir: .*|state_dir: $WORK/state-$RANDOM|" "$cfgp"
+			start_pxa "$cfgp"; perf "$rate" -i "${pxeopts[@]}" >>"$WORK/pxe-ours-$rate"; stop "$PXA_PID"
+			dnsmasq_dhcp --dhcp-range=10.77.0.0,proxy --pxe-service=x86PC,"bench",undionly; perf "$rate" -i "${pxeopts[@]}" >>"$WORK/pxe-ref-$rate"; stop "$REF_PID"
+		done
+		for kind in dhcp pxe; do
+			local o r
+			o=$(kv per_s <"$WORK/$kind-ours-$rate" | median); r=$(kv per_s <"$WORK/$kind-ref-$rate" | median)
+			local od rd ol rl
+			od=$(kv drop_pct <"$WORK/$kind-ours-$rate" | median); rd=$(kv drop_pct <"$WORK/$kind-ref-$rate" | median)
+			ol=$(kv do_ms <"$WORK/$kind-ours-$rate" | median); rl=$(kv do_ms <"$WORK/$kind-ref-$rate" | median)
+			local what="DORA/s"; [ $kind = pxe ] && what="proxy PXE DISCOVER→OFFER/s"
+			row "$what offered $rate/s" "$o/s, drops $od %, DO $ol ms" "$r/s, drops $rd %, DO $rl ms" "$(ratio "$o" "$r")" ""
+		done
+	done
+	table "DHCP (perfdhcp, ${PERF_CLIENTS:-20000} clients, ${DHCP_SECS:-10} s per run)" "dnsmasq"
+}
+
+# ---------------------------------------------------------------- TFTP
+bench_tftp() {
+	local cfg="$WORK/tftp.yaml"
+	pxa_config "$cfg" proxy 0 ignore small
+	start_pxa "$cfg"
+	start_bg tftpd in.tftpd -L -s "$IPXE_DIR" -a 10.77.0.3:69
+	local tftpd=$LASTPID
+	start_bg dnsmasq-tftp dnsmasq --port=0 --no-daemon --listen-address=10.77.0.4 --bind-interfaces \
+		--enable-tftp --tftp-root="$IPXE_DIR" --pid-file=
+	local dm=$LASTPID
+	sleep 0.5
+	for file in undionly.kpxe ipxe.efi; do
+		for bs in 512 1468; do
+			for c in ${TFTP_CLIENTS:-1 50 200}; do
+				local key="$file-$bs-$c"
+				for rep in $(seq 1 "$REPS"); do
+					for srv in ours:10.77.0.1 hpa:10.77.0.3 dnsmasq:10.77.0.4; do
+						inns "$CL" "$WORK/bin/tftpload" -server "${srv#*:}:69" -files "$file" -c "$c" -blksize "$bs" \
+							>>"$WORK/tftp-${srv%%:*}-$key" 2>>"$WORK/tftp-errors.log" || echo "wall_s=0 mbps=0 errors=1" >>"$WORK/tftp-${srv%%:*}-$key"
+					done
+				done
+				local o h d oe he de
+				o=$(kv wall_s <"$WORK/tftp-ours-$key" | median); h=$(kv wall_s <"$WORK/tftp-hpa-$key" | median); d=$(kv wall_s <"$WORK/tftp-dnsmasq-$key" | median)
+				oe=$(kv errors <"$WORK/tftp-ours-$key" | paste -sd+ | bc); he=$(kv errors <"$WORK/tftp-hpa-$key" | paste -sd+ | bc); de=$(kv errors <"$WORK/tftp-dnsmasq-$key" | paste -sd+ | bc)
+				local om hm dm2
+				om=$(kv mbps <"$WORK/tftp-ours-$key" | median); hm=$(kv mbps <"$WORK/tftp-hpa-$key" | median); dm2=$(kv mbps <"$WORK/tftp-dnsmasq-$key" | median)
+				# Ratio: reference completion time / ours (>1: ours faster), vs the faster reference.
+				local best=$h; [ "$(echo "$d < $h" | bc)" = 1 ] && best=$d
+				row "$file blksize $bs, $c clients" "${o} s, ${om} Mbit/s, err $oe" "hpa ${h} s ${hm} Mbit/s err $he; dnsmasq ${d} s ${dm2} Mbit/s err $de" "$(ratio "$best" "$o")" "ratio vs faster ref"
+			done
+		done
+	done
+	stop "$PXA_PID"; stop "$tftpd"; stop "$dm"
+	table "TFTP (bench/tftpload, all clients start at once; completion time)" "tftpd-hpa / dnsmasq"
+}
+
+# ---------------------------------------------------------------- HTTP
+bench_http() {
+	local cfg="$WORK/http.yaml" mb=${HTTP_INITRD_MB:-300}
+	pxa_config "$cfg" proxy 0 ignore big
+	mkdir -p "$WORK/nginx/www/images/bench" "$WORK/nginx/tmp"
+	ln -sf "$WORK/img/big/initrd" "$WORK/nginx/www/images/bench/initrd"
+	cat >"$WORK/nginx/nginx.conf" <<-CONF
+	worker_processes auto;
+	pid $WORK/nginx/nginx.pid;
+	error_log $WORK/nginx/error.log;
+	events { worker_connections 1024; }
+	http {
+	  access_log off;
+	  sendfile on;
+	  tcp_nopush on;
+	  client_body_temp_path $WORK/nginx/tmp; proxy_temp_path $WORK/nginx/tmp;
+	  fastcgi_temp_path $WORK/nginx/tmp; uwsgi_temp_path $WORK/nginx/tmp; scgi_temp_path $WORK/nginx/tmp;
+	  server { listen 10.77.0.1:8081; root $WORK/nginx/www; }
+	}
+	CONF
+	start_pxa "$cfg"
+	start_bg nginx nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;'
+	local ngx=$LASTPID
+	sleep 0.5
+	local ngxpids; ngxpids=$(pgrep -d ' ' -P "$ngx" || true); ngxpids="$ngx $ngxpids"
+	# Warm the page cache so both read from memory.
+	cat "$WORK/img/big/initrd" >/dev/null
+	for c in 1 50; do
+		local rounds=1; [ $c = 1 ] && rounds=5
+		for rep in $(seq 1 "$REPS"); do
+			for srv in ours ref; do
+				local url pids
+				if [ $srv = ours ]; then url=http://10.77.0.1:8080/images/bench/initrd; pids=$PXA_PID; else url=http://10.77.0.1:8081/images/bench/initrd; pids=$ngxpids; fi
+				reset_hwm $pids
+				local c0; c0=$(cpu_s $pids)
+				local out; out=$(inns "$CL" "$WORK/bin/httpload" -url "$url" -c $c -rounds $rounds 2>>"$WORK/http-errors.log" || echo "mbps=0 errors=1")
+				echo "$out cpu_s=$(echo "$(cpu_s $pids) - $c0" | bc) hwm_mb=$(hwm_mb $pids)" >>"$WORK/http-$srv-$c"
+			done
+		done
+		local o r
+		o=$(kv mbps <"$WORK/http-ours-$c" | median); r=$(kv mbps <"$WORK/http-ref-$c" | median)
+		row "${mb} MB initrd, $c clients × $rounds" "$o Mbit/s, CPU $(kv cpu_s <"$WORK/http-ours-$c" | median) s, peak RSS $(kv hwm_mb <"$WORK/http-ours-$c" | median) MB, err $(kv errors <"$WORK/http-ours-$c" | paste -sd+ | bc)" \
+			"$r Mbit/s, CPU $(kv cpu_s <"$WORK/http-ref-$c" | median) s, peak RSS $(kv hwm_mb <"$WORK/http-ref-$c" | median) MB (all workers), err $(kv errors <"$WORK/http-ref-$c" | paste -sd+ | bc)" \
+			"$(ratio "$o" "$r")" "target ≥ 0.90"
+	done
+	stop "$PXA_PID"; stop "$ngx"
+	table "HTTP (bench/httpload; CPU = server utime+stime during the run)" "nginx (sendfile on)"
+}
+
+# ---------------------------------------------------------------- storm
+bench_storm() {
+	local n=${STORM_N:-500} cfg="$WORK/storm.yaml"
+	pxa_config "$cfg" authoritative "$n" ignore storm
+	start_pxa "$cfg"
+	reset_hwm "$PXA_PID"
+	local c0; c0=$(cpu_s "$PXA_PID")
+	local out
+	out=$(inns "$CL" "$WORK/bin/storm" -n "$n" -spread 10s -ranges 4 2>>"$WORK/storm-errors.log") || true
+	local cpu; cpu=$(echo "$(cpu_s "$PXA_PID") - $c0" | bc)
+	local hwm; hwm=$(hwm_mb "$PXA_PID")
+	echo "$out cpu_s=$cpu hwm_mb=$hwm" >>"$WORK/storm"
+	stop "$PXA_PID"
+	row "$n machines within 10 s, ${STORM_INITRD_MB:-64} MB initrd, 4 ranges" \
+		"all called back after $(kv all_done_s <<<"$out") s; p50 $(kv p50_s <<<"$out") s, p99 $(kv p99_s <<<"$out") s; errors $(kv errors <<<"$out")" \
+		"peak RSS $hwm MB, CPU $cpu s" "-" "targets: 0 errors, RSS < 200 MB"
+	table "Boot storm (bench/storm against pxe-anywhere alone)" "server"
+	if [ -s "$WORK/storm-errors.log" ]; then echo; echo "storm errors:"; head -5 "$WORK/storm-errors.log"; fi
+}
+
+lab
+tools
+mkimage small 1 1
+case $MODE in http|all) mkimage big 8 "${HTTP_INITRD_MB:-300}" ;; esac
+case $MODE in storm|all) mkimage storm 8 "${STORM_INITRD_MB:-64}" ;; esac
+machine_info
+case $MODE in
+dhcp) bench_dhcp ;;
+tftp) bench_tftp ;;
+http) bench_http ;;
+storm) bench_storm ;;
+all) bench_dhcp; bench_tftp; bench_http; bench_storm ;;
+esac

@@ -1,0 +1,353 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
+)
+
+const machinesUsage = `Usage:
+  pxe-anywhere machines list [--json]          every machine the server knows, with its state
+  pxe-anywhere machines show [--json] MAC      one machine and its events
+  pxe-anywhere machines logs [-f] MAC          the install log; -f follows it until the install ends
+  pxe-anywhere machines reinstall MAC          make the next PXE boot of MAC install again
+  pxe-anywhere machines forget MAC             drop MAC's state and history
+
+Flags (all subcommands):
+`
+
+// logPollInterval is how often "logs -f" asks for new lines. Polling
+// keeps the client to plain GETs that any proxy passes.
+var logPollInterval = time.Second
+
+// apiClient talks to the operator API of a running server.
+type apiClient struct {
+	base  string
+	token string
+	hc    *http.Client
+}
+
+// apiFlags adds the flags every API subcommand shares.
+func apiFlags(fs *flag.FlagSet) (server, tokenFile *string) {
+	server = fs.String("server", envOr("PXE_ANYWHERE_SERVER", "http://127.0.0.1:8080"),
+		"URL of the running server (env PXE_ANYWHERE_SERVER)")
+	tokenFile = fs.String("token-file", envOr("PXE_ANYWHERE_TOKEN_FILE", "/var/lib/pxe-anywhere/api-token"),
+		"file holding the API token that the server wrote (env PXE_ANYWHERE_TOKEN_FILE)")
+	return server, tokenFile
+}
+
+// newAPIClient reads the token and checks the server URL.
+func newAPIClient(server, tokenFile string) (*apiClient, error) {
+	u, err := url.Parse(server)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("--server %q: want a URL like http://10.77.0.1:8080", server)
+	}
+	tok, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading the API token: %w (pass --token-file or set PXE_ANYWHERE_TOKEN_FILE; the server writes it at start)", err)
+	}
+	t := strings.TrimSpace(string(tok))
+	if t == "" {
+		return nil, fmt.Errorf("API token file %s is empty", tokenFile)
+	}
+	return &apiClient{base: strings.TrimRight(server, "/"), token: t, hc: &http.Client{Timeout: 30 * time.Second}}, nil
+}
+
+// newAPIClientFlags parses the shared flags of a subcommand that takes
+// no arguments and returns its client.
+func newAPIClientFlags(name string, args []string, stderr io.Writer) (*apiClient, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	server, tokenFile := apiFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() != 0 {
+		return nil, fmt.Errorf("%s: unexpected argument %q", name, fs.Arg(0))
+	}
+	return newAPIClient(*server, *tokenFile)
+}
+
+// do sends one API request and decodes a JSON answer into out (if not
+// nil). Errors name the server and say what to check.
+func (c *apiClient) do(ctx context.Context, method, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
+	if err != nil {
+		return fmt.Errorf("request %s %s: %w", method, path, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("server %s unreachable: %w (is pxe-anywhere serve running there? see --server)", c.base, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
+	if err != nil {
+		return fmt.Errorf("reading the answer to %s %s: %w", method, path, err)
+	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		return errors.New("wrong API token (see --token-file)")
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return fmt.Errorf("server: %s (HTTP %d)", e.Error, resp.StatusCode)
+		}
+		return fmt.Errorf("server answered %s to %s %s: is %s a pxe-anywhere server?", resp.Status, method, path, c.base)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("decoding the answer to %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+// parseInterspersed parses flags that may come before or after the
+// positional arguments ("show MAC --json" as well as "show --json MAC").
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, machinesUsage)
+		return errors.New("machines: want a subcommand: list, show, logs, reinstall or forget")
+	}
+	sub := args[0]
+	fs := flag.NewFlagSet("machines "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, machinesUsage); fs.PrintDefaults() }
+	server, tokenFile := apiFlags(fs)
+	var asJSON, follow *bool
+	switch sub {
+	case "list", "show":
+		asJSON = fs.Bool("json", false, "print JSON instead of a table")
+	case "logs":
+		follow = fs.Bool("f", false, "follow the log until the install ends (Ctrl-C stops)")
+	case "reinstall", "forget":
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, machinesUsage)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		return nil
+	default:
+		fmt.Fprint(stderr, machinesUsage)
+		return fmt.Errorf("machines: unknown subcommand %q (want list, show, logs, reinstall or forget)", sub)
+	}
+	pos, err := parseInterspersed(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	var mac string
+	if sub == "list" {
+		if len(pos) != 0 {
+			return fmt.Errorf("machines list: unexpected argument %q", pos[0])
+		}
+	} else {
+		if len(pos) != 1 {
+			return fmt.Errorf("machines %s: want exactly one MAC, got %d arguments", sub, len(pos))
+		}
+		hw, err := httpboot.ParseMAC(pos[0])
+		if err != nil {
+			return fmt.Errorf("machines %s: %w (write it like 52:54:00:12:34:56)", sub, err)
+		}
+		mac = hw.String()
+	}
+	c, err := newAPIClient(*server, *tokenFile)
+	if err != nil {
+		return err
+	}
+	machinePath := "/api/v1/machines/" + url.PathEscape(mac)
+	switch sub {
+	case "list":
+		var ms []httpboot.MachineView
+		if err := c.do(ctx, http.MethodGet, "/api/v1/machines", &ms); err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(stdout, ms)
+		}
+		return printMachines(stdout, ms)
+	case "show":
+		var m httpboot.MachineView
+		if err := c.do(ctx, http.MethodGet, machinePath, &m); err != nil {
+			return err
+		}
+		var evs []httpboot.EventView
+		if err := c.do(ctx, http.MethodGet, machinePath+"/events", &evs); err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(stdout, struct {
+				httpboot.MachineView
+				Events []httpboot.EventView `json:"events"`
+			}{m, evs})
+		}
+		return printMachine(stdout, m, evs)
+	case "logs":
+		return machineLogs(ctx, c, stdout, machinePath, *follow)
+	case "reinstall", "forget":
+		method := http.MethodPost
+		path := machinePath + "/reinstall"
+		if sub == "forget" {
+			method, path = http.MethodDelete, machinePath
+		}
+		var out struct {
+			Status string `json:"status"`
+		}
+		if err := c.do(ctx, method, path, &out); err != nil {
+			return fmt.Errorf("machines %s %s: %w", sub, mac, err)
+		}
+		fmt.Fprintf(stdout, "%s: %s\n", mac, out.Status)
+	}
+	return nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func when(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format("2006-01-02 15:04:05")
+}
+
+// stateText is the state as an operator reads it: a pending reinstall
+// matters as much as the state itself.
+func stateText(m httpboot.MachineView) string {
+	if m.Reinstall {
+		return m.State + " (reinstall pending)"
+	}
+	return m.State
+}
+
+func printMachines(w io.Writer, ms []httpboot.MachineView) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MAC\tHOSTNAME\tPROFILE\tSTATE\tPHASE\tIP\tUPDATED\tERROR")
+	for _, m := range ms {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.MAC, orDash(m.Hostname), orDash(m.Profile),
+			stateText(m), orDash(m.Phase), orDash(m.IP), when(m.UpdatedAt), oneLine(m.Error))
+	}
+	return tw.Flush()
+}
+
+// oneLine keeps a multi-line error from breaking the table.
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	return orDash(s)
+}
+
+func printMachine(w io.Writer, m httpboot.MachineView, evs []httpboot.EventView) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, kv := range [][2]string{
+		{"MAC", m.MAC}, {"Hostname", orDash(m.Hostname)}, {"Profile", orDash(m.Profile)},
+		{"State", stateText(m)}, {"Phase", orDash(m.Phase)}, {"IP", orDash(m.IP)},
+		{"Updated", when(m.UpdatedAt)},
+		// Continuation lines of a long error stay in the value column.
+		{"Error", strings.ReplaceAll(orDash(strings.TrimSpace(m.Error)), "\n", "\n\t")},
+	} {
+		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "\nEvents:")
+	if len(evs) == 0 {
+		fmt.Fprintln(w, "  (none)")
+		return nil
+	}
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  TIME\tSTATE\tPHASE\tMESSAGE")
+	for _, e := range evs {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", when(e.Time), e.State, orDash(e.Phase), e.Message)
+	}
+	return tw.Flush()
+}
+
+// machineLogs prints the install log; with follow it keeps asking for
+// lines after the last one seen until the machine is installed or
+// failed (then the log is complete) or ctx ends.
+func machineLogs(ctx context.Context, c *apiClient, w io.Writer, machinePath string, follow bool) error {
+	var after int64
+	for {
+		var lines []httpboot.LogView
+		if err := c.do(ctx, http.MethodGet, machinePath+"/log?after="+strconv.FormatInt(after, 10), &lines); err != nil {
+			if follow && errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		}
+		for _, l := range lines {
+			if l.Time.IsZero() {
+				fmt.Fprintln(w, l.Line)
+			} else {
+				fmt.Fprintf(w, "%s %s\n", l.Time.Local().Format("15:04:05"), l.Line)
+			}
+			after = max(after, l.Seq)
+		}
+		if !follow {
+			return nil
+		}
+		if len(lines) == 0 {
+			var m httpboot.MachineView
+			if err := c.do(ctx, http.MethodGet, machinePath, &m); err != nil {
+				if errors.Is(err, context.Canceled) {
+					return nil
+				}
+				return err
+			}
+			// The engine writes its last line before it records the end
+			// state, so an empty poll after a terminal state is the end.
+			if (m.State == "installed" || m.State == "failed") && !m.Reinstall {
+				fmt.Fprintf(w, "-- %s %s --\n", m.MAC, m.State)
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(logPollInterval):
+			}
+		}
+	}
+}

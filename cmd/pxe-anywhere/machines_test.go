@@ -1,0 +1,254 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
+)
+
+const machinesTestToken = "api-token-for-machines-test"
+
+// fakeInventory holds two machines. Its log grows by one line per call
+// until the install ends, so "logs -f" must poll to see it all. It
+// refuses MACs it does not know, as the real store does.
+type fakeInventory struct {
+	mu      sync.Mutex
+	log     []httpboot.LogView
+	pending []string // lines the next Log calls reveal, one per call
+	done    []string
+}
+
+func newFakeInventory() *fakeInventory {
+	return &fakeInventory{
+		log:     []httpboot.LogView{{Seq: 1, Line: "[probe] disks: /dev/vda"}},
+		pending: []string{"[disko] formatting /dev/vda", "[nixos-install] done"},
+	}
+}
+
+var testMachines = []httpboot.MachineView{
+	{MAC: "52:54:00:00:00:01", Hostname: "web-01", Profile: "web", State: "installing", Phase: "disko", IP: "10.77.0.57",
+		UpdatedAt: time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)},
+	{MAC: "52:54:00:00:00:02", Hostname: "db-01", Profile: "db", State: "failed", Error: "disko: exit 1\n/dev/sdb: no such device",
+		UpdatedAt: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)},
+}
+
+func (f *fakeInventory) Machines(ctx context.Context) ([]httpboot.MachineView, error) {
+	return testMachines, nil
+}
+
+func (f *fakeInventory) Machine(ctx context.Context, mac string) (httpboot.MachineView, error) {
+	for _, m := range testMachines {
+		if m.MAC == mac {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if mac == "52:54:00:00:00:01" && len(f.pending) == 0 {
+				m.State, m.Phase = "installed", ""
+			}
+			return m, nil
+		}
+	}
+	return httpboot.MachineView{}, fmt.Errorf("%w: machine %s", httpboot.ErrNotFound, mac)
+}
+
+func (f *fakeInventory) Events(ctx context.Context, mac string, after int64) ([]httpboot.EventView, error) {
+	if _, err := f.Machine(ctx, mac); err != nil {
+		return nil, err
+	}
+	if after != 0 {
+		return nil, fmt.Errorf("fake: unexpected after=%d", after)
+	}
+	return []httpboot.EventView{
+		{ID: 1, Time: time.Date(2026, 11, 28, 9, 58, 0, 0, time.UTC), State: "booting", Message: "PXE boot, image nixos"},
+		{ID: 2, Time: time.Date(2026, 11, 28, 9, 59, 0, 0, time.UTC), State: "installing", Phase: "disko", Message: "partitioning"},
+	}, nil
+}
+
+func (f *fakeInventory) Log(ctx context.Context, mac string, after int64) ([]httpboot.LogView, error) {
+	if _, err := f.Machine(ctx, mac); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.pending) > 0 && after == f.log[len(f.log)-1].Seq {
+		f.log = append(f.log, httpboot.LogView{Seq: int64(len(f.log) + 1), Line: f.pending[0]})
+		f.pending = f.pending[1:]
+	}
+	var out []httpboot.LogView
+	for _, l := range f.log {
+		if l.Seq > after {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeInventory) Reinstall(ctx context.Context, mac string) error {
+	if _, err := f.Machine(ctx, mac); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.done = append(f.done, "reinstall "+mac)
+	return nil
+}
+
+func (f *fakeInventory) Forget(ctx context.Context, mac string) error {
+	if mac == "52:54:00:00:00:01" {
+		return fmt.Errorf("%w: machine %s is being installed; wait for it to end", httpboot.ErrConflict, mac)
+	}
+	if _, err := f.Machine(ctx, mac); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.done = append(f.done, "forget "+mac)
+	return nil
+}
+
+func (f *fakeInventory) Subscribe(ctx context.Context) <-chan httpboot.MachineView {
+	ch := make(chan httpboot.MachineView)
+	go func() { <-ctx.Done(); close(ch) }()
+	return ch
+}
+
+func newMachinesServer(t *testing.T) (*fakeInventory, string, string) {
+	t.Helper()
+	inv := newFakeInventory()
+	srv := httptest.NewServer(httpboot.New(httpboot.Config{
+		BaseURL:  "http://10.77.0.1:8080",
+		Images:   func() map[string]httpboot.Image { return nil },
+		APIToken: machinesTestToken,
+		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, nil, inv))
+	t.Cleanup(srv.Close)
+	tokenFile := filepath.Join(t.TempDir(), "api-token")
+	if err := os.WriteFile(tokenFile, []byte(machinesTestToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return inv, srv.URL, tokenFile
+}
+
+func TestRunMachines(t *testing.T) {
+	old := logPollInterval
+	logPollInterval = time.Millisecond
+	t.Cleanup(func() { logPollInterval = old })
+	tests := []struct {
+		name    string
+		args    []string
+		want    []string // substrings of stdout, in order
+		wantErr string
+		done    string
+	}{
+		{name: "list", args: []string{"list"}, want: []string{"MAC", "HOSTNAME", "52:54:00:00:00:01", "web-01", "installing", "disko", "10.77.0.57",
+			"52:54:00:00:00:02", "db-01", "failed", "disko: exit 1 /dev/sdb: no such device"}},
+		{name: "list json", args: []string{"list", "--json"}, want: []string{`"mac": "52:54:00:00:00:01"`, `"updated_at": "2026-11-28T10:00:00Z"`}},
+		{name: "show with flag after MAC", args: []string{"show", "52-54-00-00-00-01", "--json"}, want: []string{`"hostname": "web-01"`, `"events": [`, `"partitioning"`}},
+		{name: "show table", args: []string{"show", "52:54:00:00:00:01"}, want: []string{"Hostname:", "web-01", "Events:", "booting", "PXE boot, image nixos", "disko", "partitioning"}},
+		{name: "show unknown", args: []string{"show", "52:54:00:00:00:09"}, wantErr: "server: not found: machine 52:54:00:00:00:09 (HTTP 404)"},
+		{name: "logs once", args: []string{"logs", "52:54:00:00:00:01"}, want: []string{"[probe] disks: /dev/vda\n"}},
+		{name: "logs follow to the end", args: []string{"logs", "-f", "52:54:00:00:00:01"},
+			want: []string{"[probe] disks", "[disko] formatting /dev/vda", "[nixos-install] done", "-- 52:54:00:00:00:01 installed --"}},
+		{name: "reinstall", args: []string{"reinstall", "52:54:00:00:00:02"}, want: []string{"52:54:00:00:00:02: reinstall requested"}, done: "reinstall 52:54:00:00:00:02"},
+		{name: "forget", args: []string{"forget", "52-54-00-00-00-02"}, want: []string{"52:54:00:00:00:02: forgotten"}, done: "forget 52:54:00:00:00:02"},
+		{name: "forget refused while installing", args: []string{"forget", "52:54:00:00:00:01"}, wantErr: "is being installed"},
+		{name: "bad mac", args: []string{"show", "web-01"}, wantErr: "not an Ethernet MAC"},
+		{name: "missing mac", args: []string{"reinstall"}, wantErr: "want exactly one MAC"},
+		{name: "list takes no args", args: []string{"list", "x"}, wantErr: "unexpected argument"},
+		{name: "unknown subcommand", args: []string{"wipe"}, wantErr: `unknown subcommand "wipe"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			inv, url, tokenFile := newMachinesServer(t)
+			var stdout, stderr bytes.Buffer
+			args := append([]string{tt.args[0], "--server", url, "--token-file", tokenFile}, tt.args[1:]...)
+			err := runMachines(context.Background(), args, &stdout, &stderr)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("runMachines %v: %v (stderr %s)", tt.args, err, stderr.String())
+			}
+			out := stdout.String()
+			rest := out
+			for _, w := range tt.want {
+				i := strings.Index(rest, w)
+				if i < 0 {
+					t.Fatalf("output lacks %q (in order):\n%s", w, out)
+				}
+				rest = rest[i+len(w):]
+			}
+			if tt.done != "" && strings.Join(inv.done, ",") != tt.done {
+				t.Fatalf("inventory changes %v, want %q", inv.done, tt.done)
+			}
+		})
+	}
+}
+
+func TestRunMachinesJSONIsParseable(t *testing.T) {
+	_, url, tokenFile := newMachinesServer(t)
+	var stdout bytes.Buffer
+	if err := runMachines(context.Background(), []string{"list", "--json", "--server", url, "--token-file", tokenFile}, &stdout, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	var ms []httpboot.MachineView
+	if err := json.Unmarshal(stdout.Bytes(), &ms); err != nil || len(ms) != 2 || ms[1].Error == "" {
+		t.Fatalf("list --json: %v %+v", err, ms)
+	}
+}
+
+func TestRunMachinesErrors(t *testing.T) {
+	_, url, _ := newMachinesServer(t)
+	dir := t.TempDir()
+	wrong := filepath.Join(dir, "wrong")
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(wrong, []byte("not-the-token\n"), 0o600)
+	os.WriteFile(empty, nil, 0o600)
+	// A port that was just free: nothing listens there.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "http://" + l.Addr().String()
+	l.Close()
+	tests := []struct {
+		name, server, tokenFile, wantErr string
+	}{
+		{"wrong token", url, wrong, "wrong API token (see --token-file)"},
+		{"empty token file", url, empty, "is empty"},
+		{"no token file", url, filepath.Join(dir, "absent"), "reading the API token"},
+		{"unreachable", closed, wrong, "unreachable"},
+		{"bad server url", "10.77.0.1:8080", wrong, "want a URL like"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := runMachines(context.Background(), []string{"list", "--server", tt.server, "--token-file", tt.tokenFile}, io.Discard, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+			}
+		})
+	}
+	t.Run("env defaults", func(t *testing.T) {
+		t.Setenv("PXE_ANYWHERE_SERVER", url)
+		t.Setenv("PXE_ANYWHERE_TOKEN_FILE", wrong)
+		err := runMachines(context.Background(), []string{"list"}, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "wrong API token") {
+			t.Fatalf("error %v: the env defaults were not used", err)
+		}
+	})
+}

@@ -1,0 +1,297 @@
+// Package dhcp is pxe-anywhere's DHCPv4 server, on insomniacslk/dhcp. In
+// proxy mode it adds boot options for network-booting firmware next to
+// the network's own DHCP server (ports 67 and 4011, no addresses); in
+// authoritative mode it also leases addresses. It tells firmware apart
+// (BIOS, UEFI, HTTP Boot, iPXE) but decides nothing about machines: it
+// asks a Decider, which cmd/pxe-anywhere wires to provision.
+package dhcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/dhcpv4/server4"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Mode is how the server takes part in DHCP.
+type Mode int
+
+const (
+	// Proxy answers only network-booting firmware, with boot options and
+	// no address (PXE's ProxyDHCP); another server leases addresses.
+	Proxy Mode = iota
+	// Authoritative leases addresses as well.
+	Authoritative
+)
+
+func (m Mode) String() string {
+	if m == Authoritative {
+		return "authoritative"
+	}
+	return "proxy"
+}
+
+// Machine is a network-booting client as DHCP sees it.
+type Machine struct {
+	MAC       net.HardwareAddr
+	Firmware  Firmware
+	Interface string
+}
+
+// Decision is the Decider's answer.
+type Decision int
+
+const (
+	// Ignore: no boot options for this machine (and in proxy mode, no
+	// answer at all).
+	Ignore Decision = iota
+	// Boot: chain the machine into iPXE and its script.
+	Boot
+)
+
+// Decider says which machines boot from us.
+type Decider interface {
+	Decide(ctx context.Context, m Machine) Decision
+}
+
+// Config configures a Server.
+type Config struct {
+	Interfaces []string
+	Mode       Mode
+	// ServerIP goes into siaddr and option 54: where TFTP and the next
+	// DHCP exchanges go. Zero: the first IPv4 of the first interface.
+	ServerIP netip.Addr
+	// ScriptURL is the iPXE script of a machine; iPXE clients get it.
+	ScriptURL func(mac net.HardwareAddr) string
+	// HTTPBootURL is the iPXE binary over HTTP for UEFI HTTP Boot.
+	HTTPBootURL func(m Machine) string
+	// BootFiles are the TFTP file names of iPXE per architecture; an
+	// architecture without one is not booted.
+	BootFiles map[Arch]string
+
+	// Authoritative mode.
+	Subnet       netip.Prefix
+	RangeStart   netip.Addr
+	RangeEnd     netip.Addr
+	Router       netip.Addr
+	DNS          []netip.Addr
+	Domain       string
+	LeaseTime    time.Duration
+	Reservations map[string]netip.Addr // lower-case MAC → address
+	LeaseFile    string
+
+	Metrics prometheus.Registerer // may be nil
+}
+
+// Server is the DHCP server.
+type Server struct {
+	cfg     Config
+	decider Decider
+	log     *slog.Logger
+	pool    *pool
+	conns   []listener
+	packets *prometheus.CounterVec
+}
+
+type listener struct {
+	conn  net.PacketConn
+	iface string
+	port  int
+}
+
+// New checks cfg and makes a Server; Listen opens its sockets.
+func New(cfg Config, d Decider, log *slog.Logger) (*Server, error) {
+	if len(cfg.Interfaces) == 0 {
+		return nil, errors.New("dhcp: no interfaces to serve")
+	}
+	if cfg.ScriptURL == nil {
+		return nil, errors.New("dhcp: no script URL")
+	}
+	if d == nil {
+		return nil, errors.New("dhcp: no Decider: nothing would say which machines boot")
+	}
+	if cfg.ServerIP.IsValid() && !cfg.ServerIP.Is4() {
+		return nil, fmt.Errorf("dhcp: server address %s is not IPv4", cfg.ServerIP)
+	}
+	s := &Server{
+		cfg: cfg, decider: d, log: log,
+		packets: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pxe_anywhere_dhcp_requests_total", Help: "DHCP packets received, by message type and what was done.",
+		}, []string{"type", "result"}),
+	}
+	if cfg.Metrics != nil {
+		cfg.Metrics.MustRegister(s.packets)
+	}
+	if cfg.Mode == Authoritative {
+		if !cfg.Subnet.IsValid() || !cfg.Subnet.Addr().Is4() || !cfg.Subnet.Contains(cfg.RangeStart) || !cfg.Subnet.Contains(cfg.RangeEnd) {
+			return nil, fmt.Errorf("dhcp: authoritative range %s-%s is not inside IPv4 subnet %s: fix dhcp.range or dhcp.subnet", cfg.RangeStart, cfg.RangeEnd, cfg.Subnet)
+		}
+		if cfg.RangeEnd.Less(cfg.RangeStart) {
+			return nil, fmt.Errorf("dhcp: authoritative range %s-%s ends before it starts", cfg.RangeStart, cfg.RangeEnd)
+		}
+		if s.cfg.LeaseTime <= 0 {
+			s.cfg.LeaseTime = time.Hour
+		}
+		// Reservations are keyed by the MAC's canonical text, whatever
+		// spelling (upper case, dashes) the caller used.
+		res := make(map[string]netip.Addr, len(cfg.Reservations))
+		for key, ip := range cfg.Reservations {
+			mac, err := net.ParseMAC(key)
+			if err != nil || len(mac) != 6 {
+				return nil, fmt.Errorf("dhcp: reservation %q: not an Ethernet MAC address", key)
+			}
+			if !cfg.Subnet.Contains(ip) {
+				return nil, fmt.Errorf("dhcp: reservation %s → %s is outside subnet %s", key, ip, cfg.Subnet)
+			}
+			if other, dup := res[macKey(mac)]; dup && other != ip {
+				return nil, fmt.Errorf("dhcp: MAC %s is reserved twice (%s and %s)", key, other, ip)
+			}
+			res[macKey(mac)] = ip
+		}
+		p, err := newPool(cfg.RangeStart, cfg.RangeEnd, res, cfg.LeaseFile)
+		if err != nil {
+			return nil, err
+		}
+		s.pool = p
+	}
+	return s, nil
+}
+
+// Listen opens port 67 on each interface (bound to the device, so
+// nothing is answered anywhere else) and, in proxy mode, port 4011 on
+// the server address.
+func (s *Server) Listen() error {
+	for _, name := range s.cfg.Interfaces {
+		ifi, err := net.InterfaceByName(name)
+		if err != nil {
+			return fmt.Errorf("dhcp: interface %q: %w", name, err)
+		}
+		if !s.cfg.ServerIP.IsValid() {
+			if ip, ok := firstIPv4(ifi); ok {
+				s.cfg.ServerIP = ip
+			}
+		}
+		conn, err := server4.NewIPv4UDPConn(name, &net.UDPAddr{IP: net.IPv4zero, Port: dhcpv4.ServerPort})
+		if err != nil {
+			s.Close()
+			return fmt.Errorf("dhcp: listen on %s port 67: %w", name, err)
+		}
+		s.conns = append(s.conns, listener{conn: conn, iface: name, port: dhcpv4.ServerPort})
+	}
+	if !s.cfg.ServerIP.IsValid() {
+		s.Close()
+		return fmt.Errorf("dhcp: interface %s has no IPv4 address to answer from", s.cfg.Interfaces[0])
+	}
+	if s.cfg.Mode == Proxy {
+		// Firmware that ignores the boot options of a proxy offer asks
+		// again, unicast, on 4011 (PXE spec 2.1, "PXE boot server").
+		conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: s.cfg.ServerIP.AsSlice(), Port: 4011})
+		if err != nil {
+			s.Close()
+			return fmt.Errorf("dhcp: listen on %s port 4011: %w", s.cfg.ServerIP, err)
+		}
+		s.conns = append(s.conns, listener{conn: conn, iface: s.cfg.Interfaces[0], port: 4011})
+	}
+	return nil
+}
+
+func firstIPv4(ifi *net.Interface) (netip.Addr, bool) {
+	addrs, _ := ifi.Addrs()
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() {
+			return p.Addr(), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// Close closes the sockets.
+func (s *Server) Close() {
+	for _, l := range s.conns {
+		l.conn.Close()
+	}
+}
+
+// Serve answers until ctx is done, then closes the sockets. A socket
+// that fails stops all of them, and Serve returns that error.
+func (s *Server) Serve(ctx context.Context) error {
+	if len(s.conns) == 0 {
+		return errors.New("dhcp: Serve before Listen")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		<-ctx.Done()
+		s.Close()
+	}()
+	var wg sync.WaitGroup
+	errc := make(chan error, len(s.conns))
+	for _, l := range s.conns {
+		wg.Add(1)
+		go func(l listener) {
+			defer wg.Done()
+			if err := s.loop(ctx, l); err != nil {
+				errc <- err
+				cancel()
+			}
+		}(l)
+	}
+	wg.Wait()
+	close(errc)
+	return <-errc
+}
+
+func (s *Server) loop(ctx context.Context, l listener) error {
+	buf := make([]byte, 1500)
+	for {
+		n, peer, err := l.conn.ReadFrom(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("dhcp: read on %s: %w", l.iface, err)
+		}
+		req, err := dhcpv4.FromBytes(buf[:n])
+		if err != nil {
+			s.packets.WithLabelValues("malformed", "dropped").Inc()
+			s.log.Debug("malformed DHCP packet", "from", peer, "err", err)
+			continue
+		}
+		resp, err := s.Handle(ctx, req, l.iface, l.port)
+		if err != nil {
+			s.log.Warn("DHCP request not answered", "req", describe(req), "err", err)
+			continue
+		}
+		if resp == nil {
+			continue
+		}
+		dst := s.destination(req, resp, peer, l.port)
+		if _, err := l.conn.WriteTo(resp.ToBytes(), dst); err != nil {
+			s.log.Warn("sending DHCP reply failed", "to", dst, "err", err)
+		}
+	}
+}
+
+// destination picks where a reply goes: to the relay that forwarded the
+// request; back to the sender on 4011; to a client that has an address;
+// else broadcast, since a client without an address cannot take unicast
+// without an ARP entry that we cannot make from a UDP socket.
+func (s *Server) destination(req, resp *dhcpv4.DHCPv4, peer net.Addr, port int) net.Addr {
+	switch {
+	case port == 4011:
+		return peer
+	case !req.GatewayIPAddr.IsUnspecified() && req.GatewayIPAddr != nil:
+		return &net.UDPAddr{IP: req.GatewayIPAddr, Port: dhcpv4.ServerPort}
+	case !req.ClientIPAddr.IsUnspecified() && req.ClientIPAddr != nil:
+		return &net.UDPAddr{IP: req.ClientIPAddr, Port: dhcpv4.ClientPort}
+	}
+	return &net.UDPAddr{IP: net.IPv4bcast, Port: dhcpv4.ClientPort}
+}

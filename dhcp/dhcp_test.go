@@ -1,0 +1,623 @@
+package dhcp
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
+)
+
+// allowList is a Decider that boots the MACs it holds and records who
+// asked.
+type allowList struct {
+	mu    sync.Mutex
+	boot  map[string]bool
+	asked []Machine
+}
+
+func (a *allowList) Decide(ctx context.Context, m Machine) Decision {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.asked = append(a.asked, m)
+	if a.boot[m.MAC.String()] {
+		return Boot
+	}
+	return Ignore
+}
+
+const (
+	knownMAC   = "52:54:00:12:34:01"
+	unknownMAC = "52:54:00:12:34:99"
+)
+
+func testConfig(mode Mode, leaseFile string) Config {
+	return Config{
+		Interfaces: []string{"br0"},
+		Mode:       mode,
+		ServerIP:   netip.MustParseAddr("10.80.0.1"),
+		ScriptURL: func(mac net.HardwareAddr) string {
+			return "http://10.80.0.1:8080/boot/" + strings.ReplaceAll(mac.String(), ":", "-") + ".ipxe"
+		},
+		HTTPBootURL: func(m Machine) string { return "http://10.80.0.1:8080/ipxe/ipxe.efi" },
+		BootFiles:   map[Arch]string{ArchBIOS: "undionly.kpxe", ArchEFIx64: "ipxe.efi", ArchEFIarm64: "arm64/ipxe.efi"},
+		Subnet:      netip.MustParsePrefix("10.80.0.0/24"),
+		RangeStart:  netip.MustParseAddr("10.80.0.100"),
+		RangeEnd:    netip.MustParseAddr("10.80.0.110"),
+		Router:      netip.MustParseAddr("10.80.0.1"),
+		DNS:         []netip.Addr{netip.MustParseAddr("10.80.0.1")},
+		Domain:      "lab",
+		LeaseTime:   time.Hour,
+		Reservations: map[string]netip.Addr{
+			"52:54:00:12:34:05": netip.MustParseAddr("10.80.0.50"),
+		},
+		LeaseFile: leaseFile,
+	}
+}
+
+func newTestServer(t *testing.T, cfg Config) (*Server, *allowList) {
+	t.Helper()
+	d := &allowList{boot: map[string]bool{knownMAC: true, "52:54:00:12:34:05": true}}
+	s, err := New(cfg, d, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, d
+}
+
+// pxeRequest crafts what firmware sends: a DISCOVER (or another type)
+// with the given option 93 codes, vendor class and user class.
+func pxeRequest(t *testing.T, mt dhcpv4.MessageType, mac string, vendor string, archs []uint16, userClass string, guid bool) *dhcpv4.DHCPv4 {
+	t.Helper()
+	hw, _ := net.ParseMAC(mac)
+	mods := []dhcpv4.Modifier{dhcpv4.WithMessageType(mt), dhcpv4.WithHwAddr(hw)}
+	if vendor != "" {
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptClassIdentifier(vendor)))
+	}
+	if len(archs) > 0 {
+		var raw []byte
+		for _, a := range archs {
+			raw = append(raw, byte(a>>8), byte(a))
+		}
+		mods = append(mods, dhcpv4.WithGeneric(dhcpv4.OptionClientSystemArchitectureType, raw))
+	}
+	if userClass != "" {
+		mods = append(mods, dhcpv4.WithGeneric(dhcpv4.OptionUserClassInformation, []byte(userClass)))
+	}
+	if guid {
+		mods = append(mods, dhcpv4.WithGeneric(dhcpv4.OptionClientMachineIdentifier, append([]byte{0}, bytes.Repeat([]byte{0xab}, 16)...)))
+	}
+	req, err := dhcpv4.New(mods...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+func TestFirmwareBootOptions(t *testing.T) {
+	tests := []struct {
+		name      string
+		vendor    string
+		archs     []uint16
+		userClass string
+		guid      bool
+		file      string
+		class     string
+		opt43     bool
+	}{
+		{"BIOS", "PXEClient:Arch:00000:UNDI:002001", []uint16{0}, "", true, "undionly.kpxe", "PXEClient", true},
+		{"BIOS without option 93 or 97", "PXEClient:Arch:00000:UNDI:002001", nil, "", false, "undionly.kpxe", "PXEClient", true},
+		{"UEFI x64 (7)", "PXEClient:Arch:00007:UNDI:003016", []uint16{7}, "", true, "ipxe.efi", "PXEClient", false},
+		{"UEFI x64 (9)", "PXEClient:Arch:00009:UNDI:003016", []uint16{9}, "", false, "ipxe.efi", "PXEClient", false},
+		{"UEFI x64 arch only in option 60", "PXEClient:Arch:00007:UNDI:003016", []uint16{0}, "", false, "ipxe.efi", "PXEClient", false},
+		{"UEFI x64 listed second", "PXEClient", []uint16{0xff, 7}, "", false, "ipxe.efi", "PXEClient", false},
+		{"UEFI arm64", "PXEClient:Arch:00011:UNDI:003000", []uint16{11}, "", false, "arm64/ipxe.efi", "PXEClient", false},
+		{"HTTP Boot x64", "HTTPClient:Arch:00016:UNDI:003000", []uint16{16}, "", false, "http://10.80.0.1:8080/ipxe/ipxe.efi", "HTTPClient", false},
+		{"iPXE on BIOS", "PXEClient:Arch:00000:UNDI:002001", []uint16{0}, "iPXE", false, "http://10.80.0.1:8080/boot/52-54-00-12-34-01.ipxe", "PXEClient", false},
+		{"iPXE on UEFI (RFC 3004 form)", "PXEClient:Arch:00007:UNDI:003010", []uint16{7}, "\x04iPXE", false, "http://10.80.0.1:8080/boot/52-54-00-12-34-01.ipxe", "PXEClient", false},
+	}
+	for _, mode := range []Mode{Proxy, Authoritative} {
+		for _, tt := range tests {
+			t.Run(mode.String()+"/"+tt.name, func(t *testing.T) {
+				s, _ := newTestServer(t, testConfig(mode, filepath.Join(t.TempDir(), "leases.json")))
+				req := pxeRequest(t, dhcpv4.MessageTypeDiscover, knownMAC, tt.vendor, tt.archs, tt.userClass, tt.guid)
+				resp, err := s.Handle(context.Background(), req, "br0", 67)
+				if err != nil || resp == nil {
+					t.Fatalf("no reply: %v", err)
+				}
+				if resp.MessageType() != dhcpv4.MessageTypeOffer || resp.TransactionID != req.TransactionID {
+					t.Fatalf("reply %s xid %s", resp.MessageType(), resp.TransactionID)
+				}
+				if resp.BootFileName != tt.file || string(resp.Options.Get(dhcpv4.OptionBootfileName)) != tt.file {
+					t.Errorf("boot file %q / option 67 %q, want %q", resp.BootFileName, resp.Options.Get(dhcpv4.OptionBootfileName), tt.file)
+				}
+				if got := string(resp.Options.Get(dhcpv4.OptionClassIdentifier)); got != tt.class {
+					t.Errorf("option 60 %q, want %q", got, tt.class)
+				}
+				if !resp.ServerIPAddr.Equal(net.ParseIP("10.80.0.1")) || !resp.ServerIdentifier().Equal(net.ParseIP("10.80.0.1")) {
+					t.Errorf("siaddr %s, option 54 %s", resp.ServerIPAddr, resp.ServerIdentifier())
+				}
+				if got := resp.Options.Get(dhcpv4.OptionVendorSpecificInformation); tt.opt43 != (got != nil) || (tt.opt43 && !bytes.Equal(got, pxeVendorOptions)) {
+					t.Errorf("option 43 %x, want present=%v", got, tt.opt43)
+				}
+				if got, want := resp.Options.Get(dhcpv4.OptionClientMachineIdentifier), req.Options.Get(dhcpv4.OptionClientMachineIdentifier); !bytes.Equal(got, want) {
+					t.Errorf("option 97 %x, want echo of %x", got, want)
+				}
+				if mode == Proxy && !resp.YourIPAddr.IsUnspecified() {
+					t.Errorf("proxy offer carries address %s", resp.YourIPAddr)
+				}
+				if mode == Authoritative && !resp.YourIPAddr.Equal(net.ParseIP("10.80.0.100")) {
+					t.Errorf("authoritative offer address %s", resp.YourIPAddr)
+				}
+			})
+		}
+	}
+}
+
+func TestSilence(t *testing.T) {
+	tests := []struct {
+		name string
+		mode Mode
+		req  func(t *testing.T) *dhcpv4.DHCPv4
+		port int
+	}{
+		{"proxy ignores non-PXE", Proxy, func(t *testing.T) *dhcpv4.DHCPv4 {
+			return pxeRequest(t, dhcpv4.MessageTypeDiscover, knownMAC, "", nil, "", false)
+		}, 67},
+		{"proxy ignores unknown machines", Proxy, func(t *testing.T) *dhcpv4.DHCPv4 {
+			return pxeRequest(t, dhcpv4.MessageTypeDiscover, unknownMAC, "PXEClient", []uint16{0}, "", false)
+		}, 67},
+		{"proxy leaves other servers' REQUESTs alone", Proxy, func(t *testing.T) *dhcpv4.DHCPv4 {
+			r := pxeRequest(t, dhcpv4.MessageTypeRequest, knownMAC, "PXEClient", []uint16{0}, "", false)
+			r.UpdateOption(dhcpv4.OptServerIdentifier(net.ParseIP("10.80.0.254")))
+			return r
+		}, 67},
+		{"reply packets are not requests", Proxy, func(t *testing.T) *dhcpv4.DHCPv4 {
+			r := pxeRequest(t, dhcpv4.MessageTypeOffer, knownMAC, "PXEClient", []uint16{0}, "", false)
+			r.OpCode = dhcpv4.OpcodeBootReply
+			return r
+		}, 67},
+		{"arch without iPXE binary", Proxy, func(t *testing.T) *dhcpv4.DHCPv4 {
+			return pxeRequest(t, dhcpv4.MessageTypeDiscover, knownMAC, "PXEClient:Arch:00006", []uint16{6}, "", false)
+		}, 67},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, _ := newTestServer(t, testConfig(tt.mode, ""))
+			resp, _ := s.Handle(context.Background(), tt.req(t), "br0", tt.port)
+			if resp != nil {
+				t.Fatalf("answered: %s", resp.Summary())
+			}
+		})
+	}
+}
+
+func TestProxy4011(t *testing.T) {
+	s, _ := newTestServer(t, testConfig(Proxy, ""))
+	req := pxeRequest(t, dhcpv4.MessageTypeRequest, knownMAC, "PXEClient:Arch:00007:UNDI:003016", []uint16{7}, "", true)
+	req.ClientIPAddr = net.ParseIP("10.80.0.77")
+	resp, err := s.Handle(context.Background(), req, "br0", 4011)
+	if err != nil || resp == nil {
+		t.Fatalf("no ACK on 4011: %v", err)
+	}
+	if resp.MessageType() != dhcpv4.MessageTypeAck || resp.BootFileName != "ipxe.efi" {
+		t.Fatalf("got %s", resp.Summary())
+	}
+	dst := s.destination(req, resp, &net.UDPAddr{IP: net.ParseIP("10.80.0.77"), Port: 4011}, 4011)
+	if dst.String() != "10.80.0.77:4011" {
+		t.Fatalf("4011 reply goes to %s", dst)
+	}
+}
+
+func TestAuthoritativeLeases(t *testing.T) {
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "leases.json")
+	s, _ := newTestServer(t, testConfig(Authoritative, file))
+	exchange := func(mac string, vendor string) *dhcpv4.DHCPv4 {
+		offer, err := s.Handle(ctx, pxeRequest(t, dhcpv4.MessageTypeDiscover, mac, vendor, nil, "", false), "br0", 67)
+		if err != nil || offer == nil {
+			t.Fatalf("%s: no offer: %v", mac, err)
+		}
+		req := pxeRequest(t, dhcpv4.MessageTypeRequest, mac, vendor, nil, "", false)
+		req.UpdateOption(dhcpv4.OptRequestedIPAddress(offer.YourIPAddr))
+		req.UpdateOption(dhcpv4.OptServerIdentifier(net.ParseIP("10.80.0.1")))
+		ack, err := s.Handle(ctx, req, "br0", 67)
+		if err != nil || ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck {
+			t.Fatalf("%s: no ack: %v %v", mac, err, ack)
+		}
+		return ack
+	}
+	a := exchange("52:54:00:00:00:0a", "")
+	if !a.YourIPAddr.Equal(net.ParseIP("10.80.0.100")) || a.BootFileName != "" || a.Options.Get(dhcpv4.OptionClassIdentifier) != nil {
+		t.Fatalf("non-PXE lease: %s", a.Summary())
+	}
+	if lt := a.IPAddressLeaseTime(0); lt != time.Hour || !a.Router()[0].Equal(net.ParseIP("10.80.0.1")) || a.DomainName() != "lab" {
+		t.Fatalf("lease options: %s", a.Summary())
+	}
+	if r := exchange("52:54:00:12:34:05", "PXEClient"); !r.YourIPAddr.Equal(net.ParseIP("10.80.0.50")) || r.BootFileName != "undionly.kpxe" {
+		t.Fatalf("reservation: %s", r.Summary())
+	}
+	// Someone else asking for a's address is refused.
+	req := pxeRequest(t, dhcpv4.MessageTypeRequest, "52:54:00:00:00:0b", "", nil, "", false)
+	req.UpdateOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("10.80.0.100")))
+	if nak, _ := s.Handle(ctx, req, "br0", 67); nak == nil || nak.MessageType() != dhcpv4.MessageTypeNak {
+		t.Fatalf("stolen address not NAKed: %v", nak)
+	}
+	// A DECLINE takes the address out of the pool.
+	dec := pxeRequest(t, dhcpv4.MessageTypeDecline, "52:54:00:00:00:0a", "", nil, "", false)
+	dec.UpdateOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("10.80.0.100")))
+	s.Handle(ctx, dec, "br0", 67)
+	if b := exchange("52:54:00:00:00:0c", ""); b.YourIPAddr.Equal(net.ParseIP("10.80.0.100")) {
+		t.Fatal("declined address handed out again")
+	}
+	// Relayed requests go back to the relay; foreign relays are refused.
+	rel := pxeRequest(t, dhcpv4.MessageTypeDiscover, "52:54:00:00:00:0d", "", nil, "", false)
+	rel.GatewayIPAddr = net.ParseIP("10.80.0.2")
+	offer, err := s.Handle(ctx, rel, "br0", 67)
+	if err != nil || offer == nil {
+		t.Fatalf("relayed: %v", err)
+	}
+	if dst := s.destination(rel, offer, nil, 67); dst.String() != "10.80.0.2:67" {
+		t.Fatalf("relayed reply to %s", dst)
+	}
+	rel.GatewayIPAddr = net.ParseIP("192.0.2.1")
+	if r, err := s.Handle(ctx, rel, "br0", 67); r != nil || err == nil {
+		t.Fatal("answered a relay outside the subnet")
+	}
+	// Leases survive a restart; RELEASE frees them.
+	s2, _ := newTestServer(t, testConfig(Authoritative, file))
+	if l, ok := s2.pool.lookup("52:54:00:00:00:0c"); !ok || !l.IP.IsValid() {
+		t.Fatal("lease lost across restart")
+	}
+	relq := pxeRequest(t, dhcpv4.MessageTypeRelease, "52:54:00:00:00:0c", "", nil, "", false)
+	l, _ := s2.pool.lookup("52:54:00:00:00:0c")
+	relq.ClientIPAddr = l.IP.AsSlice()
+	s2.Handle(ctx, relq, "br0", 67)
+	if _, ok := s2.pool.lookup("52:54:00:00:00:0c"); ok {
+		t.Fatal("RELEASE did not free the lease")
+	}
+	if st, _ := os.Stat(file); st.Mode().Perm() != 0o600 {
+		t.Fatalf("lease file mode %o", st.Mode().Perm())
+	}
+}
+
+// startInLab runs the server inside the lab's server namespace, bound
+// to its bridge; stop ends it (also run at cleanup) and reports Serve's
+// error.
+func startInLab(t *testing.T, lab *netlab.Lab, cfg Config) (*Server, *allowList, func()) {
+	t.Helper()
+	s, d := newTestServer(t, cfg)
+	if err := netlab.Do(lab.Server, s.Listen); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return s, d, stop
+}
+
+// udhcpcScript dumps udhcpc's environment for the bound event.
+const udhcpcScript = `#!/bin/sh
+[ "$1" = bound ] || exit 0
+env | grep -E '^(ip|siaddr|boot_file|serverid|subnet|router|lease|domain|opt60)=' | sort > "$OUT"
+`
+
+func writeScript(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "script")
+	if err := os.WriteFile(path, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// runUdhcpc gets one lease with busybox udhcpc in ns and returns what
+// its script saw.
+func runUdhcpc(t *testing.T, lab *netlab.Lab, ns *netlab.NS, extra ...string) map[string]string {
+	t.Helper()
+	script := writeScript(t, udhcpcScript)
+	out := filepath.Join(t.TempDir(), "env")
+	args := append([]string{"-q", "-n", "-f", "-i", "eth0", "-t", "5", "-T", "2", "-s", script}, extra...)
+	cmd := lab.Command(ns, "udhcpc", args...)
+	cmd.Env = append(os.Environ(), "OUT="+out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("udhcpc: %v\n%s", err, b)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		k, v, _ := strings.Cut(l, "=")
+		env[k] = v
+	}
+	return env
+}
+
+func readLeaseFile(t *testing.T, file string) map[string]string {
+	t.Helper()
+	var leases []Lease
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &leases); err != nil {
+		t.Fatalf("lease file: %v\n%s", err, b)
+	}
+	st, err := os.Stat(file)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("lease file mode: %v %v", st.Mode(), err)
+	}
+	got := map[string]string{}
+	for _, l := range leases {
+		got[l.MAC] = l.IP.String()
+	}
+	return got
+}
+
+func TestRealClientsAuthoritative(t *testing.T) {
+	netlab.Require(t, "udhcpc", "dhclient")
+	lab := netlab.New(t, "10.80.0.0/24")
+	file := filepath.Join(t.TempDir(), "leases.json")
+	_, d, stop := startInLab(t, lab, testConfig(Authoritative, file))
+
+	tests := []struct {
+		name  string
+		mac   string
+		args  []string
+		want  map[string]string
+		notIn []string
+	}{
+		{"udhcpc as UEFI PXE firmware", knownMAC, []string{"-V", "PXEClient:Arch:00007:UNDI:003016", "-x", "0x5d:0007"},
+			map[string]string{"ip": "10.80.0.100", "boot_file": "ipxe.efi", "siaddr": "10.80.0.1", "serverid": "10.80.0.1",
+				"router": "10.80.0.1", "subnet": "255.255.255.0", "lease": "3600", "domain": "lab"}, nil},
+		{"udhcpc reservation, BIOS PXE", "52:54:00:12:34:05", []string{"-V", "PXEClient:Arch:00000:UNDI:002001"},
+			map[string]string{"ip": "10.80.0.50", "boot_file": "undionly.kpxe", "siaddr": "10.80.0.1"}, nil},
+		{"udhcpc PXE but Decider says Ignore: plain lease", unknownMAC, []string{"-V", "PXEClient:Arch:00000:UNDI:002001"},
+			map[string]string{"ip": "10.80.0.101"}, []string{"boot_file"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := runUdhcpc(t, lab, lab.Client(tt.mac), tt.args...)
+			for k, v := range tt.want {
+				if env[k] != v {
+					t.Errorf("%s = %q, want %q (all: %v)", k, env[k], v, env)
+				}
+			}
+			for _, k := range tt.notIn {
+				if _, ok := env[k]; ok {
+					t.Errorf("%s set: %v", k, env)
+				}
+			}
+		})
+	}
+	t.Run("dhclient plain lease", func(t *testing.T) {
+		c := lab.Client("52:54:00:00:00:33")
+		dir := t.TempDir()
+		out := filepath.Join(dir, "env")
+		script := writeScript(t, "#!/bin/sh\ncase $reason in BOUND) env | grep -E '^new_(ip_address|filename|routers|domain_name)=' | sort > "+out+";; esac\nexit 0\n")
+		pid := filepath.Join(dir, "pid")
+		if b, err := lab.Command(c, "dhclient", "-1", "-v", "-sf", script, "-lf", filepath.Join(dir, "lease"), "-pf", pid, "eth0").CombinedOutput(); err != nil {
+			t.Fatalf("dhclient: %v\n%s", err, b)
+		}
+		// dhclient stays as a daemon after -1 succeeds; -x stops it
+		// without a RELEASE, so its lease stays in the file.
+		t.Cleanup(func() { _ = lab.Command(c, "dhclient", "-x", "-pf", pid).Run() })
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"new_ip_address=10.80.0.102", "new_routers=10.80.0.1", "new_domain_name=lab"} {
+			if !strings.Contains(string(b), want+"\n") {
+				t.Errorf("dhclient env lacks %s:\n%s", want, b)
+			}
+		}
+		if strings.Contains(string(b), "new_filename") {
+			t.Errorf("plain client got a boot file:\n%s", b)
+		}
+	})
+	// dhclient sends no vendor class: a plain client is never a boot
+	// candidate, so the Decider never hears of it.
+	d.mu.Lock()
+	for _, m := range d.asked {
+		if m.MAC.String() == "52:54:00:00:00:33" {
+			t.Errorf("Decider asked about a non-PXE client: %+v", m)
+		}
+	}
+	d.mu.Unlock()
+	want := map[string]string{knownMAC: "10.80.0.100", "52:54:00:12:34:05": "10.80.0.50", unknownMAC: "10.80.0.101", "52:54:00:00:00:33": "10.80.0.102"}
+	if got := readLeaseFile(t, file); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("lease file holds %v, want %v", got, want)
+	}
+
+	// A restarted server reads the file back: a client that is not the
+	// first to ask still gets its own address, not the lowest free one.
+	stop()
+	startInLab(t, lab, testConfig(Authoritative, file))
+	env := runUdhcpc(t, lab, lab.Client(unknownMAC))
+	if env["ip"] != "10.80.0.101" {
+		t.Fatalf("after restart %s got %v, want 10.80.0.101", unknownMAC, env)
+	}
+}
+
+// TestRealClientProxy: a real udhcpc DISCOVER reaches the proxy, whose
+// broadcast OFFER (no address, boot options) is read off the wire in
+// the client's namespace.
+func TestRealClientProxy(t *testing.T) {
+	netlab.Require(t, "udhcpc")
+	lab := netlab.New(t, "10.80.0.0/24")
+	_, d, _ := startInLab(t, lab, testConfig(Proxy, ""))
+	c := lab.Client(knownMAC)
+	var conn net.PacketConn
+	if err := netlab.Do(c, func() (err error) {
+		conn, err = net.ListenPacket("udp4", "0.0.0.0:68")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	// udhcpc gets no address from a proxy and gives up after its tries;
+	// its DISCOVERs are what matter.
+	cmd := lab.Command(c, "udhcpc", "-q", "-n", "-f", "-i", "eth0", "-t", "3", "-T", "1", "-s", "/bin/true",
+		"-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// The deadline only bounds a broken run; nothing is asserted on time.
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, 1500)
+	for {
+		n, _, err := conn.ReadFrom(buf)
+		if err != nil {
+			d.mu.Lock()
+			asked := len(d.asked)
+			d.mu.Unlock()
+			t.Fatalf("no proxy offer seen: %v (decider asked %d times)", err, asked)
+		}
+		resp, err := dhcpv4.FromBytes(buf[:n])
+		if err != nil || resp.MessageType() != dhcpv4.MessageTypeOffer {
+			continue
+		}
+		if !resp.YourIPAddr.IsUnspecified() || resp.BootFileName != "undionly.kpxe" || !resp.ServerIPAddr.Equal(net.ParseIP("10.80.0.1")) ||
+			string(resp.Options.Get(dhcpv4.OptionClassIdentifier)) != "PXEClient" || !resp.ServerIdentifier().Equal(net.ParseIP("10.80.0.1")) ||
+			!bytes.Equal(resp.Options.Get(dhcpv4.OptionVendorSpecificInformation), pxeVendorOptions) {
+			t.Fatalf("proxy offer: %s", resp.Summary())
+		}
+		return
+	}
+}
+
+// TestRelayAndMalformed plays a DHCP relay (RFC 1542) from a namespace
+// with an address on the lab subnet: garbage is dropped and counted,
+// and a relayed DISCOVER is answered to the relay's port 67.
+func TestRelayAndMalformed(t *testing.T) {
+	netlab.Require(t)
+	lab := netlab.New(t, "10.80.0.0/24")
+	s, _, _ := startInLab(t, lab, testConfig(Authoritative, filepath.Join(t.TempDir(), "leases.json")))
+	relay := lab.Client("")
+	lab.Run(relay, "ip", "addr", "add", "10.80.0.2/24", "dev", "eth0")
+	var conn *net.UDPConn
+	if err := netlab.Do(relay, func() (err error) {
+		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("10.80.0.2"), Port: 67})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	server := &net.UDPAddr{IP: net.ParseIP("10.80.0.1"), Port: 67}
+	if _, err := conn.WriteTo([]byte{1, 1, 6, 0, 0xde, 0xad}, server); err != nil {
+		t.Fatal(err)
+	}
+	req := pxeRequest(t, dhcpv4.MessageTypeDiscover, "52:54:00:00:00:77", "", nil, "", false)
+	req.GatewayIPAddr = net.ParseIP("10.80.0.2")
+	req.HopCount = 1
+	if _, err := conn.WriteTo(req.ToBytes(), server); err != nil {
+		t.Fatal(err)
+	}
+	// The deadline only bounds a broken run; nothing is asserted on time.
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, 1500)
+	n, from, err := conn.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("no reply at the relay: %v", err)
+	}
+	resp, err := dhcpv4.FromBytes(buf[:n])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.MessageType() != dhcpv4.MessageTypeOffer || resp.TransactionID != req.TransactionID ||
+		!resp.YourIPAddr.Equal(net.ParseIP("10.80.0.100")) || !resp.GatewayIPAddr.Equal(net.ParseIP("10.80.0.2")) {
+		t.Fatalf("relay got %s", resp.Summary())
+	}
+	if from.String() != "10.80.0.1:67" {
+		t.Errorf("reply from %s, want 10.80.0.1:67", from)
+	}
+	// The server reads one socket in order: the garbage was handled
+	// before the DISCOVER whose reply we hold.
+	if got := testutil.ToFloat64(s.packets.WithLabelValues("malformed", "dropped")); got != 1 {
+		t.Errorf("malformed packets counted: %v, want 1", got)
+	}
+}
+
+func TestListenRefusesMissingInterface(t *testing.T) {
+	cfg := testConfig(Proxy, "")
+	cfg.Interfaces = []string{"pxe-nonexistent0"}
+	s, _ := newTestServer(t, cfg)
+	err := s.Listen()
+	if err == nil || !strings.Contains(err.Error(), `interface "pxe-nonexistent0"`) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func FuzzHandle(f *testing.F) {
+	hw, _ := net.ParseMAC(knownMAC)
+	for _, mt := range []dhcpv4.MessageType{dhcpv4.MessageTypeDiscover, dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeDecline, dhcpv4.MessageTypeRelease, dhcpv4.MessageTypeInform} {
+		for _, opts := range [][]dhcpv4.Modifier{
+			{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007")), dhcpv4.WithGeneric(dhcpv4.OptionUserClassInformation, []byte("\x04iPXE"))},
+			{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("HTTPClient:Arch:00016")), dhcpv4.WithGeneric(dhcpv4.OptionClientSystemArchitectureType, []byte{0, 16, 0})},
+			{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:")), dhcpv4.WithGeneric(dhcpv4.OptionUserClassInformation, []byte("\x09iPXE"))},
+			{dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.ParseIP("10.80.0.1"))), dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("10.80.0.100")))},
+		} {
+			r, err := dhcpv4.New(append([]dhcpv4.Modifier{dhcpv4.WithMessageType(mt), dhcpv4.WithHwAddr(hw)}, opts...)...)
+			if err != nil {
+				f.Fatal(err)
+			}
+			f.Add(r.ToBytes(), uint8(0))
+			f.Add(r.ToBytes(), uint8(1))
+		}
+	}
+	f.Add([]byte{1, 1, 6, 0}, uint8(0))
+	servers := map[uint8]*Server{}
+	for i, mode := range []Mode{Proxy, Authoritative} {
+		d := &allowList{boot: map[string]bool{knownMAC: true}}
+		s, err := New(testConfig(mode, ""), d, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			f.Fatal(err)
+		}
+		servers[uint8(i)] = s
+	}
+	f.Fuzz(func(t *testing.T, b []byte, which uint8) {
+		req, err := dhcpv4.FromBytes(b)
+		if err != nil {
+			return
+		}
+		for _, port := range []int{67, 4011} {
+			resp, _ := servers[which%2].Handle(context.Background(), req, "br0", port)
+			if resp == nil {
+				continue
+			}
+			if _, err := dhcpv4.FromBytes(resp.ToBytes()); err != nil {
+				t.Fatalf("reply does not parse: %v", err)
+			}
+			if (which%2 == 0 || port == 4011) && !resp.YourIPAddr.IsUnspecified() {
+				t.Fatalf("proxy reply with an address: %s", resp.YourIPAddr)
+			}
+		}
+	})
+}

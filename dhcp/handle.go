@@ -1,0 +1,281 @@
+package dhcp
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+)
+
+// pxeVendorOptions is option 43 for BIOS PXE ROMs: sub-option 6
+// (PXE_DISCOVERY_CONTROL) = 8 tells the ROM to skip boot server
+// discovery and take the boot file of this offer.
+var pxeVendorOptions = []byte{6, 1, 8, 255}
+
+// Handle computes the reply to one request that arrived on iface and
+// port (67, or 4011 for PXE boot server requests); nil means silence.
+func (s *Server) Handle(ctx context.Context, req *dhcpv4.DHCPv4, iface string, port int) (*dhcpv4.DHCPv4, error) {
+	mt := req.MessageType()
+	count := func(result string) { s.packets.WithLabelValues(strings.ToLower(mt.String()), result).Inc() }
+	if req.OpCode != dhcpv4.OpcodeBootRequest || len(req.ClientHWAddr) != 6 {
+		count("not-a-request")
+		return nil, nil
+	}
+	fw, pxe := detect(req)
+	m := Machine{MAC: req.ClientHWAddr, Firmware: fw, Interface: iface}
+	if s.cfg.Mode == Proxy || port == 4011 {
+		if !pxe {
+			count("not-pxe")
+			return nil, nil
+		}
+		// Ask the Decider only about packets that a proxy answers, so
+		// that a REQUEST meant for the network's own DHCP server is not
+		// counted as one more boot attempt.
+		if !s.proxyAnswers(req, port) {
+			count("not-ours")
+			return nil, nil
+		}
+		if s.decider.Decide(ctx, m) != Boot {
+			count("ignored")
+			return nil, nil
+		}
+		resp, err := s.proxyReply(req, m, port)
+		if err != nil {
+			count("error")
+			return nil, err
+		}
+		count("answered")
+		s.log.Info("proxy DHCP: boot options sent", "mac", m.MAC, "firmware", fw, "type", mt, "port", port, "file", resp.BootFileName)
+		return resp, nil
+	}
+	// Authoritative: everybody gets a lease; boot options only for PXE
+	// clients that the Decider lets boot.
+	boot := false
+	switch mt {
+	case dhcpv4.MessageTypeDiscover, dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeInform:
+		boot = pxe && s.decider.Decide(ctx, m) == Boot
+	}
+	resp, err := s.authoritativeReply(req, m, boot)
+	switch {
+	case err != nil:
+		count("error")
+	case resp == nil:
+		count("no-reply")
+	default:
+		count(strings.ToLower(resp.MessageType().String()))
+		s.log.Info("DHCP", "mac", m.MAC, "type", mt, "reply", resp.MessageType(), "ip", resp.YourIPAddr,
+			"pxe", pxe, "boot", boot, "firmware", fw, "file", resp.BootFileName)
+	}
+	return resp, err
+}
+
+// proxyAnswers tells whether a proxy replies to this packet at all: on
+// 67 a DISCOVER (the network's DHCP server gives the address) or a
+// REQUEST/INFORM that names us as server; on 4011, where PXE firmware
+// asks the boot server directly, a REQUEST or INFORM.
+func (s *Server) proxyAnswers(req *dhcpv4.DHCPv4, port int) bool {
+	switch req.MessageType() {
+	case dhcpv4.MessageTypeDiscover:
+		return port != 4011
+	case dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeInform:
+		if port == 4011 {
+			return true
+		}
+		sid := req.ServerIdentifier()
+		return sid != nil && sid.Equal(s.cfg.ServerIP.AsSlice())
+	}
+	return false
+}
+
+// proxyReply answers a PXE client without an address: a DISCOVER gets
+// an OFFER, a REQUEST or INFORM an ACK. The caller checked proxyAnswers.
+func (s *Server) proxyReply(req *dhcpv4.DHCPv4, m Machine, port int) (*dhcpv4.DHCPv4, error) {
+	mt := dhcpv4.MessageTypeAck
+	if req.MessageType() == dhcpv4.MessageTypeDiscover {
+		mt = dhcpv4.MessageTypeOffer
+	}
+	resp, err := dhcpv4.NewReplyFromRequest(req,
+		dhcpv4.WithMessageType(mt),
+		dhcpv4.WithYourIP(net.IPv4zero),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(s.cfg.ServerIP.AsSlice())),
+	)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.bootOptions(req, resp, m); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// authoritativeReply leases addresses to every client and adds boot
+// options for the network-booting ones that the Decider lets boot.
+func (s *Server) authoritativeReply(req *dhcpv4.DHCPv4, m Machine, boot bool) (*dhcpv4.DHCPv4, error) {
+	mac := macKey(m.MAC)
+	if gw := req.GatewayIPAddr; gw != nil && !gw.IsUnspecified() {
+		// A relay forwarded this from another segment: we only lease our
+		// subnet, so it must be that relay's.
+		if a, ok := netip.AddrFromSlice(gw.To4()); !ok || !s.cfg.Subnet.Contains(a) {
+			return nil, fmt.Errorf("relayed from %s, outside subnet %s", gw, s.cfg.Subnet)
+		}
+	}
+	sidOK := func() bool {
+		sid := req.ServerIdentifier()
+		return sid == nil || sid.Equal(s.cfg.ServerIP.AsSlice())
+	}
+	switch req.MessageType() {
+	case dhcpv4.MessageTypeDiscover:
+		ip, ok := s.pool.offer(mac, addrOf(req.RequestedIPAddress()))
+		if !ok {
+			return nil, fmt.Errorf("no free address in %s-%s for %s", s.cfg.RangeStart, s.cfg.RangeEnd, mac)
+		}
+		return s.lease(req, m, dhcpv4.MessageTypeOffer, ip, boot)
+	case dhcpv4.MessageTypeRequest:
+		if !sidOK() {
+			return nil, nil // the client took another server's offer
+		}
+		want := addrOf(req.RequestedIPAddress())
+		if !want.IsValid() {
+			want = addrOf(req.ClientIPAddr)
+		}
+		ok, err := s.pool.ack(mac, want, s.cfg.LeaseTime)
+		if err != nil {
+			s.log.Error("saving leases failed", "err", err)
+		}
+		if !ok {
+			return dhcpv4.NewReplyFromRequest(req,
+				dhcpv4.WithMessageType(dhcpv4.MessageTypeNak),
+				dhcpv4.WithOption(dhcpv4.OptServerIdentifier(s.cfg.ServerIP.AsSlice())),
+				dhcpv4.WithOption(dhcpv4.OptMessage(fmt.Sprintf("address %s is not yours", want))),
+			)
+		}
+		return s.lease(req, m, dhcpv4.MessageTypeAck, want, boot)
+	case dhcpv4.MessageTypeDecline:
+		if sidOK() {
+			ip := addrOf(req.RequestedIPAddress())
+			s.log.Warn("client declined an address: something else uses it", "mac", mac, "ip", ip)
+			return nil, s.pool.decline(mac, ip)
+		}
+		return nil, nil
+	case dhcpv4.MessageTypeRelease:
+		if sidOK() {
+			return nil, s.pool.release(mac, addrOf(req.ClientIPAddr))
+		}
+		return nil, nil
+	case dhcpv4.MessageTypeInform:
+		resp, err := dhcpv4.NewReplyFromRequest(req, dhcpv4.WithMessageType(dhcpv4.MessageTypeAck))
+		if err != nil {
+			return nil, err
+		}
+		s.networkOptions(resp)
+		if boot {
+			if err := s.bootOptions(req, resp, m); err != nil {
+				return nil, err
+			}
+		}
+		return resp, nil
+	}
+	return nil, nil
+}
+
+// macKey is how leases and reservations name a MAC: net's canonical
+// lower-case, colon-separated text.
+func macKey(mac net.HardwareAddr) string { return mac.String() }
+
+func addrOf(ip net.IP) netip.Addr {
+	if ip == nil || ip.IsUnspecified() {
+		return netip.Addr{}
+	}
+	a, _ := netip.AddrFromSlice(ip.To4())
+	return a
+}
+
+func (s *Server) lease(req *dhcpv4.DHCPv4, m Machine, mt dhcpv4.MessageType, ip netip.Addr, boot bool) (*dhcpv4.DHCPv4, error) {
+	resp, err := dhcpv4.NewReplyFromRequest(req,
+		dhcpv4.WithMessageType(mt),
+		dhcpv4.WithYourIP(ip.AsSlice()),
+		dhcpv4.WithOption(dhcpv4.OptIPAddressLeaseTime(s.cfg.LeaseTime)),
+	)
+	if err != nil {
+		return nil, err
+	}
+	s.networkOptions(resp)
+	if boot {
+		if err := s.bootOptions(req, resp, m); err != nil {
+			// Still lease the address: the machine may boot from disk.
+			s.log.Warn("no boot options for this machine", "mac", m.MAC, "err", err)
+		}
+	}
+	return resp, nil
+}
+
+func (s *Server) networkOptions(resp *dhcpv4.DHCPv4) {
+	resp.UpdateOption(dhcpv4.OptServerIdentifier(s.cfg.ServerIP.AsSlice()))
+	resp.UpdateOption(dhcpv4.OptSubnetMask(net.CIDRMask(s.cfg.Subnet.Bits(), 32)))
+	if s.cfg.Router.IsValid() {
+		resp.UpdateOption(dhcpv4.OptRouter(s.cfg.Router.AsSlice()))
+	}
+	if len(s.cfg.DNS) > 0 {
+		var ips []net.IP
+		for _, a := range s.cfg.DNS {
+			ips = append(ips, a.AsSlice())
+		}
+		resp.UpdateOption(dhcpv4.OptDNS(ips...))
+	}
+	if s.cfg.Domain != "" {
+		resp.UpdateOption(dhcpv4.OptDomainName(s.cfg.Domain))
+	}
+}
+
+// bootOptions adds what the client's firmware needs to load its next
+// stage: iPXE (over TFTP, or over HTTP for HTTP Boot), or, when iPXE is
+// already running, its script URL.
+func (s *Server) bootOptions(req, resp *dhcpv4.DHCPv4, m Machine) error {
+	fw := m.Firmware
+	var file string
+	switch {
+	case fw.IPXE:
+		// iPXE asks again after it starts; handing it the iPXE binary
+		// once more would chainload it forever.
+		file = s.cfg.ScriptURL(m.MAC)
+	case fw.HTTPBoot:
+		if s.cfg.HTTPBootURL == nil {
+			return fmt.Errorf("UEFI HTTP Boot client %s, and no HTTP boot URL", m.MAC)
+		}
+		file = s.cfg.HTTPBootURL(m)
+	default:
+		file = s.cfg.BootFiles[fw.Arch]
+		if file == "" {
+			return fmt.Errorf("no iPXE binary configured for %s firmware of %s", fw.Arch, m.MAC)
+		}
+	}
+	resp.ServerIPAddr = s.cfg.ServerIP.AsSlice()
+	resp.BootFileName = file
+	resp.UpdateOption(dhcpv4.OptBootFileName(file))
+	if fw.HTTPBoot {
+		// UEFI HTTP Boot accepts only offers that echo its vendor class.
+		resp.UpdateOption(dhcpv4.OptClassIdentifier("HTTPClient"))
+	} else {
+		// PXE ROMs take boot options only from offers that carry
+		// "PXEClient" in option 60.
+		resp.UpdateOption(dhcpv4.OptClassIdentifier("PXEClient"))
+		if !fw.IPXE {
+			resp.UpdateOption(dhcpv4.OptTFTPServerName(s.cfg.ServerIP.String()))
+		}
+	}
+	// Option 43 sub-option 6 only for BIOS ROMs: several UEFI firmwares
+	// treat a proxy offer with PXE vendor options as a boot-server
+	// discovery answer and ignore it, then ask on 4011, which we answer.
+	if fw.Arch == ArchBIOS && !fw.IPXE && !fw.HTTPBoot {
+		resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, pxeVendorOptions))
+	}
+	// Option 97 (the client's UUID): PXE ROMs may drop an answer that
+	// does not echo it. Real ROMs sometimes omit it; then so do we.
+	if guid := req.Options.Get(dhcpv4.OptionClientMachineIdentifier); len(guid) > 0 {
+		resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionClientMachineIdentifier, guid))
+	}
+	return nil
+}

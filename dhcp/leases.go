@@ -1,0 +1,239 @@
+package dhcp
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// offerHold is how long an offered address stays set aside for the
+// client that was offered it, waiting for its REQUEST.
+const offerHold = 60 * time.Second
+
+// declineHold keeps an address that a client found in use (DECLINE) out
+// of the pool for a while: something else on the segment owns it.
+const declineHold = 10 * time.Minute
+
+// Lease is one address bound to one MAC.
+type Lease struct {
+	MAC    string     `json:"mac"`
+	IP     netip.Addr `json:"ip"`
+	Expiry time.Time  `json:"expiry"`
+}
+
+// pool hands out addresses from a range, honours reservations, and
+// persists bound leases to a file so a restart keeps them.
+type pool struct {
+	mu           sync.Mutex
+	start, end   netip.Addr
+	reservations map[string]netip.Addr // mac → ip
+	reservedIPs  map[netip.Addr]string
+	byMAC        map[string]*Lease
+	byIP         map[netip.Addr]*Lease
+	declined     map[netip.Addr]time.Time
+	file         string
+	now          func() time.Time
+}
+
+func newPool(start, end netip.Addr, reservations map[string]netip.Addr, file string) (*pool, error) {
+	p := &pool{
+		start: start, end: end, reservations: reservations,
+		reservedIPs: map[netip.Addr]string{}, byMAC: map[string]*Lease{}, byIP: map[netip.Addr]*Lease{},
+		declined: map[netip.Addr]time.Time{}, file: file, now: time.Now,
+	}
+	for mac, ip := range reservations {
+		p.reservedIPs[ip] = mac
+	}
+	if file == "" {
+		return p, nil
+	}
+	data, err := os.ReadFile(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return p, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lease file: %w", err)
+	}
+	var leases []Lease
+	if err := json.Unmarshal(data, &leases); err != nil {
+		return nil, fmt.Errorf("lease file %s: %w (move it away to start with no leases)", file, err)
+	}
+	for i := range leases {
+		l := leases[i]
+		// Leases that ran out, or whose address the config no longer
+		// lets this MAC have (range or reservations changed), are
+		// dropped rather than handed out again.
+		if !l.IP.IsValid() || p.now().After(l.Expiry) || !p.usable(l.IP, l.MAC) || p.byIP[l.IP] != nil {
+			continue
+		}
+		p.byMAC[l.MAC] = &l
+		p.byIP[l.IP] = &l
+	}
+	return p, nil
+}
+
+func (p *pool) inRange(ip netip.Addr) bool {
+	return ip.IsValid() && p.start.Compare(ip) <= 0 && ip.Compare(p.end) <= 0
+}
+
+// usable reports whether ip may be given to mac now.
+func (p *pool) usable(ip netip.Addr, mac string) bool {
+	if owner, ok := p.reservedIPs[ip]; ok {
+		return owner == mac
+	}
+	if !p.inRange(ip) {
+		return false
+	}
+	if until, ok := p.declined[ip]; ok && p.now().Before(until) {
+		return false
+	}
+	if l, ok := p.byIP[ip]; ok && l.MAC != mac && p.now().Before(l.Expiry) {
+		return false
+	}
+	return true
+}
+
+// offer picks an address for mac: its reservation, its current lease,
+// the address it asks for, or the first free one; and holds it briefly.
+func (p *pool) offer(mac string, requested netip.Addr) (netip.Addr, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pick := netip.Addr{}
+	switch {
+	case p.reservations[mac].IsValid():
+		pick = p.reservations[mac]
+	case p.byMAC[mac] != nil && p.usable(p.byMAC[mac].IP, mac):
+		pick = p.byMAC[mac].IP
+	case requested.IsValid() && p.usable(requested, mac):
+		pick = requested
+	default:
+		for ip := p.start; ip.IsValid() && ip.Compare(p.end) <= 0; ip = ip.Next() {
+			if p.usable(ip, mac) {
+				pick = ip
+				break
+			}
+		}
+	}
+	if !pick.IsValid() {
+		return pick, false
+	}
+	if l := p.byMAC[mac]; l == nil || l.IP != pick || l.Expiry.Before(p.now().Add(offerHold)) {
+		p.bind(mac, pick, offerHold)
+	}
+	return pick, true
+}
+
+// bind records mac's lease of ip for d; the caller holds p.mu.
+func (p *pool) bind(mac string, ip netip.Addr, d time.Duration) {
+	if old := p.byMAC[mac]; old != nil && p.byIP[old.IP] == old {
+		delete(p.byIP, old.IP)
+	}
+	if prev := p.byIP[ip]; prev != nil && prev.MAC != mac {
+		// The address's earlier holder let its lease run out (usable
+		// checked that); it must not keep a record of the address, or
+		// a later rebind of that MAC would drop this new lease.
+		delete(p.byMAC, prev.MAC)
+	}
+	l := &Lease{MAC: mac, IP: ip, Expiry: p.now().Add(d)}
+	p.byMAC[mac] = l
+	p.byIP[ip] = l
+}
+
+// ack confirms mac's REQUEST for ip; false means NAK.
+func (p *pool) ack(mac string, ip netip.Addr, d time.Duration) (bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.usable(ip, mac) {
+		return false, nil
+	}
+	p.bind(mac, ip, d)
+	return true, p.save()
+}
+
+// release frees mac's lease of ip.
+func (p *pool) release(mac string, ip netip.Addr) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if l := p.byMAC[mac]; l != nil && (l.IP == ip || !ip.IsValid()) {
+		delete(p.byMAC, mac)
+		delete(p.byIP, l.IP)
+	}
+	return p.save()
+}
+
+// decline takes ip out of the pool for a while.
+func (p *pool) decline(mac string, ip netip.Addr) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.declined[ip] = p.now().Add(declineHold)
+	if l := p.byMAC[mac]; l != nil && l.IP == ip {
+		delete(p.byMAC, mac)
+		delete(p.byIP, ip)
+	}
+	return p.save()
+}
+
+// lookup returns mac's current lease.
+func (p *pool) lookup(mac string) (Lease, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.byMAC[mac]
+	if l == nil || p.now().After(l.Expiry) {
+		return Lease{}, false
+	}
+	return *l, true
+}
+
+// save writes the bound leases atomically, 0600; the caller holds p.mu.
+func (p *pool) save() error {
+	if p.file == "" {
+		return nil
+	}
+	leases := make([]Lease, 0, len(p.byMAC))
+	for _, l := range p.byMAC {
+		if p.now().Before(l.Expiry) {
+			leases = append(leases, *l)
+		}
+	}
+	data, err := json.MarshalIndent(leases, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeAtomic(p.file, data); err != nil {
+		return fmt.Errorf("saving leases: %w (is the state directory writable?)", err)
+	}
+	return nil
+}
+
+// writeAtomic replaces file with data, readable only by its owner.
+func writeAtomic(file string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(file), ".leases-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	// Flushed before the rename, so a crash leaves the old file or the
+	// new one, never an empty one.
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), file)
+}

@@ -1,0 +1,311 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// serverBinary builds cmd/pxe-anywhere once per test binary: the tests
+// run the real program, as an operator would.
+func serverBinary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		binPath = filepath.Join(tmpRoot, "pxe-anywhere")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/pxe-anywhere")
+		cmd.Dir = repoRoot
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("go build ./cmd/pxe-anywhere: %w\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// server is pxe-anywhere serve running in the lab's server namespace.
+type server struct {
+	t        *testing.T
+	lab      *netlab.Lab
+	stateDir string
+	logPath  string
+	http     *http.Client
+}
+
+// profileSpec is what a test varies in the profile it installs.
+type profileSpec struct {
+	disko  string // store path of the disko stand-in
+	system string // store path of the system toplevel
+	mac    string
+}
+
+// startServer writes a config for one machine and starts the server.
+func startServer(t *testing.T, lab *netlab.Lab, p profileSpec) *server {
+	t.Helper()
+	bin := serverBinary(t)
+	kernel, initrd := installerImage(t)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	extra := filepath.Join(dir, "extra")
+	writeFile(t, filepath.Join(extra, "etc", "e2e-extra"), "extra file from pxe-anywhere\n", 0o644)
+	writeFile(t, filepath.Join(extra, "home", "alice", "hello"), "hello alice\n", 0o644)
+	diskKey := filepath.Join(dir, "disk.key")
+	writeFile(t, diskKey, "e2e disk key\n", 0o600)
+	cfg := fmt.Sprintf(`server:
+  interfaces: [br0]
+  advertise: %[1]s
+  http_listen: ":8080"
+  tftp_listen: ":69"
+  state_dir: %[2]s
+  unknown_machines: ignore
+dhcp:
+  mode: authoritative
+  subnet: 10.77.0.0/24
+  range: [10.77.0.100, 10.77.0.200]
+  router: %[1]s
+  lease_time: 1h
+images:
+  test:
+    kernel: %[3]s
+    initrd: [%[4]s]
+    cmdline: "console=ttyS0"
+profiles:
+  e2e:
+    image: test
+    store_paths: {disko: %[5]s, system: %[6]s}
+    disk_encryption_keys: {/tmp/disk.key: %[7]s}
+    extra_files: %[8]s
+    chown: {/home/alice: "1000:100"}
+    after_install: reboot
+machines:
+  - mac: "%[9]s"
+    profile: e2e
+    hostname: e2e-01
+`, serverIP, state, kernel, initrd, p.disko, p.system, diskKey, extra, p.mac)
+	cfgPath := filepath.Join(dir, "config.yaml")
+	writeFile(t, cfgPath, cfg, 0o600)
+
+	s := &server{t: t, lab: lab, stateDir: state, logPath: filepath.Join(dir, "server.log")}
+	logf, err := os.Create(s.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", lab.Server.Name, bin, "serve", "--config", cfgPath, "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("starting pxe-anywhere serve: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		logf.Close()
+		if t.Failed() {
+			dst := filepath.Join(repoRoot, "e2e", "artifacts", sanitize(t.Name()))
+			if os.MkdirAll(dst, 0o755) == nil {
+				if data, err := os.ReadFile(s.logPath); err == nil {
+					_ = os.WriteFile(filepath.Join(dst, "server.log"), data, 0o644)
+				}
+			}
+			t.Logf("server log tail:\n%s", tail(s.logPath, 40))
+		}
+	})
+	// API calls dial from inside the lab: the server is only there.
+	s.http = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = netlab.Do(lab.Server, func() (e error) { c, e = (&net.Dialer{}).DialContext(ctx, network, addr); return e })
+			return c, err
+		},
+	}}
+	// Ready when the API answers; bounded in case the server died.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		select {
+		case <-done:
+			t.Fatalf("pxe-anywhere serve exited; log:\n%s", tail(s.logPath, 40))
+		default:
+		}
+		if _, err := s.get("/healthz"); err == nil {
+			if _, err := os.Stat(filepath.Join(state, "api-token")); err == nil {
+				return s
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pxe-anywhere serve not answering on %s:8080; log:\n%s", serverIP, tail(s.logPath, 40))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// get calls the server's HTTP API with the bearer token from its state.
+func (s *server) get(path string) ([]byte, error) {
+	req, err := http.NewRequest(http.MethodGet, "http://"+serverIP+":8080"+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if tok, err := os.ReadFile(filepath.Join(s.stateDir, "api-token")); err == nil {
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	}
+	resp, err := s.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return body, fmt.Errorf("GET %s: %s: %s", path, resp.Status, body)
+	}
+	return body, nil
+}
+
+type machineView struct {
+	MAC   string `json:"mac"`
+	State string `json:"state"`
+	Phase string `json:"phase"`
+	Error string `json:"error"`
+	IP    string `json:"ip"`
+}
+
+func (s *server) machine(mac string) machineView {
+	var m machineView
+	if body, err := s.get("/api/v1/machines/" + mac); err == nil {
+		_ = json.Unmarshal(body, &m)
+	}
+	return m
+}
+
+// text returns a raw API body ("" on error), for substring checks.
+func (s *server) text(path string) string {
+	body, _ := s.get(path)
+	return string(body)
+}
+
+// stateTimer records when each machine state was first seen.
+type stateTimer struct {
+	seen []string
+}
+
+func (st *stateTimer) observe(t *testing.T, v *vm, m machineView) {
+	key := m.State
+	if m.Phase != "" {
+		key += "/" + m.Phase
+	}
+	if key == "" {
+		return
+	}
+	for _, k := range st.seen {
+		if k == key {
+			return
+		}
+	}
+	st.seen = append(st.seen, key)
+	t.Logf("timing %s: state %s at %s", v.name, key, v.Elapsed())
+}
+
+// installFlow boots one machine through the whole chain with the real
+// server and checks the installed disk from the host.
+func installFlow(t *testing.T, fw firmware, mac string) {
+	requireE2E(t)
+	t.Parallel()
+	lab := netlab.New(t, labPrefix)
+	system := systemToplevel(t)
+	disko := storeAdd(t, filepath.Join(repoRoot, "lab", "disko-standin.sh"))
+	s := startServer(t, lab, profileSpec{disko: disko, system: system, mac: mac})
+	if m := s.machine(mac); m.State != "new" {
+		t.Fatalf("before boot: machine %s state %q, want new", mac, m.State)
+	}
+	v := startVM(t, lab, fw, mac)
+	st := &stateTimer{}
+	waitFor(t, v, bootBound, "kernel running", func() bool { st.observe(t, v, s.machine(mac)); return v.SerialHas("Linux version") })
+	waitFor(t, v, bootBound, "installer callback", func() bool {
+		st.observe(t, v, s.machine(mac))
+		return v.SerialHas("callback:") && v.SerialHas("accepted")
+	})
+	waitFor(t, v, 2*bootBound, "state installed", func() bool {
+		m := s.machine(mac)
+		st.observe(t, v, m)
+		if m.State == "failed" {
+			t.Fatalf("install failed in phase %s: %s\nlog:\n%s", m.Phase, m.Error, s.text("/api/v1/machines/"+mac+"/log"))
+		}
+		return m.State == "installed"
+	})
+	waitFor(t, v, bootBound, "second PXE boot sent to the local disk", func() bool {
+		return strings.Contains(s.text("/api/v1/machines/"+mac+"/events"), "booting from local disk")
+	})
+	v.Stop()
+	for _, want := range []string{"booting", "installer-up", "installing", "installed"} {
+		found := false
+		for _, k := range st.seen {
+			found = found || strings.HasPrefix(k, want)
+		}
+		if !found && !strings.Contains(s.text("/api/v1/machines/"+mac+"/events"), want) {
+			t.Errorf("state %s never seen (seen %v)", want, st.seen)
+		}
+	}
+	checkInstalledDisk(t, v.Disk, system, []extraFile{
+		{Path: "/etc/e2e-extra", UID: 0, GID: 0, Content: "extra file from pxe-anywhere"},
+		{Path: "/home/alice", UID: 1000, GID: 100},
+		{Path: "/home/alice/hello", UID: 1000, GID: 100, Content: "hello alice"},
+	})
+}
+
+func TestInstallBIOS(t *testing.T) { installFlow(t, bios, "52:54:00:77:01:01") }
+
+func TestInstallUEFI(t *testing.T) { installFlow(t, uefi, "52:54:00:77:02:01") }
+
+// TestInstallDiskoFails: a failing disko leaves the machine failed in
+// phase disko, with the remote error line in its log.
+func TestInstallDiskoFails(t *testing.T) {
+	requireE2E(t)
+	t.Parallel()
+	lab := netlab.New(t, labPrefix)
+	mac := "52:54:00:77:03:01"
+	system := systemToplevel(t)
+	disko := storeAdd(t, filepath.Join(repoRoot, "lab", "disko-standin-fail.sh"))
+	s := startServer(t, lab, profileSpec{disko: disko, system: system, mac: mac})
+	v := startVM(t, lab, bios, mac)
+	st := &stateTimer{}
+	var m machineView
+	waitFor(t, v, 2*bootBound, "state failed", func() bool {
+		m = s.machine(mac)
+		st.observe(t, v, m)
+		if m.State == "installed" {
+			t.Fatal("machine installed although disko failed")
+		}
+		return m.State == "failed"
+	})
+	v.Stop()
+	if m.Phase != "disko" {
+		t.Errorf("failed in phase %q, want disko (error %q)", m.Phase, m.Error)
+	}
+	const line = "simulated disko failure for the e2e test"
+	if log := s.text("/api/v1/machines/" + mac + "/log"); !strings.Contains(log, line) && !strings.Contains(m.Error, line) {
+		t.Errorf("the remote error line %q is neither in the machine's log nor its error %q; log:\n%s", line, m.Error, log)
+	}
+}

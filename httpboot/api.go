@@ -1,0 +1,153 @@
+package httpboot
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+)
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, map[string]string{"error": err.Error()})
+}
+
+// inventoryError maps an Inventory error to a status.
+func (s *Server) inventoryError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, err)
+	case errors.Is(err, ErrConflict):
+		writeError(w, http.StatusConflict, err)
+	default:
+		s.cfg.Log.Error("API request failed", "err", err)
+		writeError(w, http.StatusInternalServerError, errors.New("internal error"))
+	}
+}
+
+// macParam returns the {mac} of the route in the store's form
+// (lower-case, colons), or answers 400.
+func macParam(w http.ResponseWriter, r *http.Request) (string, bool) {
+	mac, err := ParseMAC(chi.URLParam(r, "mac"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return "", false
+	}
+	noteMAC(r, mac.String())
+	return strings.ToLower(mac.String()), true
+}
+
+func afterParam(w http.ResponseWriter, r *http.Request) (int64, bool) {
+	v := r.URL.Query().Get("after")
+	if v == "" {
+		return 0, true
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		writeError(w, http.StatusBadRequest, errors.New("after: want a non-negative integer"))
+		return 0, false
+	}
+	return n, true
+}
+
+func (s *Server) listMachines(w http.ResponseWriter, r *http.Request) {
+	ms, err := s.inv.Machines(r.Context())
+	if err != nil {
+		s.inventoryError(w, err)
+		return
+	}
+	if ms == nil {
+		ms = []MachineView{}
+	}
+	writeJSON(w, http.StatusOK, ms)
+}
+
+func (s *Server) showMachine(w http.ResponseWriter, r *http.Request) {
+	mac, ok := macParam(w, r)
+	if !ok {
+		return
+	}
+	m, err := s.inv.Machine(r.Context(), mac)
+	if err != nil {
+		s.inventoryError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, m)
+}
+
+func (s *Server) machineEvents(w http.ResponseWriter, r *http.Request) {
+	listAfter(s, w, r, s.inv.Events)
+}
+
+func (s *Server) machineLog(w http.ResponseWriter, r *http.Request) {
+	listAfter(s, w, r, s.inv.Log)
+}
+
+// listAfter answers a machine's events or log lines after ?after=N, so
+// that clients can follow them by asking again with the last ID.
+func listAfter[T any](s *Server, w http.ResponseWriter, r *http.Request, list func(ctx context.Context, mac string, after int64) ([]T, error)) {
+	mac, ok := macParam(w, r)
+	if !ok {
+		return
+	}
+	after, ok := afterParam(w, r)
+	if !ok {
+		return
+	}
+	items, err := list(r.Context(), mac, after)
+	if err != nil {
+		s.inventoryError(w, err)
+		return
+	}
+	if items == nil {
+		items = []T{}
+	}
+	writeJSON(w, http.StatusOK, items)
+}
+
+func (s *Server) reinstall(w http.ResponseWriter, r *http.Request) {
+	mac, ok := macParam(w, r)
+	if !ok {
+		return
+	}
+	if err := s.inv.Reinstall(r.Context(), mac); err != nil {
+		s.inventoryError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "reinstall requested: the next PXE boot installs again"})
+}
+
+func (s *Server) forget(w http.ResponseWriter, r *http.Request) {
+	mac, ok := macParam(w, r)
+	if !ok {
+		return
+	}
+	if err := s.inv.Forget(r.Context(), mac); err != nil {
+		s.inventoryError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "forgotten"})
+}
+
+func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Reload == nil {
+		writeError(w, http.StatusNotImplemented, errors.New("this server cannot reload"))
+		return
+	}
+	if err := s.cfg.Reload(r.Context()); err != nil {
+		writeError(w, http.StatusUnprocessableEntity, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "reloaded"})
+}

@@ -1,0 +1,578 @@
+package installer
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// Conn is one verified SSH connection to the target, with the command
+// prefix (sudo/doas) that makes a command run as root.
+type Conn struct {
+	client  *ssh.Client
+	hostKey ssh.PublicKey
+	addr    string
+	sudo    string
+	sink    Sink
+	phase   string
+}
+
+// tailLines is how much command output a PhaseError keeps.
+const tailLines = 20
+
+// pollInterval is the pause between reachability checks while waiting
+// for a host to go away or come back.
+var pollInterval = time.Second
+
+type run struct {
+	opts    Options
+	sink    Sink
+	conn    *Conn
+	facts   Facts
+	known   []ssh.PublicKey // host keys accepted so far (pinned, or seen first)
+	tmpDir  string
+	agentLn net.Listener
+	hwDone  bool
+}
+
+func (r *run) close() {
+	if r.conn != nil {
+		r.conn.client.Close()
+	}
+	if r.agentLn != nil {
+		r.agentLn.Close()
+	}
+	if r.tmpDir != "" {
+		os.RemoveAll(r.tmpDir)
+	}
+}
+
+func (r *run) addr(port int) string {
+	return net.JoinHostPort(r.opts.Target.Host, strconv.Itoa(port))
+}
+
+func (r *run) connectTimeout() time.Duration {
+	if v, err := strconv.Atoi(r.opts.SSHOptions["ConnectTimeout"]); err == nil && v > 0 {
+		return time.Duration(v) * time.Second
+	}
+	return 10 * time.Second
+}
+
+// hostKeyCallback accepts only the pinned key, keys already seen in this
+// run (the kexec image keeps the old host keys), or, without a pin, what
+// known_hosts says, as ssh's StrictHostKeyChecking would.
+func (r *run) hostKeyCallback() (ssh.HostKeyCallback, error) {
+	if r.opts.HostKey != nil && len(r.known) == 0 {
+		r.known = append(r.known, r.opts.HostKey)
+	}
+	var khCB ssh.HostKeyCallback
+	if len(r.known) == 0 {
+		file := r.opts.KnownHostsFile
+		if file == "" {
+			home, _ := os.UserHomeDir()
+			file = filepath.Join(home, ".ssh", "known_hosts")
+		}
+		if _, err := os.Stat(file); err == nil {
+			cb, err := knownhosts.New(file)
+			if err != nil {
+				return nil, fmt.Errorf("reading known hosts file %s: %w", file, err)
+			}
+			khCB = cb
+		}
+	}
+	strict := strings.ToLower(r.opts.SSHOptions["StrictHostKeyChecking"])
+	return func(hostname string, remote net.Addr, key ssh.PublicKey) error {
+		for _, k := range r.known {
+			if bytes.Equal(k.Marshal(), key.Marshal()) {
+				return nil
+			}
+		}
+		if len(r.known) > 0 {
+			return fmt.Errorf("%w: %s presented %s %s, expected %s; refusing to continue (is this the right machine?)",
+				ErrHostKeyMismatch, hostname, key.Type(), ssh.FingerprintSHA256(key), ssh.FingerprintSHA256(r.known[0]))
+		}
+		if khCB != nil {
+			err := khCB(hostname, remote, key)
+			var ke *knownhosts.KeyError
+			if err == nil {
+				r.known = append(r.known, key)
+				return nil
+			}
+			if errors.As(err, &ke) && len(ke.Want) > 0 {
+				return fmt.Errorf("%w: %s presented %s, which differs from known_hosts: %v", ErrHostKeyMismatch, hostname, ssh.FingerprintSHA256(key), err)
+			}
+		}
+		if strict == "no" || strict == "accept-new" {
+			r.known = append(r.known, key)
+			return nil
+		}
+		return fmt.Errorf("%w: %s (%s %s) is not in known_hosts; add it, pass its key, or use --ssh-option StrictHostKeyChecking=accept-new",
+			ErrHostKeyMismatch, hostname, key.Type(), ssh.FingerprintSHA256(key))
+	}, nil
+}
+
+func (r *run) clientConfig() (*ssh.ClientConfig, error) {
+	cb, err := r.hostKeyCallback()
+	if err != nil {
+		return nil, err
+	}
+	var auth []ssh.AuthMethod
+	if len(r.opts.Signers) > 0 {
+		auth = append(auth, ssh.PublicKeys(r.opts.Signers...))
+	}
+	if r.opts.Password != "" {
+		auth = append(auth, ssh.Password(r.opts.Password))
+	}
+	return &ssh.ClientConfig{
+		User:            r.opts.Target.User,
+		Auth:            auth,
+		HostKeyCallback: cb,
+		Timeout:         r.connectTimeout(),
+	}, nil
+}
+
+func dialContext(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {
+	d := net.Dialer{Timeout: cfg.Timeout}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	// The handshake has no context: close the socket when ctx ends.
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer stop()
+	_ = nc.SetDeadline(time.Now().Add(cfg.Timeout))
+	c, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	_ = nc.SetDeadline(time.Time{})
+	return ssh.NewClient(c, chans, reqs), nil
+}
+
+func (r *run) connect(ctx context.Context, port int) error {
+	cfg, err := r.clientConfig()
+	if err != nil {
+		return err
+	}
+	addr := r.addr(port)
+	c, err := dialContext(ctx, addr, cfg)
+	if err != nil {
+		return fmt.Errorf("ssh to %s@%s: %w", r.opts.Target.User, addr, err)
+	}
+	if r.conn != nil {
+		r.conn.client.Close()
+	}
+	r.conn = &Conn{client: c, addr: addr, sink: r.sink, sudo: r.facts.Sudo, hostKey: r.known[len(r.known)-1]}
+	if r.opts.Password != "" && len(r.opts.Signers) == 0 {
+		if err := r.installGeneratedKey(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// installGeneratedKey turns a password login into a key login, because
+// the ssh that nix copy starts cannot type the password.
+func (r *run) installGeneratedKey(ctx context.Context) error {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return fmt.Errorf("generating an ssh key: %w", err)
+	}
+	s, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		return fmt.Errorf("generating an ssh key: %w", err)
+	}
+	pub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.PublicKey())))
+	cmd := "umask 077; mkdir -p ~/.ssh && cat >> ~/.ssh/authorized_keys"
+	if err := r.conn.runPlain(ctx, cmd, strings.NewReader(pub+" pxe-anywhere-install\n")); err != nil {
+		return fmt.Errorf("installing a generated key with the password login: %w", err)
+	}
+	r.opts.Signers = []ssh.Signer{s}
+	r.opts.Password = ""
+	return nil
+}
+
+// quote makes s one word for POSIX sh.
+func quote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(c rune) bool {
+		return !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_./=:,+@%", c))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func (c *Conn) wrap(cmd string) string {
+	if c.sudo == "" {
+		return cmd
+	}
+	return c.sudo + " sh -c " + quote(cmd)
+}
+
+// runPlain runs cmd as the login user and ignores its output.
+func (c *Conn) runPlain(ctx context.Context, cmd string, stdin io.Reader) error {
+	_, err := c.output(ctx, cmd, stdin)
+	return err
+}
+
+// output runs cmd (unwrapped) and returns its stdout.
+func (c *Conn) output(ctx context.Context, cmd string, stdin io.Reader) ([]byte, error) {
+	s, err := c.client.NewSession()
+	if err != nil {
+		return nil, fmt.Errorf("opening a session on %s: %w", c.addr, err)
+	}
+	defer s.Close()
+	var out, errb bytes.Buffer
+	s.Stdout, s.Stderr, s.Stdin = &out, &errb, stdin
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	defer stop()
+	if err := s.Run(cmd); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%q on %s: %w: %s", cmd, c.addr, err, strings.TrimSpace(errb.String()))
+	}
+	return out.Bytes(), nil
+}
+
+// exec runs cmd as root on the target, streaming its output lines to the
+// sink, and returns a *PhaseError on failure.
+func (c *Conn) exec(ctx context.Context, cmd string, stdin io.Reader) error {
+	return c.execShown(ctx, cmd, cmd, stdin)
+}
+
+// execShown is exec where shown is what errors and the sink display for
+// the command.
+func (c *Conn) execShown(ctx context.Context, cmd, shown string, stdin io.Reader) error {
+	fail := func(code int, tail []string, err error) error {
+		return &PhaseError{Phase: c.phase, Command: shown, ExitCode: code, Tail: tail, Err: err}
+	}
+	s, err := c.client.NewSession()
+	if err != nil {
+		return fail(-1, nil, fmt.Errorf("opening a session on %s: %w", c.addr, err))
+	}
+	defer s.Close()
+	tail := &tailWriter{sink: c.sink, phase: c.phase, stream: "stdout"}
+	etail := &tailWriter{sink: c.sink, phase: c.phase, stream: "stderr", shared: tail}
+	s.Stdout, s.Stderr = tail, etail
+	if stdin != nil {
+		s.Stdin = stdin
+	}
+	stop := context.AfterFunc(ctx, func() {
+		_ = s.Signal(ssh.SIGTERM)
+		s.Close()
+	})
+	defer stop()
+	err = s.Run(c.wrap(cmd))
+	tail.flush()
+	etail.flush()
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return fail(-1, tail.lines(), fmt.Errorf("interrupted during %s: %w", c.phase, ctx.Err()))
+	}
+	var ee *ssh.ExitError
+	if errors.As(err, &ee) {
+		return fail(ee.ExitStatus(), tail.lines(), nil)
+	}
+	return fail(-1, tail.lines(), fmt.Errorf("connection to %s lost: %w", c.addr, err))
+}
+
+// tailWriter splits output into lines for the sink and keeps the last
+// few for errors. stdout and stderr share one tail.
+type tailWriter struct {
+	sink   Sink
+	phase  string
+	stream string
+	shared *tailWriter
+	mu     sync.Mutex
+	buf    []byte
+	last   []string
+}
+
+func (w *tailWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		w.emit(string(w.buf[:i]))
+		w.buf = w.buf[i+1:]
+	}
+	return len(p), nil
+}
+
+func (w *tailWriter) emit(line string) {
+	line = strings.TrimRight(line, "\r")
+	w.sink.Line(w.phase, w.stream, line)
+	t := w
+	if w.shared != nil {
+		t = w.shared
+		t.mu.Lock()
+		defer t.mu.Unlock()
+	}
+	t.last = append(t.last, line)
+	if len(t.last) > tailLines {
+		t.last = t.last[len(t.last)-tailLines:]
+	}
+}
+
+func (w *tailWriter) flush() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.buf) > 0 {
+		w.emit(string(w.buf))
+		w.buf = nil
+	}
+}
+
+func (w *tailWriter) lines() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.last...)
+}
+
+// progressReader reports bytes read to the sink.
+type progressReader struct {
+	r           io.Reader
+	sink        Sink
+	phase       string
+	done, total int64
+	reported    int64
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.done += int64(n)
+	if p.done-p.reported >= 1<<20 || (err == io.EOF && p.done != p.reported) {
+		p.reported = p.done
+		p.sink.Progress(p.phase, p.done, p.total)
+	}
+	return n, err
+}
+
+// reachable says whether an SSH server answers at addr with a host key
+// we accept. A refused key is returned as an error: it is a hard stop.
+func (r *run) reachable(ctx context.Context, addr string) (bool, error) {
+	cfg, err := r.clientConfig()
+	if err != nil {
+		return false, err
+	}
+	cfg.Timeout = 5 * time.Second
+	c, err := dialContext(ctx, addr, cfg)
+	if err != nil {
+		if errors.Is(err, ErrHostKeyMismatch) {
+			return false, err
+		}
+		return false, nil
+	}
+	c.Close()
+	return true, nil
+}
+
+// waitGone waits until addr stops answering.
+func (r *run) waitGone(ctx context.Context, addr string) error {
+	deadline := time.Now().Add(r.opts.WaitTimeout)
+	for {
+		d := net.Dialer{Timeout: 2 * time.Second}
+		nc, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return nil
+		}
+		nc.Close()
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s still answers after %s: the host did not go down", addr, r.opts.WaitTimeout)
+		}
+		if err := sleep(ctx, pollInterval); err != nil {
+			return err
+		}
+	}
+}
+
+// waitBack waits until addr answers SSH with an accepted host key.
+func (r *run) waitBack(ctx context.Context, addr string) error {
+	deadline := time.Now().Add(r.opts.WaitTimeout)
+	for {
+		ok, err := r.reachable(ctx, addr)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not come back within %s: check the machine's console (did kexec boot? is SSH on that port?)", addr, r.opts.WaitTimeout)
+		}
+		if err := sleep(ctx, pollInterval); err != nil {
+			return err
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// sshEnv prepares what the local ssh that nix starts needs: a known_hosts
+// file holding only the verified host key, and either the identity file
+// or a private agent socket serving our signers. It returns NIX_SSHOPTS.
+func (r *run) sshEnv() (string, error) {
+	if r.tmpDir == "" {
+		d, err := os.MkdirTemp("", "pxe-anywhere-install-")
+		if err != nil {
+			return "", fmt.Errorf("making a private temp dir: %w", err)
+		}
+		r.tmpDir = d
+	}
+	kh := filepath.Join(r.tmpDir, "known_hosts")
+	host := r.opts.Target.Host
+	if r.conn != nil {
+		if h, p, err := net.SplitHostPort(r.conn.addr); err == nil && p != "22" {
+			host = "[" + h + "]:" + p
+		}
+	}
+	var b strings.Builder
+	for _, k := range r.known {
+		b.WriteString(knownhosts.Line([]string{host}, k) + "\n")
+	}
+	if err := os.WriteFile(kh, []byte(b.String()), 0o600); err != nil {
+		return "", fmt.Errorf("writing %s: %w", kh, err)
+	}
+	port := strconv.Itoa(r.opts.Target.Port)
+	if r.conn != nil {
+		_, port, _ = net.SplitHostPort(r.conn.addr)
+	}
+	opts := []string{"-p", port, "-o", "UserKnownHostsFile=" + kh, "-o", "GlobalKnownHostsFile=/dev/null",
+		"-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"}
+	if r.opts.IdentityFile != "" {
+		opts = append(opts, "-i", r.opts.IdentityFile)
+	}
+	if len(r.opts.Signers) > 0 {
+		sock, err := r.serveAgent()
+		if err != nil {
+			return "", err
+		}
+		opts = append(opts, "-o", "IdentityAgent="+sock)
+	}
+	if r.opts.IdentityFile != "" || len(r.opts.Signers) > 0 {
+		opts = append(opts, "-o", "IdentitiesOnly=no")
+	}
+	return strings.Join(opts, " "), nil
+}
+
+func (r *run) serveAgent() (string, error) {
+	sock := filepath.Join(r.tmpDir, "agent.sock")
+	if r.agentLn != nil {
+		return sock, nil
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return "", fmt.Errorf("starting the private ssh agent at %s: %w", sock, err)
+	}
+	r.agentLn = ln
+	a := &signerAgent{signers: r.opts.Signers}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = agent.ServeAgent(a, c)
+			}()
+		}
+	}()
+	return sock, nil
+}
+
+// signerAgent is a read-only ssh agent over in-memory signers, so that
+// the install key never has to be written to a file.
+type signerAgent struct{ signers []ssh.Signer }
+
+var errReadOnly = errors.New("read-only agent")
+
+func (a *signerAgent) List() ([]*agent.Key, error) {
+	var keys []*agent.Key
+	for _, s := range a.signers {
+		p := s.PublicKey()
+		keys = append(keys, &agent.Key{Format: p.Type(), Blob: p.Marshal(), Comment: "pxe-anywhere"})
+	}
+	return keys, nil
+}
+
+func (a *signerAgent) Sign(key ssh.PublicKey, data []byte) (*ssh.Signature, error) {
+	return a.SignWithFlags(key, data, 0)
+}
+
+func (a *signerAgent) SignWithFlags(key ssh.PublicKey, data []byte, flags agent.SignatureFlags) (*ssh.Signature, error) {
+	for _, s := range a.signers {
+		if !bytes.Equal(s.PublicKey().Marshal(), key.Marshal()) {
+			continue
+		}
+		if as, ok := s.(ssh.AlgorithmSigner); ok {
+			switch {
+			case flags&agent.SignatureFlagRsaSha512 != 0:
+				return as.SignWithAlgorithm(rand.Reader, data, ssh.KeyAlgoRSASHA512)
+			case flags&agent.SignatureFlagRsaSha256 != 0:
+				return as.SignWithAlgorithm(rand.Reader, data, ssh.KeyAlgoRSASHA256)
+			}
+		}
+		return s.Sign(rand.Reader, data)
+	}
+	return nil, errors.New("no such key")
+}
+
+func (a *signerAgent) Add(agent.AddedKey) error       { return errReadOnly }
+func (a *signerAgent) Remove(ssh.PublicKey) error     { return errReadOnly }
+func (a *signerAgent) RemoveAll() error               { return errReadOnly }
+func (a *signerAgent) Lock([]byte) error              { return errReadOnly }
+func (a *signerAgent) Unlock([]byte) error            { return errReadOnly }
+func (a *signerAgent) Signers() ([]ssh.Signer, error) { return a.signers, nil }
+func (a *signerAgent) Extension(string, []byte) ([]byte, error) {
+	return nil, agent.ErrExtensionUnsupported
+}
+
+// lines splits command output for the sink.
+func lines(b []byte) []string {
+	var out []string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		out = append(out, sc.Text())
+	}
+	return out
+}

@@ -1,0 +1,270 @@
+// Package installer owns the SSH install engine: it connects to a Linux
+// host (a booted NixOS installer, or any Linux reachable over SSH that it
+// first kexecs into one), partitions with disko, uploads disk keys and
+// extra files, copies the system closure, runs nixos-install and reboots.
+// It reports progress to a Sink and never logs secrets. It does not own
+// netbooting, machine state or configuration files.
+package installer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Target is the SSH endpoint of the machine to install.
+type Target struct {
+	Host string
+	Port int
+	User string
+}
+
+// KeyFile is a disk encryption key: read from Local on this machine and
+// written to Remote on the target before disko runs.
+type KeyFile struct{ Remote, Local string }
+
+// Chown sets the owner of a path (relative to the installed system's
+// root) after the extra files are copied.
+type Chown struct {
+	Path     string
+	UID, GID int
+}
+
+// StorePaths are prebuilt store paths used instead of building a flake.
+type StorePaths struct{ Disko, System string }
+
+// Phase names, in their default order.
+const (
+	PhaseKexec   = "kexec"
+	PhaseDisko   = "disko"
+	PhaseInstall = "install"
+	PhaseReboot  = "reboot"
+)
+
+// DefaultPhases is the order used when Options.Phases is empty.
+var DefaultPhases = []string{PhaseKexec, PhaseDisko, PhaseInstall, PhaseReboot}
+
+// Options describe one install. The zero value of each field means the
+// nixos-anywhere default.
+type Options struct {
+	Target Target
+	// Signers authenticate us; IdentityFile, when set, is also handed to
+	// the local ssh that nix copy starts (besides that, it gets the
+	// signers through a private, per-run agent socket).
+	Signers      []ssh.Signer
+	IdentityFile string
+	// Password (from SSHPASS with --env-password) is used once, to
+	// install a generated key, so that nix copy can log in too.
+	Password string
+	// HostKey pins the target's host key; any other key stops the install.
+	HostKey ssh.PublicKey
+	// KnownHostsFile is consulted when HostKey is nil (default
+	// ~/.ssh/known_hosts). An unknown host is refused unless
+	// SSHOptions["StrictHostKeyChecking"] is "no" or "accept-new", as
+	// with ssh; a changed key is always refused.
+	KnownHostsFile string
+	SSHOptions     map[string]string // ConnectTimeout (seconds), StrictHostKeyChecking
+
+	Phases     []string
+	Flake      string // FLAKE#NAME
+	StorePaths *StorePaths
+	DiskoMode  string // disko (default) | mount | format
+
+	Kexec            string // local tarball path or http(s) URL; default: nixos-images release for the target arch
+	KexecExtractPath string // default /root/kexec
+	KexecExtraFlags  string
+	PostKexecSSHPort int
+	ForceKexec       bool
+	KexecLaunchPath  string // remote command that starts the kexec; default: the extracted kexec/run
+
+	DiskKeys     []KeyFile
+	ExtraFiles   string // local directory copied to /mnt
+	Chowns       []Chown
+	CopyHostKeys bool
+
+	BuildOn                   string // auto (default) | local | remote
+	NoSubstituteOnDestination bool
+	From                      string
+	NixOptions                [][2]string
+	SSHStoreSettings          [][2]string
+	NoUseMachineSubstituters  bool
+	NoDiskoDeps               bool
+	GenerateHardwareConfig    string // nixos-facter | nixos-generate-config
+	HardwareConfigPath        string
+	PrintBuildLogs            bool
+	Debug                     bool
+	ShowTrace                 bool
+
+	AfterInstall string        // reboot (default) | poweroff | stay
+	WaitTimeout  time.Duration // default 10 minutes
+	LocalNix     string        // default "nix" from PATH
+}
+
+// Sink receives progress. Lines never carry secrets.
+type Sink interface {
+	PhaseStarted(phase string, index, total int)
+	PhaseDone(phase string, elapsed time.Duration, err error)
+	Line(phase, stream, line string)
+	Progress(phase string, done, total int64)
+}
+
+// PhaseError is a failed phase: which command, its exit code (-1 when
+// there is none: connection lost, interrupted, or a local check) and the
+// last lines it printed.
+type PhaseError struct {
+	Phase    string
+	Command  string
+	ExitCode int
+	Tail     []string
+	Err      error
+}
+
+func (e *PhaseError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "phase %s failed", e.Phase)
+	if e.Command != "" {
+		fmt.Fprintf(&b, ": command %q", e.Command)
+		if e.ExitCode >= 0 {
+			fmt.Fprintf(&b, " exited with code %d", e.ExitCode)
+		}
+	}
+	if e.Err != nil {
+		fmt.Fprintf(&b, ": %v", e.Err)
+	}
+	if len(e.Tail) > 0 {
+		b.WriteString("; last output:\n  ")
+		b.WriteString(strings.Join(e.Tail, "\n  "))
+	}
+	return b.String()
+}
+
+func (e *PhaseError) Unwrap() error { return e.Err }
+
+// ErrHostKeyMismatch is returned (wrapped) when the target presents a
+// host key other than the pinned or known one. It is a hard stop.
+var ErrHostKeyMismatch = errors.New("host key mismatch")
+
+func (o *Options) defaults() {
+	if len(o.Phases) == 0 {
+		o.Phases = DefaultPhases
+	}
+	if o.Target.Port == 0 {
+		o.Target.Port = 22
+	}
+	if o.Target.User == "" {
+		o.Target.User = "root"
+	}
+	if o.KexecExtractPath == "" {
+		o.KexecExtractPath = "/root/kexec"
+	}
+	if o.DiskoMode == "" {
+		o.DiskoMode = "disko"
+	}
+	if o.AfterInstall == "" {
+		o.AfterInstall = "reboot"
+	}
+	if o.WaitTimeout == 0 {
+		o.WaitTimeout = 10 * time.Minute
+	}
+	if o.LocalNix == "" {
+		o.LocalNix = "nix"
+	}
+	if o.BuildOn == "" {
+		o.BuildOn = "auto"
+	}
+}
+
+func (o *Options) validate() error {
+	for _, p := range o.Phases {
+		if !slices.Contains(DefaultPhases, p) {
+			return fmt.Errorf("unknown phase %q: use kexec, disko, install, reboot", p)
+		}
+	}
+	if o.Target.Host == "" {
+		return errors.New("no target host given")
+	}
+	needsBuild := slices.Contains(o.Phases, PhaseDisko) || slices.Contains(o.Phases, PhaseInstall)
+	if needsBuild && o.Flake == "" && o.StorePaths == nil {
+		return errors.New("phases disko/install need a flake (FLAKE#NAME) or store paths")
+	}
+	if o.Flake != "" && o.StorePaths != nil {
+		return errors.New("give either a flake or store paths, not both")
+	}
+	if o.Flake != "" && !strings.Contains(o.Flake, "#") {
+		return fmt.Errorf("flake %q names no configuration: use FLAKE#NAME", o.Flake)
+	}
+	switch o.DiskoMode {
+	case "disko", "mount", "format":
+	default:
+		return fmt.Errorf("disko mode %q: use disko, mount or format", o.DiskoMode)
+	}
+	switch o.AfterInstall {
+	case "reboot", "poweroff", "stay":
+	default:
+		return fmt.Errorf("after-install %q: use reboot, poweroff or stay", o.AfterInstall)
+	}
+	switch o.BuildOn {
+	case "auto", "local", "remote":
+	default:
+		return fmt.Errorf("build-on %q: use auto, local or remote", o.BuildOn)
+	}
+	if o.GenerateHardwareConfig != "" && o.HardwareConfigPath == "" {
+		return errors.New("generating a hardware config needs a path to write it to")
+	}
+	return nil
+}
+
+// Run installs NixOS on opts.Target. It returns a *PhaseError when a
+// phase fails; an install that failed is never rebooted.
+func Run(ctx context.Context, opts Options, sink Sink) error {
+	opts.defaults()
+	if err := opts.validate(); err != nil {
+		return err
+	}
+	r := &run{opts: opts, sink: sink}
+	defer r.close()
+	if err := r.connect(ctx, opts.Target.Port); err != nil {
+		return &PhaseError{Phase: "connect", ExitCode: -1, Err: err}
+	}
+	facts, err := Probe(ctx, r.conn)
+	if err != nil {
+		return &PhaseError{Phase: "probe", ExitCode: -1, Err: err}
+	}
+	r.facts = facts
+	total := len(opts.Phases)
+	for i, p := range opts.Phases {
+		sink.PhaseStarted(p, i+1, total)
+		start := time.Now()
+		err := r.phase(ctx, p)
+		if err != nil && ctx.Err() != nil {
+			err = &PhaseError{Phase: p, ExitCode: -1, Err: fmt.Errorf("interrupted during %s: %w", p, ctx.Err())}
+		}
+		var pe *PhaseError
+		if err != nil && !errors.As(err, &pe) {
+			err = &PhaseError{Phase: p, ExitCode: -1, Err: err}
+		}
+		sink.PhaseDone(p, time.Since(start), err)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *run) phase(ctx context.Context, p string) error {
+	switch p {
+	case PhaseKexec:
+		return r.kexec(ctx)
+	case PhaseDisko:
+		return r.disko(ctx)
+	case PhaseInstall:
+		return r.install(ctx)
+	default:
+		return r.reboot(ctx)
+	}
+}

@@ -1,0 +1,425 @@
+package installer
+
+import (
+	"archive/tar"
+	"context"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// kexecURL is the nixos-images release used when no --kexec is given.
+const kexecURL = "https://github.com/nix-community/nixos-images/releases/download/nixos-unstable/nixos-kexec-installer-noninteractive-%s-linux.tar.gz"
+
+// minKexecRAM is what the kexec installer needs besides its image: the
+// image unpacks into RAM and then runs from there.
+const minKexecRAM = 1 << 30
+
+func (r *run) setPhase(p string) { r.conn.phase = p }
+
+func (r *run) kexec(ctx context.Context) error {
+	r.setPhase(PhaseKexec)
+	if r.facts.IsInstaller && !r.opts.ForceKexec {
+		r.sink.Line(PhaseKexec, "info", "target already runs a NixOS installer; skipping kexec")
+		return nil
+	}
+	if r.facts.InContainer {
+		return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("%s runs in a container: kexec cannot replace its kernel; install from a VM or bare metal", r.opts.Target.Host)}
+	}
+	p := r.opts.KexecExtractPath
+	src := r.opts.Kexec
+	if src == "" {
+		src = fmt.Sprintf(kexecURL, r.facts.Arch)
+	}
+	prep := "rm -rf " + quote(p) + " && mkdir -p " + quote(p)
+	if isURL(src) {
+		if r.facts.MemKB > 0 && r.facts.MemKB*1024 < minKexecRAM {
+			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("target has %d MiB RAM, the kexec installer needs at least %d MiB", r.facts.MemKB/1024, minKexecRAM>>20)}
+		}
+		var fetch string
+		switch {
+		case r.facts.Has["curl"]:
+			fetch = "curl -fsSL " + quote(src)
+		case r.facts.Has["wget"]:
+			fetch = "wget -qO- " + quote(src)
+		default:
+			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("target has neither curl nor wget to download %s: pass a local tarball with --kexec, or use --kexec-download-locally", src)}
+		}
+		if err := r.conn.exec(ctx, prep+" && "+fetch+" | tar -C "+quote(p)+" -xzf -", nil); err != nil {
+			return err
+		}
+	} else {
+		f, err := os.Open(src)
+		if err != nil {
+			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("opening kexec image: %w", err)}
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("kexec image %s: %w", src, err)}
+		}
+		need := max(4*st.Size(), int64(minKexecRAM))
+		if r.facts.MemKB > 0 && r.facts.MemKB*1024 < need {
+			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("target has %d MiB RAM, but the kexec image %s (%d MiB) needs at least %d MiB: use a machine with more RAM or boot the installer by PXE",
+				r.facts.MemKB/1024, src, st.Size()>>20, need>>20)}
+		}
+		pr := &progressReader{r: f, sink: r.sink, phase: PhaseKexec, total: st.Size()}
+		if err := r.conn.exec(ctx, prep+" && tar -C "+quote(p)+" -xzf -", pr); err != nil {
+			return err
+		}
+	}
+	launch := r.opts.KexecLaunchPath
+	if launch == "" {
+		launch = path.Join(p, "kexec", "run")
+	}
+	cmd := "nohup " + quote(launch)
+	if r.opts.KexecExtraFlags != "" {
+		cmd += " --kexec-extra-flags " + quote(r.opts.KexecExtraFlags)
+	}
+	log := quote(path.Join(p, "kexec.log"))
+	// run loads the new kernel and schedules the switch in the
+	// background itself; its exit status says whether loading worked.
+	cmd = "cd " + quote(p) + " && " + cmd + " >" + log + " 2>&1 </dev/null || { rc=$?; echo 'kexec/run failed; its log:'; cat " + log +
+		"; echo 'dmesg | tail:'; dmesg 2>/dev/null | tail -n 20; exit $rc; }"
+	if err := r.conn.exec(ctx, cmd, nil); err != nil {
+		return err
+	}
+	old := r.conn.addr
+	r.conn.client.Close()
+	r.sink.Line(PhaseKexec, "info", "waiting for "+old+" to go down")
+	if err := r.waitGone(ctx, old); err != nil {
+		return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("after kexec: %w", err)}
+	}
+	port := r.opts.Target.Port
+	if r.opts.PostKexecSSHPort != 0 {
+		port = r.opts.PostKexecSSHPort
+	}
+	r.sink.Line(PhaseKexec, "info", "waiting for the installer on "+r.addr(port))
+	if err := r.waitBack(ctx, r.addr(port)); err != nil {
+		return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("after kexec: %w", err)}
+	}
+	r.facts.Sudo = ""
+	if err := r.connect(ctx, port); err != nil {
+		return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("after kexec: %w", err)}
+	}
+	r.setPhase(PhaseKexec)
+	f, err := Probe(ctx, r.conn)
+	if err != nil {
+		return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("after kexec: %w", err)}
+	}
+	if !f.IsInstaller {
+		return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("after kexec, %s does not run a NixOS installer (os-release ID=%q): the kexec image did not boot", r.conn.addr, f.ID)}
+	}
+	r.facts = f
+	r.opts.Target.Port = port
+	return nil
+}
+
+func isURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https")
+}
+
+func (r *run) disko(ctx context.Context) error {
+	r.setPhase(PhaseDisko)
+	if err := r.hardwareConfig(ctx); err != nil {
+		return err
+	}
+	for _, k := range r.opts.DiskKeys {
+		// Read once, fully: LOCAL may be a pipe such as <(pass ...).
+		b, err := os.ReadFile(k.Local)
+		if err != nil {
+			return &PhaseError{Phase: PhaseDisko, ExitCode: -1, Err: fmt.Errorf("reading disk key for %s: %w", k.Remote, err)}
+		}
+		dir := path.Dir(k.Remote)
+		cmd := "umask 077; mkdir -p " + quote(dir) + " && cat > " + quote(k.Remote) + " && chmod 600 " + quote(k.Remote)
+		if err := r.conn.exec(ctx, cmd, strings.NewReader(string(b))); err != nil {
+			return err
+		}
+	}
+	var script string
+	if sp := r.opts.StorePaths; sp != nil {
+		script = sp.Disko
+	} else {
+		attr := map[string]string{"disko": "diskoScript", "format": "formatScript", "mount": "mountScript"}[r.opts.DiskoMode]
+		if r.opts.NoDiskoDeps {
+			attr += "NoDeps"
+		}
+		out, err := r.build(ctx, PhaseDisko, attr, false)
+		if err != nil {
+			return err
+		}
+		script = out
+	}
+	if !r.builtRemotely() {
+		if err := r.nixCopy(ctx, PhaseDisko, script, false); err != nil {
+			return err
+		}
+	}
+	return r.conn.exec(ctx, quote(script), nil)
+}
+
+// hardwareConfig runs once, before the disks are touched, as
+// nixos-anywhere does.
+func (r *run) hardwareConfig(ctx context.Context) error {
+	if r.opts.GenerateHardwareConfig == "" || r.hwDone {
+		return nil
+	}
+	r.hwDone = true
+	var cmd string
+	switch r.opts.GenerateHardwareConfig {
+	case "nixos-facter":
+		cmd = "nixos-facter"
+	case "nixos-generate-config":
+		cmd = "nixos-generate-config --no-filesystems --show-hardware-config --root /mnt"
+	default:
+		return &PhaseError{Phase: r.conn.phase, ExitCode: -1, Err: fmt.Errorf("unknown hardware config generator %q: use nixos-facter or nixos-generate-config", r.opts.GenerateHardwareConfig)}
+	}
+	out, err := r.conn.output(ctx, r.conn.wrap(cmd), nil)
+	if err != nil {
+		return &PhaseError{Phase: r.conn.phase, Command: cmd, ExitCode: -1, Err: err}
+	}
+	if err := os.MkdirAll(filepath.Dir(r.opts.HardwareConfigPath), 0o755); err != nil {
+		return &PhaseError{Phase: r.conn.phase, ExitCode: -1, Err: fmt.Errorf("writing hardware config: %w", err)}
+	}
+	if err := os.WriteFile(r.opts.HardwareConfigPath, out, 0o644); err != nil {
+		return &PhaseError{Phase: r.conn.phase, ExitCode: -1, Err: fmt.Errorf("writing hardware config: %w", err)}
+	}
+	return nil
+}
+
+func (r *run) install(ctx context.Context) error {
+	r.setPhase(PhaseInstall)
+	if err := r.hardwareConfig(ctx); err != nil {
+		return err
+	}
+	if r.opts.ExtraFiles != "" {
+		if err := r.extraFiles(ctx); err != nil {
+			return err
+		}
+	}
+	for _, c := range r.opts.Chowns {
+		p := path.Join("/mnt", path.Clean("/"+c.Path))
+		if err := r.conn.exec(ctx, fmt.Sprintf("chown -R %d:%d %s", c.UID, c.GID, quote(p)), nil); err != nil {
+			return err
+		}
+	}
+	if r.opts.CopyHostKeys {
+		cmd := `mkdir -m 755 -p /mnt/etc/ssh && for p in /etc/ssh/ssh_host_*; do [ -e "$p" ] && cp -a "$p" /mnt/etc/ssh/; done; true`
+		if err := r.conn.exec(ctx, cmd, nil); err != nil {
+			return err
+		}
+	}
+	var system string
+	if sp := r.opts.StorePaths; sp != nil {
+		system = sp.System
+	} else {
+		out, err := r.build(ctx, PhaseInstall, "toplevel", true)
+		if err != nil {
+			return err
+		}
+		system = out
+	}
+	if !r.builtRemotely() {
+		if err := r.nixCopy(ctx, PhaseInstall, system, true); err != nil {
+			return err
+		}
+	}
+	return r.conn.exec(ctx, "nixos-install --no-root-passwd --no-channel-copy --system "+quote(system), nil)
+}
+
+// extraFiles streams the directory as a tar archive owned by root; the
+// --chown entries then give paths their owners.
+func (r *run) extraFiles(ctx context.Context) error {
+	root := r.opts.ExtraFiles
+	if st, err := os.Stat(root); err != nil || !st.IsDir() {
+		return &PhaseError{Phase: PhaseInstall, ExitCode: -1, Err: fmt.Errorf("extra files %s: not a directory (%v)", root, err)}
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(writeTar(pw, root)) }()
+	defer pr.Close()
+	return r.conn.exec(ctx, "mkdir -p /mnt && tar -C /mnt -xf -", &progressReader{r: pr, sink: r.sink, phase: PhaseInstall, total: -1})
+}
+
+func writeTar(w io.Writer, root string) error {
+	tw := tar.NewWriter(w)
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil || rel == "." {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		link := ""
+		if info.Mode()&fs.ModeSymlink != 0 {
+			if link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		}
+		h, err := tar.FileInfoHeader(info, link)
+		if err != nil {
+			return fmt.Errorf("extra file %s: %w", p, err)
+		}
+		h.Name = filepath.ToSlash(rel)
+		if info.IsDir() {
+			h.Name += "/"
+		}
+		h.Uid, h.Gid, h.Uname, h.Gname = 0, 0, "root", "root"
+		h.Format = tar.FormatPAX
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if !info.Mode().IsRegular() {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.Copy(tw, f)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("packing extra files from %s: %w", root, err)
+	}
+	return tw.Close()
+}
+
+func (r *run) reboot(ctx context.Context) error {
+	r.setPhase(PhaseReboot)
+	cmd := "if mountpoint -q /mnt; then umount -Rv /mnt || umount /mnt; fi; if command -v zpool >/dev/null 2>&1; then zpool export -a; fi; true"
+	if err := r.conn.exec(ctx, cmd, nil); err != nil {
+		return err
+	}
+	var action string
+	switch r.opts.AfterInstall {
+	case "stay":
+		return nil
+	case "poweroff":
+		action = "poweroff"
+	default:
+		action = "reboot"
+	}
+	// Detached and delayed, so that the session ends cleanly before the
+	// host goes down.
+	if err := r.conn.exec(ctx, "nohup sh -c 'sleep 1; "+action+"' >/dev/null 2>&1 </dev/null &", nil); err != nil {
+		return err
+	}
+	addr := r.conn.addr
+	r.conn.client.Close()
+	if err := r.waitGone(ctx, addr); err != nil {
+		return &PhaseError{Phase: PhaseReboot, ExitCode: -1, Err: err}
+	}
+	return nil
+}
+
+func (r *run) builtRemotely() bool { return r.opts.BuildOn == "remote" && r.opts.StorePaths == nil }
+
+// storeURL is the target's store, or with mnt the store of the system
+// being installed under /mnt.
+func (r *run) storeURL(scheme string, mnt bool) string {
+	u := scheme + "://" + r.opts.Target.User + "@" + r.opts.Target.Host
+	var q []string
+	if mnt {
+		q = append(q, "remote-store="+url.QueryEscape("local?root=/mnt"))
+	}
+	for _, kv := range r.opts.SSHStoreSettings {
+		q = append(q, url.QueryEscape(kv[0])+"="+url.QueryEscape(kv[1]))
+	}
+	if len(q) > 0 {
+		u += "?" + strings.Join(q, "&")
+	}
+	return u
+}
+
+func (r *run) nixArgs(sub string) []string {
+	args := []string{sub, "--extra-experimental-features", "nix-command flakes"}
+	for _, kv := range r.opts.NixOptions {
+		args = append(args, "--option", kv[0], kv[1])
+	}
+	if r.opts.PrintBuildLogs {
+		args = append(args, "-L")
+	}
+	if r.opts.ShowTrace {
+		args = append(args, "--show-trace")
+	}
+	if r.opts.Debug {
+		args = append(args, "--debug")
+	}
+	return args
+}
+
+// build builds ATTR of the flake's configuration and returns its store
+// path.
+func (r *run) build(ctx context.Context, phase, attr string, mnt bool) (string, error) {
+	flake, name, _ := strings.Cut(r.opts.Flake, "#")
+	args := append(r.nixArgs("build"), "--print-out-paths", "--no-link")
+	if r.builtRemotely() {
+		args = append(args, "--eval-store", "auto", "--store", r.storeURL("ssh-ng", mnt))
+	}
+	args = append(args, fmt.Sprintf("%s#nixosConfigurations.%q.config.system.build.%s", flake, name, attr))
+	out, err := r.localNix(ctx, phase, args)
+	if err != nil {
+		return "", err
+	}
+	ls := lines(out)
+	if len(ls) == 0 || !strings.HasPrefix(ls[len(ls)-1], "/") {
+		return "", &PhaseError{Phase: phase, Command: r.opts.LocalNix + " " + strings.Join(args, " "), ExitCode: -1, Err: fmt.Errorf("nix build printed no store path")}
+	}
+	return ls[len(ls)-1], nil
+}
+
+func (r *run) nixCopy(ctx context.Context, phase, storePath string, mnt bool) error {
+	args := r.nixArgs("copy")
+	if !r.opts.NoSubstituteOnDestination {
+		args = append(args, "--substitute-on-destination")
+	}
+	if r.opts.From != "" {
+		args = append(args, "--from", r.opts.From)
+	}
+	args = append(args, "--to", r.storeURL("ssh", mnt), storePath)
+	_, err := r.localNix(ctx, phase, args)
+	return err
+}
+
+// localNix runs nix here with NIX_SSHOPTS that reach only the verified
+// target; stdout is returned, stderr goes to the sink.
+func (r *run) localNix(ctx context.Context, phase string, args []string) ([]byte, error) {
+	shown := r.opts.LocalNix + " " + strings.Join(args, " ")
+	sshOpts, err := r.sshEnv()
+	if err != nil {
+		return nil, &PhaseError{Phase: phase, Command: shown, ExitCode: -1, Err: err}
+	}
+	cmd := exec.CommandContext(ctx, r.opts.LocalNix, args...)
+	cmd.Env = append(os.Environ(), "NIX_SSHOPTS="+sshOpts)
+	cmd.WaitDelay = 5 * time.Second
+	tw := &tailWriter{sink: r.sink, phase: phase, stream: "stderr"}
+	cmd.Stderr = tw
+	out, err := cmd.Output()
+	tw.flush()
+	if err != nil {
+		code := -1
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+			err = nil
+		}
+		if ctx.Err() != nil {
+			err = fmt.Errorf("interrupted during %s: %w", phase, ctx.Err())
+		}
+		return nil, &PhaseError{Phase: phase, Command: shown, ExitCode: code, Tail: tw.lines(), Err: err}
+	}
+	return out, nil
+}

@@ -1,0 +1,291 @@
+// Package profiles owns the pxe-anywhere configuration file (server,
+// DHCP, images, profiles and the MAC→profile machine list, with strict
+// validation that names file and line) and the machine inventory and its
+// state store. It does not serve, boot or install anything.
+package profiles
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is a loaded and validated configuration file.
+type Config struct {
+	Server   Server
+	DHCP     DHCP
+	Images   map[string]*Image
+	Profiles map[string]*Profile
+	Machines []*Machine
+}
+
+// UnknownPolicy says what to do with a machine whose MAC is not listed.
+type UnknownPolicy string
+
+// The unknown_machines values.
+const (
+	UnknownIgnore    UnknownPolicy = "ignore"
+	UnknownLocalBoot UnknownPolicy = "local-boot"
+	UnknownDiscover  UnknownPolicy = "discover"
+)
+
+// Server is the `server:` section.
+type Server struct {
+	Interfaces []string
+	// Advertise is the zero Addr when unset; the caller picks the first
+	// IPv4 address of Interfaces[0] then.
+	Advertise  netip.Addr
+	HTTPListen string
+	TFTPListen string
+	StateDir   string
+	IPXEDir    string
+	// APITokenFile and SSHKey are "" when unset: the caller derives them
+	// from StateDir, because only then may it create them.
+	APITokenFile    string
+	SSHKey          string
+	MaxInstalls     int
+	UnknownMachines UnknownPolicy
+	DiscoverImage   string
+}
+
+// DHCPMode is proxy (another server hands out addresses) or authoritative.
+type DHCPMode string
+
+// The dhcp.mode values.
+const (
+	DHCPProxy         DHCPMode = "proxy"
+	DHCPAuthoritative DHCPMode = "authoritative"
+)
+
+// DHCP is the `dhcp:` section. Subnet and the fields after it are only
+// set (and only used) in authoritative mode.
+type DHCP struct {
+	Mode       DHCPMode
+	EFIx64Boot string
+	ARM64Boot  string
+	Subnet     netip.Prefix
+	RangeStart netip.Addr
+	RangeEnd   netip.Addr
+	Router     netip.Addr
+	DNS        []netip.Addr
+	Domain     string
+	LeaseTime  time.Duration
+}
+
+// Image is one entry of `images:`; exactly one of KexecTarball,
+// NetbootDir and Kernel is set. Local paths are absolute.
+type Image struct {
+	Name         string
+	KexecTarball string // a local path or an http(s) URL
+	SHA256       string // lower-case hex; required when KexecTarball is a URL
+	NetbootDir   string
+	Kernel       string
+	Initrd       []string
+	Cmdline      string
+}
+
+// The values Image.Kind returns.
+const (
+	ImageKexec   = "kexec"
+	ImageNetboot = "netboot"
+	ImageFiles   = "files"
+)
+
+// Kind says which of the three image forms i is.
+func (i *Image) Kind() string {
+	switch {
+	case i.KexecTarball != "":
+		return ImageKexec
+	case i.NetbootDir != "":
+		return ImageNetboot
+	default:
+		return ImageFiles
+	}
+}
+
+// StorePaths installs prebuilt closures instead of building a flake.
+type StorePaths struct {
+	Disko  string
+	System string
+}
+
+// KeyFile is a disk encryption key: Local on this host is copied to
+// Remote on the installer before disko runs.
+type KeyFile struct {
+	Remote string
+	Local  string
+}
+
+// Chown sets the owner of a path in the installed system's extra files.
+type Chown struct {
+	Path string
+	UID  int
+	GID  int
+}
+
+// SSHSettings says how to reach the installer.
+type SSHSettings struct {
+	User    string
+	Port    int
+	Options map[string]string
+}
+
+// The profile after_install values.
+const (
+	AfterReboot   = "reboot"
+	AfterPoweroff = "poweroff"
+	AfterStay     = "stay"
+)
+
+// The install phases a profile may list.
+const (
+	PhaseKexec   = "kexec"
+	PhaseDisko   = "disko"
+	PhaseInstall = "install"
+	PhaseReboot  = "reboot"
+)
+
+// Profile is one entry of `profiles:`; exactly one of Flake and
+// StorePaths is set.
+type Profile struct {
+	Name               string
+	Image              string
+	Flake              string
+	StorePaths         *StorePaths
+	DiskEncryptionKeys []KeyFile // sorted by Remote
+	ExtraFiles         string
+	Chown              []Chown
+	KernelParams       []string
+	SSH                SSHSettings
+	AfterInstall       string
+	Retries            int
+	Phases             []string
+}
+
+// Machine is one entry of `machines:`.
+type Machine struct {
+	MAC      net.HardwareAddr
+	Profile  string
+	Hostname string
+	IP       netip.Addr // zero when the machine has no reservation
+}
+
+// MachineByMAC returns the machine listed with mac, or nil.
+func (c *Config) MachineByMAC(mac net.HardwareAddr) *Machine {
+	for _, m := range c.Machines {
+		if bytes.Equal(m.MAC, mac) {
+			return m
+		}
+	}
+	return nil
+}
+
+// Profile returns the named profile, or nil.
+func (c *Config) Profile(name string) *Profile {
+	return c.Profiles[name]
+}
+
+// Error is one problem found in a configuration file. Load and Parse
+// return all of them joined (errors.Join), so errors.As finds the first
+// and a type switch on Unwrap() []error finds them all.
+type Error struct {
+	File  string
+	Line  int    // 0 when the YAML parser gave none
+	Where string // dotted path of the offending entry, e.g. "profiles.web"
+	Msg   string
+	Hint  string // what was probably meant or what to do; may be ""
+}
+
+func (e *Error) Error() string {
+	var b bytes.Buffer
+	if e.Line > 0 {
+		fmt.Fprintf(&b, "%s:%d: ", e.File, e.Line)
+	} else {
+		fmt.Fprintf(&b, "%s: ", e.File)
+	}
+	if e.Where != "" {
+		b.WriteString(e.Where + ": ")
+	}
+	b.WriteString(e.Msg)
+	if e.Hint != "" {
+		b.WriteString(" (" + e.Hint + ")")
+	}
+	return b.String()
+}
+
+// Load reads and validates the configuration file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config %s: %w", path, err)
+	}
+	return Parse(path, data)
+}
+
+var yamlLineErr = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// Parse validates data as the configuration file name. name appears in
+// every error and its directory is where relative paths resolve from.
+func Parse(name string, data []byte) (*Config, error) {
+	dir, err := filepath.Abs(filepath.Dir(name))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: find its directory to resolve relative paths: %w", name, err)
+	}
+	d := &decoder{file: name, dir: dir, lines: map[string]int{}}
+	root, err := parseYAML(data)
+	if err != nil {
+		e := &Error{File: name, Msg: err.Error(), Hint: "fix the YAML syntax"}
+		if m := yamlLineErr.FindStringSubmatch(err.Error()); m != nil {
+			e.Line, _ = strconv.Atoi(m[1])
+			e.Msg = m[2]
+		}
+		return nil, e
+	}
+	c := d.config(root)
+	d.validate(c)
+	// Report top to bottom, as a person fixes a file.
+	sort.SliceStable(d.errs, func(i, j int) bool { return d.errs[i].Line < d.errs[j].Line })
+	if len(d.errs) > 0 {
+		errs := make([]error, len(d.errs))
+		for i, e := range d.errs {
+			errs[i] = e
+		}
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// parseYAML returns the single document's top node, or nil for an
+// empty file (which means: all defaults).
+func parseYAML(data []byte) (*yaml.Node, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		if err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("yaml: line %d: a second document starts here; the config is one document", more.Line)
+	}
+	if doc.Kind == yaml.DocumentNode && len(doc.Content) > 0 {
+		return doc.Content[0], nil
+	}
+	return nil, nil
+}

@@ -1,0 +1,508 @@
+package profiles
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // the pure-Go driver: no cgo in the server binary
+)
+
+// ErrNotFound is returned for a machine or boot the store does not know.
+var ErrNotFound = errors.New("not found")
+
+// ErrTokenUsed is returned when a boot token is presented a second time.
+var ErrTokenUsed = errors.New("boot token already used")
+
+// State is where a machine is in its life.
+type State string
+
+// The machine states; see Transition for the allowed moves.
+const (
+	StateNew         State = "new"
+	StateDiscovered  State = "discovered"
+	StateBooting     State = "booting"
+	StateInstallerUp State = "installer-up"
+	StateInstalling  State = "installing"
+	StateInstalled   State = "installed"
+	StateFailed      State = "failed"
+)
+
+// allowed lists, for each state, the states it may move to. Failing is
+// always allowed; an installed machine only boots again (the caller
+// checks the reinstall flag before asking).
+var allowed = map[State][]State{
+	StateNew:         {StateBooting},
+	StateDiscovered:  {StateBooting},
+	StateBooting:     {StateBooting, StateInstallerUp},
+	StateInstallerUp: {StateBooting, StateInstalling},
+	StateInstalling:  {StateInstalling, StateInstalled},
+	StateInstalled:   {StateBooting},
+	StateFailed:      {StateBooting},
+}
+
+// MachineRecord is a machine as the store keeps it.
+type MachineRecord struct {
+	MAC       string    `json:"mac"`
+	Hostname  string    `json:"hostname"`
+	Profile   string    `json:"profile"`
+	State     State     `json:"state"`
+	Phase     string    `json:"phase"`
+	Error     string    `json:"error"`
+	Reinstall bool      `json:"reinstall"`
+	IP        string    `json:"ip"`
+	Firmware  string    `json:"firmware"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Event is one recorded change or note on a machine.
+type Event struct {
+	ID      int64
+	MAC     string
+	Time    time.Time
+	State   State
+	Phase   string
+	Message string
+}
+
+// LogLine is one line of a machine's install output.
+type LogLine struct {
+	Seq  int64
+	Time time.Time
+	Line string
+}
+
+// Boot is one PXE boot into the installer: its token and the host key
+// generated for it. HostKeyPrivate is a secret: it leaves the store only
+// inside the token-guarded extra initrd.
+type Boot struct {
+	Token          string
+	MAC            string
+	IP             string
+	Firmware       string
+	HostKeyPublic  string
+	HostKeyPrivate []byte
+	CreatedAt      time.Time
+	UsedAt         *time.Time
+}
+
+// Store is the machine inventory and state in one SQLite file.
+type Store struct {
+	db *sql.DB
+}
+
+// migrations are applied in order, each once, each in a transaction;
+// PRAGMA user_version counts the applied ones. Never edit one that has
+// shipped: add another.
+var migrations = []string{
+	`CREATE TABLE machines (
+		mac TEXT PRIMARY KEY,
+		hostname TEXT NOT NULL DEFAULT '',
+		profile TEXT NOT NULL DEFAULT '',
+		state TEXT NOT NULL,
+		phase TEXT NOT NULL DEFAULT '',
+		error TEXT NOT NULL DEFAULT '',
+		reinstall INTEGER NOT NULL DEFAULT 0,
+		ip TEXT NOT NULL DEFAULT '',
+		firmware TEXT NOT NULL DEFAULT '',
+		created_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL
+	);
+	CREATE TABLE events (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		mac TEXT NOT NULL,
+		time INTEGER NOT NULL,
+		state TEXT NOT NULL,
+		phase TEXT NOT NULL,
+		message TEXT NOT NULL
+	);
+	CREATE INDEX events_mac ON events(mac, id);
+	CREATE TABLE boots (
+		token TEXT PRIMARY KEY,
+		mac TEXT NOT NULL,
+		ip TEXT NOT NULL,
+		firmware TEXT NOT NULL,
+		host_key_public TEXT NOT NULL,
+		host_key_private BLOB NOT NULL,
+		created_at INTEGER NOT NULL,
+		used_at INTEGER
+	);
+	CREATE INDEX boots_mac ON boots(mac, created_at);
+	CREATE TABLE logs (
+		seq INTEGER PRIMARY KEY AUTOINCREMENT,
+		mac TEXT NOT NULL,
+		time INTEGER NOT NULL,
+		line TEXT NOT NULL
+	);
+	CREATE INDEX logs_mac ON logs(mac, seq);`,
+}
+
+// OpenStore opens (creating, mode 0600) the database at path and brings
+// its schema up to date.
+func OpenStore(ctx context.Context, path string) (*Store, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state database: %w", err)
+	}
+	f.Close()
+	if err := os.Chmod(path, 0o600); err != nil {
+		return nil, fmt.Errorf("state database: %w", err)
+	}
+	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_txlock=immediate"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("state database %s: %w", path, err)
+	}
+	s := &Store{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("state database %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+func (s *Store) migrate(ctx context.Context) error {
+	var version int
+	if err := s.db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
+		return err
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("schema version %d is newer than this binary knows (%d): upgrade pxe-anywhere", version, len(migrations))
+	}
+	for i := version; i < len(migrations); i++ {
+		tx, err := s.db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, i+1)); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func normMAC(mac string) string { return strings.ToLower(mac) }
+
+func unix(t time.Time) int64 { return t.UnixNano() }
+
+func fromUnix(n int64) time.Time { return time.Unix(0, n).UTC() }
+
+const machineCols = `mac, hostname, profile, state, phase, error, reinstall, ip, firmware, created_at, updated_at`
+
+type scanner interface{ Scan(...any) error }
+
+func scanMachine(r scanner) (MachineRecord, error) {
+	var m MachineRecord
+	var created, updated int64
+	var reinstall int
+	err := r.Scan(&m.MAC, &m.Hostname, &m.Profile, &m.State, &m.Phase, &m.Error, &reinstall, &m.IP, &m.Firmware, &created, &updated)
+	m.Reinstall = reinstall != 0
+	m.CreatedAt, m.UpdatedAt = fromUnix(created), fromUnix(updated)
+	return m, err
+}
+
+// UpsertMachine registers a machine from the config, in state new, or
+// updates the hostname and profile of a known one. It never changes a
+// machine's state.
+func (s *Store) UpsertMachine(ctx context.Context, mac, hostname, profile string) (MachineRecord, error) {
+	mac = normMAC(mac)
+	now := unix(time.Now())
+	state := StateNew
+	if profile == "" {
+		state = StateDiscovered
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO machines (mac, hostname, profile, state, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT(mac) DO UPDATE SET hostname = excluded.hostname, profile = excluded.profile
+		WHERE machines.hostname != excluded.hostname OR machines.profile != excluded.profile`,
+		mac, hostname, profile, state, now, now)
+	if err != nil {
+		return MachineRecord{}, fmt.Errorf("register machine %s: %w", mac, err)
+	}
+	return s.Machine(ctx, mac)
+}
+
+// Machine returns one machine.
+func (s *Store) Machine(ctx context.Context, mac string) (MachineRecord, error) {
+	m, err := scanMachine(s.db.QueryRowContext(ctx, `SELECT `+machineCols+` FROM machines WHERE mac = ?`, normMAC(mac)))
+	if errors.Is(err, sql.ErrNoRows) {
+		return m, fmt.Errorf("machine %s: %w", mac, ErrNotFound)
+	}
+	return m, err
+}
+
+// Machines returns every machine, sorted by MAC.
+func (s *Store) Machines(ctx context.Context) ([]MachineRecord, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+machineCols+` FROM machines ORDER BY mac`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []MachineRecord
+	for rows.Next() {
+		m, err := scanMachine(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// Transition moves a machine to state to, with phase and error, and
+// records message as an event, in one transaction. Moves the state graph
+// does not allow are refused; failing is always allowed. Reaching
+// installed clears the reinstall flag.
+func (s *Store) Transition(ctx context.Context, mac string, to State, phase, errMsg, message string) error {
+	mac = normMAC(mac)
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var from State
+	if err := tx.QueryRowContext(ctx, `SELECT state FROM machines WHERE mac = ?`, mac).Scan(&from); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("machine %s: %w", mac, ErrNotFound)
+		}
+		return err
+	}
+	if !canMove(from, to) {
+		return fmt.Errorf("machine %s: no transition from %s to %s", mac, from, to)
+	}
+	now := unix(time.Now())
+	q := `UPDATE machines SET state = ?, phase = ?, error = ?, updated_at = ? WHERE mac = ?`
+	if to == StateInstalled {
+		q = `UPDATE machines SET state = ?, phase = ?, error = ?, updated_at = ?, reinstall = 0 WHERE mac = ?`
+	}
+	if _, err := tx.ExecContext(ctx, q, to, phase, errMsg, now, mac); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO events (mac, time, state, phase, message) VALUES (?, ?, ?, ?, ?)`,
+		mac, now, to, phase, message); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func canMove(from, to State) bool {
+	if to == StateFailed {
+		return true
+	}
+	for _, s := range allowed[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
+
+// AddEvent records a note on a machine in its current state.
+func (s *Store) AddEvent(ctx context.Context, mac, phase, message string) error {
+	res, err := s.db.ExecContext(ctx, `INSERT INTO events (mac, time, state, phase, message)
+		SELECT mac, ?, state, ?, ? FROM machines WHERE mac = ?`, unix(time.Now()), phase, message, normMAC(mac))
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("machine %s: %w", mac, ErrNotFound)
+	}
+	return nil
+}
+
+// Events returns up to limit events of a machine with ID above afterID.
+func (s *Store) Events(ctx context.Context, mac string, afterID int64, limit int) ([]Event, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, mac, time, state, phase, message FROM events
+		WHERE mac = ? AND id > ? ORDER BY id LIMIT ?`, normMAC(mac), afterID, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Event
+	for rows.Next() {
+		var e Event
+		var t int64
+		if err := rows.Scan(&e.ID, &e.MAC, &t, &e.State, &e.Phase, &e.Message); err != nil {
+			return nil, err
+		}
+		e.Time = fromUnix(t)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// AppendLog adds lines to a machine's install log.
+func (s *Store) AppendLog(ctx context.Context, mac string, lines ...string) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	now := unix(time.Now())
+	for _, l := range lines {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO logs (mac, time, line) VALUES (?, ?, ?)`, normMAC(mac), now, l); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+// Log returns up to limit log lines of a machine after seq afterSeq.
+func (s *Store) Log(ctx context.Context, mac string, afterSeq int64, limit int) ([]LogLine, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, time, line FROM logs WHERE mac = ? AND seq > ? ORDER BY seq LIMIT ?`,
+		normMAC(mac), afterSeq, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []LogLine
+	for rows.Next() {
+		var l LogLine
+		var t int64
+		if err := rows.Scan(&l.Seq, &t, &l.Line); err != nil {
+			return nil, err
+		}
+		l.Time = fromUnix(t)
+		out = append(out, l)
+	}
+	return out, rows.Err()
+}
+
+// CreateBoot records a boot and the machine's address and firmware.
+func (s *Store) CreateBoot(ctx context.Context, b Boot) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO boots (token, mac, ip, firmware, host_key_public, host_key_private, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?)`, b.Token, normMAC(b.MAC), b.IP, b.Firmware, b.HostKeyPublic, b.HostKeyPrivate, unix(b.CreatedAt)); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE machines SET ip = ?, firmware = ? WHERE mac = ?`, b.IP, b.Firmware, normMAC(b.MAC)); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+const bootCols = `token, mac, ip, firmware, host_key_public, host_key_private, created_at, used_at`
+
+func scanBoot(r scanner) (Boot, error) {
+	var b Boot
+	var created int64
+	var used sql.NullInt64
+	err := r.Scan(&b.Token, &b.MAC, &b.IP, &b.Firmware, &b.HostKeyPublic, &b.HostKeyPrivate, &created, &used)
+	b.CreatedAt = fromUnix(created)
+	if used.Valid {
+		t := fromUnix(used.Int64)
+		b.UsedAt = &t
+	}
+	if errors.Is(err, sql.ErrNoRows) {
+		return b, fmt.Errorf("boot: %w", ErrNotFound)
+	}
+	return b, err
+}
+
+// BootByToken returns the boot of a token.
+func (s *Store) BootByToken(ctx context.Context, token string) (Boot, error) {
+	return scanBoot(s.db.QueryRowContext(ctx, `SELECT `+bootCols+` FROM boots WHERE token = ?`, token))
+}
+
+// LatestBoot returns the newest boot of a machine.
+func (s *Store) LatestBoot(ctx context.Context, mac string) (Boot, error) {
+	return scanBoot(s.db.QueryRowContext(ctx, `SELECT `+bootCols+` FROM boots WHERE mac = ? ORDER BY created_at DESC, rowid DESC LIMIT 1`, normMAC(mac)))
+}
+
+// UseToken marks a boot's token used. Exactly one caller wins; the
+// others get ErrTokenUsed.
+func (s *Store) UseToken(ctx context.Context, token string) (Boot, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE boots SET used_at = ? WHERE token = ? AND used_at IS NULL`, unix(time.Now()), token)
+	if err != nil {
+		return Boot{}, err
+	}
+	n, _ := res.RowsAffected()
+	b, err := s.BootByToken(ctx, token)
+	if err != nil {
+		return Boot{}, err
+	}
+	if n == 0 {
+		return b, ErrTokenUsed
+	}
+	return b, nil
+}
+
+// RequestReinstall makes the machine's next PXE boot install again.
+func (s *Store) RequestReinstall(ctx context.Context, mac string) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE machines SET reinstall = 1, updated_at = ? WHERE mac = ?`, unix(time.Now()), normMAC(mac))
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("machine %s: %w", mac, ErrNotFound)
+	}
+	return nil
+}
+
+// Forget deletes a machine and all it left: boots, events, logs.
+func (s *Store) Forget(ctx context.Context, mac string) error {
+	mac = normMAC(mac)
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, `DELETE FROM machines WHERE mac = ?`, mac)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("machine %s: %w", mac, ErrNotFound)
+	}
+	for _, t := range []string{"boots", "events", "logs"} {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM `+t+` WHERE mac = ?`, mac); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+// MarkInterrupted fails every install that a previous server run left
+// half done: those machines are neither installed nor still installing.
+func (s *Store) MarkInterrupted(ctx context.Context) (int, error) {
+	recs, err := s.Machines(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, m := range recs {
+		if m.State != StateInstallerUp && m.State != StateInstalling {
+			continue
+		}
+		where := m.Phase
+		if where == "" {
+			where = string(m.State)
+		}
+		msg := "interrupted: server restarted during " + where
+		if err := s.Transition(ctx, m.MAC, StateFailed, m.Phase, msg, msg); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}

@@ -1,0 +1,146 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
+	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+)
+
+func view(r profiles.MachineRecord) httpboot.MachineView {
+	return httpboot.MachineView{
+		MAC: r.MAC, Hostname: r.Hostname, Profile: r.Profile, State: string(r.State),
+		Phase: r.Phase, Error: r.Error, IP: r.IP, Reinstall: r.Reinstall, UpdatedAt: r.UpdatedAt,
+	}
+}
+
+func notFound(err error) error {
+	if errors.Is(err, profiles.ErrNotFound) {
+		return fmt.Errorf("%w: %v", httpboot.ErrNotFound, err)
+	}
+	return err
+}
+
+// Machines lists every machine the store knows.
+func (p *Provisioner) Machines(ctx context.Context) ([]httpboot.MachineView, error) {
+	recs, err := p.store.Machines(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]httpboot.MachineView, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, view(r))
+	}
+	return out, nil
+}
+
+// Machine is one machine by MAC.
+func (p *Provisioner) Machine(ctx context.Context, mac string) (httpboot.MachineView, error) {
+	r, err := p.store.Machine(ctx, mac)
+	if err != nil {
+		return httpboot.MachineView{}, notFound(err)
+	}
+	return view(r), nil
+}
+
+// Events are a machine's state changes and notes after ID after.
+func (p *Provisioner) Events(ctx context.Context, mac string, after int64) ([]httpboot.EventView, error) {
+	if _, err := p.store.Machine(ctx, mac); err != nil {
+		return nil, notFound(err)
+	}
+	evs, err := p.store.Events(ctx, mac, after, 1000)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]httpboot.EventView, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, httpboot.EventView{ID: e.ID, Time: e.Time, State: string(e.State), Phase: e.Phase, Message: e.Message})
+	}
+	return out, nil
+}
+
+// Log is a machine's install output after line seq after.
+func (p *Provisioner) Log(ctx context.Context, mac string, after int64) ([]httpboot.LogView, error) {
+	if _, err := p.store.Machine(ctx, mac); err != nil {
+		return nil, notFound(err)
+	}
+	lines, err := p.store.Log(ctx, mac, after, 5000)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]httpboot.LogView, 0, len(lines))
+	for _, l := range lines {
+		out = append(out, httpboot.LogView{Seq: l.Seq, Time: l.Time, Line: l.Line})
+	}
+	return out, nil
+}
+
+// Reinstall makes the machine's next PXE boot install again. It is the
+// only way an installed machine is ever installed again.
+func (p *Provisioner) Reinstall(ctx context.Context, mac string) error {
+	if err := p.store.RequestReinstall(ctx, mac); err != nil {
+		return notFound(err)
+	}
+	p.event(ctx, mac, "", "reinstall requested: the next PXE boot installs again")
+	p.publish(ctx, mac)
+	return nil
+}
+
+// Forget removes a machine and its history; a machine whose install is
+// running cannot be forgotten.
+func (p *Provisioner) Forget(ctx context.Context, mac string) error {
+	p.mu.Lock()
+	busy := p.running[mac]
+	p.mu.Unlock()
+	if busy {
+		return fmt.Errorf("%w: machine %s is being installed; wait for it to end", httpboot.ErrConflict, mac)
+	}
+	if err := p.store.Forget(ctx, mac); err != nil {
+		return notFound(err)
+	}
+	p.log.Info("machine forgotten", "mac", mac)
+	p.mu.Lock()
+	for ch := range p.subs {
+		select {
+		case ch <- httpboot.MachineView{MAC: mac, State: "forgotten"}:
+		default:
+		}
+	}
+	p.mu.Unlock()
+	return nil
+}
+
+// Subscribe streams machine changes until ctx is done. A subscriber that
+// does not keep up misses updates rather than slowing installs down.
+func (p *Provisioner) Subscribe(ctx context.Context) <-chan httpboot.MachineView {
+	ch := make(chan httpboot.MachineView, 64)
+	p.mu.Lock()
+	p.subs[ch] = struct{}{}
+	p.mu.Unlock()
+	go func() {
+		<-ctx.Done()
+		p.mu.Lock()
+		delete(p.subs, ch)
+		close(ch)
+		p.mu.Unlock()
+	}()
+	return ch
+}
+
+func (p *Provisioner) publish(ctx context.Context, mac string) {
+	r, err := p.store.Machine(ctx, mac)
+	if err != nil {
+		return
+	}
+	v := view(r)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for ch := range p.subs {
+		select {
+		case ch <- v:
+		default:
+		}
+	}
+}

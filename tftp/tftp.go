@@ -1,0 +1,244 @@
+// Package tftp serves the iPXE binaries that PXE firmware loads first,
+// read-only, from one directory, on pin/tftp. It knows nothing about
+// machines: any client may read any file under the root, and nothing
+// else.
+package tftp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	tftplib "github.com/pin/tftp/v3"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Server is a read-only TFTP server over one directory.
+type Server struct {
+	root      string
+	log       *slog.Logger
+	srv       *tftplib.Server
+	conn      net.PacketConn
+	transfers *prometheus.CounterVec
+	bytes     prometheus.Counter
+}
+
+// New serves root, which must be a directory. reg may be nil.
+func New(root string, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, err
+	}
+	if st, err := os.Stat(abs); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("tftp root %s: not a directory", root)
+	}
+	s := &Server{
+		root: abs,
+		log:  log,
+		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pxe_anywhere_tftp_transfers_total", Help: "TFTP read requests, by result (ok, failed, refused, not-found).",
+		}, []string{"result"}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pxe_anywhere_tftp_bytes_sent_total", Help: "Bytes of files sent over TFTP.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(s.transfers, s.bytes)
+	}
+	// A nil write handler makes pin/tftp refuse every write request.
+	s.srv = tftplib.NewServer(s.read, nil)
+	// PXE ROMs retransmit slowly and some drop the first packets while
+	// the link settles: a few seconds per try, five tries.
+	s.srv.SetTimeout(5 * time.Second)
+	s.srv.SetRetries(5)
+	return s, nil
+}
+
+// singlePort makes every transfer use the listening socket instead of a
+// new one per transfer. Tests that open the socket inside a network
+// namespace need it: later sockets would be opened outside.
+func (s *Server) singlePort() {
+	s.srv.EnableSinglePort()
+	// EnableSinglePort caps blksize at 512 unless told otherwise; the
+	// interface MTU still bounds what is granted.
+	s.srv.SetBlockSize(65464)
+}
+
+// Listen opens the server's socket on addr (":69" in production).
+func (s *Server) Listen(addr string) error {
+	conn, err := net.ListenPacket("udp4", addr)
+	if err != nil {
+		return fmt.Errorf("tftp listen %s: %w", addr, err)
+	}
+	s.conn = conn
+	return nil
+}
+
+// Addr is the address Listen bound.
+func (s *Server) Addr() net.Addr { return s.conn.LocalAddr() }
+
+// Serve answers requests until ctx is done.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.conn == nil {
+		return errors.New("tftp: Serve before Listen")
+	}
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		select {
+		case <-ctx.Done():
+			// Shutdown lets running transfers finish; closing the
+			// socket unblocks the read loop in single-port mode.
+			s.srv.Shutdown()
+			s.conn.Close()
+		case <-stopped:
+		}
+	}()
+	err := s.srv.Serve(s.conn)
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("tftp serve on %s: %w", s.conn.LocalAddr(), err)
+	}
+	return nil
+}
+
+func (s *Server) read(name string, rf io.ReaderFrom) error {
+	var client string
+	ot, _ := rf.(tftplib.OutgoingTransfer)
+	if ot != nil {
+		addr := ot.RemoteAddr()
+		client = addr.String()
+	}
+	log := s.log.With("file", name, "client", client)
+	path, err := Resolve(s.root, name)
+	if err != nil {
+		result := "refused"
+		if errors.Is(err, fs.ErrNotExist) {
+			result = "not-found"
+		}
+		s.transfers.WithLabelValues(result).Inc()
+		log.Warn("tftp request refused", "result", result, "err", err)
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		s.transfers.WithLabelValues("not-found").Inc()
+		log.Warn("tftp request refused", "result", "not-found", "err", err)
+		return fmt.Errorf("%s: not found", name)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		s.transfers.WithLabelValues("refused").Inc()
+		log.Warn("tftp request refused", "result", "refused", "err", "not a regular file")
+		return fmt.Errorf("%s: not a file", name)
+	}
+	if ot != nil {
+		ot.SetSize(st.Size()) // tsize (RFC 2349): iPXE and UEFI ask for it
+	}
+	start := time.Now()
+	n, err := rf.ReadFrom(f)
+	s.bytes.Add(float64(n))
+	dur := time.Since(start).Round(time.Millisecond)
+	if err != nil {
+		s.transfers.WithLabelValues("failed").Inc()
+		log.Warn("tftp transfer failed", "bytes", n, "size", st.Size(), "duration", dur, "err", err)
+		return err
+	}
+	s.transfers.WithLabelValues("ok").Inc()
+	log.Info("tftp sent", "bytes", n, "duration", dur)
+	return nil
+}
+
+// Resolve maps a requested file name to a path inside root, refusing
+// anything that could leave it: "..", NUL bytes, and symlinks that point
+// outside. Leading slashes are dropped, since some firmwares send
+// "/undionly.kpxe"; backslashes count as separators, as Windows-era
+// ROMs send them.
+func Resolve(root, name string) (string, error) {
+	if name == "" || len(name) > 255 {
+		return "", errors.New("bad file name length")
+	}
+	if strings.ContainsRune(name, 0) {
+		return "", errors.New("NUL in file name")
+	}
+	clean := strings.ReplaceAll(name, `\`, "/")
+	clean = strings.TrimLeft(clean, "/")
+	for _, part := range strings.Split(clean, "/") {
+		if part == ".." {
+			return "", fmt.Errorf("%q leaves the TFTP root", name)
+		}
+	}
+	if clean == "" || !fs.ValidPath(filepath.ToSlash(filepath.Clean(clean))) {
+		return "", fmt.Errorf("%q is not a valid file name", name)
+	}
+	path := filepath.Join(root, filepath.FromSlash(clean))
+	real, err := filepath.EvalSymlinks(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("%q: %w", name, fs.ErrNotExist)
+	}
+	if err != nil {
+		// The underlying error names server paths; the client gets less.
+		return "", fmt.Errorf("%q cannot be read", name)
+	}
+	rootReal, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return "", err
+	}
+	if real != rootReal && !strings.HasPrefix(real, rootReal+string(filepath.Separator)) {
+		return "", fmt.Errorf("%q leaves the TFTP root through a symlink", name)
+	}
+	return real, nil
+}
+
+// ipxeDirs are where operating systems install iPXE's binaries: Debian
+// and Ubuntu, Fedora, and a NixOS system profile.
+var ipxeDirs = []string{"/usr/lib/ipxe", "/usr/share/ipxe", "/run/current-system/sw/share/ipxe"}
+
+// nixIPXE matches pkgs.ipxe's output, which holds the binaries at its
+// top level, so a NixOS host finds them even when no profile links them.
+const nixIPXE = "/nix/store/*-ipxe-*"
+
+// FindIPXEDir returns override if given, else the first directory that
+// holds iPXE's binaries (undionly.kpxe for BIOS or ipxe.efi for UEFI).
+func FindIPXEDir(override string) (string, error) {
+	if override != "" {
+		if !hasIPXE(override) {
+			return "", fmt.Errorf("ipxe dir %s holds neither undionly.kpxe nor ipxe.efi: point it at the ipxe package's directory", override)
+		}
+		return override, nil
+	}
+	for _, d := range ipxeDirs {
+		if hasIPXE(d) {
+			return d, nil
+		}
+	}
+	// Store paths sort by hash, not version: take any one that works.
+	nix, _ := filepath.Glob(nixIPXE)
+	for _, d := range nix {
+		if hasIPXE(d) {
+			return d, nil
+		}
+	}
+	return "", fmt.Errorf("no iPXE binaries (undionly.kpxe or ipxe.efi) in %s or %s: install them (Debian/Ubuntu: apt install ipxe; Fedora: dnf install ipxe-bootimgs-x86; NixOS: add pkgs.ipxe) or set server.ipxe_dir",
+		strings.Join(ipxeDirs, ", "), nixIPXE)
+}
+
+func hasIPXE(dir string) bool {
+	for _, f := range []string{"undionly.kpxe", "ipxe.efi"} {
+		if st, err := os.Stat(filepath.Join(dir, f)); err == nil && st.Mode().IsRegular() {
+			return true
+		}
+	}
+	return false
+}
