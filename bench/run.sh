@@ -89,6 +89,7 @@ pxa_config() { # file mode nmachines unknown image
 	  http_listen: "10.77.0.1:8080"
 	  tftp_listen: "10.77.0.1:69"
 	  state_dir: $WORK/state-$RANDOM
+	  ipxe_dir: $WORK/tftproot
 	  max_installs: 2
 	  unknown_machines: $unknown
 	dhcp:
@@ -105,7 +106,7 @@ pxa_config() { # file mode nmachines unknown image
 	profiles:
 	  bench:
 	    image: bench
-	    store_paths: {system: /nix/store/00000000000000000000000000000000-bench}
+	    store_paths: {disko: /nix/store/00000000000000000000000000000000-disko, system: /nix/store/00000000000000000000000000000000-bench}
 	machines:
 	YAML
 	[ "$n" -gt 0 ] || { sed -i 's/^machines:$/machines: []/' "$f"; return; }
@@ -232,10 +233,10 @@ bench_tftp() {
 	local cfg="$WORK/tftp.yaml"
 	pxa_config "$cfg" proxy 0 ignore small
 	start_pxa "$cfg"
-	start_bg tftpd in.tftpd -L -s "$IPXE_DIR" -a 10.77.0.3:69
+	start_bg tftpd in.tftpd -L -s "$WORK/tftproot" -a 10.77.0.3:69
 	local tftpd=$LASTPID
 	start_bg dnsmasq-tftp dnsmasq --port=0 --no-daemon --listen-address=10.77.0.4 --bind-interfaces \
-		--enable-tftp --tftp-root="$IPXE_DIR" --pid-file=
+		--enable-tftp --tftp-root="$WORK/tftproot" --tftp-max=1000 --pid-file=
 	local dm=$LASTPID
 	sleep 0.5
 	for file in undionly.kpxe ipxe.efi; do
@@ -270,6 +271,7 @@ bench_http() {
 	mkdir -p "$WORK/nginx/www/images/bench" "$WORK/nginx/tmp"
 	ln -sf "$WORK/img/big/initrd" "$WORK/nginx/www/images/bench/initrd"
 	cat >"$WORK/nginx/nginx.conf" <<-CONF
+	user root;
 	worker_processes auto;
 	pid $WORK/nginx/nginx.pid;
 	error_log $WORK/nginx/error.log;
@@ -334,6 +336,10 @@ bench_storm() {
 
 lab
 tools
+# Regular copies: Debian's ipxe.efi is a symlink into /boot, which
+# tftpd-hpa's chroot (-s) cannot follow.
+mkdir -p "$WORK/tftproot"
+for f in undionly.kpxe ipxe.efi snponly.efi; do cp -L "$IPXE_DIR/$f" "$WORK/tftproot/"; done
 mkimage small 1 1
 case $MODE in http|all) mkimage big 8 "${HTTP_INITRD_MB:-300}" ;; esac
 case $MODE in storm|all) mkimage storm 8 "${STORM_INITRD_MB:-64}" ;; esac

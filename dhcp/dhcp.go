@@ -166,13 +166,22 @@ func New(cfg Config, d Decider, log *slog.Logger) (*Server, error) {
 }
 
 // Listen opens port 67 on each interface (bound to the device, so
-// nothing is answered anywhere else) and, in proxy mode, port 4011 on
-// the server address.
+// nothing is answered anywhere else) and port 4011 on the server
+// address. On error no socket stays open.
 func (s *Server) Listen() error {
+	if err := s.listen(); err != nil {
+		s.Close()
+		s.conns = nil
+		return err
+	}
+	return nil
+}
+
+func (s *Server) listen() error {
 	for _, name := range s.cfg.Interfaces {
 		ifi, err := net.InterfaceByName(name)
 		if err != nil {
-			return fmt.Errorf("dhcp: interface %q: %w", name, err)
+			return fmt.Errorf("dhcp: interface %q: %w (server.interfaces must name interfaces of this machine)", name, err)
 		}
 		if !s.cfg.ServerIP.IsValid() {
 			if ip, ok := firstIPv4(ifi); ok {
@@ -181,25 +190,22 @@ func (s *Server) Listen() error {
 		}
 		conn, err := server4.NewIPv4UDPConn(name, &net.UDPAddr{IP: net.IPv4zero, Port: dhcpv4.ServerPort})
 		if err != nil {
-			s.Close()
-			return fmt.Errorf("dhcp: listen on %s port 67: %w", name, err)
+			return fmt.Errorf("dhcp: listen on %s port 67: %w (is another DHCP server running there?)", name, err)
 		}
 		s.conns = append(s.conns, listener{conn: conn, iface: name, port: dhcpv4.ServerPort})
 	}
 	if !s.cfg.ServerIP.IsValid() {
-		s.Close()
-		return fmt.Errorf("dhcp: interface %s has no IPv4 address to answer from", s.cfg.Interfaces[0])
+		return fmt.Errorf("dhcp: interface %s has no IPv4 address to answer from: give it one or set server.advertise", s.cfg.Interfaces[0])
 	}
-	if s.cfg.Mode == Proxy {
-		// Firmware that ignores the boot options of a proxy offer asks
-		// again, unicast, on 4011 (PXE spec 2.1, "PXE boot server").
-		conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: s.cfg.ServerIP.AsSlice(), Port: 4011})
-		if err != nil {
-			s.Close()
-			return fmt.Errorf("dhcp: listen on %s port 4011: %w", s.cfg.ServerIP, err)
-		}
-		s.conns = append(s.conns, listener{conn: conn, iface: s.cfg.Interfaces[0], port: 4011})
+	// Firmware that ignores the boot options of an offer (several UEFI
+	// ones do, with a proxy's offer above all) asks the boot server
+	// again, unicast, on 4011 (PXE spec 2.1, "PXE boot server"). Open
+	// in both modes: it costs nothing and the firmware decides.
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: s.cfg.ServerIP.AsSlice(), Port: 4011})
+	if err != nil {
+		return fmt.Errorf("dhcp: listen on %s port 4011: %w (is that address on this machine?)", s.cfg.ServerIP, err)
 	}
+	s.conns = append(s.conns, listener{conn: conn, iface: s.cfg.Interfaces[0], port: 4011})
 	return nil
 }
 

@@ -513,6 +513,71 @@ func TestRealClientProxy(t *testing.T) {
 	}
 }
 
+// peer is a client namespace with address ip on the lab subnet and a
+// UDP socket on ip:port, for tests that send crafted packets.
+func peer(t *testing.T, lab *netlab.Lab, mac, ip string, port int) *net.UDPConn {
+	t.Helper()
+	ns := lab.Client(mac)
+	lab.Run(ns, "ip", "addr", "add", ip+"/24", "dev", "eth0")
+	var conn *net.UDPConn
+	if err := netlab.Do(ns, func() (err error) {
+		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(ip), Port: port})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// exchange sends packets to dst in order and returns the first reply.
+func exchange(t *testing.T, conn *net.UDPConn, dst string, packets ...[]byte) (*dhcpv4.DHCPv4, string) {
+	t.Helper()
+	to, err := net.ResolveUDPAddr("udp4", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range packets {
+		if _, err := conn.WriteTo(b, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The deadline only bounds a broken run; nothing is asserted on time.
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, 1500)
+	n, from, err := conn.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("no answer from %s: %v", dst, err)
+	}
+	resp, err := dhcpv4.FromBytes(buf[:n])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, from.String()
+}
+
+// TestRealPort4011: UEFI firmware that ignored the proxy offer asks the
+// boot server again, unicast to port 4011, and the ACK comes back to
+// the port it asked from.
+func TestRealPort4011(t *testing.T) {
+	netlab.Require(t)
+	for _, mode := range []Mode{Proxy, Authoritative} {
+		t.Run(mode.String(), func(t *testing.T) {
+			lab := netlab.New(t, "10.80.0.0/24")
+			startInLab(t, lab, testConfig(mode, filepath.Join(t.TempDir(), "leases.json")))
+			conn := peer(t, lab, knownMAC, "10.80.0.5", 68)
+			req := pxeRequest(t, dhcpv4.MessageTypeRequest, knownMAC, "PXEClient:Arch:00007:UNDI:003016", []uint16{7}, "", true)
+			req.ClientIPAddr = net.ParseIP("10.80.0.5")
+			resp, from := exchange(t, conn, "10.80.0.1:4011", req.ToBytes())
+			if from != "10.80.0.1:4011" || resp.MessageType() != dhcpv4.MessageTypeAck || resp.BootFileName != "ipxe.efi" ||
+				!resp.YourIPAddr.IsUnspecified() || resp.Options.Get(dhcpv4.OptionVendorSpecificInformation) != nil ||
+				!bytes.Equal(resp.Options.Get(dhcpv4.OptionClientMachineIdentifier), req.Options.Get(dhcpv4.OptionClientMachineIdentifier)) {
+				t.Fatalf("from %s: %s", from, resp.Summary())
+			}
+		})
+	}
+}
+
 // TestRelayAndMalformed plays a DHCP relay (RFC 1542) from a namespace
 // with an address on the lab subnet: garbage is dropped and counted,
 // and a relayed DISCOVER is answered to the relay's port 67.
@@ -520,42 +585,16 @@ func TestRelayAndMalformed(t *testing.T) {
 	netlab.Require(t)
 	lab := netlab.New(t, "10.80.0.0/24")
 	s, _, _ := startInLab(t, lab, testConfig(Authoritative, filepath.Join(t.TempDir(), "leases.json")))
-	relay := lab.Client("")
-	lab.Run(relay, "ip", "addr", "add", "10.80.0.2/24", "dev", "eth0")
-	var conn *net.UDPConn
-	if err := netlab.Do(relay, func() (err error) {
-		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("10.80.0.2"), Port: 67})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	server := &net.UDPAddr{IP: net.ParseIP("10.80.0.1"), Port: 67}
-	if _, err := conn.WriteTo([]byte{1, 1, 6, 0, 0xde, 0xad}, server); err != nil {
-		t.Fatal(err)
-	}
+	conn := peer(t, lab, "", "10.80.0.2", 67)
 	req := pxeRequest(t, dhcpv4.MessageTypeDiscover, "52:54:00:00:00:77", "", nil, "", false)
 	req.GatewayIPAddr = net.ParseIP("10.80.0.2")
 	req.HopCount = 1
-	if _, err := conn.WriteTo(req.ToBytes(), server); err != nil {
-		t.Fatal(err)
-	}
-	// The deadline only bounds a broken run; nothing is asserted on time.
-	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-	buf := make([]byte, 1500)
-	n, from, err := conn.ReadFrom(buf)
-	if err != nil {
-		t.Fatalf("no reply at the relay: %v", err)
-	}
-	resp, err := dhcpv4.FromBytes(buf[:n])
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, from := exchange(t, conn, "10.80.0.1:67", []byte{1, 1, 6, 0, 0xde, 0xad}, req.ToBytes())
 	if resp.MessageType() != dhcpv4.MessageTypeOffer || resp.TransactionID != req.TransactionID ||
 		!resp.YourIPAddr.Equal(net.ParseIP("10.80.0.100")) || !resp.GatewayIPAddr.Equal(net.ParseIP("10.80.0.2")) {
 		t.Fatalf("relay got %s", resp.Summary())
 	}
-	if from.String() != "10.80.0.1:67" {
+	if from != "10.80.0.1:67" {
 		t.Errorf("reply from %s, want 10.80.0.1:67", from)
 	}
 	// The server reads one socket in order: the garbage was handled
@@ -620,4 +659,243 @@ func FuzzHandle(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestNewRefusesBadConfig(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(c *Config)
+		want   string
+	}{
+		{"no interfaces", func(c *Config) { c.Interfaces = nil }, "no interfaces"},
+		{"IPv6 server address", func(c *Config) { c.ServerIP = netip.MustParseAddr("fd00::1") }, "not IPv4"},
+		{"range outside subnet", func(c *Config) { c.RangeEnd = netip.MustParseAddr("10.81.0.1") }, "not inside IPv4 subnet"},
+		{"range backwards", func(c *Config) {
+			c.RangeStart, c.RangeEnd = c.RangeEnd, c.RangeStart
+		}, "ends before it starts"},
+		{"reservation not a MAC", func(c *Config) { c.Reservations = map[string]netip.Addr{"web-01": netip.MustParseAddr("10.80.0.9")} }, `reservation "web-01"`},
+		{"reservation outside subnet", func(c *Config) {
+			c.Reservations = map[string]netip.Addr{"52:54:00:12:34:06": netip.MustParseAddr("10.99.0.9")}
+		}, "outside subnet"},
+		{"same MAC reserved twice", func(c *Config) {
+			c.Reservations = map[string]netip.Addr{"52:54:00:12:34:06": netip.MustParseAddr("10.80.0.9"), "52-54-00-12-34-06": netip.MustParseAddr("10.80.0.8")}
+		}, "reserved twice"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig(Authoritative, "")
+			tt.change(&cfg)
+			_, err := New(cfg, &allowList{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to say %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestAuthoritativeWithoutBoot: clients that do not boot from us still
+// get a plain lease, and the Decider hears only of PXE clients.
+func TestAuthoritativeWithoutBoot(t *testing.T) {
+	tests := []struct {
+		name   string
+		mac    string
+		vendor string
+		mt     dhcpv4.MessageType
+		asked  bool
+	}{
+		{"PXE client the Decider ignores", unknownMAC, "PXEClient:Arch:00007:UNDI:003016", dhcpv4.MessageTypeDiscover, true},
+		{"installed OS, known MAC, no vendor class", knownMAC, "", dhcpv4.MessageTypeDiscover, false},
+		{"other vendor class", knownMAC, "MSFT 5.0", dhcpv4.MessageTypeDiscover, false},
+		{"INFORM from a plain client", knownMAC, "", dhcpv4.MessageTypeInform, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, d := newTestServer(t, testConfig(Authoritative, ""))
+			req := pxeRequest(t, tt.mt, tt.mac, tt.vendor, nil, "", true)
+			if tt.mt == dhcpv4.MessageTypeInform {
+				req.ClientIPAddr = net.ParseIP("10.80.0.200")
+			}
+			resp, err := s.Handle(context.Background(), req, "br0", 67)
+			if err != nil || resp == nil {
+				t.Fatalf("no reply: %v", err)
+			}
+			if tt.mt == dhcpv4.MessageTypeInform {
+				if resp.MessageType() != dhcpv4.MessageTypeAck || !resp.YourIPAddr.IsUnspecified() || resp.DomainName() != "lab" {
+					t.Errorf("INFORM answer: %s", resp.Summary())
+				}
+			} else if resp.MessageType() != dhcpv4.MessageTypeOffer || !resp.YourIPAddr.Equal(net.ParseIP("10.80.0.100")) {
+				t.Errorf("offer: %s", resp.Summary())
+			}
+			for _, o := range []dhcpv4.OptionCode{dhcpv4.OptionClassIdentifier, dhcpv4.OptionBootfileName, dhcpv4.OptionVendorSpecificInformation, dhcpv4.OptionTFTPServerName, dhcpv4.OptionClientMachineIdentifier} {
+				if v := resp.Options.Get(o); v != nil {
+					t.Errorf("option %s = %q in a reply without boot", o, v)
+				}
+			}
+			if resp.BootFileName != "" || !resp.ServerIPAddr.IsUnspecified() {
+				t.Errorf("file %q siaddr %s in a reply without boot", resp.BootFileName, resp.ServerIPAddr)
+			}
+			if asked := len(d.asked) > 0; asked != tt.asked {
+				t.Errorf("Decider asked = %v, want %v", asked, tt.asked)
+			}
+		})
+	}
+}
+
+func TestProxyAsksDeciderOnlyWhenItWouldAnswer(t *testing.T) {
+	tests := []struct {
+		name   string
+		mt     dhcpv4.MessageType
+		sid    string
+		port   int
+		answer bool
+	}{
+		{"DISCOVER on 67", dhcpv4.MessageTypeDiscover, "", 67, true},
+		{"DISCOVER on 4011", dhcpv4.MessageTypeDiscover, "", 4011, false},
+		{"REQUEST to the network's server", dhcpv4.MessageTypeRequest, "10.80.0.254", 67, false},
+		{"REQUEST naming us", dhcpv4.MessageTypeRequest, "10.80.0.1", 67, true},
+		{"REQUEST on 4011", dhcpv4.MessageTypeRequest, "", 4011, true},
+		{"DECLINE", dhcpv4.MessageTypeDecline, "10.80.0.1", 67, false},
+		{"RELEASE", dhcpv4.MessageTypeRelease, "10.80.0.1", 67, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, d := newTestServer(t, testConfig(Proxy, ""))
+			req := pxeRequest(t, tt.mt, knownMAC, "PXEClient:Arch:00000:UNDI:002001", []uint16{0}, "", false)
+			if tt.sid != "" {
+				req.UpdateOption(dhcpv4.OptServerIdentifier(net.ParseIP(tt.sid)))
+			}
+			resp, err := s.Handle(context.Background(), req, "br0", tt.port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (resp != nil) != tt.answer || (len(d.asked) > 0) != tt.answer {
+				t.Fatalf("answered %v, Decider asked %d times; want both %v", resp != nil, len(d.asked), tt.answer)
+			}
+			if resp != nil && (resp.MessageType() == dhcpv4.MessageTypeAck) != (tt.mt == dhcpv4.MessageTypeRequest) {
+				t.Fatalf("reply type %s to %s", resp.MessageType(), tt.mt)
+			}
+		})
+	}
+}
+
+// TestPoolReuse walks the lease pool through address reuse after
+// expiry, which once left the old holder pointing at the address.
+func TestPoolReuse(t *testing.T) {
+	a, b := "52:54:00:00:00:0a", "52:54:00:00:00:0b"
+	ip1 := netip.MustParseAddr("10.80.0.100")
+	tests := []struct {
+		name string
+		run  func(t *testing.T, p *pool, wait func(time.Duration))
+	}{
+		{"expired address goes to the next client, and stays its", func(t *testing.T, p *pool, wait func(time.Duration)) {
+			p.ack(a, ip1, time.Minute)
+			wait(2 * time.Minute)
+			if ip, _ := p.offer(b, netip.Addr{}); ip != ip1 {
+				t.Fatalf("b offered %s", ip)
+			}
+			if ok, _ := p.ack(b, ip1, time.Hour); !ok {
+				t.Fatal("b NAKed")
+			}
+			// a comes back: it must get another address, and b keeps ip1.
+			ip, _ := p.offer(a, netip.Addr{})
+			if ip == ip1 {
+				t.Fatalf("a offered b's address")
+			}
+			p.ack(a, ip, time.Hour)
+			if l, ok := p.lookup(b); !ok || l.IP != ip1 {
+				t.Fatalf("b's lease: %+v %v", l, ok)
+			}
+			if ok, _ := p.ack(a, ip1, time.Hour); ok {
+				t.Fatal("a ACKed on b's address")
+			}
+		}},
+		{"reservation is never offered to others", func(t *testing.T, p *pool, wait func(time.Duration)) {
+			for i := 0; i < 2; i++ {
+				ip, ok := p.offer(fmt.Sprintf("52:54:00:00:01:%02x", i), netip.MustParseAddr("10.80.0.50"))
+				if !ok || ip == netip.MustParseAddr("10.80.0.50") {
+					t.Fatalf("offered %s %v", ip, ok)
+				}
+			}
+		}},
+		{"range runs out", func(t *testing.T, p *pool, wait func(time.Duration)) {
+			for i := 0; i < 2; i++ {
+				if _, ok := p.offer(fmt.Sprintf("52:54:00:00:02:%02x", i), netip.Addr{}); !ok {
+					t.Fatalf("offer %d failed", i)
+				}
+			}
+			if ip, ok := p.offer(b, netip.Addr{}); ok {
+				t.Fatalf("third client in a two-address range got %s", ip)
+			}
+		}},
+		{"declined address rests, then returns", func(t *testing.T, p *pool, wait func(time.Duration)) {
+			p.ack(a, ip1, time.Hour)
+			p.decline(a, ip1)
+			if ip, _ := p.offer(b, ip1); ip == ip1 {
+				t.Fatal("declined address offered")
+			}
+			wait(declineHold + time.Minute)
+			if ip, _ := p.offer(a, ip1); ip != ip1 {
+				t.Fatalf("after the hold, offered %s", ip)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := newPool(ip1, netip.MustParseAddr("10.80.0.101"),
+				map[string]netip.Addr{"52:54:00:12:34:05": netip.MustParseAddr("10.80.0.50")}, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The pool's clock is moved by hand: no test waits for real.
+			now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			p.now = func() time.Time { return now }
+			tt.run(t, p, func(d time.Duration) { now = now.Add(d) })
+		})
+	}
+}
+
+func TestLeaseFileReload(t *testing.T) {
+	tests := []struct {
+		name string
+		file string
+		want map[string]string // mac → ip after reload
+		err  string
+	}{
+		{"keeps valid leases", `[{"mac":"52:54:00:00:00:0a","ip":"10.80.0.101","expiry":"2999-01-01T00:00:00Z"}]`,
+			map[string]string{"52:54:00:00:00:0a": "10.80.0.101"}, ""},
+		{"drops expired, out-of-range, others' reservations and duplicates", `[
+			{"mac":"52:54:00:00:00:0a","ip":"10.80.0.101","expiry":"2000-01-01T00:00:00Z"},
+			{"mac":"52:54:00:00:00:0b","ip":"10.80.0.7","expiry":"2999-01-01T00:00:00Z"},
+			{"mac":"52:54:00:00:00:0c","ip":"10.80.0.50","expiry":"2999-01-01T00:00:00Z"},
+			{"mac":"52:54:00:00:00:0d","ip":"10.80.0.102","expiry":"2999-01-01T00:00:00Z"},
+			{"mac":"52:54:00:00:00:0e","ip":"10.80.0.102","expiry":"2999-01-01T00:00:00Z"}]`,
+			map[string]string{"52:54:00:00:00:0d": "10.80.0.102"}, ""},
+		{"corrupt file is an error naming it", `[{"mac":`, nil, "move it away"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "leases.json")
+			if err := os.WriteFile(file, []byte(tt.file), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			p, err := newPool(netip.MustParseAddr("10.80.0.100"), netip.MustParseAddr("10.80.0.110"),
+				map[string]netip.Addr{"52:54:00:12:34:05": netip.MustParseAddr("10.80.0.50")}, file)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) || !strings.Contains(err.Error(), file) {
+					t.Fatalf("err = %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for mac, l := range p.byMAC {
+				got[mac] = l.IP.String()
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Fatalf("leases %v, want %v", got, tt.want)
+			}
+		})
+	}
 }

@@ -25,9 +25,17 @@ var (
 )
 
 // serverBinary builds cmd/pxe-anywhere once per test binary: the tests
-// run the real program, as an operator would.
+// run the real program, as an operator would. PXE_E2E_BIN names one
+// built already (make e2e builds bin/pxe-anywhere first).
 func serverBinary(t *testing.T) string {
 	t.Helper()
+	if bin := os.Getenv("PXE_E2E_BIN"); bin != "" {
+		abs, err := filepath.Abs(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return abs
+	}
 	binOnce.Do(func() {
 		binPath = filepath.Join(tmpRoot, "pxe-anywhere")
 		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/pxe-anywhere")

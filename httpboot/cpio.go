@@ -15,25 +15,29 @@ import (
 // with the TRAILER!!! entry. No library is used: newc is 110 bytes of
 // ASCII hex per header, and the few cpio packages for Go are unkept.
 func WriteCPIO(w io.Writer, files []ExtraFile) error {
+	// Explicit entries first, so that a directory listed after its
+	// files still keeps its own mode (ssh/ must stay 0700).
 	seen := map[string]bool{}
 	var entries []ExtraFile
 	for _, f := range files {
 		p := strings.TrimPrefix(path.Clean("/"+f.Path), "/")
-		if p == "" || p == "." {
-			return fmt.Errorf("cpio: bad path %q", f.Path)
+		if p == "" {
+			return fmt.Errorf("cpio: bad path %q: it names the archive root", f.Path)
 		}
-		for dir := path.Dir(p); dir != "."; dir = path.Dir(dir) {
+		if seen[p] {
+			return fmt.Errorf("cpio: path %q given twice", f.Path)
+		}
+		seen[p] = true
+		f.Path = p
+		entries = append(entries, f)
+	}
+	for _, f := range entries {
+		for dir := path.Dir(f.Path); dir != "."; dir = path.Dir(dir) {
 			if !seen[dir] {
 				seen[dir] = true
 				entries = append(entries, ExtraFile{Path: dir, Mode: fs.ModeDir | 0o755})
 			}
 		}
-		if seen[p] {
-			continue
-		}
-		seen[p] = true
-		f.Path = p
-		entries = append(entries, f)
 	}
 	// Parents sort before children, so the kernel never meets a file
 	// whose directory does not exist yet.

@@ -24,7 +24,7 @@ th{background:#f4f4f4}
 <p id="live">{{len .}} machines · live updates off</p>
 <table><thead><tr><th>MAC</th><th>Hostname</th><th>Profile</th><th>State</th><th>Phase</th><th>Error</th><th>Updated</th></tr></thead>
 <tbody id="machines">
-{{range .}}<tr id="m-{{.MAC}}"><td>{{.MAC}}</td><td>{{.Hostname}}</td><td>{{.Profile}}</td><td class="{{.State}}">{{.State}}</td><td>{{.Phase}}</td><td>{{.Error}}</td><td>{{.UpdatedAt.Format "2006-01-02 15:04:05"}}</td></tr>
+{{range .}}<tr id="m-{{.MAC}}"><td>{{.MAC}}</td><td>{{.Hostname}}</td><td>{{.Profile}}</td><td class="{{.State}}">{{.State}}</td><td>{{.Phase}}</td><td>{{.Error}}</td><td>{{if not .UpdatedAt.IsZero}}{{.UpdatedAt.Format "2006-01-02 15:04:05"}}{{end}}</td></tr>
 {{end}}</tbody></table>
 <script>
 (function(){
@@ -37,7 +37,7 @@ th{background:#f4f4f4}
     var m=JSON.parse(e.data), id="m-"+m.mac, row=document.getElementById(id);
     if(m.state==="forgotten"){ if(row){row.remove()} return }
     if(!row){row=document.createElement("tr");row.id=id;document.getElementById("machines").appendChild(row)}
-    var cells=[m.mac,m.hostname,m.profile,m.state,m.phase||"",m.error||"",(m.updated_at||"").replace("T"," ").slice(0,19)];
+    var cells=[m.mac,m.hostname,m.profile,m.state,m.phase||"",m.error||"",(m.updated_at&&m.updated_at.indexOf("0001-")!==0)?m.updated_at.replace("T"," ").slice(0,19):""];
     row.textContent="";
     cells.forEach(function(c,i){var td=document.createElement("td");td.textContent=c;if(i===3){td.className=c}row.appendChild(td)});
   };

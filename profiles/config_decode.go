@@ -515,7 +515,10 @@ func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 	d.setPath(&p.ExtraFiles, f["extra_files"], w+".extra_files")
 	for _, e := range d.entries(f["chown"], w+".chown") {
 		where := w + ".chown." + e.key
-		s, _ := d.str(e.v, where)
+		s, ok := d.str(e.v, where)
+		if !ok && !isNull(e.v) {
+			continue // d.str said what is wrong
+		}
 		uid, gid, ok := parseOwner(s)
 		if !ok {
 			d.errf(e.v, where, `write "UID:GID" with numbers, like "1000:100"`, "bad owner %q", s)

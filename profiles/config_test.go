@@ -226,3 +226,34 @@ func TestLoadMissingFile(t *testing.T) {
 		t.Fatalf("Load(missing) = %v, want a not-exist error naming the file", err)
 	}
 }
+
+func TestRelativePathsFollowTheConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	name := filepath.Join(dir, "pxe.yaml")
+	data := base + "    extra_files: extra/web\n    disk_encryption_keys: {/tmp/k: ../keys/k}\n" +
+		"  ip:\n    image: nixos\n    flake: \".#ip\"\nserver: {state_dir: ./state}\n"
+	if err := os.WriteFile(name, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		got  string
+		want string
+	}{
+		{name: "extra_files", got: c.Profile("web").ExtraFiles, want: filepath.Join(dir, "extra/web")},
+		{name: "disk key local", got: c.Profile("web").DiskEncryptionKeys[0].Local, want: filepath.Join(filepath.Dir(dir), "keys/k")},
+		{name: "state_dir", got: c.Server.StateDir, want: filepath.Join(dir, "state")},
+		{name: "absolute stays", got: c.Images["nixos"].KexecTarball, want: "/srv/k.tar.gz"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.got != tt.want {
+				t.Errorf("%s = %q, want %q", tt.name, tt.got, tt.want)
+			}
+		})
+	}
+}

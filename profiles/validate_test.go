@@ -183,12 +183,13 @@ func TestParseErrors(t *testing.T) {
 		},
 		{
 			name: "chown parse and path",
-			in:   base + "    chown:\n      /home/a: \"1000\"\n      /home/b: \"x:1\"\n      rel: \"1:1\"\n      /home/c: \"1:-1\"\n",
+			in:   base + "    chown:\n      /home/a: \"1000\"\n      /home/b: \"x:1\"\n      rel: \"1:1\"\n      /home/c: \"1:-1\"\n      /home/d: [1]\n",
 			want: []string{
 				`pxe.yaml:9: profiles.web.chown./home/a: bad owner "1000" (write "UID:GID" with numbers, like "1000:100")`,
 				`pxe.yaml:10: profiles.web.chown./home/b: bad owner "x:1" (write "UID:GID" with numbers, like "1000:100")`,
 				`pxe.yaml:11: profiles.web.chown.rel: chown path "rel" is not absolute (a path in the installed system, like /home/alice)`,
 				`pxe.yaml:12: profiles.web.chown./home/c: bad owner "1:-1" (write "UID:GID" with numbers, like "1000:100")`,
+				`pxe.yaml:13: profiles.web.chown./home/d: must be a single value, got a list`,
 			},
 		},
 		{

@@ -20,7 +20,9 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	case "check":
 		fs := flag.NewFlagSet("config check", flag.ContinueOnError)
 		fs.SetOutput(stderr)
-		fs.Usage = func() { fmt.Fprintln(stderr, "Usage: pxe-anywhere config check FILE\n\nValidates FILE and prints every error with its line.") }
+		fs.Usage = func() {
+			fmt.Fprintln(stderr, "Usage: pxe-anywhere config check FILE\n\nValidates FILE and prints every error with its line.")
+		}
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
@@ -54,4 +56,3 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	return fmt.Errorf("config: unknown subcommand %q (want check or reload)", args[0])
 }
-

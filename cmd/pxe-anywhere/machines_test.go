@@ -252,3 +252,20 @@ func TestRunMachinesErrors(t *testing.T) {
 		}
 	})
 }
+
+// TestAPIClientFlags covers the client that "config reload" shares.
+func TestAPIClientFlags(t *testing.T) {
+	_, url, tokenFile := newMachinesServer(t)
+	c, err := newAPIClientFlags("config reload", []string{"--server", url + "/", "--token-file", tokenFile}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The test server has no Reload hook, so the API says so.
+	err = c.do(context.Background(), "POST", "/api/v1/config/reload", nil)
+	if err == nil || !strings.Contains(err.Error(), "this server cannot reload (HTTP 501)") {
+		t.Fatalf("reload: %v", err)
+	}
+	if _, err := newAPIClientFlags("config reload", []string{"--server", url, "--token-file", tokenFile, "extra"}, io.Discard); err == nil {
+		t.Fatal("an extra argument was accepted")
+	}
+}

@@ -1,0 +1,368 @@
+// Package sshtarget runs a real OpenSSH server on 127.0.0.1 inside a
+// private mount namespace, as a stand-in for a machine to install: /mnt
+// and /root are fresh tmpfs mounts, /etc/os-release says what the test
+// wants, and strict stand-in commands that record their calls come first
+// on PATH. It is used only by tests (root needed).
+package sshtarget
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// InstallerOSRelease is what a NixOS installer's /etc/os-release says.
+const InstallerOSRelease = "NAME=NixOS\nID=nixos\nVARIANT_ID=installer\nVARIANT=installer\n"
+
+// DebianOSRelease is a host that must be kexec'd first.
+const DebianOSRelease = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nID=debian\n"
+
+// record is the prologue of every stand-in: it appends "NAME ARGS" to
+// $PXE_TARGET_DIR/calls.
+const record = `echo "$(basename "$0")${*:+ $*}" >> "$PXE_TARGET_DIR/calls"
+`
+
+// NixosInstallStandIn accepts exactly what the engine must pass and
+// leaves the system path in /mnt/nixos-system.
+const NixosInstallStandIn = `if [ $# -ne 4 ] || [ "$1" != --no-root-passwd ] || [ "$2" != --no-channel-copy ] || [ "$3" != --system ]; then
+  echo "nixos-install stand-in: unexpected arguments: $*" >&2; exit 2
+fi
+mountpoint -q /mnt || { echo "nixos-install stand-in: /mnt is not mounted" >&2; exit 3; }
+echo "$4" > /mnt/nixos-system
+echo "installation finished!"
+`
+
+// DiskoScriptStandIn takes no arguments; for each path listed in
+// $PXE_TARGET_DIR/disk-keys it records "key MODE PATH" (or "key missing
+// PATH"), so a test sees what existed when disko ran.
+const DiskoScriptStandIn = `if [ $# -ne 0 ]; then echo "disko stand-in: unexpected arguments: $*" >&2; exit 2; fi
+if [ -f "$PXE_TARGET_DIR/disk-keys" ]; then
+  while read -r k; do
+    if [ -f "$k" ]; then echo "key $(stat -c %a "$k") $k" >> "$PXE_TARGET_DIR/calls"; else echo "key missing $k" >> "$PXE_TARGET_DIR/calls"; fi
+  done < "$PXE_TARGET_DIR/disk-keys"
+fi
+echo "disko: partitioned and mounted /mnt"
+`
+
+// KexecRunStandIn is kexec/run inside a test kexec tarball: it accepts
+// no arguments or --kexec-extra-flags FLAGS, then "reboots": sshd stops
+// and, unless $PXE_TARGET_DIR/never-returns exists, comes back as an
+// installer on the port in $PXE_TARGET_DIR/post-kexec-port (or the same
+// port), with the same host key (the real image copies it too).
+const KexecRunStandIn = `case "$#:$1" in
+  0:) ;;
+  2:--kexec-extra-flags) ;;
+  *) echo "kexec/run stand-in: unexpected arguments: $*" >&2; exit 2 ;;
+esac
+if [ -f "$PXE_TARGET_DIR/kexec-fails" ]; then echo "kexec_load failed: Operation not permitted"; exit 1; fi
+if [ ! -f "$PXE_TARGET_DIR/never-returns" ]; then
+  port=$(cat "$PXE_TARGET_DIR/post-kexec-port" 2>/dev/null || true)
+  {
+    [ -n "$port" ] && echo "sed -i 's/^Port .*/Port $port/' \"\$PXE_TARGET_DIR/sshd_config\""
+    echo "printf 'NAME=NixOS\nID=nixos\nVARIANT_ID=installer\n' > /etc/os-release"
+  } > "$PXE_TARGET_DIR/next"
+fi
+echo "machine will boot into nixos in 1s..."
+(sleep 1; kill "$(cat "$PXE_TARGET_DIR/sshd.pid")") >/dev/null 2>&1 </dev/null &
+`
+
+// standard stand-ins, present unless Options.StandIns replaces them.
+var standard = map[string]string{
+	"nixos-install": NixosInstallStandIn,
+	// reboot and poweroff take the host off the network: sshd stops.
+	"reboot":   `rm -f "$PXE_TARGET_DIR/next"; kill "$(cat "$PXE_TARGET_DIR/sshd.pid")"` + "\n",
+	"poweroff": `rm -f "$PXE_TARGET_DIR/next"; kill "$(cat "$PXE_TARGET_DIR/sshd.pid")"` + "\n",
+	// umount only records: the tmpfs /mnt goes with the namespace.
+	"umount": `case "$*" in "-Rv /mnt"|"/mnt") ;; *) echo "umount stand-in: unexpected arguments: $*" >&2; exit 2 ;; esac` + "\n",
+}
+
+// Options configure a target.
+type Options struct {
+	HostKeyPEM     []byte            // OpenSSH private host key; nil: generate an ed25519 key
+	AuthorizedKeys []byte            // authorized_keys content for every user
+	OSRelease      string            // /etc/os-release inside the namespace; "": InstallerOSRelease
+	StandIns       map[string]string // command name → sh script body, first on PATH (after the standard ones)
+	Files          map[string]string // absolute path → content bind-mounted over it inside the namespace (e.g. /proc/meminfo)
+}
+
+// Target is a running test target.
+type Target struct {
+	Addr    string
+	Host    string
+	Port    int
+	HostKey ssh.PublicKey
+	Dir     string // where recordings, sshd_config, the log and the stand-ins live
+	Bin     string // the stand-in directory; a stand-in NAME is at Bin/NAME
+
+	cmd      *exec.Cmd
+	done     chan struct{}
+	stopOnce sync.Once
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Start runs sshd and waits until it answers. It stops on t.Cleanup.
+func Start(t testing.TB, o Options) *Target {
+	t.Helper()
+	for _, tool := range []string{"/usr/sbin/sshd", "unshare", "nsenter", "mountpoint"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("sshtarget needs %s: %v", tool, err)
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("sshtarget needs root (mount namespace)")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	must(t, os.Mkdir(bin, 0o755))
+	keyPEM := o.HostKeyPEM
+	if keyPEM == nil {
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blk, err := ssh.MarshalPrivateKey(priv, "sshtarget host key")
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyPEM = pem.EncodeToMemory(blk)
+	}
+	signer, err := ssh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		t.Fatalf("sshtarget host key: %v", err)
+	}
+	must(t, os.WriteFile(filepath.Join(dir, "host_key"), keyPEM, 0o600))
+	must(t, os.WriteFile(filepath.Join(dir, "authorized_keys"), o.AuthorizedKeys, 0o600))
+	osr := o.OSRelease
+	if osr == "" {
+		osr = InstallerOSRelease
+	}
+	must(t, os.WriteFile(filepath.Join(dir, "os-release"), []byte(osr), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "calls"), nil, 0o644))
+	standIns := map[string]string{}
+	for k, v := range standard {
+		standIns[k] = v
+	}
+	for k, v := range o.StandIns {
+		standIns[k] = v
+	}
+	for name, body := range standIns {
+		must(t, os.WriteFile(filepath.Join(bin, name), []byte("#!/bin/sh\n"+record+body), 0o755))
+	}
+	port := FreePort(t)
+	cfg := fmt.Sprintf(`Port %d
+ListenAddress 127.0.0.1
+HostKey %[2]s/host_key
+PidFile %[2]s/sshd.pid
+AuthorizedKeysFile %[2]s/authorized_keys
+StrictModes no
+UsePAM no
+PermitRootLogin yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+SetEnv PATH=%[3]s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PXE_TARGET_DIR=%[2]s
+`, port, dir, bin)
+	must(t, os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(cfg), 0o600))
+
+	var mounts strings.Builder
+	paths := make([]string, 0, len(o.Files))
+	for p := range o.Files {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	for i, p := range paths {
+		src := filepath.Join(dir, "file"+strconv.Itoa(i))
+		must(t, os.WriteFile(src, []byte(o.Files[p]), 0o644))
+		fmt.Fprintf(&mounts, "mount --bind %s %s\n", src, p)
+	}
+	// The loop is the machine's life: when sshd dies and a stand-in left
+	// a "next" script (kexec), the machine "boots" again with it.
+	script := fmt.Sprintf(`set -e
+mkdir -p /run/sshd
+mount -t tmpfs -o mode=755 tmpfs /mnt
+mount -t tmpfs -o mode=700 tmpfs /root
+mount --bind %[1]s/os-release /etc/os-release
+%[2]s
+set +e
+export PXE_TARGET_DIR=%[1]s
+while :; do
+  rm -f %[1]s/sshd.pid
+  /usr/sbin/sshd -D -f %[1]s/sshd_config -E %[1]s/sshd.log
+  if [ -f %[1]s/next ]; then . %[1]s/next; rm -f %[1]s/next; else break; fi
+done
+`, dir, mounts.String())
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting sshd in a mount namespace: %v", err)
+	}
+	tg := &Target{
+		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Host: "127.0.0.1", Port: port,
+		HostKey: signer.PublicKey(), Dir: dir, Bin: bin, cmd: cmd, done: make(chan struct{}),
+	}
+	go func() { _ = cmd.Wait(); close(tg.done) }()
+	t.Cleanup(tg.Stop)
+	// Wait for the listener; not a timing assertion, sshd either comes
+	// up or the namespace script exits.
+	for {
+		select {
+		case <-tg.done:
+			log, _ := os.ReadFile(filepath.Join(dir, "sshd.log"))
+			t.Fatalf("sshd target exited: %s\n%s", out.String(), log)
+		default:
+		}
+		c, err := net.Dial("tcp", tg.Addr)
+		if err == nil {
+			c.Close()
+			return tg
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Calls returns the recorded stand-in invocations in order, as
+// "NAME ARGS" lines.
+func (tg *Target) Calls() []string {
+	b, _ := os.ReadFile(filepath.Join(tg.Dir, "calls"))
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// Shell runs script with sh inside the target's mount namespace (to look
+// at /mnt) and returns its combined output.
+func (tg *Target) Shell(t testing.TB, script string) string {
+	t.Helper()
+	out, err := exec.Command("nsenter", "--mount", "--target", strconv.Itoa(tg.cmd.Process.Pid), "sh", "-c", script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("in target namespace: %q: %v\n%s", script, err, out)
+	}
+	return string(out)
+}
+
+// WriteFile writes a file into the target's Dir (e.g. disk-keys,
+// post-kexec-port, never-returns).
+func (tg *Target) WriteFile(t testing.TB, name, content string) {
+	t.Helper()
+	must(t, os.WriteFile(filepath.Join(tg.Dir, name), []byte(content), 0o644))
+}
+
+// Stop kills sshd with every connection it serves, as a machine that
+// drops off the network, and waits for it to end.
+func (tg *Target) Stop() {
+	tg.stopOnce.Do(func() {
+		os.Remove(filepath.Join(tg.Dir, "next"))
+		pids := descendants(tg.cmd.Process.Pid)
+		_ = tg.cmd.Process.Kill()
+		for _, p := range pids {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+		<-tg.done
+	})
+}
+
+// descendants lists the processes below pid, so that per-connection
+// sshd processes (which leave the process group) die too.
+func descendants(pid int) []int {
+	children := map[int][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 2 {
+			continue
+		}
+		pp, _ := strconv.Atoi(f[1])
+		children[pp] = append(children[pp], p)
+	}
+	var out []int
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		for _, c := range children[p] {
+			out = append(out, c)
+			queue = append(queue, c)
+		}
+	}
+	return out
+}
+
+// WriteKexecTarball writes a gzip'd tar like nixos-images' kexec
+// installer, whose kexec/run is KexecRunStandIn, and returns its path.
+func WriteKexecTarball(t testing.TB, dir string) string {
+	t.Helper()
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	files := []struct {
+		name, body string
+		mode       int64
+	}{
+		{"kexec/run", "#!/bin/sh\n" + record + KexecRunStandIn, 0o755},
+		{"kexec/bzImage", "not a kernel", 0o644},
+		{"kexec/initrd", "not an initrd", 0o644},
+	}
+	must(t, tw.WriteHeader(&tar.Header{Name: "kexec/", Typeflag: tar.TypeDir, Mode: 0o755}))
+	for _, f := range files {
+		must(t, tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.body)), Typeflag: tar.TypeReg}))
+		_, err := tw.Write([]byte(f.body))
+		must(t, err)
+	}
+	must(t, tw.Close())
+	must(t, gz.Close())
+	p := filepath.Join(dir, "nixos-kexec-installer-noninteractive-x86_64-linux.tar.gz")
+	must(t, os.WriteFile(p, buf.Bytes(), 0o644))
+	return p
+}
