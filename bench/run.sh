@@ -138,13 +138,15 @@ start_pxa() { # config
 }
 
 # CPU seconds (utime+stime) of a set of pids, and sum of their VmHWM in MB.
-cpu_s() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo "scale=2; $t / $(getconf CLK_TCK)" | bc; }
+cpu_s() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; awk -v t=$t -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.2f", t/hz}'; }
+sub() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a-b}'; }
 hwm_mb() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmHWM/{print $2}' /proc/$p/status))); done; echo $((t / 1024)); }
 # Resets VmHWM so that peak RSS is the peak of one run (Linux ≥ 4.0).
 reset_hwm() { for p in "$@"; do echo 5 >/proc/$p/clear_refs; done; }
 
 median() { sort -g | awk '{a[NR]=$1} END{if(NR==0){print "nan"}else if(NR%2){print a[(NR+1)/2]}else{print (a[NR/2]+a[NR/2+1])/2}}'; }
 kv() { tr ' ' '\n' | awk -F= -v k="$1" '$1==k{print $2}'; }
+iszero() { awk -v x="$1" 'BEGIN{exit !(x != "nan" && x+0 == 0)}'; }
 ratio() { echo "$1 $2" | awk '{ if ($2+0==0) print "n/a"; else printf "%.2f", $1/$2 }'; }
 
 ROWS=()
@@ -173,7 +175,7 @@ machine_info() {
 perf() { # rate extra-args...
 	local rate=$1; shift
 	local out
-	out=$(inns "$CL" perfdhcp -4 -l eth0 -r "$rate" -R "${PERF_CLIENTS:-20000}" -p "${DHCP_SECS:-10}" -d 1 "$@" 2>&1 || true)
+	out=$(inns "$CL" perfdhcp -4 -l eth0 -r "$rate" -R "${PERF_CLIENTS:-20000}" -p "${DHCP_SECS:-10}" -d 1 -W 1000000 "$@" 2>&1 || true)
 	echo "$out" >>"$WORK/perfdhcp.log"
 	# Summary: the last "sent"/"received"/"drops" and delays per exchange.
 	echo "$out" | awk -v rate="$rate" -v secs="${DHCP_SECS:-10}" '
@@ -199,7 +201,7 @@ dnsmasq_dhcp() { # extra args
 }
 
 bench_dhcp() {
-	local rates=${DHCP_RATES:-"500 1000 2000 4000"}
+	local rates=${DHCP_RATES:-"100 200 400 800 1600"} zero_ours_dhcp=0 zero_ref_dhcp=0 zero_ours_pxe=0 zero_ref_pxe=0
 	local cfg="$WORK/dhcp-auth.yaml" cfgp="$WORK/dhcp-proxy.yaml"
 	pxa_config "$cfg" authoritative 0 ignore small
 	pxa_config "$cfgp" proxy 0 local-boot small
@@ -223,12 +225,20 @@ bench_dhcp() {
 			ol=$(kv do_ms <"$WORK/$kind-ours-$rate" | median); rl=$(kv do_ms <"$WORK/$kind-ref-$rate" | median)
 			local what="DORA/s"; [ $kind = pxe ] && what="proxy PXE DISCOVER→OFFER/s"
 			row "$what offered $rate/s" "$o/s, drops $od %, DO $ol ms" "$r/s, drops $rd %, DO $rl ms" "$(ratio "$o" "$r")" ""
+			if iszero "$od"; then eval "zero_ours_$kind=$rate"; fi
+			if iszero "$rd"; then eval "zero_ref_$kind=$rate"; fi
 		done
 	done
+	local zod=${zero_ours_dhcp:-0} zrd=${zero_ref_dhcp:-0} zop=${zero_ours_pxe:-0} zrp=${zero_ref_pxe:-0}
+	row "highest offered DORA/s with 0 drops" "$zod" "$zrd" "$(ratio "$zod" "$zrd")" "of the rates tried"
+	row "highest offered PXE DISCOVER/s with 0 drops" "$zop" "$zrp" "$(ratio "$zop" "$zrp")" "of the rates tried"
 	table "DHCP (perfdhcp, ${PERF_CLIENTS:-20000} clients, ${DHCP_SECS:-10} s per run)" "dnsmasq"
 }
 
 # ---------------------------------------------------------------- TFTP
+# cell FILE: median completion time, throughput, p99 per transfer, errors.
+cell() { echo "$(kv wall_s <"$1" | median) s, $(kv mbps <"$1" | median) Mbit/s, p99 $(kv p99_ms <"$1" | median) ms, err $(kv errors <"$1" | paste -sd+ | bc)"; }
+
 bench_tftp() {
 	local cfg="$WORK/tftp.yaml"
 	pxa_config "$cfg" proxy 0 ignore small
@@ -243,20 +253,21 @@ bench_tftp() {
 		for bs in 512 1468; do
 			for c in ${TFTP_CLIENTS:-1 50 200}; do
 				local key="$file-$bs-$c"
+				# One client alone: 20 fetches in a row, so the figure is not one
+				# 10 ms sample.
+				local rounds=1; [ "$c" = 1 ] && rounds=20
 				for rep in $(seq 1 "$REPS"); do
 					for srv in ours:10.77.0.1 hpa:10.77.0.3 dnsmasq:10.77.0.4; do
-						inns "$CL" "$WORK/bin/tftpload" -server "${srv#*:}:69" -files "$file" -c "$c" -blksize "$bs" \
-							>>"$WORK/tftp-${srv%%:*}-$key" 2>>"$WORK/tftp-errors.log" || echo "wall_s=0 mbps=0 errors=1" >>"$WORK/tftp-${srv%%:*}-$key"
+						inns "$CL" "$WORK/bin/tftpload" -server "${srv#*:}:69" -files "$file" -c "$c" -rounds $rounds -blksize "$bs" \
+							>>"$WORK/tftp-${srv%%:*}-$key" 2>>"$WORK/tftp-errors.log" || true
 					done
 				done
-				local o h d oe he de
+				local o h d
 				o=$(kv wall_s <"$WORK/tftp-ours-$key" | median); h=$(kv wall_s <"$WORK/tftp-hpa-$key" | median); d=$(kv wall_s <"$WORK/tftp-dnsmasq-$key" | median)
-				oe=$(kv errors <"$WORK/tftp-ours-$key" | paste -sd+ | bc); he=$(kv errors <"$WORK/tftp-hpa-$key" | paste -sd+ | bc); de=$(kv errors <"$WORK/tftp-dnsmasq-$key" | paste -sd+ | bc)
-				local om hm dm2
-				om=$(kv mbps <"$WORK/tftp-ours-$key" | median); hm=$(kv mbps <"$WORK/tftp-hpa-$key" | median); dm2=$(kv mbps <"$WORK/tftp-dnsmasq-$key" | median)
-				# Ratio: reference completion time / ours (>1: ours faster), vs the faster reference.
-				local best=$h; [ "$(echo "$d < $h" | bc)" = 1 ] && best=$d
-				row "$file blksize $bs, $c clients" "${o} s, ${om} Mbit/s, err $oe" "hpa ${h} s ${hm} Mbit/s err $he; dnsmasq ${d} s ${dm2} Mbit/s err $de" "$(ratio "$best" "$o")" "ratio vs faster ref"
+				# Ratio: reference completion time / ours (>1: ours is faster).
+				row "$file blksize $bs, $c clients × $rounds" "$(cell "$WORK/tftp-ours-$key")" \
+					"hpa: $(cell "$WORK/tftp-hpa-$key"); dnsmasq: $(cell "$WORK/tftp-dnsmasq-$key")" \
+					"vs hpa $(ratio "$h" "$o"), vs dnsmasq $(ratio "$d" "$o")" ""
 			done
 		done
 	done
@@ -301,7 +312,7 @@ bench_http() {
 				reset_hwm $pids
 				local c0; c0=$(cpu_s $pids)
 				local out; out=$(inns "$CL" "$WORK/bin/httpload" -url "$url" -c $c -rounds $rounds 2>>"$WORK/http-errors.log" || echo "mbps=0 errors=1")
-				echo "$out cpu_s=$(echo "$(cpu_s $pids) - $c0" | bc) hwm_mb=$(hwm_mb $pids)" >>"$WORK/http-$srv-$c"
+				echo "$out cpu_s=$(sub "$(cpu_s $pids)" "$c0") hwm_mb=$(hwm_mb $pids)" >>"$WORK/http-$srv-$c"
 			done
 		done
 		local o r
@@ -323,7 +334,7 @@ bench_storm() {
 	local c0; c0=$(cpu_s "$PXA_PID")
 	local out
 	out=$(inns "$CL" "$WORK/bin/storm" -n "$n" -spread 10s -ranges 4 2>>"$WORK/storm-errors.log") || true
-	local cpu; cpu=$(echo "$(cpu_s "$PXA_PID") - $c0" | bc)
+	local cpu; cpu=$(sub "$(cpu_s "$PXA_PID")" "$c0")
 	local hwm; hwm=$(hwm_mb "$PXA_PID")
 	echo "$out cpu_s=$cpu hwm_mb=$hwm" >>"$WORK/storm"
 	stop "$PXA_PID"

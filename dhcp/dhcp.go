@@ -128,7 +128,19 @@ func New(cfg Config, d Decider, log *slog.Logger) (*Server, error) {
 		}, []string{"type", "result"}),
 	}
 	if cfg.Metrics != nil {
-		cfg.Metrics.MustRegister(s.packets)
+		// A second Server on the same registry (a restart in-process)
+		// counts into the first one's series instead of panicking.
+		if err := cfg.Metrics.Register(s.packets); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			cv, ok := (*prometheus.CounterVec)(nil), false
+			if errors.As(err, &are) {
+				cv, ok = are.ExistingCollector.(*prometheus.CounterVec)
+			}
+			if !ok {
+				return nil, fmt.Errorf("dhcp: registering metrics: %w", err)
+			}
+			s.packets = cv
+		}
 	}
 	if cfg.Mode == Authoritative {
 		if !cfg.Subnet.IsValid() || !cfg.Subnet.Addr().Is4() || !cfg.Subnet.Contains(cfg.RangeStart) || !cfg.Subnet.Contains(cfg.RangeEnd) {
@@ -296,6 +308,9 @@ func (s *Server) destination(req, resp *dhcpv4.DHCPv4, peer net.Addr, port int) 
 		return peer
 	case !req.GatewayIPAddr.IsUnspecified() && req.GatewayIPAddr != nil:
 		return &net.UDPAddr{IP: req.GatewayIPAddr, Port: dhcpv4.ServerPort}
+	case resp.MessageType() == dhcpv4.MessageTypeNak:
+		// RFC 2131 4.3.2: a NAK is broadcast, since the client's
+		// address is the thing in doubt.
 	case !req.ClientIPAddr.IsUnspecified() && req.ClientIPAddr != nil:
 		return &net.UDPAddr{IP: req.ClientIPAddr, Port: dhcpv4.ClientPort}
 	}

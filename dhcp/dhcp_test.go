@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
@@ -897,5 +898,84 @@ func TestLeaseFileReload(t *testing.T) {
 				t.Fatalf("leases %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestDetect(t *testing.T) {
+	tests := []struct {
+		name      string
+		vendor    string
+		archs     []uint16
+		userClass string
+		want      Firmware
+		pxe       bool
+	}{
+		{"no vendor class", "", []uint16{7}, "", Firmware{}, false},
+		{"other vendor class", "udhcp 1.35.0", nil, "", Firmware{}, false},
+		{"legacy ROM without option 93", "PXEClient", nil, "", Firmware{Arch: ArchBIOS}, true},
+		{"EFI ia32", "PXEClient:Arch:00006:UNDI:003000", []uint16{6}, "", Firmware{Arch: ArchEFI32}, true},
+		{"93 says BIOS, vendor class says x64", "PXEClient:Arch:00009:UNDI:003016", []uint16{0}, "", Firmware{Arch: ArchEFIx64}, true},
+		{"HTTP Boot arm64 from option 93", "HTTPClient:Arch:00019:UNDI:003000", []uint16{19}, "", Firmware{Arch: ArchEFIarm64, HTTPBoot: true}, true},
+		{"HTTP Boot x64 from vendor class only", "HTTPClient:Arch:00016:UNDI:003000", nil, "", Firmware{Arch: ArchEFIx64, HTTPBoot: true}, true},
+		{"bad number in vendor class", "PXEClient:Arch:xx", nil, "", Firmware{Arch: ArchBIOS}, true},
+		{"iPXE bare user class", "PXEClient:Arch:00000:UNDI:002001", []uint16{0}, "iPXE", Firmware{Arch: ArchBIOS, IPXE: true}, true},
+		{"iPXE second in an RFC 3004 list", "PXEClient:Arch:00007:UNDI:003010", []uint16{7}, "\x03foo\x04iPXE", Firmware{Arch: ArchEFIx64, IPXE: true}, true},
+		{"truncated RFC 3004 list", "PXEClient", nil, "\x09iPXE", Firmware{Arch: ArchBIOS}, true},
+		{"user class that only starts with iPXE", "PXEClient", nil, "iPXE-x", Firmware{Arch: ArchBIOS}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fw, pxe := detect(pxeRequest(t, dhcpv4.MessageTypeDiscover, knownMAC, tt.vendor, tt.archs, tt.userClass, false))
+			if pxe != tt.pxe || (pxe && fw != tt.want) {
+				t.Fatalf("detect = %+v, %v; want %+v, %v", fw, pxe, tt.want, tt.pxe)
+			}
+		})
+	}
+}
+
+func TestDestination(t *testing.T) {
+	s, _ := newTestServer(t, testConfig(Authoritative, ""))
+	tests := []struct {
+		name           string
+		giaddr, ciaddr string
+		reply          dhcpv4.MessageType
+		port           int
+		want           string
+	}{
+		{"offer to a client without address", "", "", dhcpv4.MessageTypeOffer, 67, "255.255.255.255:68"},
+		{"ACK to a renewing client", "", "10.80.0.100", dhcpv4.MessageTypeAck, 67, "10.80.0.100:68"},
+		{"NAK to a renewing client is broadcast", "", "10.80.0.100", dhcpv4.MessageTypeNak, 67, "255.255.255.255:68"},
+		{"relayed", "10.80.0.2", "", dhcpv4.MessageTypeOffer, 67, "10.80.0.2:67"},
+		{"relayed NAK", "10.80.0.2", "10.80.0.100", dhcpv4.MessageTypeNak, 67, "10.80.0.2:67"},
+		{"port 4011 answers the sender", "", "10.80.0.7", dhcpv4.MessageTypeAck, 4011, "10.80.0.7:1234"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := pxeRequest(t, dhcpv4.MessageTypeRequest, knownMAC, "", nil, "", false)
+			req.GatewayIPAddr = net.ParseIP(tt.giaddr)
+			req.ClientIPAddr = net.ParseIP(tt.ciaddr)
+			resp, err := dhcpv4.NewReplyFromRequest(req, dhcpv4.WithMessageType(tt.reply))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := s.destination(req, resp, &net.UDPAddr{IP: net.ParseIP("10.80.0.7"), Port: 1234}, tt.port)
+			if got.String() != tt.want {
+				t.Fatalf("reply goes to %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestMetricsRegisteredTwice(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	cfg := testConfig(Proxy, "")
+	cfg.Metrics = reg
+	a, _ := newTestServer(t, cfg)
+	b, _ := newTestServer(t, cfg)
+	req := pxeRequest(t, dhcpv4.MessageTypeDiscover, knownMAC, "PXEClient", []uint16{0}, "", false)
+	a.Handle(context.Background(), req, "br0", 67)
+	b.Handle(context.Background(), req, "br0", 67)
+	if got := testutil.ToFloat64(a.packets.WithLabelValues("discover", "answered")); got != 2 {
+		t.Fatalf("answered DISCOVERs counted %v, want 2 in one series", got)
 	}
 }

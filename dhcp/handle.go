@@ -42,7 +42,7 @@ func (s *Server) Handle(ctx context.Context, req *dhcpv4.DHCPv4, iface string, p
 			count("ignored")
 			return nil, nil
 		}
-		resp, err := s.proxyReply(req, m, port)
+		resp, err := s.proxyReply(req, m)
 		if err != nil {
 			count("error")
 			return nil, err
@@ -92,7 +92,7 @@ func (s *Server) proxyAnswers(req *dhcpv4.DHCPv4, port int) bool {
 
 // proxyReply answers a PXE client without an address: a DISCOVER gets
 // an OFFER, a REQUEST or INFORM an ACK. The caller checked proxyAnswers.
-func (s *Server) proxyReply(req *dhcpv4.DHCPv4, m Machine, port int) (*dhcpv4.DHCPv4, error) {
+func (s *Server) proxyReply(req *dhcpv4.DHCPv4, m Machine) (*dhcpv4.DHCPv4, error) {
 	mt := dhcpv4.MessageTypeAck
 	if req.MessageType() == dhcpv4.MessageTypeDiscover {
 		mt = dhcpv4.MessageTypeOffer

@@ -114,6 +114,7 @@ func (p *Provisioner) engineOptions(b profiles.Boot, prof *profiles.Profile, ip 
 	o := installer.Options{
 		Target:       installer.Target{Host: ip, Port: prof.SSH.Port, User: prof.SSH.User},
 		Signers:      []ssh.Signer{p.signer},
+		IdentityFile: p.keyFile,
 		HostKey:      hostKey,
 		SSHOptions:   prof.SSH.Options,
 		Phases:       prof.Phases,

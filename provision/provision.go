@@ -43,6 +43,7 @@ type Provisioner struct {
 	store   *profiles.Store
 	cfg     atomic.Pointer[profiles.Config]
 	signer  ssh.Signer
+	keyFile string
 	authKey []byte // our install key in authorized_keys form
 	log     *slog.Logger
 	metrics *Metrics
@@ -65,8 +66,11 @@ type Engine func(ctx context.Context, opts installer.Options, sink installer.Sin
 
 // Options are what New needs beyond the config.
 type Options struct {
-	Store   *profiles.Store
-	Signer  ssh.Signer // the install key that every booted installer trusts
+	Store  *profiles.Store
+	Signer ssh.Signer // the install key that every booted installer trusts
+	// KeyFile is the same key as a file, for the OpenSSH that nix copy
+	// starts.
+	KeyFile string
 	Log     *slog.Logger
 	Metrics *Metrics // may be nil
 	Engine  Engine   // nil: installer.Run
@@ -92,6 +96,7 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 	p := &Provisioner{
 		store:    o.Store,
 		signer:   o.Signer,
+		keyFile:  o.KeyFile,
 		authKey:  ssh.MarshalAuthorizedKey(o.Signer.PublicKey()),
 		log:      o.Log,
 		metrics:  o.Metrics,

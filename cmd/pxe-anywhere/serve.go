@@ -208,7 +208,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	g, gctx := errgroup.WithContext(ctx)
 	prov, err := provision.New(gctx, cfg, provision.Options{
-		Store: store, Signer: signer, Log: log.With("component", "provision"), Metrics: provision.NewMetrics(reg),
+		Store: store, Signer: signer, KeyFile: installKeyPath(cfg), Log: log.With("component", "provision"), Metrics: provision.NewMetrics(reg),
 	})
 	if err != nil {
 		return err
