@@ -165,9 +165,11 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 	}, p, p)
 	ds, err := dhcp.New(dhcp.Config{
 		Interfaces: []string{"br0"}, Mode: dhcp.Authoritative,
-		ScriptURL:  func(m net.HardwareAddr) string { return h.base + "/boot/" + strings.ReplaceAll(m.String(), ":", "-") + ".ipxe" },
-		BootFiles:  map[dhcp.Arch]string{dhcp.ArchBIOS: "undionly.kpxe"},
-		Subnet:     cfg.DHCP.Subnet, RangeStart: cfg.DHCP.RangeStart, RangeEnd: cfg.DHCP.RangeEnd, Router: cfg.DHCP.Router,
+		ScriptURL: func(m net.HardwareAddr) string {
+			return h.base + "/boot/" + strings.ReplaceAll(m.String(), ":", "-") + ".ipxe"
+		},
+		BootFiles: map[dhcp.Arch]string{dhcp.ArchBIOS: "undionly.kpxe"},
+		Subnet:    cfg.DHCP.Subnet, RangeStart: cfg.DHCP.RangeStart, RangeEnd: cfg.DHCP.RangeEnd, Router: cfg.DHCP.Router,
 		LeaseTime: time.Hour, LeaseFile: filepath.Join(h.dir, "leases.json"),
 	}, p, log)
 	if err != nil {

@@ -42,7 +42,7 @@ func TestServeRefusesBadStarts(t *testing.T) {
 	}{
 		{"missing config", []string{"--config", filepath.Join(dir, "nope.yaml")}, "nope.yaml"},
 		{"config error names the line", []string{"--config", write("typo.yaml", "server:\n  interfaces: [lo]\nprofiles:\n  web:\n    flak: x\n")}, `typo.yaml:5`},
-		{"no interfaces", []string{"--config", write("noif.yaml", "server:\n  http_listen: \":0\"\n")}, "server.interfaces is empty"},
+		{"no interfaces", []string{"--config", write("noif.yaml", "server:\n  max_installs: 2\n")}, "server.interfaces is empty"},
 		{"interface that does not exist", []string{"--config", write("badif.yaml", "server:\n  interfaces: [pxe-nope0]\n  state_dir: "+dir+"/state\n")}, `interface "pxe-nope0" does not exist`},
 		{"stray argument", []string{"extra"}, `unexpected argument "extra"`},
 		{"bad log level", []string{"--log-level", "loud"}, "--log-level"},
