@@ -7,9 +7,10 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/privfile"
 )
 
 // offerHold is how long an offered address stays set aside for the
@@ -205,35 +206,8 @@ func (p *pool) save() error {
 	if err != nil {
 		return err
 	}
-	if err := writeAtomic(p.file, data); err != nil {
+	if err := privfile.Write(p.file, data); err != nil {
 		return fmt.Errorf("saving leases: %w (is the state directory writable?)", err)
 	}
 	return nil
-}
-
-// writeAtomic replaces file with data, readable only by its owner.
-func writeAtomic(file string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(file), ".leases-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	// Flushed before the rename, so a crash leaves the old file or the
-	// new one, never an empty one.
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), file)
 }

@@ -9,10 +9,11 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/privfile"
 )
 
 // loadOrCreateKey returns the install key at path, generating an
@@ -29,7 +30,7 @@ func loadOrCreateKey(path string) (ssh.Signer, error) {
 			return nil, err
 		}
 		data = pem.EncodeToMemory(block)
-		if err := writeSecret(path, data); err != nil {
+		if err := privfile.Write(path, data); err != nil {
 			return nil, fmt.Errorf("install key: %w", err)
 		}
 		signer, err := ssh.NewSignerFromKey(priv)
@@ -64,7 +65,7 @@ func loadOrCreateToken(path string) (string, error) {
 			return "", err
 		}
 		tok := hex.EncodeToString(b[:])
-		if err := writeSecret(path, []byte(tok+"\n")); err != nil {
+		if err := privfile.Write(path, []byte(tok+"\n")); err != nil {
 			return "", fmt.Errorf("API token: %w", err)
 		}
 		return tok, nil
@@ -80,31 +81,6 @@ func loadOrCreateToken(path string) (string, error) {
 		return "", fmt.Errorf("API token %s: shorter than 16 characters; write a longer random token or delete the file to have one generated", path)
 	}
 	return tok, nil
-}
-
-// writeSecret creates path with mode 0600 in a 0700 directory, never
-// leaving a partly written or world-readable file behind.
-func writeSecret(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // checkPrivate refuses a secret file that others can read.
