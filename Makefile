@@ -29,7 +29,7 @@ fuzz:
 
 # The whole chain in qemu VMs (BIOS and UEFI) inside a lab namespace.
 e2e: build
-	PXE_E2E=1 PXE_LAB_REQUIRED=1 $(GO) test -count=1 -timeout 35m -v ./e2e/
+	PXE_E2E=1 PXE_LAB_REQUIRED=1 PXE_E2E_BIN=$(abspath $(BIN)) $(GO) test -count=1 -timeout 35m -v ./e2e/
 
 # The main job, safe anywhere: a lab namespace, the server in it, one VM
 # installed while you watch.

@@ -65,6 +65,7 @@ type profileSpec struct {
 	disko  string // store path of the disko stand-in
 	system string // store path of the system toplevel
 	mac    string
+	proxy  bool // proxy DHCP beside another server, not authoritative
 }
 
 // startServer writes a config for one machine and starts the server.
@@ -86,12 +87,7 @@ func startServer(t *testing.T, lab *netlab.Lab, p profileSpec) *server {
   tftp_listen: ":69"
   state_dir: %[2]s
   unknown_machines: ignore
-dhcp:
-  mode: authoritative
-  subnet: 10.77.0.0/24
-  range: [10.77.0.100, 10.77.0.200]
-  router: %[1]s
-  lease_time: 1h
+%[10]s
 images:
   test:
     kernel: %[3]s
@@ -109,7 +105,7 @@ machines:
   - mac: "%[9]s"
     profile: e2e
     hostname: e2e-01
-`, serverIP, state, kernel, initrd, p.disko, p.system, diskKey, extra, p.mac)
+`, serverIP, state, kernel, initrd, p.disko, p.system, diskKey, extra, p.mac, dhcpConfig(p.proxy))
 	cfgPath := filepath.Join(dir, "config.yaml")
 	writeFile(t, cfgPath, cfg, 0o600)
 
@@ -138,7 +134,17 @@ machines:
 					_ = os.WriteFile(filepath.Join(dst, "server.log"), data, 0o644)
 				}
 			}
-			t.Logf("server log tail:\n%s", tail(s.logPath, 40))
+			// Without the API polls this test makes, which bury the story.
+			var lines []string
+			for _, l := range fileLines(s.logPath) {
+				if !strings.Contains(l, "msg=http ") {
+					lines = append(lines, l)
+				}
+			}
+			if len(lines) > 40 {
+				lines = lines[len(lines)-40:]
+			}
+			t.Logf("server log tail (kept in %s):\n%s", dst, strings.Join(lines, "\n"))
 		}
 	})
 	// API calls dial from inside the lab: the server is only there.
@@ -166,6 +172,38 @@ machines:
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+func dhcpConfig(proxy bool) string {
+	if proxy {
+		return "dhcp:\n  mode: proxy"
+	}
+	return `dhcp:
+  mode: authoritative
+  subnet: 10.77.0.0/24
+  range: [10.77.0.100, 10.77.0.200]
+  router: ` + serverIP + `
+  lease_time: 1h`
+}
+
+// plainDHCP runs dnsmasq as the site's existing DHCP server: addresses
+// only, no PXE options, which pxe-anywhere in proxy mode adds.
+func plainDHCP(t *testing.T, lab *netlab.Lab) {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := lab.Command(lab.Server, "dnsmasq", "--keep-in-foreground", "--port=0", "--interface=br0", "--bind-interfaces",
+		"--dhcp-range=10.77.0.100,10.77.0.200,255.255.255.0,1h", "--dhcp-leasefile="+filepath.Join(dir, "leases"),
+		"--pid-file="+filepath.Join(dir, "pid"), "--log-dhcp", "--log-facility="+filepath.Join(dir, "dnsmasq.log"))
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting dnsmasq: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("dnsmasq log tail:\n%s", tail(filepath.Join(dir, "dnsmasq.log"), 20))
+		}
+	})
 }
 
 // get calls the server's HTTP API with the bearer token from its state.
@@ -208,6 +246,22 @@ func (s *server) machine(mac string) machineView {
 	return m
 }
 
+// logHas reports whether the server's log holds s.
+func (s *server) logHas(sub string) bool {
+	data, _ := os.ReadFile(s.logPath)
+	return strings.Contains(string(data), sub)
+}
+
+// logLine returns the first line of the server's log holding sub.
+func (s *server) logLine(sub string) string {
+	for _, l := range fileLines(s.logPath) {
+		if strings.Contains(l, sub) {
+			return l
+		}
+	}
+	return ""
+}
+
 // text returns a raw API body ("" on error), for substring checks.
 func (s *server) text(path string) string {
 	body, _ := s.get(path)
@@ -238,18 +292,40 @@ func (st *stateTimer) observe(t *testing.T, v *vm, m machineView) {
 
 // installFlow boots one machine through the whole chain with the real
 // server and checks the installed disk from the host.
-func installFlow(t *testing.T, fw firmware, mac string) {
-	requireE2E(t)
+func installFlow(t *testing.T, fw firmware, mac string, proxy bool) {
+	if proxy {
+		requireE2E(t, "dnsmasq")
+	} else {
+		requireE2E(t)
+	}
 	t.Parallel()
 	lab := netlab.New(t, labPrefix)
 	system := systemToplevel(t)
 	disko := storeAdd(t, filepath.Join(repoRoot, "lab", "disko-standin.sh"))
-	s := startServer(t, lab, profileSpec{disko: disko, system: system, mac: mac})
+	if proxy {
+		plainDHCP(t, lab)
+	}
+	s := startServer(t, lab, profileSpec{disko: disko, system: system, mac: mac, proxy: proxy})
 	if m := s.machine(mac); m.State != "new" {
 		t.Fatalf("before boot: machine %s state %q, want new", mac, m.State)
 	}
 	v := startVM(t, lab, fw, mac)
 	st := &stateTimer{}
+	if !proxy {
+		waitFor(t, v, bootBound, "first DHCP ack", func() bool { return s.logHas("reply=ACK") })
+	}
+	if fw == uefi {
+		// OVMF's own PXE client must get iPXE over TFTP: the step that
+		// BIOS guests skip because qemu's NIC ROM already is iPXE.
+		waitFor(t, v, bootBound, "ipxe.efi sent over TFTP", func() bool {
+			// OVMF would go on to HTTP Boot and hide the failure.
+			if l := s.logLine(`msg="tftp request refused"`); l != "" {
+				t.Fatalf("the UEFI firmware's TFTP request was refused: %s", l)
+			}
+			return s.logHas(`msg="tftp sent"`)
+		})
+	}
+	waitFor(t, v, bootBound, "iPXE script (state booting)", func() bool { st.observe(t, v, s.machine(mac)); return s.logHas("PXE boot into the installer") })
 	waitFor(t, v, bootBound, "kernel running", func() bool { st.observe(t, v, s.machine(mac)); return v.SerialHas("Linux version") })
 	waitFor(t, v, bootBound, "installer callback", func() bool {
 		st.observe(t, v, s.machine(mac))
@@ -283,9 +359,14 @@ func installFlow(t *testing.T, fw firmware, mac string) {
 	})
 }
 
-func TestInstallBIOS(t *testing.T) { installFlow(t, bios, "52:54:00:77:01:01") }
+func TestInstallBIOS(t *testing.T) { installFlow(t, bios, "52:54:00:77:01:01", false) }
 
-func TestInstallUEFI(t *testing.T) { installFlow(t, uefi, "52:54:00:77:02:01") }
+func TestInstallUEFI(t *testing.T) { installFlow(t, uefi, "52:54:00:77:02:01", false) }
+
+// TestInstallBIOSProxyDHCP: dnsmasq hands out addresses, pxe-anywhere
+// only adds the boot options (proxy mode), as on a network that already
+// has a DHCP server.
+func TestInstallBIOSProxyDHCP(t *testing.T) { installFlow(t, bios, "52:54:00:77:04:01", true) }
 
 // TestInstallDiskoFails: a failing disko leaves the machine failed in
 // phase disko, with the remote error line in its log.

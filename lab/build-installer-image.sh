@@ -75,6 +75,15 @@ for b in sfdisk mke2fs mkfs.fat sshd nix mount umount mountpoint; do
 	rm -f "$ROOT/usr/bin/$b"
 	copy_bin "$(command -v "$b")"
 done
+# Debian's busybox ash runs its own applets before PATH (prefer-applets),
+# so with busybox as /bin/sh the engine's `umount -R` would reach
+# busybox's umount. NixOS's /bin/sh is bash: so is this one. coreutils
+# nohup, because this busybox has none and the engine reboots with it.
+copy_bin /bin/bash
+rm -f "$ROOT/usr/bin/sh"
+ln -s bash "$ROOT/usr/bin/sh"
+rm -f "$ROOT/usr/bin/nohup"
+copy_bin /usr/bin/nohup
 for l in mkfs.ext4 mkfs.ext3 mkfs.ext2; do rm -f "$ROOT/usr/bin/$l"; ln -s mke2fs "$ROOT/usr/bin/$l"; done
 for l in mkfs.vfat mkdosfs; do rm -f "$ROOT/usr/bin/$l"; ln -s mkfs.fat "$ROOT/usr/bin/$l"; done
 for l in nix-store nix-daemon nix-copy-closure nix-env nix-instantiate nix-build; do ln -sf nix "$ROOT/usr/bin/$l"; done
@@ -116,7 +125,7 @@ VARIANT="installer"
 VARIANT_ID=installer
 OS
 cat >"$ROOT/etc/passwd" <<'PW'
-root:x:0:0:root:/root:/bin/sh
+root:x:0:0:root:/root:/bin/bash
 sshd:x:74:74:sshd privsep:/var/empty:/bin/false
 nobody:x:65534:65534:nobody:/var/empty:/bin/false
 PW
@@ -148,6 +157,8 @@ cat >"$ROOT/etc/nix/nix.conf" <<'NIX'
 build-users-group =
 sandbox = false
 experimental-features = nix-command
+# The lab is offline: no substituter to wait for.
+substituters =
 NIX
 cat >"$ROOT/etc/inittab" <<'TAB'
 ::ctrlaltdel:/sbin/reboot

@@ -8,7 +8,7 @@
 #
 # Root only (namespaces, taps). Env: PXE_E2E_ACCEL=kvm to try KVM (TCG is
 # the default: see /work/shared/LAB.md), DEMO_TIMEOUT seconds (default 1800),
-# DEMO_KEEP=1 keeps the work directory.
+# DEMO_KEEP=1 keeps the work directory, PXE_ANYWHERE_BIN uses a built binary.
 set -euo pipefail
 umask 077
 
@@ -54,9 +54,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-say "building pxe-anywhere"
-(cd "$REPO" && CGO_ENABLED=0 go build -trimpath -o "$WORK/pxe-anywhere" ./cmd/pxe-anywhere)
-BIN=$WORK/pxe-anywhere
+if [ -n "${PXE_ANYWHERE_BIN:-}" ]; then
+	BIN=$(readlink -f "$PXE_ANYWHERE_BIN")
+else
+	say "building pxe-anywhere"
+	(cd "$REPO" && CGO_ENABLED=0 go build -trimpath -o "$WORK/pxe-anywhere" ./cmd/pxe-anywhere)
+	BIN=$WORK/pxe-anywhere
+fi
 IMG=${DEMO_IMAGE_DIR:-/var/tmp/pxe-anywhere-demo-image}
 if [ ! -s "$IMG/initrd.img" ] || [ -n "$(find "$HERE" "$REPO/e2e/cmd" -newer "$IMG/initrd.img" -type f | head -1)" ]; then
 	say "building the test installer image in $IMG (about a minute)"
@@ -144,7 +148,8 @@ while :; do
 	[ "$now" -lt "$TIMEOUT" ] || die "not installed after ${TIMEOUT}s"
 	json=$(api machines show --json "$MAC" 2>/dev/null || true)
 	state=$(echo "$json" | field state)
-	phase=$(echo "$json" | field phase)
+	phase=
+	[ "$state" = installing ] && phase=$(echo "$json" | field phase)
 	if [ "$state/$phase" != "$last" ]; then
 		say "[${now}s] state ${state:-?}${phase:+ phase $phase}"
 		last=$state/$phase

@@ -87,13 +87,17 @@ machines:
 	if len(fw) != 3 || fw[1] != "10.83.0.1" || fw[2] != "undionly.kpxe" {
 		t.Fatalf("firmware DHCP: %q", fw)
 	}
-	got := filepath.Join(dir, "undionly.kpxe")
-	if b, err := lab.Command(cl, "curl", "-sS", "--max-time", "30", "-o", got, "tftp://10.83.0.1/undionly.kpxe").CombinedOutput(); err != nil {
-		t.Fatalf("TFTP: %v %s", err, b)
-	}
-	want, _ := os.ReadFile("/usr/lib/ipxe/undionly.kpxe")
-	if b, _ := os.ReadFile(got); !bytes.Equal(b, want) {
-		t.Fatal("TFTP download differs from the iPXE binary")
+	// ipxe.efi is a symlink out of /usr/lib/ipxe on Debian: it must be
+	// served all the same.
+	for _, name := range []string{"undionly.kpxe", "ipxe.efi"} {
+		got := filepath.Join(dir, name)
+		if b, err := lab.Command(cl, "curl", "-sS", "--max-time", "30", "--tftp-blksize", "1428", "-o", got, "tftp://10.83.0.1/"+name).CombinedOutput(); err != nil {
+			t.Fatalf("TFTP %s: %v %s", name, err, b)
+		}
+		want, _ := os.ReadFile("/usr/lib/ipxe/" + name)
+		if b, _ := os.ReadFile(got); len(want) == 0 || !bytes.Equal(b, want) {
+			t.Fatalf("TFTP download of %s differs from the iPXE binary", name)
+		}
 	}
 	ipxe := dhcpAs(filepath.Join(dir, "ipxe"), "-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x4d:69505845")
 	if len(ipxe) != 3 || ipxe[2] != "http://10.83.0.1:8080/boot/52-54-00-83-00-01.ipxe" {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -179,9 +180,28 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	ipxeDir, err := tftp.FindIPXEDir(cfg.Server.IPXEDir)
+	ipxeSrc, err := tftp.FindIPXEDir(cfg.Server.IPXEDir)
 	if err != nil {
 		return err
+	}
+	// TFTP and HTTP Boot serve a copy taken now: the strict resolver
+	// then never has to follow the distribution's symlinks.
+	ipxeDir := filepath.Join(cfg.Server.StateDir, "ipxe")
+	bootFiles := []string{"undionly.kpxe", "ipxe.efi", "snponly.efi"}
+	if cfg.DHCP.EFIx64Boot != "" {
+		bootFiles = append(bootFiles, cfg.DHCP.EFIx64Boot)
+	}
+	if cfg.DHCP.ARM64Boot != "" {
+		bootFiles = append(bootFiles, cfg.DHCP.ARM64Boot)
+	}
+	staged, err := tftp.Stage(ipxeSrc, ipxeDir, bootFiles)
+	if err != nil {
+		return fmt.Errorf("iPXE binaries: %w", err)
+	}
+	for _, name := range []string{cfg.DHCP.EFIx64Boot, cfg.DHCP.ARM64Boot} {
+		if name != "" && !slices.Contains(staged, name) {
+			log.Warn("boot file named in the config is not in the iPXE directory: those machines will not boot", "file", name, "ipxe_dir", ipxeSrc)
+		}
 	}
 	_, httpPort, err := net.SplitHostPort(cfg.Server.HTTPListen)
 	if err != nil {
@@ -269,7 +289,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	log.Info("serving",
 		"interfaces", cfg.Server.Interfaces, "dhcp_mode", cfg.DHCP.Mode, "advertise", advertise,
-		"http", hl.Addr().String(), "tftp", tsrv.Addr().String(), "ipxe_dir", ipxeDir,
+		"http", hl.Addr().String(), "tftp", tsrv.Addr().String(), "ipxe_dir", ipxeSrc, "ipxe_files", staged,
 		"machines", len(cfg.Machines), "unknown_machines", cfg.Server.UnknownMachines)
 
 	g.Go(func() error { return dsrv.Serve(gctx) })
