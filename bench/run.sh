@@ -175,10 +175,10 @@ machine_info() {
 perf() { # rate extra-args...
 	local rate=$1; shift
 	local out
-	out=$(inns "$CL" perfdhcp -4 -l eth0 -r "$rate" -R "${PERF_CLIENTS:-20000}" -p "${DHCP_SECS:-10}" -d 1 -W 1000000 "$@" 2>&1 || true)
+	out=$(inns "$CL" perfdhcp -4 -l eth0 -r "$rate" -R "${PERF_CLIENTS:-20000}" -p "${DHCP_SECS:-5}" -d 1 -W 1000000 "$@" 2>&1 || true)
 	echo "$out" >>"$WORK/perfdhcp.log"
 	# Summary: the last "sent"/"received"/"drops" and delays per exchange.
-	echo "$out" | awk -v rate="$rate" -v secs="${DHCP_SECS:-10}" '
+	echo "$out" | awk -v rate="$rate" -v secs="${DHCP_SECS:-5}" '
 		/^\*\*\*\*\*\*\* Results/ {ex=""}
 		/^\*\*\*Statistics for: DISCOVER-OFFER/ {ex="DO"}
 		/^\*\*\*Statistics for: REQUEST-ACK/ {ex="RA"}
@@ -201,7 +201,7 @@ dnsmasq_dhcp() { # extra args
 }
 
 bench_dhcp() {
-	local rates=${DHCP_RATES:-"100 200 400 800 1600"} zero_ours_dhcp=0 zero_ref_dhcp=0 zero_ours_pxe=0 zero_ref_pxe=0
+	local rates=${DHCP_RATES:-"200 400 800 1600 3200"} zero_ours_dhcp=0 zero_ref_dhcp=0 zero_ours_pxe=0 zero_ref_pxe=0
 	local cfg="$WORK/dhcp-auth.yaml" cfgp="$WORK/dhcp-proxy.yaml"
 	pxa_config "$cfg" authoritative 0 ignore small
 	pxa_config "$cfgp" proxy 0 local-boot small
@@ -232,7 +232,7 @@ bench_dhcp() {
 	local zod=${zero_ours_dhcp:-0} zrd=${zero_ref_dhcp:-0} zop=${zero_ours_pxe:-0} zrp=${zero_ref_pxe:-0}
 	row "highest offered DORA/s with 0 drops" "$zod" "$zrd" "$(ratio "$zod" "$zrd")" "of the rates tried"
 	row "highest offered PXE DISCOVER/s with 0 drops" "$zop" "$zrp" "$(ratio "$zop" "$zrp")" "of the rates tried"
-	table "DHCP (perfdhcp, ${PERF_CLIENTS:-20000} clients, ${DHCP_SECS:-10} s per run)" "dnsmasq"
+	table "DHCP (perfdhcp, ${PERF_CLIENTS:-20000} clients, ${DHCP_SECS:-5} s per run)" "dnsmasq"
 }
 
 # ---------------------------------------------------------------- TFTP
@@ -326,39 +326,51 @@ bench_http() {
 }
 
 # ---------------------------------------------------------------- storm
+# UDP datagrams the server namespace dropped because a socket's receive
+# buffer was full: a DHCP loop that stalls shows up here.
+udp_rcvbuf_errors() { inns "$SRV" awk '/^Udp:/ && $2 ~ /^[0-9]/ {print $6}' /proc/net/snmp; }
+
 bench_storm() {
 	local n=${STORM_N:-500} cfg="$WORK/storm.yaml"
 	pxa_config "$cfg" authoritative "$n" ignore storm
 	start_pxa "$cfg"
 	reset_hwm "$PXA_PID"
 	local c0; c0=$(cpu_s "$PXA_PID")
-	local out
+	local out rb0; rb0=$(udp_rcvbuf_errors)
 	out=$(inns "$CL" "$WORK/bin/storm" -n "$n" -spread 10s -ranges 4 2>>"$WORK/storm-errors.log") || true
 	local cpu; cpu=$(sub "$(cpu_s "$PXA_PID")" "$c0")
 	local hwm; hwm=$(hwm_mb "$PXA_PID")
-	echo "$out cpu_s=$cpu hwm_mb=$hwm" >>"$WORK/storm"
+	local rb; rb=$(($(udp_rcvbuf_errors) - rb0))
+	echo "$out cpu_s=$cpu hwm_mb=$hwm udp_rcvbuf_drops=$rb" >>"$WORK/storm"
 	stop "$PXA_PID"
 	row "$n machines within 10 s, ${STORM_INITRD_MB:-64} MB initrd, 4 ranges" \
-		"all called back after $(kv all_done_s <<<"$out") s; p50 $(kv p50_s <<<"$out") s, p99 $(kv p99_s <<<"$out") s; errors $(kv errors <<<"$out")" \
-		"peak RSS $hwm MB, CPU $cpu s" "-" "targets: 0 errors, RSS < 200 MB"
+		"all called back after $(kv all_done_s <<<"$out") s; per machine p50 $(kv p50_s <<<"$out") s, p99 $(kv p99_s <<<"$out") s; errors $(kv errors <<<"$out"); DHCP retransmits $(kv dhcp_retransmits <<<"$out")" \
+		"peak RSS $hwm MB, CPU $cpu s, UDP datagrams dropped for a full receive buffer: $rb" "-" "targets: 0 errors, RSS < 200 MB"
 	table "Boot storm (bench/storm against pxe-anywhere alone)" "server"
 	if [ -s "$WORK/storm-errors.log" ]; then echo; echo "storm errors:"; head -5 "$WORK/storm-errors.log"; fi
 }
 
-lab
-tools
-# Regular copies: Debian's ipxe.efi is a symlink into /boot, which
-# tftpd-hpa's chroot (-s) cannot follow.
-mkdir -p "$WORK/tftproot"
-for f in undionly.kpxe ipxe.efi snponly.efi; do cp -L "$IPXE_DIR/$f" "$WORK/tftproot/"; done
-mkimage small 1 1
-case $MODE in http|all) mkimage big 8 "${HTTP_INITRD_MB:-300}" ;; esac
-case $MODE in storm|all) mkimage storm 8 "${STORM_INITRD_MB:-64}" ;; esac
-machine_info
-case $MODE in
-dhcp) bench_dhcp ;;
-tftp) bench_tftp ;;
-http) bench_http ;;
-storm) bench_storm ;;
-all) bench_dhcp; bench_tftp; bench_http; bench_storm ;;
-esac
+# All work happens inside main, which bash reads whole before running it,
+# so editing this file during a run cannot change the running one.
+main() {
+	lab
+	tools
+	# Regular copies, served by all three TFTP servers: Debian's ipxe.efi
+	# is a symlink into /boot, which tftpd-hpa's chroot (-s) cannot follow
+	# and pxe-anywhere refuses (it leaves the root).
+	mkdir -p "$WORK/tftproot"
+	for f in undionly.kpxe ipxe.efi snponly.efi; do cp -L "$IPXE_DIR/$f" "$WORK/tftproot/"; done
+	mkimage small 1 1
+	case $MODE in http|all) mkimage big 8 "${HTTP_INITRD_MB:-300}" ;; esac
+	case $MODE in storm|all) mkimage storm 8 "${STORM_INITRD_MB:-64}" ;; esac
+	machine_info
+	case $MODE in
+	dhcp) bench_dhcp ;;
+	tftp) bench_tftp ;;
+	http) bench_http ;;
+	storm) bench_storm ;;
+	all) bench_dhcp; bench_tftp; bench_http; bench_storm ;;
+	esac
+}
+
+main "$@"; exit

@@ -34,7 +34,7 @@ type Conn struct {
 }
 
 // tailLines is how much command output a PhaseError keeps.
-const tailLines = 20
+const tailLines = 30
 
 // pollInterval is the pause between reachability checks while waiting
 // for a host to go away or come back.
@@ -278,6 +278,9 @@ func (c *Conn) execShown(ctx context.Context, cmd, shown string, stdin io.Reader
 	stop := context.AfterFunc(ctx, func() {
 		_ = s.Signal(ssh.SIGTERM)
 		s.Close()
+		// sshd keeps the channel open until the command ends; closing
+		// the connection is what stops the remote command now.
+		c.client.Close()
 	})
 	defer stop()
 	err = s.Run(c.wrap(cmd))

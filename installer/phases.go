@@ -87,7 +87,7 @@ func (r *run) kexec(ctx context.Context) error {
 	// run loads the new kernel and schedules the switch in the
 	// background itself; its exit status says whether loading worked.
 	cmd = "cd " + quote(p) + " && " + cmd + " >" + log + " 2>&1 </dev/null || { rc=$?; echo 'kexec/run failed; its log:'; cat " + log +
-		"; echo 'dmesg | tail:'; dmesg 2>/dev/null | tail -n 20; exit $rc; }"
+		"; echo 'dmesg | tail:'; dmesg 2>/dev/null | tail -n 10; exit $rc; }"
 	if err := r.conn.exec(ctx, cmd, nil); err != nil {
 		return err
 	}

@@ -62,16 +62,6 @@ func New(root string, log *slog.Logger, reg prometheus.Registerer) (*Server, err
 	return s, nil
 }
 
-// singlePort makes every transfer use the listening socket instead of a
-// new one per transfer. Tests that open the socket inside a network
-// namespace need it: later sockets would be opened outside.
-func (s *Server) singlePort() {
-	s.srv.EnableSinglePort()
-	// EnableSinglePort caps blksize at 512 unless told otherwise; the
-	// interface MTU still bounds what is granted.
-	s.srv.SetBlockSize(65464)
-}
-
 // Listen opens the server's socket on addr (":69" in production).
 func (s *Server) Listen(addr string) error {
 	conn, err := net.ListenPacket("udp4", addr)

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -134,61 +133,6 @@ func TestRefusals(t *testing.T) {
 	})
 }
 
-// TestInNamespace fetches over a veth link inside a lab, as a PXE ROM
-// on the lab network would.
-func TestInNamespace(t *testing.T) {
-	netlab.Require(t, "curl")
-	lab := netlab.New(t, "10.78.0.0/24")
-	cl := lab.Client("52:54:00:78:00:02")
-	lab.Run(cl, "ip", "addr", "add", "10.78.0.50/24", "dev", "eth0")
-	root := t.TempDir()
-	want := []byte(strings.Repeat("pxe-anywhere ", 50000))
-	if err := os.WriteFile(filepath.Join(root, "ipxe.efi"), want, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(root, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveIn(t, lab.Server, s, lab.Addr.String()+":69")
-	out := filepath.Join(t.TempDir(), "out")
-	if b, err := lab.Command(cl, "curl", "-sS", "--tftp-blksize", "1468", "-o", out, "tftp://10.78.0.1/ipxe.efi").CombinedOutput(); err != nil {
-		t.Fatalf("%v: %s", err, b)
-	}
-	if got, _ := os.ReadFile(out); !bytes.Equal(got, want) {
-		t.Fatalf("got %d bytes, want %d", len(got), len(want))
-	}
-}
-
-// serveIn runs s inside ns until the test ends. Per-transfer sockets
-// would be opened from threads outside the namespace, so transfers use
-// the listening socket; Serve itself runs in the namespace because
-// pin/tftp looks up the receiving interface's MTU by index there.
-func serveIn(t *testing.T, ns *netlab.NS, s *Server, addr string) {
-	t.Helper()
-	if err := netlab.Do(ns, func() error { return s.Listen(addr) }); err != nil {
-		t.Fatal(err)
-	}
-	s.singlePort()
-	serveUntilCleanup(t, func(ctx context.Context) error {
-		return netlab.Do(ns, func() error { return s.Serve(ctx) })
-	})
-}
-
-// serveUntilCleanup runs serve until the test ends, then checks that it
-// stopped cleanly.
-func serveUntilCleanup(t *testing.T, serve func(context.Context) error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-}
-
 func TestFindIPXEDir(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -247,65 +191,6 @@ func FuzzResolve(f *testing.F) {
 	})
 }
 
-// TestBlksizeNegotiated speaks RFC 2347 by hand over a veth link (MTU
-// 1500; pin/tftp grants at most MTU-48) to see the OACK and the size of the
-// first data block.
-func TestBlksizeNegotiated(t *testing.T) {
-	netlab.Require(t)
-	lab := netlab.New(t, "10.79.0.0/24")
-	cl := lab.Client("52:54:00:79:00:02")
-	lab.Run(cl, "ip", "addr", "add", "10.79.0.50/24", "dev", "eth0")
-	root := t.TempDir()
-	if err := os.WriteFile(filepath.Join(root, "big.bin"), make([]byte, 100000), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(root, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveIn(t, lab.Server, s, lab.Addr.String()+":69")
-	var c net.PacketConn
-	if err := netlab.Do(cl, func() (err error) { c, err = net.ListenPacket("udp4", "10.79.0.50:0"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	req := []byte("\x00\x01big.bin\x00octet\x00blksize\x001428\x00tsize\x000\x00")
-	if _, err := c.WriteTo(req, &net.UDPAddr{IP: net.ParseIP("10.79.0.1"), Port: 69}); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 2048)
-	n, from, err := c.ReadFrom(buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if buf[1] != 6 {
-		t.Fatalf("want OACK (opcode 6), got opcode %d: %q", buf[1], buf[:n])
-	}
-	opts := strings.Split(string(buf[2:n]), "\x00")
-	got := map[string]string{}
-	for i := 0; i+1 < len(opts); i += 2 {
-		got[opts[i]] = opts[i+1]
-	}
-	if got["blksize"] != "1428" || got["tsize"] != "100000" {
-		t.Fatalf("OACK options %v, want blksize 1428 and tsize 100000", got)
-	}
-	if _, err := c.WriteTo([]byte{0, 4, 0, 0}, from); err != nil { // ACK 0 accepts the OACK
-		t.Fatal(err)
-	}
-	n, _, err = c.ReadFrom(buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if buf[1] != 3 || n != 4+1428 {
-		t.Fatalf("first DATA: opcode %d, %d bytes; want 3 and %d", buf[1], n, 4+1428)
-	}
-	_, _ = c.WriteTo([]byte{0, 5, 0, 0, 0}, from) // ERROR: stop the transfer
-}
-
-// TestAtftpNegotiatesBlksize checks, from a real client's side, that the
-// server granted the block size asked for: atftp's trace prints the OACK
-// and every DATA block with its size.
 func TestAtftpNegotiatesBlksize(t *testing.T) {
 	netlab.Require(t, "atftp")
 	s, _, files := startServer(t)
@@ -336,4 +221,19 @@ func value(c prometheus.Counter) float64 {
 		return -1
 	}
 	return m.GetCounter().GetValue()
+}
+
+// serveUntilCleanup runs serve until the test ends and checks that it
+// stopped cleanly.
+func serveUntilCleanup(t *testing.T, serve func(context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
 }

@@ -8,9 +8,10 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"sort"
 	"sync"
 	"time"
+
+	"github.com/pxe-anywhere/pxe-anywhere/bench/internal/loadstat"
 )
 
 func main() {
@@ -26,12 +27,8 @@ func main() {
 	client := &http.Client{Transport: tr}
 
 	var (
-		mu       sync.Mutex
-		lat      []time.Duration
-		total    int64
-		errs     int
-		firstErr error
-		wg       sync.WaitGroup
+		rec loadstat.Recorder
+		wg  sync.WaitGroup
 	)
 	start := time.Now()
 	for i := 0; i < *clients; i++ {
@@ -41,34 +38,17 @@ func main() {
 			for r := 0; r < *rounds; r++ {
 				t0 := time.Now()
 				n, err := get(client, *url)
-				d := time.Since(t0)
-				mu.Lock()
-				total += n
-				if err != nil {
-					errs++
-					if firstErr == nil {
-						firstErr = err
-					}
-				} else {
-					lat = append(lat, d)
-				}
-				mu.Unlock()
+				rec.Add(time.Since(t0), n, err)
 			}
 		}()
 	}
 	wg.Wait()
 	wall := time.Since(start)
-	sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
-	p := func(q int) float64 {
-		if len(lat) == 0 {
-			return 0
-		}
-		return lat[(len(lat)-1)*q/100].Seconds()
-	}
+	s := rec.Summary()
 	fmt.Printf("wall_s=%.3f bytes=%d mbps=%.1f downloads=%d errors=%d p50_s=%.3f max_s=%.3f\n",
-		wall.Seconds(), total, float64(total)*8/1e6/wall.Seconds(), len(lat), errs, p(50), p(100))
-	if firstErr != nil {
-		fmt.Fprintln(os.Stderr, "httpload: first error:", firstErr)
+		wall.Seconds(), s.Bytes, s.Mbps(wall), s.OK, s.Errors, s.Pct(50).Seconds(), s.Pct(100).Seconds())
+	if s.FirstErr != nil {
+		fmt.Fprintln(os.Stderr, "httpload: first error:", s.FirstErr)
 		os.Exit(1)
 	}
 }

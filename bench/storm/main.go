@@ -22,15 +22,17 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/iana"
+
+	"github.com/pxe-anywhere/pxe-anywhere/bench/internal/loadstat"
 )
 
 type options struct {
@@ -49,7 +51,7 @@ func main() {
 	flag.DurationVar(&o.spread, "spread", 10*time.Second, "machines start evenly within this time")
 	flag.StringVar(&o.prefix, "mac-prefix", "52:54:01", "first three bytes of the MACs; machine i gets PREFIX:00:hi(i):lo(i)")
 	flag.IntVar(&o.ranges, "ranges", 4, "Range requests per kernel/initrd")
-	flag.DurationVar(&o.timeout, "dhcp-timeout", 4*time.Second, "wait for one DHCP reply before a retransmit (3 tries)")
+	flag.DurationVar(&o.timeout, "dhcp-timeout", 4*time.Second, "first wait for a DHCP reply; it doubles on each of 4 tries, as the PXE spec has ROMs do (4, 8, 16, 32 s)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "storm:", err)
@@ -73,12 +75,8 @@ func run(o options) error {
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}, Timeout: 5 * time.Minute}
 	var (
-		mu       sync.Mutex
-		lat      []time.Duration
-		errs     int
-		firstErr error
-		wg       sync.WaitGroup
-		bytesIn  int64
+		rec loadstat.Recorder
+		wg  sync.WaitGroup
 	)
 	start := time.Now()
 	for i := 0; i < o.n; i++ {
@@ -92,32 +90,16 @@ func run(o options) error {
 			time.Sleep(time.Duration(i) * o.spread / time.Duration(o.n))
 			t0 := time.Now()
 			n, err := machine(d, client, mac, o)
-			mu.Lock()
-			defer mu.Unlock()
-			bytesIn += n
-			if err != nil {
-				errs++
-				if firstErr == nil {
-					firstErr = err
-				}
-				return
-			}
-			lat = append(lat, time.Since(t0))
+			rec.Add(time.Since(t0), n, err)
 		}(i)
 	}
 	wg.Wait()
 	wall := time.Since(start)
-	sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
-	p := func(q int) float64 {
-		if len(lat) == 0 {
-			return 0
-		}
-		return lat[(len(lat)-1)*q/100].Seconds()
-	}
-	fmt.Printf("machines=%d called_back=%d errors=%d all_done_s=%.2f p50_s=%.2f p99_s=%.2f max_s=%.2f bytes=%d\n",
-		o.n, len(lat), errs, wall.Seconds(), p(50), p(99), p(100), bytesIn)
-	if firstErr != nil {
-		return fmt.Errorf("%d machines failed; first: %w", errs, firstErr)
+	s := rec.Summary()
+	fmt.Printf("machines=%d called_back=%d errors=%d all_done_s=%.2f p50_s=%.2f p99_s=%.2f max_s=%.2f bytes=%d dhcp_retransmits=%d\n",
+		o.n, s.OK, s.Errors, wall.Seconds(), s.Pct(50).Seconds(), s.Pct(99).Seconds(), s.Pct(100).Seconds(), s.Bytes, d.retransmits.Load())
+	if s.FirstErr != nil {
+		return fmt.Errorf("%d machines failed; first: %w", s.Errors, s.FirstErr)
 	}
 	return nil
 }
@@ -151,9 +133,10 @@ func listen68(iface string) (*net.UDPConn, error) {
 // dispatcher hands each reply to the machine waiting for its xid: all
 // machines share one socket, as they would share one wire.
 type dispatcher struct {
-	conn    *net.UDPConn
-	mu      sync.Mutex
-	waiting map[dhcpv4.TransactionID]chan *dhcpv4.DHCPv4
+	retransmits atomic.Int64
+	conn        *net.UDPConn
+	mu          sync.Mutex
+	waiting     map[dhcpv4.TransactionID]chan *dhcpv4.DHCPv4
 }
 
 func newDispatcher(conn *net.UDPConn) *dispatcher {
@@ -183,7 +166,8 @@ func (d *dispatcher) read() {
 	}
 }
 
-// exchange broadcasts req until a reply of type want arrives (3 tries).
+// exchange broadcasts req until a reply of type want arrives: 4 tries,
+// the wait doubling after each, like a PXE ROM.
 func (d *dispatcher) exchange(req *dhcpv4.DHCPv4, want dhcpv4.MessageType, timeout time.Duration) (*dhcpv4.DHCPv4, error) {
 	ch := make(chan *dhcpv4.DHCPv4, 4)
 	d.mu.Lock()
@@ -195,11 +179,14 @@ func (d *dispatcher) exchange(req *dhcpv4.DHCPv4, want dhcpv4.MessageType, timeo
 		d.mu.Unlock()
 	}()
 	dst := &net.UDPAddr{IP: net.IPv4bcast, Port: dhcpv4.ServerPort}
-	for try := 0; try < 3; try++ {
+	for try := 0; try < 4; try++ {
+		if try > 0 {
+			d.retransmits.Add(1)
+		}
 		if _, err := d.conn.WriteTo(req.ToBytes(), dst); err != nil {
 			return nil, fmt.Errorf("send %s: %w", req.MessageType(), err)
 		}
-		deadline := time.After(timeout)
+		deadline := time.After(timeout << try)
 	wait:
 		for {
 			select {
@@ -215,7 +202,7 @@ func (d *dispatcher) exchange(req *dhcpv4.DHCPv4, want dhcpv4.MessageType, timeo
 			}
 		}
 	}
-	return nil, fmt.Errorf("%s for %s: no %s after 3 tries", req.MessageType(), req.ClientHWAddr, want)
+	return nil, fmt.Errorf("%s for %s: no %s after 4 tries (%s)", req.MessageType(), req.ClientHWAddr, want, timeout*15)
 }
 
 // dora runs DISCOVER/OFFER/REQUEST/ACK as a BIOS PXE ROM, or as iPXE.

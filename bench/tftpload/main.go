@@ -10,12 +10,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/pin/tftp/v3"
+
+	"github.com/pxe-anywhere/pxe-anywhere/bench/internal/loadstat"
 )
 
 func main() {
@@ -29,12 +30,8 @@ func main() {
 	names := strings.Split(*files, ",")
 
 	var (
-		mu       sync.Mutex
-		lat      []time.Duration
-		total    int64
-		errs     int
-		firstErr error
-		wg       sync.WaitGroup
+		rec loadstat.Recorder
+		wg  sync.WaitGroup
 	)
 	start := time.Now()
 	for i := 0; i < *clients; i++ {
@@ -42,32 +39,19 @@ func main() {
 		go func(i int) {
 			defer wg.Done()
 			for r := 0; r < *rounds; r++ {
-				name := names[(i+r)%len(names)]
 				t0 := time.Now()
-				n, err := fetch(*server, name, *blksize, *timeout)
-				d := time.Since(t0)
-				mu.Lock()
-				if err != nil {
-					errs++
-					if firstErr == nil {
-						firstErr = err
-					}
-				} else {
-					total += n
-					lat = append(lat, d)
-				}
-				mu.Unlock()
+				n, err := fetch(*server, names[(i+r)%len(names)], *blksize, *timeout)
+				rec.Add(time.Since(t0), n, err)
 			}
 		}(i)
 	}
 	wg.Wait()
 	wall := time.Since(start)
-	sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
+	s := rec.Summary()
 	fmt.Printf("wall_s=%.3f bytes=%d mbps=%.1f transfers=%d errors=%d p50_ms=%.1f p99_ms=%.1f max_ms=%.1f\n",
-		wall.Seconds(), total, float64(total)*8/1e6/wall.Seconds(), len(lat), errs,
-		pct(lat, 50), pct(lat, 99), pct(lat, 100))
-	if firstErr != nil {
-		fmt.Fprintln(os.Stderr, "tftpload: first error:", firstErr)
+		wall.Seconds(), s.Bytes, s.Mbps(wall), s.OK, s.Errors, ms(s.Pct(50)), ms(s.Pct(99)), ms(s.Pct(100)))
+	if s.FirstErr != nil {
+		fmt.Fprintln(os.Stderr, "tftpload: first error:", s.FirstErr)
 		os.Exit(1)
 	}
 }
@@ -93,14 +77,4 @@ func fetch(server, name string, blksize int, timeout time.Duration) (int64, erro
 	return n, nil
 }
 
-// pct returns the p-th percentile of sorted durations in milliseconds.
-func pct(sorted []time.Duration, p int) float64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := (len(sorted)*p + 99) / 100
-	if i > 0 {
-		i--
-	}
-	return float64(sorted[i]) / 1e6
-}
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }

@@ -208,6 +208,8 @@ mkdir -p /run/sshd
 mount -t tmpfs -o mode=755 tmpfs /mnt
 mount -t tmpfs -o mode=700 tmpfs /root
 mount --bind %[1]s/os-release /etc/os-release
+# A stand-in machine is no container even when this test host is one.
+for f in /proc/1/environ /.dockerenv /run/.containerenv; do if [ -e $f ]; then mount --bind /dev/null $f; fi; done
 %[2]s
 set +e
 export PXE_TARGET_DIR=%[1]s

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestParseInstallArgs(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+		check   func(t *testing.T, a *installArgs)
+	}{
+		{name: "flake and target", args: []string{"--flake", ".#web", "admin@10.0.0.5", "-p", "2222"}, check: func(t *testing.T, a *installArgs) {
+			if a.opts.Flake != ".#web" || a.opts.Target.User != "admin" || a.opts.Target.Host != "10.0.0.5" || a.opts.Target.Port != 2222 {
+				t.Errorf("got %+v", a.opts)
+			}
+		}},
+		{name: "equals form and two-arg flags", args: []string{"--flake=.#web", "--disk-encryption-keys", "/tmp/k", "/dev/fd/63", "--chown", "/home/a", "1000:100", "--option", "cores", "4", "h"}, check: func(t *testing.T, a *installArgs) {
+			if len(a.opts.DiskKeys) != 1 || a.opts.DiskKeys[0].Local != "/dev/fd/63" || a.opts.Chowns[0].UID != 1000 || a.opts.NixOptions[0] != [2]string{"cores", "4"} {
+				t.Errorf("got %+v", a.opts)
+			}
+		}},
+		{name: "no-reboot", args: []string{"-f", ".#a", "--no-reboot", "h"}, check: func(t *testing.T, a *installArgs) {
+			if !slices.Equal(a.opts.Phases, []string{"kexec", "disko", "install"}) {
+				t.Errorf("phases %q", a.opts.Phases)
+			}
+		}},
+		{name: "stop-after-disko", args: []string{"-f", ".#a", "--stop-after-disko", "h"}, check: func(t *testing.T, a *installArgs) {
+			if !slices.Equal(a.opts.Phases, []string{"kexec", "disko"}) {
+				t.Errorf("phases %q", a.opts.Phases)
+			}
+		}},
+		{name: "build-on-remote", args: []string{"-f", ".#a", "--build-on-remote", "h"}, check: func(t *testing.T, a *installArgs) {
+			if a.opts.BuildOn != "remote" {
+				t.Errorf("build-on %q", a.opts.BuildOn)
+			}
+		}},
+		{name: "unknown flag", args: []string{"--flak", ".#a", "h"}, wantErr: "unknown flag"},
+		{name: "missing target", args: []string{"-f", ".#a"}, wantErr: "no target host"},
+		{name: "flake without name", args: []string{"-f", ".", "h"}, wantErr: "FLAKE#NAME"},
+		{name: "flake and store paths", args: []string{"-f", ".#a", "-s", "/nix/store/a", "/nix/store/b", "h"}, wantErr: "exclude each other"},
+		{name: "missing second argument", args: []string{"--chown", "/x"}, wantErr: "needs 2 argument"},
+		{name: "bad chown", args: []string{"--chown", "/x", "alice", "h"}, wantErr: "UID:GID"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := parseInstallArgs(tc.args)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, a)
+		})
+	}
+}
+
+func FuzzParseArgs(f *testing.F) {
+	f.Add("--flake .#web root@host")
+	f.Add("--chown /a 1:2 --option x y h")
+	f.Add("--phases=kexec,disko -p 22 h")
+	f.Fuzz(func(t *testing.T, s string) {
+		_, _ = parseInstallArgs(strings.Fields(s))
+	})
+}
