@@ -19,6 +19,7 @@ import (
 
 	tftplib "github.com/pin/tftp/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/ipv4"
 )
 
 // Server is a read-only TFTP server over one directory.
@@ -67,6 +68,13 @@ func (s *Server) Listen(addr string) error {
 	conn, err := net.ListenPacket("udp4", addr)
 	if err != nil {
 		return fmt.Errorf("tftp listen %s: %w", addr, err)
+	}
+	// pin/tftp learns the receiving interface, and from its MTU the
+	// largest blksize it may grant, from IP_PKTINFO, which it turns on
+	// only once Serve runs: a request queued before then would get 512.
+	// Turning it on here covers those too.
+	if uc, ok := conn.(*net.UDPConn); ok {
+		_ = ipv4.NewPacketConn(uc).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true)
 	}
 	s.conn = conn
 	return nil
