@@ -192,15 +192,26 @@ func (c *Cache) unpack(tarball, dir string) error {
 // verified again when found in the cache.
 func (c *Cache) Fetch(ctx context.Context, url, sum string, progress func(done, total int64)) (string, error) {
 	sum = strings.ToLower(sum)
-	if len(sum) != 64 {
-		return "", fmt.Errorf("%s: a sha256 (64 hex digits) is required to download an image", url)
-	}
-	path := filepath.Join(c.dir, "sha256-"+sum+".tar.gz")
-	if got, err := fileSHA256(path); err == nil {
-		if got == sum {
-			return path, nil
+	index := filepath.Join(c.dir, "url-"+sha256Hex([]byte(url)))
+	if sum == "" {
+		// No checksum given (install --kexec-download-locally): the
+		// first download's checksum is remembered for this URL, and the
+		// cached file is verified against it every time it is reused.
+		if b, err := os.ReadFile(index); err == nil {
+			sum = strings.TrimSpace(string(b))
 		}
-		c.log.Warn("cached image is corrupt; downloading again", "path", path)
+	}
+	if sum != "" && len(sum) != 64 {
+		return "", fmt.Errorf("%s: sha256 %q is not 64 hex digits", url, sum)
+	}
+	if sum != "" {
+		path := filepath.Join(c.dir, "sha256-"+sum+".tar.gz")
+		if got, err := fileSHA256(path); err == nil {
+			if got == sum {
+				return path, nil
+			}
+			c.log.Warn("cached image is corrupt; downloading again", "path", path)
+		}
 	}
 	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		return "", err
@@ -231,14 +242,24 @@ func (c *Cache) Fetch(ctx context.Context, url, sum string, progress func(done, 
 	if err := tmp.Close(); err != nil {
 		return "", err
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
+	got := hex.EncodeToString(h.Sum(nil))
+	if sum != "" && got != sum {
 		return "", fmt.Errorf("download %s: sha256 is %s, the config says %s", url, got, sum)
 	}
+	path := filepath.Join(c.dir, "sha256-"+got+".tar.gz")
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return "", err
 	}
-	c.log.Info("image downloaded", "url", url, "path", path)
+	if err := os.WriteFile(index, []byte(got+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	c.log.Info("image downloaded", "url", url, "path", path, "sha256", got)
 	return path, nil
+}
+
+func sha256Hex(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
 }
 
 type progressReader struct {

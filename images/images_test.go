@@ -192,8 +192,20 @@ func TestFetchVerifiesAndCaches(t *testing.T) {
 	if _, err := c.Fetch(ctx, srv.URL+"/missing", strings.Repeat("1", 64), nil); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("404: %v", err)
 	}
-	if _, err := c.Fetch(ctx, srv.URL+"/img.tar.gz", "", nil); err == nil {
-		t.Fatal("download without sha256 accepted")
+	// Without a checksum (install --kexec-download-locally) the first
+	// download's sum is remembered for the URL and the file reused.
+	c2 := newCache(t)
+	before := hits.Load()
+	p1, err := c2.Fetch(ctx, srv.URL+"/img.tar.gz", "", nil)
+	if err != nil || !strings.HasSuffix(p1, "sha256-"+sum(body)+".tar.gz") {
+		t.Fatalf("fetch without a sum: %q %v", p1, err)
+	}
+	p2, err := c2.Fetch(ctx, srv.URL+"/img.tar.gz", "", nil)
+	if err != nil || p2 != p1 || hits.Load() != before+1 {
+		t.Fatalf("second fetch without a sum: %q %v, %d requests", p2, err, hits.Load()-before)
+	}
+	if _, err := c2.Fetch(ctx, srv.URL+"/img.tar.gz", "abc", nil); err == nil {
+		t.Fatal("a malformed sha256 was accepted")
 	}
 }
 

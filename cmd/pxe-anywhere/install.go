@@ -5,15 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 
+	"github.com/pxe-anywhere/pxe-anywhere/images"
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
 )
 
@@ -33,6 +36,8 @@ Install NixOS on a Linux host over SSH (kexec into an installer when needed).
   --kexec-extra-flags <flags>       extra flags for kexec
   --kexec-launch-path <cmd>         remote command that starts the kexec (default: extracted kexec/run)
   --force-kexec                     kexec even if the host already runs a NixOS installer
+  --kexec-download-locally          download the --kexec URL here (cached by checksum in
+                                    ~/.cache/pxe-anywhere) and upload it: for hosts without internet
   --post-kexec-ssh-port <port>      SSH port of the installer after kexec
   --disk-encryption-keys <remote> <local>  copy LOCAL to REMOTE (mode 0600) before disko; repeatable
   --extra-files <dir>               copy the directory's contents to / of the new system
@@ -65,6 +70,9 @@ type installArgs struct {
 	envPass  bool
 	vmTest   bool
 	help     bool
+	// downloadKexec: fetch a --kexec URL here (cached by checksum) and
+	// upload it, for targets without internet access.
+	downloadKexec bool
 }
 
 // parseInstallArgs parses nixos-anywhere style flags: --flag v and
@@ -144,6 +152,8 @@ func parseInstallArgs(args []string) (*installArgs, error) {
 			o.KexecLaunchPath, err = one()
 		case "--force-kexec":
 			o.ForceKexec = true
+		case "--kexec-download-locally":
+			a.downloadKexec = true
 		case "--post-kexec-ssh-port":
 			if v, err = one(); err == nil {
 				if o.PostKexecSSHPort, err = strconv.Atoi(v); err != nil || o.PostKexecSSHPort <= 0 || o.PostKexecSSHPort > 65535 {
@@ -296,6 +306,16 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return cmd.Run()
 	}
 	o := a.opts
+	if a.downloadKexec {
+		if !strings.HasPrefix(o.Kexec, "http://") && !strings.HasPrefix(o.Kexec, "https://") {
+			return errors.New("--kexec-download-locally needs --kexec URL")
+		}
+		path, err := fetchKexecLocally(ctx, o.Kexec, stderr)
+		if err != nil {
+			return err
+		}
+		o.Kexec = path
+	}
 	if a.identity != "" {
 		b, err := os.ReadFile(a.identity)
 		if err != nil {
@@ -328,6 +348,34 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	return installer.Run(ctx, o, installer.TerminalSink(stdout, isTTY))
+}
+
+// fetchKexecLocally downloads url into the user's cache once and
+// returns the local file; a cached file is verified before reuse.
+func fetchKexecLocally(ctx context.Context, url string, stderr io.Writer) (string, error) {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("--kexec-download-locally: %w", err)
+	}
+	cache := images.NewCache(filepath.Join(dir, "pxe-anywhere", "images"), slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	last := int64(-1)
+	path, err := cache.Fetch(ctx, url, "", func(done, total int64) {
+		if mb := done >> 20; mb != last {
+			last = mb
+			if total > 0 {
+				fmt.Fprintf(stderr, "\rdownloading kexec image: %d/%d MiB", mb, total>>20)
+			} else {
+				fmt.Fprintf(stderr, "\rdownloading kexec image: %d MiB", mb)
+			}
+		}
+	})
+	if last >= 0 {
+		fmt.Fprintln(stderr)
+	}
+	if err != nil {
+		return "", fmt.Errorf("--kexec-download-locally: %w", err)
+	}
+	return path, nil
 }
 
 func dialUnix(path string) (net.Conn, error) { return net.Dial("unix", path) }

@@ -1,6 +1,11 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -69,4 +74,32 @@ func FuzzParseArgs(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		_, _ = parseInstallArgs(strings.Fields(s))
 	})
+}
+
+func TestKexecDownloadLocally(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	body := []byte("pretend tarball")
+	hits := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits++
+		w.Write(body)
+	}))
+	t.Cleanup(srv.Close)
+	var errs bytes.Buffer
+	for i := 0; i < 2; i++ {
+		p, err := fetchKexecLocally(context.Background(), srv.URL+"/nixos-kexec.tar.gz", &errs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(p); !bytes.Equal(b, body) {
+			t.Fatalf("cached file %q", b)
+		}
+	}
+	if hits != 1 {
+		t.Fatalf("%d downloads, want 1 (cached by checksum)", hits)
+	}
+	err := runInstall(context.Background(), []string{"--kexec-download-locally", "--kexec", "/tmp/local.tar.gz", "-f", ".#a", "root@h"}, &errs, &errs)
+	if err == nil || !strings.Contains(err.Error(), "needs --kexec URL") {
+		t.Fatalf("err = %v", err)
+	}
 }
