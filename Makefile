@@ -1,8 +1,10 @@
 # pxe-anywhere. `make check` is what CI and the README's test command run.
-GO      ?= go
+GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN     ?= bin/pxe-anywhere
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKGS    := ./...
+# sudo drops /usr/local/go/bin from PATH; tests and the lab call go too.
+export PATH := $(patsubst %/,%,$(dir $(GO))):$(PATH)
 
 .PHONY: all build test lint run demo e2e bench setup check fuzz clean
 
@@ -34,7 +36,7 @@ e2e: build
 # The main job, safe anywhere: a lab namespace, the server in it, one VM
 # installed while you watch.
 demo: setup build
-	./lab/demo.sh
+	PXE_ANYWHERE_BIN=$(abspath $(BIN)) ./lab/demo.sh
 
 run: demo
 
