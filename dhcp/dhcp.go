@@ -251,6 +251,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.Close()
 	}()
 	var wg sync.WaitGroup
+	if s.pool != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.pool.runFlusher(ctx, func(err error) { s.log.Error("DHCP leases not saved", "err", err) })
+		}()
+	}
 	errc := make(chan error, len(s.conns))
 	for _, l := range s.conns {
 		wg.Add(1)

@@ -1,6 +1,7 @@
 package dhcp
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,6 +41,9 @@ type pool struct {
 	declined     map[netip.Addr]time.Time
 	file         string
 	now          func() time.Time
+	// flush, while a flusher runs (Serve), asks it to write the lease
+	// file; without one, every change is written at once.
+	flush chan struct{}
 }
 
 func newPool(start, end netip.Addr, reservations map[string]netip.Addr, file string) (*pool, error) {
@@ -154,7 +158,7 @@ func (p *pool) ack(mac string, ip netip.Addr, d time.Duration) (bool, error) {
 		return false, nil
 	}
 	p.bind(mac, ip, d)
-	return true, p.save()
+	return true, p.persist()
 }
 
 // release frees mac's lease of ip.
@@ -165,7 +169,7 @@ func (p *pool) release(mac string, ip netip.Addr) error {
 		delete(p.byMAC, mac)
 		delete(p.byIP, l.IP)
 	}
-	return p.save()
+	return p.persist()
 }
 
 // decline takes ip out of the pool for a while.
@@ -177,7 +181,7 @@ func (p *pool) decline(mac string, ip netip.Addr) error {
 		delete(p.byMAC, mac)
 		delete(p.byIP, ip)
 	}
-	return p.save()
+	return p.persist()
 }
 
 // lookup returns mac's current lease.
@@ -192,6 +196,57 @@ func (p *pool) lookup(mac string) (Lease, bool) {
 }
 
 // save writes the bound leases atomically, 0600; the caller holds p.mu.
+// persist has the lease file written; the caller holds p.mu. Under
+// load, writing (and fsyncing) the whole file on every ACK would make
+// the disk the pace of DHCP: while Serve runs, a flusher coalesces the
+// writes instead, at most one per flushEvery, and writes a last time
+// when Serve ends. A crash can lose the leases of that last moment;
+// their clients keep their addresses and REQUEST them again.
+func (p *pool) persist() error {
+	if p.flush == nil {
+		return p.save()
+	}
+	select {
+	case p.flush <- struct{}{}:
+	default: // a write is already pending
+	}
+	return nil
+}
+
+// flushEvery bounds how often the flusher writes the lease file.
+const flushEvery = 200 * time.Millisecond
+
+// runFlusher writes the lease file when asked until ctx is done, then
+// once more, and returns.
+func (p *pool) runFlusher(ctx context.Context, onErr func(error)) {
+	p.mu.Lock()
+	p.flush = make(chan struct{}, 1)
+	p.mu.Unlock()
+	write := func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if err := p.save(); err != nil {
+			onErr(err)
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			p.mu.Lock()
+			p.flush = nil
+			p.mu.Unlock()
+			write()
+			return
+		case <-p.flush:
+			write()
+			select {
+			case <-ctx.Done():
+			case <-time.After(flushEvery):
+			}
+		}
+	}
+}
+
 func (p *pool) save() error {
 	if p.file == "" {
 		return nil
