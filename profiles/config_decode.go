@@ -324,10 +324,15 @@ func (d *decoder) setListen(dst *string, n *yaml.Node, where string) {
 }
 
 // bootFile checks an iPXE binary name, which is looked up under ipxe_dir
-// and served over TFTP, so it must stay inside that directory.
-func (d *decoder) bootFile(dst *string, n *yaml.Node, where string) {
+// and served over TFTP, so it must stay inside that directory. optional
+// lets "" mean "none" (arm64 machines are then not booted).
+func (d *decoder) bootFile(dst *string, n *yaml.Node, where string, optional bool) {
 	s, ok := d.str(n, where)
 	if !ok {
+		return
+	}
+	if s == "" && optional {
+		*dst = ""
 		return
 	}
 	if s == "" || filepath.IsAbs(s) || strings.Contains("/"+s+"/", "/../") {
@@ -343,8 +348,8 @@ func (d *decoder) dhcp(c *DHCP, n *yaml.Node) {
 	if v, ok := d.enum(f["mode"], w+".mode", string(DHCPProxy), string(DHCPAuthoritative)); ok {
 		c.Mode = DHCPMode(v)
 	}
-	d.bootFile(&c.EFIx64Boot, f["efi_x64_boot"], w+".efi_x64_boot")
-	d.bootFile(&c.ARM64Boot, f["arm64_boot"], w+".arm64_boot")
+	d.bootFile(&c.EFIx64Boot, f["efi_x64_boot"], w+".efi_x64_boot", false)
+	d.bootFile(&c.ARM64Boot, f["arm64_boot"], w+".arm64_boot", true)
 	if s, ok := d.str(f["subnet"], w+".subnet"); ok {
 		p, err := netip.ParsePrefix(s)
 		switch {
