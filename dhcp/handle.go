@@ -48,7 +48,7 @@ func (s *Server) Handle(ctx context.Context, req *dhcpv4.DHCPv4, iface string, p
 			return nil, err
 		}
 		count("answered")
-		s.log.Info("proxy DHCP: boot options sent", "mac", m.MAC, "firmware", fw, "type", mt, "port", port, "file", resp.BootFileName)
+		s.log.Info("proxy DHCP: boot options sent", "mac", m.MAC.String(), "firmware", fw, "type", mt, "port", port, "file", resp.BootFileName)
 		return resp, nil
 	}
 	// Authoritative: everybody gets a lease; boot options only for PXE
@@ -66,7 +66,7 @@ func (s *Server) Handle(ctx context.Context, req *dhcpv4.DHCPv4, iface string, p
 		count("no-reply")
 	default:
 		count(strings.ToLower(resp.MessageType().String()))
-		s.log.Info("DHCP", "mac", m.MAC, "type", mt, "reply", resp.MessageType(), "ip", resp.YourIPAddr,
+		s.log.Info("DHCP", "mac", m.MAC.String(), "type", mt, "reply", resp.MessageType(), "ip", resp.YourIPAddr,
 			"pxe", pxe, "boot", boot, "firmware", fw, "file", resp.BootFileName)
 	}
 	return resp, err
@@ -206,7 +206,7 @@ func (s *Server) lease(req *dhcpv4.DHCPv4, m Machine, mt dhcpv4.MessageType, ip 
 	if boot {
 		if err := s.bootOptions(req, resp, m); err != nil {
 			// Still lease the address: the machine may boot from disk.
-			s.log.Warn("no boot options for this machine", "mac", m.MAC, "err", err)
+			s.log.Warn("no boot options for this machine", "mac", m.MAC.String(), "err", err)
 		}
 	}
 	return resp, nil

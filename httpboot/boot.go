@@ -44,7 +44,7 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 	noteMAC(r, mac.String())
 	plan, err := s.booter.Boot(r.Context(), BootRequest{MAC: mac, RemoteAddr: remoteAddr(r), Arch: r.URL.Query().Get("arch")})
 	if err != nil {
-		s.cfg.Log.Error("choosing a boot script failed", "mac", mac, "err", err)
+		s.cfg.Log.Error("choosing a boot script failed", "mac", mac.String(), "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
@@ -58,13 +58,13 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 	case ActionInstall:
 		img, ok := s.cfg.Images()[plan.Image]
 		if !ok {
-			s.cfg.Log.Error("boot plan names an image that is not loaded", "mac", mac, "image", plan.Image)
+			s.cfg.Log.Error("boot plan names an image that is not loaded", "mac", mac.String(), "image", plan.Image)
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
 		}
 		body, err = InstallScript(s.cfg.BaseURL, img, plan)
 		if err != nil {
-			s.cfg.Log.Error("refusing to render a boot script", "mac", mac, "err", err)
+			s.cfg.Log.Error("refusing to render a boot script", "mac", mac.String(), "err", err)
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
 		}
