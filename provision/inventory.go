@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
@@ -96,6 +97,12 @@ func (p *Provisioner) Forget(ctx context.Context, mac string) error {
 	p.mu.Unlock()
 	if busy {
 		return fmt.Errorf("%w: machine %s is being installed; wait for it to end", httpboot.ErrConflict, mac)
+	}
+	// A machine still in the config would come back as "new" on its
+	// next PXE boot and be installed again: forgetting must never be a
+	// back door around reinstall.
+	if m, err := net.ParseMAC(mac); err == nil && p.cfg.Load().MachineByMAC(m) != nil {
+		return fmt.Errorf("%w: machine %s is still in the config; remove it there and reload first (to install it again, use reinstall)", httpboot.ErrConflict, mac)
 	}
 	if err := p.store.Forget(ctx, mac); err != nil {
 		return notFound(err)

@@ -336,3 +336,19 @@ func TestRestartMarksInterrupted(t *testing.T) {
 		t.Fatalf("events lost: %d", len(evs))
 	}
 }
+
+func TestForgetRefusesConfiguredMachines(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, testConfig(t, "discover"), "")
+	err := f.p.Forget(ctx, macA)
+	if !errors.Is(err, httpboot.ErrConflict) || !strings.Contains(err.Error(), "still in the config") {
+		t.Fatalf("forgetting a configured machine: %v", err)
+	}
+	f.boot(t, macX) // discovered, not in the config
+	if err := f.p.Forget(ctx, macX); err != nil {
+		t.Fatalf("forgetting a discovered machine: %v", err)
+	}
+	if _, err := f.store.Machine(ctx, macX); !errors.Is(err, profiles.ErrNotFound) {
+		t.Fatalf("still there: %v", err)
+	}
+}
