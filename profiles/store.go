@@ -9,7 +9,8 @@ import (
 	"strings"
 	"time"
 
-	_ "modernc.org/sqlite" // the pure-Go driver: no cgo in the server binary
+	"modernc.org/sqlite" // the pure-Go driver: no cgo in the server binary
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // ErrNotFound is returned for a machine or boot the store does not know.
@@ -163,6 +164,10 @@ func OpenStore(ctx context.Context, path string) (*Store, error) {
 	// errors instead of a short queue.
 	db.SetMaxOpenConns(1)
 	s := &Store{db: db}
+	if err := connect(ctx, db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("state database %s: %w", path, err)
+	}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("state database %s: %w", path, err)
@@ -170,35 +175,69 @@ func OpenStore(ctx context.Context, path string) (*Store, error) {
 	return s, nil
 }
 
+// connect opens the first connection, which applies the DSN's pragmas.
+// Switching a fresh file to WAL needs an exclusive lock, and SQLite
+// answers SQLITE_BUSY at once, without busy_timeout, to a connection
+// that already holds a read lock (waiting could deadlock). So while
+// another process sets up the same file, try again; once the file is
+// in WAL mode the pragma takes no lock.
+func connect(ctx context.Context, db *sql.DB) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := db.PingContext(ctx)
+		var se *sqlite.Error
+		if err == nil || !errors.As(err, &se) || se.Code()&0xff != sqlite3.SQLITE_BUSY || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
 
+// migrate applies the missing migrations. It reads user_version inside
+// each write transaction (BEGIN IMMEDIATE, from _txlock in the DSN), so
+// that when several processes open a fresh database at once, one
+// migrates and the others find the new version instead of creating the
+// tables again.
 func (s *Store) migrate(ctx context.Context) error {
+	for {
+		done, err := s.migrateOne(ctx)
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+// migrateOne applies the next migration, if any, in one transaction.
+func (s *Store) migrateOne(ctx context.Context) (done bool, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, err
+	}
+	defer tx.Rollback()
 	var version int
-	if err := s.db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
-		return err
+	if err := tx.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
+		return false, err
 	}
 	if version > len(migrations) {
-		return fmt.Errorf("schema version %d is newer than this binary knows (%d): upgrade pxe-anywhere", version, len(migrations))
+		return false, fmt.Errorf("schema version %d is newer than this binary knows (%d): upgrade pxe-anywhere", version, len(migrations))
 	}
-	for i := version; i < len(migrations); i++ {
-		tx, err := s.db.BeginTx(ctx, nil)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("migration %d: %w", i+1, err)
-		}
-		if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, i+1)); err != nil {
-			tx.Rollback()
-			return err
-		}
-		if err := tx.Commit(); err != nil {
-			return err
-		}
+	if version == len(migrations) {
+		return true, nil
 	}
-	return nil
+	if _, err := tx.ExecContext(ctx, migrations[version]); err != nil {
+		return false, fmt.Errorf("migration %d: %w", version+1, err)
+	}
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, version+1)); err != nil {
+		return false, fmt.Errorf("migration %d: %w", version+1, err)
+	}
+	return false, tx.Commit()
 }
 
 func normMAC(mac string) string { return strings.ToLower(mac) }
@@ -221,8 +260,10 @@ func scanMachine(r scanner) (MachineRecord, error) {
 	return m, err
 }
 
-// UpsertMachine registers a machine from the config, in state new, or
-// updates the hostname and profile of a known one. It never changes a
+// UpsertMachine registers a machine in state new, or in state
+// discovered when it has no profile (an unknown machine that the
+// discover policy boots, or a config entry without one), or updates the
+// hostname and profile of a known one. It never changes a known
 // machine's state.
 func (s *Store) UpsertMachine(ctx context.Context, mac, hostname, profile string) (MachineRecord, error) {
 	mac = normMAC(mac)
@@ -388,8 +429,13 @@ func (s *Store) Log(ctx context.Context, mac string, afterSeq int64, limit int) 
 	return out, rows.Err()
 }
 
-// CreateBoot records a boot and the machine's address and firmware.
+// CreateBoot records a boot and the machine's address and firmware. A
+// zero CreatedAt means now: token expiry and "latest boot" are reckoned
+// from it.
 func (s *Store) CreateBoot(ctx context.Context, b Boot) error {
+	if b.CreatedAt.IsZero() {
+		b.CreatedAt = time.Now()
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err

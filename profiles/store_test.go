@@ -199,3 +199,73 @@ func TestStoreReinstallAndForget(t *testing.T) {
 		t.Fatalf("reinstall of unknown machine: %v", err)
 	}
 }
+
+// Two servers (or a server and `machines list`) may open a fresh
+// database at the same moment: exactly one migrates, and the others
+// see its schema instead of creating the tables a second time.
+func TestStoreConcurrentOpenOfFreshDatabase(t *testing.T) {
+	for round := 0; round < 5; round++ {
+		path := filepath.Join(t.TempDir(), "state.db")
+		const n = 8
+		start := make(chan struct{})
+		errs := make([]error, n)
+		stores := make([]*Store, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				stores[i], errs[i] = OpenStore(context.Background(), path)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: open %d of %d: %v", round, i+1, n, err)
+			}
+			t.Cleanup(func() { stores[i].Close() })
+		}
+		// Every store works on the one schema.
+		for i, s := range stores {
+			if _, err := s.UpsertMachine(context.Background(), "52:54:00:00:00:30", "h", "p"); err != nil {
+				t.Fatalf("round %d: store %d: %v", round, i+1, err)
+			}
+		}
+		var version int
+		if err := stores[0].db.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil || version != len(migrations) {
+			t.Fatalf("round %d: user_version %d (%v), want %d", round, version, err, len(migrations))
+		}
+	}
+}
+
+// A boot recorded without a time is a boot of now: token expiry and the
+// choice of the latest boot are reckoned from CreatedAt.
+func TestStoreCreateBootWithoutTime(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTestStore(t)
+	mac := "52:54:00:00:00:40"
+	if _, err := s.UpsertMachine(ctx, mac, "h", "p"); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	older := Boot{Token: "older", MAC: mac, IP: "10.0.0.6", HostKeyPublic: "ssh-ed25519 AAAA", HostKeyPrivate: []byte("x"), CreatedAt: before.Add(-time.Minute)}
+	untimed := Boot{Token: "untimed", MAC: mac, IP: "10.0.0.6", HostKeyPublic: "ssh-ed25519 AAAA", HostKeyPrivate: []byte("x")}
+	for _, b := range []Boot{older, untimed} {
+		if err := s.CreateBoot(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := time.Now()
+	b, err := s.BootByToken(ctx, "untimed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.CreatedAt.Before(before) || b.CreatedAt.After(after) {
+		t.Fatalf("CreatedAt %v, want between %v and %v", b.CreatedAt, before, after)
+	}
+	if latest, err := s.LatestBoot(ctx, mac); err != nil || latest.Token != "untimed" {
+		t.Fatalf("latest boot %q (%v), want the untimed one", latest.Token, err)
+	}
+}

@@ -80,9 +80,10 @@ type Options struct {
 	PollDelay time.Duration
 }
 
-// New makes a Provisioner for cfg. ctx bounds every install it starts.
-// It marks installs that a previous run left unfinished as interrupted
-// and registers the configured machines.
+// New makes a Provisioner for cfg. ctx bounds every install and poller
+// it starts. It marks installs that a previous run left unfinished as
+// interrupted, registers the configured machines, and resumes the SSH
+// polling of machines that were still booting.
 func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, error) {
 	if o.Engine == nil {
 		o.Engine = installer.Run
@@ -119,7 +120,48 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 	if err := p.Reload(ctx, cfg); err != nil {
 		return nil, err
 	}
+	if err := p.resumePolls(ctx); err != nil {
+		return nil, fmt.Errorf("resume SSH polling: %w", err)
+	}
 	return p, nil
+}
+
+// resumePolls starts again the SSH pollers that a previous run lost:
+// for every machine still booting whose latest boot's token is live, it
+// polls the address that boot came from. Without this an image that
+// does not call back would stay booting until its token expired. It is
+// safe for a machine that never fetched its extra initrd: the poller
+// accepts only the host key injected into that boot, and the callback
+// still wins through claim.
+func (p *Provisioner) resumePolls(ctx context.Context) error {
+	recs, err := p.store.Machines(ctx)
+	if err != nil {
+		return err
+	}
+	for _, m := range recs {
+		if m.State != profiles.StateBooting {
+			continue
+		}
+		latest, err := p.store.LatestBoot(ctx, m.MAC)
+		if errors.Is(err, profiles.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b, err := p.liveBoot(ctx, latest.Token)
+		if err != nil {
+			continue // used or expired: only a new PXE boot helps
+		}
+		addr, err := netip.ParseAddr(b.IP)
+		if err != nil {
+			p.event(ctx, b.MAC, "", "server restarted during the boot, which has no address to poll: waiting for a callback only; PXE-boot the machine again if its image does not call back")
+			continue
+		}
+		p.event(ctx, b.MAC, "", fmt.Sprintf("server restarted during the boot: polling SSH at %s again", b.IP))
+		p.startPoll(b, addr)
+	}
+	return nil
 }
 
 // Reload switches to cfg and registers its machines. Machines that left
@@ -325,17 +367,24 @@ func (p *Provisioner) Fetched(ctx context.Context, token, what string, remote ne
 	if what != httpboot.FetchedExtraInitrd {
 		return
 	}
+	p.startPoll(b, remote)
+}
+
+// startPoll starts the SSH poller of boot b at addr, unless it runs
+// already. It stops at the server's stop or when claim cancels it.
+func (p *Provisioner) startPoll(b profiles.Boot, addr netip.Addr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, ok := p.polling[token]; ok {
+	if _, ok := p.polling[b.Token]; ok {
 		return
 	}
 	pctx, cancel := context.WithCancel(p.baseCtx)
-	p.polling[token] = cancel
+	p.polling[b.Token] = cancel
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		p.pollSSH(pctx, b, remote)
+		defer cancel()
+		p.pollSSH(pctx, b, addr)
 	}()
 }
 
@@ -376,7 +425,11 @@ func shortToken(t string) string {
 // wins.
 func (p *Provisioner) claim(ctx context.Context, b profiles.Boot, addr netip.Addr, how string) error {
 	if _, err := p.store.UseToken(ctx, b.Token); err != nil {
-		p.rejectToken(ctx, b.Token, err)
+		// A poller that finds the token used lost to the callback:
+		// nothing was refused, so nothing is worth an event.
+		if how == "callback" {
+			p.rejectToken(ctx, b.Token, err)
+		}
 		return fmt.Errorf("%w: %v", httpboot.ErrForbidden, err)
 	}
 	p.metrics.callbacks.WithLabelValues(how).Inc()

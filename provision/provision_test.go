@@ -1,6 +1,7 @@
 package provision
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -21,6 +22,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
+	"github.com/pxe-anywhere/pxe-anywhere/installer/sshtarget"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 )
 
@@ -97,32 +99,47 @@ type fixture struct {
 	engine *recordingEngine
 	cancel context.CancelFunc
 	path   string
+	signer ssh.Signer
+	stop   func() // stops the server: cancel, wait, close the store
 }
 
 func newFixture(t *testing.T, cfg *profiles.Config, path string) *fixture {
 	t.Helper()
+	return startFixture(t, cfg, path, nil, time.Hour)
+}
+
+// startFixture starts a server on the state at path ("" for a new one)
+// with the install key signer (nil for a new one), as a restart keeps
+// its key file.
+func startFixture(t *testing.T, cfg *profiles.Config, path string, signer ssh.Signer, pollDelay time.Duration) *fixture {
+	t.Helper()
 	if path == "" {
 		path = filepath.Join(t.TempDir(), "state.db")
+	}
+	if signer == nil {
+		_, priv, _ := ed25519.GenerateKey(rand.Reader)
+		signer, _ = ssh.NewSignerFromKey(priv)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	store, err := profiles.OpenStore(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	signer, _ := ssh.NewSignerFromKey(priv)
 	eng := &recordingEngine{}
-	p, err := New(ctx, cfg, Options{Store: store, Signer: signer, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Engine: eng.run, PollDelay: time.Hour})
+	p, err := New(ctx, cfg, Options{Store: store, Signer: signer, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Engine: eng.run, PollDelay: pollDelay})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{p: p, store: store, engine: eng, cancel: cancel, path: path}
-	t.Cleanup(func() {
-		cancel()
-		p.Wait()
-		store.Close()
-	})
-	return f
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			p.Wait()
+			store.Close()
+		})
+	}
+	t.Cleanup(stop)
+	return &fixture{p: p, store: store, engine: eng, cancel: cancel, path: path, signer: signer, stop: stop}
 }
 
 func mac(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
@@ -350,5 +367,179 @@ func TestForgetRefusesConfiguredMachines(t *testing.T) {
 	}
 	if _, err := f.store.Machine(ctx, macX); !errors.Is(err, profiles.ErrNotFound) {
 		t.Fatalf("still there: %v", err)
+	}
+}
+
+// bootFromLoopback is a machine at 127.0.0.1 that PXE-boots and fetches
+// its extra initrd, so a poller starts. It returns the token and the
+// host key and authorized keys that the initrd carried.
+func (f *fixture) bootFromLoopback(t *testing.T, m string) (token string, hostKey, authKeys []byte) {
+	t.Helper()
+	ctx := context.Background()
+	lo := netip.MustParseAddr("127.0.0.1")
+	plan, err := f.p.Boot(ctx, httpboot.BootRequest{MAC: mac(m), RemoteAddr: lo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := f.p.ExtraInitrd(ctx, plan.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fl := range files {
+		switch fl.Path {
+		case "ssh/ssh_host_ed25519_key":
+			hostKey = fl.Data
+		case "ssh/authorized_keys":
+			authKeys = fl.Data
+		}
+	}
+	f.p.Fetched(ctx, plan.Token, httpboot.FetchedExtraInitrd, lo)
+	if !f.polling(plan.Token) {
+		t.Fatal("no SSH poller after the extra initrd was fetched")
+	}
+	return plan.Token, hostKey, authKeys
+}
+
+func (f *fixture) polling(token string) bool {
+	f.p.mu.Lock()
+	defer f.p.mu.Unlock()
+	_, ok := f.p.polling[token]
+	return ok
+}
+
+func (f *fixture) events(t *testing.T, m string) string {
+	t.Helper()
+	evs, err := f.store.Events(context.Background(), m, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, e := range evs {
+		b.WriteString(e.Message + "\n")
+	}
+	return b.String()
+}
+
+func waitEvent(t *testing.T, f *fixture, m, want string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(f.events(t, m), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no event %q on %s:\n%s", want, m, f.events(t, m))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// sshConfig is the test config with the web profile's SSH on port.
+func sshConfig(t *testing.T, port int) *profiles.Config {
+	t.Helper()
+	cfg := testConfig(t, "ignore")
+	cfg.Profile("web").SSH.Port = port
+	return cfg
+}
+
+// A machine whose image does not call back is found by the SSH poller.
+// A server restart must not lose it: the new run polls the boot's
+// address again, still accepting only the host key that boot injected.
+func TestRestartResumesSSHPoll(t *testing.T) {
+	first := startFixture(t, testConfig(t, "ignore"), "", nil, time.Hour)
+	token, hostKey, authKeys := first.bootFromLoopback(t, macA)
+	first.stop()
+
+	// Another host answers at the boot's address: its key is refused,
+	// and it never gets a command.
+	other := sshtarget.Start(t, sshtarget.Options{AuthorizedKeys: authKeys})
+	second := startFixture(t, sshConfig(t, other.Port), first.path, first.signer, time.Millisecond)
+	if !second.polling(token) {
+		t.Fatal("the restart did not resume the poller")
+	}
+	waitEvent(t, second, macA, "answers with a host key other than the one this boot injected")
+	if r := second.state(t, macA); r.State != profiles.StateBooting {
+		t.Fatalf("after a foreign host key: %+v", r)
+	}
+	second.stop()
+	other.Stop()
+	if calls := other.Calls(); len(calls) != 0 {
+		t.Fatalf("commands ran on a host with the wrong key: %q", calls)
+	}
+
+	// The installer with the injected key is up: the next run finds it.
+	tg := sshtarget.Start(t, sshtarget.Options{HostKeyPEM: hostKey, AuthorizedKeys: authKeys})
+	third := startFixture(t, sshConfig(t, tg.Port), first.path, first.signer, time.Millisecond)
+	waitState(t, third, macA, profiles.StateInstalled)
+	third.engine.mu.Lock()
+	runs := third.engine.runs
+	third.engine.mu.Unlock()
+	if len(runs) != 1 {
+		t.Fatalf("%d installs, want 1", len(runs))
+	}
+	if o := runs[0]; o.Target.Host != "127.0.0.1" || o.Target.Port != tg.Port || !bytes.Equal(o.HostKey.Marshal(), tg.HostKey.Marshal()) {
+		t.Fatalf("engine options %+v, want 127.0.0.1:%d pinned to the boot's host key", o.Target, tg.Port)
+	}
+	ev := third.events(t, macA)
+	for _, want := range []string{"server restarted during the boot: polling SSH at 127.0.0.1 again", "installer up at 127.0.0.1 (ssh-poll)"} {
+		if !strings.Contains(ev, want) {
+			t.Fatalf("events lack %q:\n%s", want, ev)
+		}
+	}
+	if strings.Contains(ev, "callback refused") {
+		t.Fatalf("a refusal was recorded:\n%s", ev)
+	}
+}
+
+// A resumed poller is only a second door: the callback still wins, stops
+// it, and a poller that reaches the door late leaves no trace. Boots that
+// can no longer be used are not polled.
+func TestResumedPollLosesToCallback(t *testing.T) {
+	ctx := context.Background()
+	lo := netip.MustParseAddr("127.0.0.1")
+	first := startFixture(t, testConfig(t, "ignore"), "", nil, time.Hour)
+	token, _, _ := first.bootFromLoopback(t, macA)
+	// macB booted three hours ago and never came up: its token expired.
+	old := profiles.Boot{Token: "expired-token", MAC: macB, IP: "127.0.0.1", HostKeyPublic: "ssh-ed25519 AAAA",
+		HostKeyPrivate: []byte("x"), CreatedAt: time.Now().Add(-3 * time.Hour)}
+	if err := first.store.CreateBoot(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.store.Transition(ctx, macB, profiles.StateBooting, "", "", "booted long ago"); err != nil {
+		t.Fatal(err)
+	}
+	first.stop()
+
+	second := startFixture(t, testConfig(t, "ignore"), first.path, first.signer, time.Hour)
+	if !second.polling(token) {
+		t.Fatal("the restart did not resume the poller")
+	}
+	if second.polling(old.Token) || strings.Contains(second.events(t, macB), "polling SSH") {
+		t.Fatal("an expired boot is polled")
+	}
+	b, err := second.store.BootByToken(ctx, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := second.p.Callback(ctx, token, lo); err != nil {
+		t.Fatal(err)
+	}
+	if second.polling(token) {
+		t.Fatal("the callback left the poller running")
+	}
+	waitState(t, second, macA, profiles.StateInstalled)
+	before := second.events(t, macA)
+	if err := second.p.claim(ctx, b, lo, "ssh-poll"); !errors.Is(err, httpboot.ErrForbidden) {
+		t.Fatalf("late poller: %v", err)
+	}
+	if after := second.events(t, macA); after != before {
+		t.Fatalf("a late poller left events:\n%s", strings.TrimPrefix(after, before))
+	}
+	done := make(chan struct{})
+	go func() { second.p.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the poller did not stop after the callback")
+	}
+	if n := len(second.engine.runs); n != 1 {
+		t.Fatalf("%d installs, want 1", n)
 	}
 }
