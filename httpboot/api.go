@@ -94,8 +94,10 @@ func (s *Server) machineLog(w http.ResponseWriter, r *http.Request) {
 	listAfter(s, w, r, s.inv.Log)
 }
 
-// listAfter answers a machine's events or log lines after ?after=N, so
-// that clients can follow them by asking again with the last ID.
+// listAfter answers a machine's events or log lines after ?after=N. The
+// inventory caps one answer, so clients ask again with the last ID until
+// an answer is empty: the same loop reads a long history and follows a
+// live one.
 func listAfter[T any](s *Server, w http.ResponseWriter, r *http.Request, list func(ctx context.Context, mac string, after int64) ([]T, error)) {
 	mac, ok := macParam(w, r)
 	if !ok {

@@ -49,6 +49,8 @@ type run struct {
 	tmpDir  string
 	agentLn net.Listener
 	hwDone  bool
+	// substDone: the configuration's substituters went to the target.
+	substDone bool
 }
 
 func (r *run) close() {

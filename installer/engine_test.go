@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -58,8 +59,10 @@ func clientKey(t *testing.T) (ssh.Signer, []byte) {
 	return s, ssh.MarshalAuthorizedKey(s.PublicKey())
 }
 
-// fakeNix sets up testdata/fake-nix with build outputs per attribute and
-// returns its path and the file its calls go to.
+// fakeNix sets up testdata/fake-nix with outputs per built attribute or
+// evaluated nix.settings name, and a nix config whose system is this
+// machine's (the test target's) own, and returns its path and the file
+// its calls go to.
 func fakeNix(t *testing.T, outs map[string]string) (string, string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -68,12 +71,24 @@ func fakeNix(t *testing.T, outs map[string]string) (string, string) {
 			t.Fatal(err)
 		}
 	}
+	must(t, os.WriteFile(filepath.Join(dir, "config"), []byte("sandbox = true\nsystem = "+hostSystem(t)+"\nextra-platforms = \n"), 0o644))
 	t.Setenv("FAKE_NIX_DIR", dir)
 	p, err := filepath.Abs("testdata/fake-nix")
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p, filepath.Join(dir, "calls")
+}
+
+// hostSystem is this machine's Nix system; the test target shares its
+// kernel, so the engine's probe sees the same.
+func hostSystem(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("uname", "-m").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out)) + "-linux"
 }
 
 func readLines(t *testing.T, p string) []string {
@@ -132,6 +147,9 @@ func TestFlows(t *testing.T) {
 			flake: true,
 			after: "stay",
 			wantNix: []string{
+				`nix config show --extra-experimental-features nix-command flakes`,
+				`nix eval --extra-experimental-features nix-command flakes --json /src/flake#nixosConfigurations."web".config.nix.settings.substituters`,
+				`nix eval --extra-experimental-features nix-command flakes --json /src/flake#nixosConfigurations."web".config.nix.settings.trusted-public-keys`,
 				`nix build --extra-experimental-features nix-command flakes --print-out-paths --no-link /src/flake#nixosConfigurations."web".config.system.build.diskoScript`,
 				`nix copy --extra-experimental-features nix-command flakes --substitute-on-destination --to ssh://root@127.0.0.1 BIN/disko-script`,
 				`nix build --extra-experimental-features nix-command flakes --print-out-paths --no-link /src/flake#nixosConfigurations."web".config.system.build.toplevel`,
@@ -162,7 +180,8 @@ func TestFlows(t *testing.T) {
 			e := start(t, sshtarget.Options{StandIns: map[string]string{"disko-script": sshtarget.DiskoScriptStandIn}})
 			e.tg.WriteFile(t, "disk-keys", "/run/keys/disk.key\n")
 			disko := filepath.Join(e.tg.Bin, "disko-script")
-			nix, nixCalls := fakeNix(t, map[string]string{"diskoScript": disko, "toplevel": system})
+			nix, nixCalls := fakeNix(t, map[string]string{"diskoScript": disko, "toplevel": system,
+				"substituters": `["https://cache.nixos.org/"]`, "trusted-public-keys": `[]`})
 			extra := t.TempDir()
 			must(t, os.MkdirAll(filepath.Join(extra, "home/alice/.config"), 0o755))
 			must(t, os.WriteFile(filepath.Join(extra, "home/alice/.config/app"), []byte("x"), 0o600))

@@ -3,6 +3,7 @@ package installer
 import (
 	"archive/tar"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -11,8 +12,10 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // kexecURL is the nixos-images release used when no --kexec is given.
@@ -345,8 +348,10 @@ func (r *run) storeURL(scheme string, mnt bool) string {
 	return u
 }
 
-func (r *run) nixArgs(sub string) []string {
-	args := []string{sub, "--extra-experimental-features", "nix-command flakes"}
+// nixArgs starts a local nix command line: the subcommand words, then
+// the flags every local nix call gets.
+func (r *run) nixArgs(sub ...string) []string {
+	args := append(slices.Clone(sub), "--extra-experimental-features", "nix-command flakes")
 	for _, kv := range r.opts.NixOptions {
 		args = append(args, "--option", kv[0], kv[1])
 	}
@@ -362,15 +367,27 @@ func (r *run) nixArgs(sub string) []string {
 	return args
 }
 
-// build builds ATTR of the flake's configuration and returns its store
-// path.
-func (r *run) build(ctx context.Context, phase, attr string, mnt bool) (string, error) {
+// configAttr names ATTR of the flake's NixOS configuration.
+func (r *run) configAttr(attr string) string {
 	flake, name, _ := strings.Cut(r.opts.Flake, "#")
+	return fmt.Sprintf("%s#nixosConfigurations.%q.config.%s", flake, name, attr)
+}
+
+// build builds system.build.ATTR of the flake's configuration and
+// returns its store path. The first build settles where to build and
+// hands the target the configuration's substituters.
+func (r *run) build(ctx context.Context, phase, attr string, mnt bool) (string, error) {
+	if err := r.resolveBuildOn(ctx, phase); err != nil {
+		return "", err
+	}
+	if err := r.machineSubstituters(ctx, phase); err != nil {
+		return "", err
+	}
 	args := append(r.nixArgs("build"), "--print-out-paths", "--no-link")
 	if r.builtRemotely() {
 		args = append(args, "--eval-store", "auto", "--store", r.storeURL("ssh-ng", mnt))
 	}
-	args = append(args, fmt.Sprintf("%s#nixosConfigurations.%q.config.system.build.%s", flake, name, attr))
+	args = append(args, r.configAttr("system.build."+attr))
 	out, err := r.localNix(ctx, phase, args)
 	if err != nil {
 		return "", err
@@ -380,6 +397,135 @@ func (r *run) build(ctx context.Context, phase, attr string, mnt bool) (string, 
 		return "", &PhaseError{Phase: phase, Command: r.opts.LocalNix + " " + strings.Join(args, " "), ExitCode: -1, Err: fmt.Errorf("nix build printed no store path")}
 	}
 	return ls[len(ls)-1], nil
+}
+
+// resolveBuildOn turns --build-on auto into local or remote before the
+// first build: local when this machine's nix builds for the target's
+// system, natively or through its extra-platforms (binfmt emulation),
+// else remote, since the target can always build for itself. Unlike
+// nixos-anywhere it tries no test build, so remote builders configured
+// here do not count; --build-on local uses them.
+func (r *run) resolveBuildOn(ctx context.Context, phase string) error {
+	if r.opts.BuildOn != "auto" {
+		return nil
+	}
+	var out []byte
+	var err error
+	// Older nix names the command show-config; both print "name =
+	// value" lines.
+	for _, sub := range [][]string{{"config", "show"}, {"show-config"}} {
+		if out, err = r.localNix(ctx, phase, r.nixArgs(sub...)); err == nil || ctx.Err() != nil {
+			break
+		}
+	}
+	if err != nil && ctx.Err() != nil {
+		return err
+	}
+	local, extra := parseNixConfig(out)
+	if err != nil || local == "" {
+		// Building here is what auto meant before it compared systems.
+		r.opts.BuildOn = "local"
+		r.sink.Line(phase, "info", "--build-on auto: cannot read the local nix's system (nix config show and nix show-config failed); building here")
+		return nil
+	}
+	target := ""
+	if r.facts.OS == "Linux" && r.facts.Arch != "" {
+		target = r.facts.Arch + "-linux"
+	}
+	platforms := local
+	if len(extra) > 0 {
+		platforms += " (extra-platforms " + strings.Join(extra, " ") + ")"
+	}
+	if target != "" && (target == local || slices.Contains(extra, target)) {
+		r.opts.BuildOn = "local"
+		r.sink.Line(phase, "info", "--build-on auto: building here: local nix builds "+platforms+", the target is "+target)
+		return nil
+	}
+	if target == "" {
+		target = "unknown (uname: " + r.facts.OS + " " + r.facts.Arch + ")"
+	}
+	r.opts.BuildOn = "remote"
+	r.sink.Line(phase, "info", "--build-on auto: building on the target: local nix builds "+platforms+", the target is "+target)
+	return nil
+}
+
+// parseNixConfig picks system and extra-platforms out of the
+// "name = value" lines that nix config show prints.
+func parseNixConfig(out []byte) (system string, extra []string) {
+	for _, l := range lines(out) {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(k) {
+		case "system":
+			system = strings.TrimSpace(v)
+		case "extra-platforms":
+			extra = strings.Fields(v)
+		}
+	}
+	return system, extra
+}
+
+// machineSubstituters appends the configuration's substituters and
+// their keys to the login user's nix.conf on the target, once, as
+// nixos-anywhere does: --substitute-on-destination and a build on the
+// target then fetch from the caches the configuration trusts instead of
+// receiving those paths over SSH. --no-substitute-on-destination implies
+// --no-use-machine-substituters there, and so it does here.
+func (r *run) machineSubstituters(ctx context.Context, phase string) error {
+	if r.substDone || r.opts.Flake == "" || r.opts.NoUseMachineSubstituters || r.opts.NoSubstituteOnDestination {
+		return nil
+	}
+	r.substDone = true
+	var conf strings.Builder
+	for _, s := range []struct{ attr, key string }{
+		{"substituters", "extra-substituters"},
+		{"trusted-public-keys", "extra-trusted-public-keys"},
+	} {
+		vals, err := r.evalStrings(ctx, phase, "nix.settings."+s.attr)
+		if err != nil {
+			return err
+		}
+		if len(vals) > 0 {
+			fmt.Fprintf(&conf, "%s = %s\n", s.key, strings.Join(vals, " "))
+		}
+	}
+	if conf.Len() == 0 {
+		return nil
+	}
+	// Best effort, as in nixos-anywhere: without the extra caches the
+	// install still works, it only moves more over SSH.
+	if err := r.conn.runPlain(ctx, "mkdir -p ~/.config/nix && cat >> ~/.config/nix/nix.conf", strings.NewReader(conf.String())); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		r.sink.Line(phase, "info", "could not add the configuration's substituters to the target's nix.conf: "+err.Error())
+	}
+	return nil
+}
+
+// evalStrings evaluates ATTR of the flake's configuration, which must be
+// a list of strings fit for one nix.conf line.
+func (r *run) evalStrings(ctx context.Context, phase, attr string) ([]string, error) {
+	args := append(r.nixArgs("eval"), "--json", r.configAttr(attr))
+	out, err := r.localNix(ctx, phase, args)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) error {
+		return &PhaseError{Phase: phase, Command: r.opts.LocalNix + " " + strings.Join(args, " "), ExitCode: -1, Err: err}
+	}
+	var vals []string
+	if err := json.Unmarshal(out, &vals); err != nil {
+		return nil, fail(fmt.Errorf("%s is not a list of strings: %w", attr, err))
+	}
+	for _, v := range vals {
+		if v == "" || strings.IndexFunc(v, unicode.IsSpace) >= 0 {
+			return nil, fail(fmt.Errorf("%s entry %q: empty or holds whitespace, which nix.conf cannot carry", attr, v))
+		}
+	}
+	return vals, nil
 }
 
 func (r *run) nixCopy(ctx context.Context, phase, storePath string, mnt bool) error {

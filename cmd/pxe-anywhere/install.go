@@ -46,14 +46,17 @@ Install NixOS on a Linux host over SSH (kexec into an installer when needed).
   --phases <list>                   comma-separated subset of kexec,disko,install,reboot
   --disko-mode <disko|mount|format> which disko script to run (default disko)
   --no-disko-deps                   build the disko script without its dependencies
-  --build-on <auto|local|remote>    where to build (default auto)
+  --build-on <auto|local|remote>    where to build (default auto: here if local nix builds for the
+                                    target's uname -m, natively or by extra-platforms; else on the target)
   --build-on-remote                 deprecated: --build-on remote
   --generate-hardware-config <nixos-facter|nixos-generate-config> <path>  write the host's hardware config to PATH
   --no-substitute-on-destination    let the host not fetch from its substituters during nix copy
+                                    (implies --no-use-machine-substituters)
   --from <store-uri>                copy closures from this store
   --option <key> <value>            nix option; repeatable
   --ssh-store-setting <key> <value> ssh store setting; repeatable
-  --no-use-machine-substituters     accepted for compatibility
+  --no-use-machine-substituters     do not add the flake configuration's nix.settings substituters
+                                    and trusted-public-keys to the host's ~/.config/nix/nix.conf
   -L, --print-build-logs            print full build logs
   --debug                           verbose nix output
   --show-trace                      show nix evaluation traces

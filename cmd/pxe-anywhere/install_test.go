@@ -43,6 +43,11 @@ func TestParseInstallArgs(t *testing.T) {
 				t.Errorf("build-on %q", a.opts.BuildOn)
 			}
 		}},
+		{name: "substituter flags", args: []string{"-f", ".#a", "--no-use-machine-substituters", "--build-on", "auto", "h"}, check: func(t *testing.T, a *installArgs) {
+			if !a.opts.NoUseMachineSubstituters || a.opts.NoSubstituteOnDestination || a.opts.BuildOn != "auto" {
+				t.Errorf("got %+v", a.opts)
+			}
+		}},
 		{name: "unknown flag", args: []string{"--flak", ".#a", "h"}, wantErr: "unknown flag"},
 		{name: "missing target", args: []string{"-f", ".#a"}, wantErr: "no target host"},
 		{name: "flake without name", args: []string{"-f", ".", "h"}, wantErr: "FLAKE#NAME"},

@@ -20,8 +20,8 @@ import (
 
 const machinesUsage = `Usage:
   pxe-anywhere machines list [--json]          every machine the server knows, with its state
-  pxe-anywhere machines show [--json] MAC      one machine and its events
-  pxe-anywhere machines logs [-f] MAC          the install log; -f follows it until the install ends
+  pxe-anywhere machines show [--json] MAC      one machine and all its events
+  pxe-anywhere machines logs [-f] MAC          the whole install log; -f follows it until the install ends
   pxe-anywhere machines reinstall MAC          make the next PXE boot of MAC install again
   pxe-anywhere machines forget MAC             drop MAC's state and history
 
@@ -203,8 +203,8 @@ func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if err := c.do(ctx, http.MethodGet, machinePath, &m); err != nil {
 			return err
 		}
-		var evs []httpboot.EventView
-		if err := c.do(ctx, http.MethodGet, machinePath+"/events", &evs); err != nil {
+		evs, err := machineEvents(ctx, c, machinePath)
+		if err != nil {
 			return err
 		}
 		if *asJSON {
@@ -305,14 +305,50 @@ func printMachine(w io.Writer, m httpboot.MachineView, evs []httpboot.EventView)
 	return tw.Flush()
 }
 
-// machineLogs prints the install log; with follow it keeps asking for
-// lines after the last one seen until the machine is installed or
-// failed (then the log is complete) or ctx ends.
+// getAfter asks for one page of a machine's events or log lines after
+// the cursor. The server caps how many one answer holds (a size the
+// client does not know), so only an empty page says the client has
+// caught up; next is the highest ID seen, and a page that does not move
+// past the cursor is an error rather than an endless loop.
+func getAfter[T any](ctx context.Context, c *apiClient, path string, after int64, id func(T) int64) (items []T, next int64, err error) {
+	if err := c.do(ctx, http.MethodGet, path+"?after="+strconv.FormatInt(after, 10), &items); err != nil {
+		return nil, after, err
+	}
+	next = after
+	for _, it := range items {
+		next = max(next, id(it))
+	}
+	if len(items) > 0 && next == after {
+		return nil, after, fmt.Errorf("server answered %s?after=%d with nothing newer: is %s a pxe-anywhere server of this version?", path, after, c.base)
+	}
+	return items, next, nil
+}
+
+// machineEvents returns all of a machine's events, page by page.
+func machineEvents(ctx context.Context, c *apiClient, machinePath string) ([]httpboot.EventView, error) {
+	all := []httpboot.EventView{}
+	var after int64
+	for {
+		evs, next, err := getAfter(ctx, c, machinePath+"/events", after, func(e httpboot.EventView) int64 { return e.ID })
+		if err != nil {
+			return nil, err
+		}
+		if len(evs) == 0 {
+			return all, nil
+		}
+		all, after = append(all, evs...), next
+	}
+}
+
+// machineLogs prints the install log page by page as it arrives, so a
+// long log is never held in memory. Without follow it stops at the first
+// empty page; with follow it keeps asking until the machine is installed
+// or failed (then the log is complete) or ctx ends.
 func machineLogs(ctx context.Context, c *apiClient, w io.Writer, machinePath string, follow bool) error {
 	var after int64
 	for {
-		var lines []httpboot.LogView
-		if err := c.do(ctx, http.MethodGet, machinePath+"/log?after="+strconv.FormatInt(after, 10), &lines); err != nil {
+		lines, next, err := getAfter(ctx, c, machinePath+"/log", after, func(l httpboot.LogView) int64 { return l.Seq })
+		if err != nil {
 			if follow && errors.Is(err, context.Canceled) {
 				return nil
 			}
@@ -324,30 +360,31 @@ func machineLogs(ctx context.Context, c *apiClient, w io.Writer, machinePath str
 			} else {
 				fmt.Fprintf(w, "%s %s\n", l.Time.Local().Format("15:04:05"), l.Line)
 			}
-			after = max(after, l.Seq)
+		}
+		after = next
+		if len(lines) > 0 {
+			continue
 		}
 		if !follow {
 			return nil
 		}
-		if len(lines) == 0 {
-			var m httpboot.MachineView
-			if err := c.do(ctx, http.MethodGet, machinePath, &m); err != nil {
-				if errors.Is(err, context.Canceled) {
-					return nil
-				}
-				return err
-			}
-			// The engine writes its last line before it records the end
-			// state, so an empty poll after a terminal state is the end.
-			if (m.State == "installed" || m.State == "failed") && !m.Reinstall {
-				fmt.Fprintf(w, "-- %s %s --\n", m.MAC, m.State)
+		var m httpboot.MachineView
+		if err := c.do(ctx, http.MethodGet, machinePath, &m); err != nil {
+			if errors.Is(err, context.Canceled) {
 				return nil
 			}
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(logPollInterval):
-			}
+			return err
+		}
+		// The engine writes its last line before it records the end
+		// state, so an empty poll after a terminal state is the end.
+		if (m.State == "installed" || m.State == "failed") && !m.Reinstall {
+			fmt.Fprintf(w, "-- %s %s --\n", m.MAC, m.State)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(logPollInterval):
 		}
 	}
 }

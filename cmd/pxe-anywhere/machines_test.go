@@ -8,9 +8,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -21,18 +23,28 @@ import (
 
 const machinesTestToken = "api-token-for-machines-test"
 
-// fakeInventory holds two machines. Its log grows by one line per call
-// until the install ends, so "logs -f" must poll to see it all. It
-// refuses MACs it does not know, as the real store does.
+// fakeInventory holds two machines. Like the real store it answers at
+// most pageSize events or log lines per call, so the CLI must page. The
+// install of web-01 moves on by one log line each time its state is
+// asked for, so "logs -f" must poll to see it all. It refuses MACs it
+// does not know, as the real store does.
 type fakeInventory struct {
-	mu      sync.Mutex
-	log     []httpboot.LogView
-	pending []string // lines the next Log calls reveal, one per call
-	done    []string
+	mu       sync.Mutex
+	pageSize int
+	events   []httpboot.EventView
+	log      []httpboot.LogView
+	pending  []string // lines that later state polls reveal, one per poll
+	logAfter []int64  // the cursors Log was asked with
+	done     []string
 }
 
 func newFakeInventory() *fakeInventory {
 	return &fakeInventory{
+		pageSize: 2,
+		events: []httpboot.EventView{
+			{ID: 1, Time: time.Date(2026, 11, 28, 9, 58, 0, 0, time.UTC), State: "booting", Message: "PXE boot, image nixos"},
+			{ID: 2, Time: time.Date(2026, 11, 28, 9, 59, 0, 0, time.UTC), State: "installing", Phase: "disko", Message: "partitioning"},
+		},
 		log:     []httpboot.LogView{{Seq: 1, Line: "[probe] disks: /dev/vda"}},
 		pending: []string{"[disko] formatting /dev/vda", "[nixos-install] done"},
 	}
@@ -49,54 +61,65 @@ func (f *fakeInventory) Machines(ctx context.Context) ([]httpboot.MachineView, e
 	return testMachines, nil
 }
 
-func (f *fakeInventory) Machine(ctx context.Context, mac string) (httpboot.MachineView, error) {
+func machineByMAC(mac string) (httpboot.MachineView, error) {
 	for _, m := range testMachines {
 		if m.MAC == mac {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			if mac == "52:54:00:00:00:01" && len(f.pending) == 0 {
-				m.State, m.Phase = "installed", ""
-			}
 			return m, nil
 		}
 	}
 	return httpboot.MachineView{}, fmt.Errorf("%w: machine %s", httpboot.ErrNotFound, mac)
 }
 
-func (f *fakeInventory) Events(ctx context.Context, mac string, after int64) ([]httpboot.EventView, error) {
-	if _, err := f.Machine(ctx, mac); err != nil {
-		return nil, err
+func (f *fakeInventory) Machine(ctx context.Context, mac string) (httpboot.MachineView, error) {
+	m, err := machineByMAC(mac)
+	if err != nil || mac != "52:54:00:00:00:01" {
+		return m, err
 	}
-	if after != 0 {
-		return nil, fmt.Errorf("fake: unexpected after=%d", after)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	// The state is read before the next line appears, as the engine
+	// writes its last line before it records the end.
+	if len(f.pending) == 0 {
+		m.State, m.Phase = "installed", ""
+		return m, nil
 	}
-	return []httpboot.EventView{
-		{ID: 1, Time: time.Date(2026, 11, 28, 9, 58, 0, 0, time.UTC), State: "booting", Message: "PXE boot, image nixos"},
-		{ID: 2, Time: time.Date(2026, 11, 28, 9, 59, 0, 0, time.UTC), State: "installing", Phase: "disko", Message: "partitioning"},
-	}, nil
+	f.log = append(f.log, httpboot.LogView{Seq: int64(len(f.log) + 1), Line: f.pending[0]})
+	f.pending = f.pending[1:]
+	return m, nil
 }
 
-func (f *fakeInventory) Log(ctx context.Context, mac string, after int64) ([]httpboot.LogView, error) {
-	if _, err := f.Machine(ctx, mac); err != nil {
+// page is what the store answers: up to n items with an ID above after.
+func page[T any](items []T, after int64, n int, id func(T) int64) []T {
+	var out []T
+	for _, it := range items {
+		if id(it) > after && len(out) < n {
+			out = append(out, it)
+		}
+	}
+	return out
+}
+
+func (f *fakeInventory) Events(ctx context.Context, mac string, after int64) ([]httpboot.EventView, error) {
+	if _, err := machineByMAC(mac); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.pending) > 0 && after == f.log[len(f.log)-1].Seq {
-		f.log = append(f.log, httpboot.LogView{Seq: int64(len(f.log) + 1), Line: f.pending[0]})
-		f.pending = f.pending[1:]
+	return page(f.events, after, f.pageSize, func(e httpboot.EventView) int64 { return e.ID }), nil
+}
+
+func (f *fakeInventory) Log(ctx context.Context, mac string, after int64) ([]httpboot.LogView, error) {
+	if _, err := machineByMAC(mac); err != nil {
+		return nil, err
 	}
-	var out []httpboot.LogView
-	for _, l := range f.log {
-		if l.Seq > after {
-			out = append(out, l)
-		}
-	}
-	return out, nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.logAfter = append(f.logAfter, after)
+	return page(f.log, after, f.pageSize, func(l httpboot.LogView) int64 { return l.Seq }), nil
 }
 
 func (f *fakeInventory) Reinstall(ctx context.Context, mac string) error {
-	if _, err := f.Machine(ctx, mac); err != nil {
+	if _, err := machineByMAC(mac); err != nil {
 		return err
 	}
 	f.mu.Lock()
@@ -109,7 +132,7 @@ func (f *fakeInventory) Forget(ctx context.Context, mac string) error {
 	if mac == "52:54:00:00:00:01" {
 		return fmt.Errorf("%w: machine %s is being installed; wait for it to end", httpboot.ErrConflict, mac)
 	}
-	if _, err := f.Machine(ctx, mac); err != nil {
+	if _, err := machineByMAC(mac); err != nil {
 		return err
 	}
 	f.mu.Lock()
@@ -127,6 +150,14 @@ func (f *fakeInventory) Subscribe(ctx context.Context) <-chan httpboot.MachineVi
 func newMachinesServer(t *testing.T) (*fakeInventory, string, string) {
 	t.Helper()
 	inv := newFakeInventory()
+	url, tokenFile := serveInventory(t, inv)
+	return inv, url, tokenFile
+}
+
+// serveInventory serves inv's operator API on loopback and writes the
+// token file a client needs.
+func serveInventory(t *testing.T, inv *fakeInventory) (url, tokenFile string) {
+	t.Helper()
 	srv := httptest.NewServer(httpboot.New(httpboot.Config{
 		BaseURL:  "http://10.77.0.1:8080",
 		Images:   func() map[string]httpboot.Image { return nil },
@@ -134,11 +165,11 @@ func newMachinesServer(t *testing.T) (*fakeInventory, string, string) {
 		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, nil, inv))
 	t.Cleanup(srv.Close)
-	tokenFile := filepath.Join(t.TempDir(), "api-token")
+	tokenFile = filepath.Join(t.TempDir(), "api-token")
 	if err := os.WriteFile(tokenFile, []byte(machinesTestToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return inv, srv.URL, tokenFile
+	return srv.URL, tokenFile
 }
 
 func TestRunMachines(t *testing.T) {
@@ -195,6 +226,106 @@ func TestRunMachines(t *testing.T) {
 			}
 			if tt.done != "" && strings.Join(inv.done, ",") != tt.done {
 				t.Fatalf("inventory changes %v, want %q", inv.done, tt.done)
+			}
+		})
+	}
+}
+
+// TestRunMachinesPages checks that "logs" and "show" ask page after
+// page until the server has nothing more, where one page once was all.
+func TestRunMachinesPages(t *testing.T) {
+	inv := newFakeInventory()
+	inv.pageSize = 5
+	inv.pending = nil
+	inv.events, inv.log = nil, nil
+	var wantLog, wantEvents []string
+	for i := int64(1); i <= 12; i++ {
+		inv.events = append(inv.events, httpboot.EventView{ID: i, State: "installing", Message: fmt.Sprintf("event %02d", i)})
+		inv.log = append(inv.log, httpboot.LogView{Seq: i, Line: fmt.Sprintf("line %02d", i)})
+		wantEvents = append(wantEvents, fmt.Sprintf("event %02d", i))
+		wantLog = append(wantLog, fmt.Sprintf("line %02d", i))
+	}
+	url, tokenFile := serveInventory(t, inv)
+	run := func(t *testing.T, args ...string) string {
+		t.Helper()
+		var stdout bytes.Buffer
+		args = append([]string{args[0], "--server", url, "--token-file", tokenFile}, args[1:]...)
+		if err := runMachines(context.Background(), args, &stdout, io.Discard); err != nil {
+			t.Fatalf("runMachines %v: %v", args, err)
+		}
+		return stdout.String()
+	}
+
+	t.Run("logs", func(t *testing.T) {
+		inv.mu.Lock()
+		inv.logAfter = nil
+		inv.mu.Unlock()
+		got := strings.Split(strings.TrimSuffix(run(t, "logs", "52:54:00:00:00:01"), "\n"), "\n")
+		if !slices.Equal(got, wantLog) {
+			t.Errorf("logs printed\n%q\nwant\n%q", got, wantLog)
+		}
+		inv.mu.Lock()
+		defer inv.mu.Unlock()
+		if want := []int64{0, 5, 10, 12}; !slices.Equal(inv.logAfter, want) {
+			t.Errorf("log cursors %v, want %v: three pages and an empty one", inv.logAfter, want)
+		}
+	})
+	t.Run("logs -f", func(t *testing.T) {
+		got := strings.Split(strings.TrimSuffix(run(t, "logs", "-f", "52:54:00:00:00:01"), "\n"), "\n")
+		want := append(slices.Clone(wantLog), "-- 52:54:00:00:00:01 installed --")
+		if !slices.Equal(got, want) {
+			t.Errorf("logs -f printed\n%q\nwant\n%q", got, want)
+		}
+	})
+	t.Run("show json", func(t *testing.T) {
+		var m struct {
+			Events []httpboot.EventView `json:"events"`
+		}
+		if err := json.Unmarshal([]byte(run(t, "show", "--json", "52:54:00:00:00:01")), &m); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range m.Events {
+			got = append(got, e.Message)
+		}
+		if !slices.Equal(got, wantEvents) {
+			t.Errorf("show --json events %q, want %q", got, wantEvents)
+		}
+	})
+	t.Run("show table", func(t *testing.T) {
+		out := run(t, "show", "52:54:00:00:00:01")
+		rest := out
+		for _, w := range wantEvents {
+			i := strings.Index(rest, w)
+			if i < 0 {
+				t.Fatalf("show lacks %q (in order):\n%s", w, out)
+			}
+			rest = rest[i+len(w):]
+		}
+	})
+}
+
+// TestRunMachinesStuckCursor: a server that answers the same page
+// whatever the cursor must not keep the client looping.
+func TestRunMachinesStuckCursor(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if !strings.HasSuffix(r.URL.Path, "/log") && !strings.HasSuffix(r.URL.Path, "/events") {
+			io.WriteString(w, `{"mac": "52:54:00:00:00:01", "state": "installing"}`)
+			return
+		}
+		io.WriteString(w, `[{"seq": 1, "id": 1, "line": "again", "state": "installing", "message": "again"}]`)
+	}))
+	t.Cleanup(srv.Close)
+	tokenFile := filepath.Join(t.TempDir(), "api-token")
+	if err := os.WriteFile(tokenFile, []byte(machinesTestToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, sub := range []string{"logs", "show"} {
+		t.Run(sub, func(t *testing.T) {
+			err := runMachines(context.Background(), []string{sub, "--server", srv.URL, "--token-file", tokenFile, "52:54:00:00:00:01"}, io.Discard, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), "with nothing newer") {
+				t.Fatalf("error %v, want one about the cursor not moving", err)
 			}
 		})
 	}
