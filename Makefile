@@ -34,8 +34,8 @@ e2e: build
 	PXE_E2E=1 PXE_LAB_REQUIRED=1 PXE_E2E_BIN=$(abspath $(BIN)) $(GO) test -count=1 -timeout 35m -v ./e2e/
 
 # The main job, safe anywhere: a lab namespace, the server in it, one VM
-# installed while you watch.
-demo: setup build
+# installed while you watch. lab/demo.sh runs scripts/setup.sh itself.
+demo: build
 	PXE_ANYWHERE_BIN=$(abspath $(BIN)) ./lab/demo.sh
 
 run: demo

@@ -38,7 +38,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 need() { for t in "$@"; do command -v "$t" >/dev/null || { echo "bench: missing $t (see scripts/apt-packages.txt)" >&2; exit 1; }; done; }
-need ip perfdhcp dnsmasq in.tftpd nginx curl go
+need ip perfdhcp dnsmasq in.tftpd nginx curl go awk bc pgrep
 
 inns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
@@ -51,11 +51,9 @@ lab() {
 	inns "$SRV" ip link add br0 type bridge forward_delay 0 stp_state 0
 	for a in 10.77.0.1 10.77.0.3 10.77.0.4; do inns "$SRV" ip addr add $a/16 dev br0; done
 	inns "$SRV" ip link set br0 up
-	ip link add "${TAG}h" type veth peer name "${TAG}c"
-	ip link set "${TAG}h" netns "$SRV"
-	ip link set "${TAG}c" netns "$CL"
+	# Both ends are born in their namespaces: the host never sees them.
+	ip link add "${TAG}h" netns "$SRV" type veth peer name eth0 netns "$CL"
 	inns "$SRV" ip link set "${TAG}h" master br0 up
-	inns "$CL" ip link set "${TAG}c" name eth0
 	inns "$CL" ip link set lo up
 	inns "$CL" ip addr add 10.77.0.2/16 dev eth0
 	inns "$CL" ip link set eth0 up
@@ -206,9 +204,10 @@ bench_dhcp() {
 	pxa_config "$cfg" authoritative 0 ignore small
 	pxa_config "$cfgp" proxy 0 local-boot small
 	# PXE DISCOVER: option 60 "PXEClient:Arch:00000:UNDI:002001", 93 = 0.
+	# shellcheck disable=SC2054 # perfdhcp's -o takes CODE,HEX
 	local pxeopts=(-o 60,505845436c69656e743a417263683a30303030303a554e44493a303032303031 -o 93,0000)
 	for rate in $rates; do
-		for rep in $(seq 1 "$REPS"); do
+		for _ in $(seq 1 "$REPS"); do
 			# Fresh servers each run: an empty lease table for both.
 			sed -i "s|state_dir: .*|state_dir: $WORK/state-$RANDOM|" "$cfg"
 			start_pxa "$cfg"; perf "$rate" >>"$WORK/dhcp-ours-$rate"; stop "$PXA_PID"
@@ -236,8 +235,15 @@ bench_dhcp() {
 }
 
 # ---------------------------------------------------------------- TFTP
-# cell FILE: median completion time, throughput, p99 per transfer, errors.
-cell() { echo "$(kv wall_s <"$1" | median) s, $(kv mbps <"$1" | median) Mbit/s, p99 $(kv p99_ms <"$1" | median) ms, err $(kv errors <"$1" | paste -sd+ | bc)"; }
+# cell FILE: median completion time, throughput, p99 per transfer, server
+# CPU, errors.
+# tftpd-hpa forks a child per transfer and never reaps them into its own
+# counters, so its CPU is not shown.
+cell() {
+	local cpu=""
+	[ -n "$(kv cpu_s <"$1")" ] && cpu=", server CPU $(kv cpu_s <"$1" | median) s"
+	echo "$(kv wall_s <"$1" | median) s, $(kv mbps <"$1" | median) Mbit/s, p99 $(kv p99_ms <"$1" | median) ms$cpu, err $(kv errors <"$1" | paste -sd+ | bc)"
+}
 
 bench_tftp() {
 	local cfg="$WORK/tftp.yaml"
@@ -256,10 +262,15 @@ bench_tftp() {
 				# One client alone: 20 fetches in a row, so the figure is not one
 				# 10 ms sample.
 				local rounds=1; [ "$c" = 1 ] && rounds=20
-				for rep in $(seq 1 "$REPS"); do
-					for srv in ours:10.77.0.1 hpa:10.77.0.3 dnsmasq:10.77.0.4; do
-						inns "$CL" "$WORK/bin/tftpload" -server "${srv#*:}:69" -files "$file" -c "$c" -rounds $rounds -blksize "$bs" \
-							>>"$WORK/tftp-${srv%%:*}-$key" 2>>"$WORK/tftp-errors.log" || true
+				for _ in $(seq 1 "$REPS"); do
+					for srv in ours:10.77.0.1:$PXA_PID hpa:10.77.0.3:$tftpd dnsmasq:10.77.0.4:$dm; do
+						local name ip pid c0 res
+						IFS=: read -r name ip pid <<<"$srv"
+						c0=$(cpu_s "$pid")
+						res=$(inns "$CL" "$WORK/bin/tftpload" -server "$ip:69" -files "$file" -c "$c" -rounds $rounds -blksize "$bs" \
+							2>>"$WORK/tftp-errors.log" || true)
+						[ "$name" = hpa ] || res="$res cpu_s=$(sub "$(cpu_s "$pid")" "$c0")"
+						echo "$res" >>"$WORK/tftp-$name-$key"
 					done
 				done
 				local o h d
@@ -305,7 +316,7 @@ bench_http() {
 	cat "$WORK/img/big/initrd" >/dev/null
 	for c in 1 50; do
 		local rounds=1; [ $c = 1 ] && rounds=5
-		for rep in $(seq 1 "$REPS"); do
+		for _ in $(seq 1 "$REPS"); do
 			for srv in ours ref; do
 				local url pids
 				if [ $srv = ours ]; then url=http://10.77.0.1:8080/images/bench/initrd; pids=$PXA_PID; else url=http://10.77.0.1:8081/images/bench/initrd; pids=$ngxpids; fi

@@ -13,12 +13,14 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/ipv4"
 )
 
 // Mode is how the server takes part in DHCP.
@@ -67,11 +69,13 @@ type Config struct {
 	Interfaces []string
 	Mode       Mode
 	// ServerIP goes into siaddr and option 54: where TFTP and the next
-	// DHCP exchanges go. Zero: the first IPv4 of the first interface.
+	// DHCP exchanges go. Required: the caller knows which address the
+	// other servers listen on, so dhcp never guesses one.
 	ServerIP netip.Addr
 	// ScriptURL is the iPXE script of a machine; iPXE clients get it.
 	ScriptURL func(mac net.HardwareAddr) string
-	// HTTPBootURL is the iPXE binary over HTTP for UEFI HTTP Boot.
+	// HTTPBootURL is the iPXE binary over HTTP for UEFI HTTP Boot; ""
+	// means there is none for that machine's architecture.
 	HTTPBootURL func(m Machine) string
 	// BootFiles are the TFTP file names of iPXE per architecture; an
 	// architecture without one is not booted.
@@ -85,7 +89,7 @@ type Config struct {
 	DNS          []netip.Addr
 	Domain       string
 	LeaseTime    time.Duration
-	Reservations map[string]netip.Addr // lower-case MAC → address
+	Reservations map[string]netip.Addr // MAC → address; SetReservations replaces them
 	LeaseFile    string
 
 	Metrics prometheus.Registerer // may be nil
@@ -99,12 +103,22 @@ type Server struct {
 	pool    *pool
 	conns   []listener
 	packets *prometheus.CounterVec
+
+	// ifaces names the configured interfaces by index, for requests on
+	// port 4011, whose socket is not bound to one.
+	ifaces map[int]string
+
+	mu     sync.Mutex
+	warned map[string]bool // firmware kinds already logged as having no boot file
 }
 
 type listener struct {
 	conn  net.PacketConn
 	iface string
 	port  int
+	// pc, on the 4011 socket only, reads the interface each request
+	// came in on (IP_PKTINFO).
+	pc *ipv4.PacketConn
 }
 
 // New checks cfg and makes a Server; Listen opens its sockets.
@@ -118,11 +132,14 @@ func New(cfg Config, d Decider, log *slog.Logger) (*Server, error) {
 	if d == nil {
 		return nil, errors.New("dhcp: no Decider: nothing would say which machines boot")
 	}
-	if cfg.ServerIP.IsValid() && !cfg.ServerIP.Is4() {
+	if !cfg.ServerIP.IsValid() {
+		return nil, errors.New("dhcp: no server address: set server.advertise, or give the first interface an IPv4 address")
+	}
+	if !cfg.ServerIP.Is4() {
 		return nil, fmt.Errorf("dhcp: server address %s is not IPv4", cfg.ServerIP)
 	}
 	s := &Server{
-		cfg: cfg, decider: d, log: log,
+		cfg: cfg, decider: d, log: log, warned: map[string]bool{},
 		packets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pxe_anywhere_dhcp_requests_total", Help: "DHCP packets received, by message type and what was done.",
 		}, []string{"type", "result"}),
@@ -152,21 +169,9 @@ func New(cfg Config, d Decider, log *slog.Logger) (*Server, error) {
 		if s.cfg.LeaseTime <= 0 {
 			s.cfg.LeaseTime = time.Hour
 		}
-		// Reservations are keyed by the MAC's canonical text, whatever
-		// spelling (upper case, dashes) the caller used.
-		res := make(map[string]netip.Addr, len(cfg.Reservations))
-		for key, ip := range cfg.Reservations {
-			mac, err := net.ParseMAC(key)
-			if err != nil || len(mac) != 6 {
-				return nil, fmt.Errorf("dhcp: reservation %q: not an Ethernet MAC address", key)
-			}
-			if !cfg.Subnet.Contains(ip) {
-				return nil, fmt.Errorf("dhcp: reservation %s → %s is outside subnet %s", key, ip, cfg.Subnet)
-			}
-			if other, dup := res[macKey(mac)]; dup && other != ip {
-				return nil, fmt.Errorf("dhcp: MAC %s is reserved twice (%s and %s)", key, other, ip)
-			}
-			res[macKey(mac)] = ip
+		res, err := checkReservations(cfg.Reservations, cfg.Subnet)
+		if err != nil {
+			return nil, err
 		}
 		p, err := newPool(cfg.RangeStart, cfg.RangeEnd, res, cfg.LeaseFile)
 		if err != nil {
@@ -175,6 +180,56 @@ func New(cfg Config, d Decider, log *slog.Logger) (*Server, error) {
 		s.pool = p
 	}
 	return s, nil
+}
+
+// checkReservations validates reservations against subnet and keys them
+// by the MAC's canonical text, whatever spelling (upper case, dashes)
+// the caller used.
+func checkReservations(in map[string]netip.Addr, subnet netip.Prefix) (map[string]netip.Addr, error) {
+	res := make(map[string]netip.Addr, len(in))
+	owner := make(map[netip.Addr]string, len(in))
+	for key, ip := range in {
+		mac, err := net.ParseMAC(key)
+		if err != nil || len(mac) != 6 {
+			return nil, fmt.Errorf("dhcp: reservation %q: not an Ethernet MAC address", key)
+		}
+		if !subnet.Contains(ip) {
+			return nil, fmt.Errorf("dhcp: reservation %s → %s is outside subnet %s", key, ip, subnet)
+		}
+		k := macKey(mac)
+		if other, dup := res[k]; dup && other != ip {
+			return nil, fmt.Errorf("dhcp: MAC %s is reserved twice (%s and %s)", key, other, ip)
+		}
+		if o, dup := owner[ip]; dup && o != k {
+			return nil, fmt.Errorf("dhcp: address %s is reserved for both %s and %s", ip, o, k)
+		}
+		res[k], owner[ip] = ip, k
+	}
+	return res, nil
+}
+
+// SetReservations replaces the reservations of an authoritative server
+// while it runs, as a config reload does. Leases that the new
+// reservations take away are dropped, so their clients are refused at
+// their next renewal and come back for their new address. On error
+// nothing changes.
+func (s *Server) SetReservations(res map[string]netip.Addr) error {
+	if s.pool == nil {
+		if len(res) > 0 {
+			return errors.New("dhcp: address reservations need authoritative mode (dhcp.mode: authoritative)")
+		}
+		return nil
+	}
+	checked, err := checkReservations(res, s.cfg.Subnet)
+	if err != nil {
+		return err
+	}
+	// The switch is done even when the lease file cannot be written:
+	// the next change writes it again, as after an ACK.
+	if err := s.pool.setReservations(checked); err != nil {
+		s.log.Error("saving leases failed", "err", err)
+	}
+	return nil
 }
 
 // Listen opens port 67 on each interface (bound to the device, so
@@ -190,24 +245,18 @@ func (s *Server) Listen() error {
 }
 
 func (s *Server) listen() error {
+	s.ifaces = map[int]string{}
 	for _, name := range s.cfg.Interfaces {
 		ifi, err := net.InterfaceByName(name)
 		if err != nil {
 			return fmt.Errorf("dhcp: interface %q: %w (server.interfaces must name interfaces of this machine)", name, err)
 		}
-		if !s.cfg.ServerIP.IsValid() {
-			if ip, ok := firstIPv4(ifi); ok {
-				s.cfg.ServerIP = ip
-			}
-		}
+		s.ifaces[ifi.Index] = name
 		conn, err := server4.NewIPv4UDPConn(name, &net.UDPAddr{IP: net.IPv4zero, Port: dhcpv4.ServerPort})
 		if err != nil {
 			return fmt.Errorf("dhcp: listen on %s port 67: %w (is another DHCP server running there?)", name, err)
 		}
 		s.conns = append(s.conns, listener{conn: conn, iface: name, port: dhcpv4.ServerPort})
-	}
-	if !s.cfg.ServerIP.IsValid() {
-		return fmt.Errorf("dhcp: interface %s has no IPv4 address to answer from: give it one or set server.advertise", s.cfg.Interfaces[0])
 	}
 	// Firmware that ignores the boot options of an offer (several UEFI
 	// ones do, with a proxy's offer above all) asks the boot server
@@ -217,18 +266,35 @@ func (s *Server) listen() error {
 	if err != nil {
 		return fmt.Errorf("dhcp: listen on %s port 4011: %w (is that address on this machine?)", s.cfg.ServerIP, err)
 	}
-	s.conns = append(s.conns, listener{conn: conn, iface: s.cfg.Interfaces[0], port: 4011})
+	// The socket is bound to an address, not a device, so the kernel
+	// says per packet which interface it came in on.
+	pc := ipv4.NewPacketConn(conn)
+	s.conns = append(s.conns, listener{conn: conn, iface: s.cfg.ServerIP.String(), port: 4011, pc: pc})
+	if err := pc.SetControlMessage(ipv4.FlagInterface, true); err != nil {
+		return fmt.Errorf("dhcp: port 4011: asking for the receiving interface: %w", err)
+	}
 	return nil
 }
 
-func firstIPv4(ifi *net.Interface) (netip.Addr, bool) {
-	addrs, _ := ifi.Addrs()
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() {
-			return p.Addr(), true
+// read reads one packet and tells which configured interface it came
+// in on; ok is false when it came in on another one.
+func (s *Server) read(l listener, buf []byte) (n int, iface string, peer net.Addr, ok bool, err error) {
+	if l.pc == nil {
+		n, peer, err = l.conn.ReadFrom(buf)
+		return n, l.iface, peer, true, err
+	}
+	n, cm, peer, err := l.pc.ReadFrom(buf)
+	if err != nil || cm == nil {
+		return n, "", peer, err == nil, err
+	}
+	iface, ok = s.ifaces[cm.IfIndex]
+	if !ok {
+		iface = fmt.Sprintf("ifindex %d", cm.IfIndex)
+		if ifi, err := net.InterfaceByIndex(cm.IfIndex); err == nil {
+			iface = ifi.Name
 		}
 	}
-	return netip.Addr{}, false
+	return n, iface, peer, ok, nil
 }
 
 // Close closes the sockets.
@@ -277,12 +343,12 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) loop(ctx context.Context, l listener) error {
 	buf := make([]byte, 1500)
 	for {
-		n, peer, err := l.conn.ReadFrom(buf)
+		n, iface, peer, ours, err := s.read(l, buf)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("dhcp: read on %s: %w", l.iface, err)
+			return fmt.Errorf("dhcp: read on %s port %d: %w", l.iface, l.port, err)
 		}
 		req, err := dhcpv4.FromBytes(buf[:n])
 		if err != nil {
@@ -290,7 +356,15 @@ func (s *Server) loop(ctx context.Context, l listener) error {
 			s.log.Debug("malformed DHCP packet", "from", peer, "err", err)
 			continue
 		}
-		resp, err := s.Handle(ctx, req, l.iface, l.port)
+		if !ours {
+			// Port 67 answers only on the configured interfaces; 4011,
+			// reachable through any interface that routes to the server
+			// address, must not be a way around that.
+			s.packets.WithLabelValues(strings.ToLower(req.MessageType().String()), "other-interface").Inc()
+			s.log.Debug("DHCP request on an interface not in server.interfaces dropped", "interface", iface, "from", peer, "port", l.port)
+			continue
+		}
+		resp, err := s.Handle(ctx, req, iface, l.port)
 		if err != nil {
 			s.log.Warn("DHCP request not answered", "req", describe(req), "err", err)
 			continue

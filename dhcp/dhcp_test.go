@@ -207,6 +207,137 @@ func TestSilence(t *testing.T) {
 	}
 }
 
+// TestNoBootFile: firmware that no iPXE binary is configured for gets no
+// boot options (no offer at all from a proxy), and the reason is logged
+// once per kind of firmware, not on every retry.
+func TestNoBootFile(t *testing.T) {
+	tests := []struct {
+		name   string
+		vendor string
+		archs  []uint16
+	}{
+		{"UEFI ia32", "PXEClient:Arch:00006:UNDI:003000", []uint16{6}},
+		{"HTTP Boot arm64 without an arm64 binary", "HTTPClient:Arch:00019:UNDI:003000", []uint16{19}},
+	}
+	for _, mode := range []Mode{Proxy, Authoritative} {
+		for _, tt := range tests {
+			t.Run(mode.String()+"/"+tt.name, func(t *testing.T) {
+				cfg := testConfig(mode, "")
+				cfg.HTTPBootURL = func(m Machine) string {
+					if m.Firmware.Arch == ArchEFIarm64 {
+						return ""
+					}
+					return "http://10.80.0.1:8080/ipxe/ipxe.efi"
+				}
+				// Handle logs on the test's goroutine: a plain buffer will do.
+				var logs bytes.Buffer
+				s, err := New(cfg, &allowList{boot: map[string]bool{knownMAC: true}}, slog.New(slog.NewTextHandler(&logs, nil)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := 0; i < 3; i++ {
+					req := pxeRequest(t, dhcpv4.MessageTypeDiscover, knownMAC, tt.vendor, tt.archs, "", false)
+					resp, err := s.Handle(context.Background(), req, "br0", 67)
+					if err != nil {
+						t.Fatalf("Handle: %v", err)
+					}
+					switch {
+					case mode == Proxy && resp != nil:
+						t.Fatalf("proxy answered: %s", resp.Summary())
+					case mode == Authoritative && (resp == nil || resp.BootFileName != "" || resp.Options.Get(dhcpv4.OptionBootfileName) != nil):
+						t.Fatalf("authoritative reply, want a lease without a boot file: %v", resp)
+					}
+				}
+				if n := strings.Count(logs.String(), "no iPXE binary for this firmware"); n != 1 {
+					t.Fatalf("reason logged %d times, want once:\n%s", n, logs.String())
+				}
+			})
+		}
+	}
+}
+
+// TestSetReservations walks a config reload that moves reservations:
+// the moved client is refused its old address at renewal and offered
+// the new one, and a client whose dynamic address is now reserved for
+// another machine loses it.
+func TestSetReservations(t *testing.T) {
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "leases.json")
+	s, _ := newTestServer(t, testConfig(Authoritative, file))
+	reserved, dynamic, newcomer := "52:54:00:12:34:05", "52:54:00:00:00:0a", "52:54:00:00:00:0b"
+	lease := func(mac string) net.IP {
+		t.Helper()
+		offer, err := s.Handle(ctx, pxeRequest(t, dhcpv4.MessageTypeDiscover, mac, "", nil, "", false), "br0", 67)
+		if err != nil || offer == nil {
+			t.Fatalf("%s: no offer: %v", mac, err)
+		}
+		req := pxeRequest(t, dhcpv4.MessageTypeRequest, mac, "", nil, "", false)
+		req.UpdateOption(dhcpv4.OptRequestedIPAddress(offer.YourIPAddr))
+		req.UpdateOption(dhcpv4.OptServerIdentifier(net.ParseIP("10.80.0.1")))
+		ack, err := s.Handle(ctx, req, "br0", 67)
+		if err != nil || ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck {
+			t.Fatalf("%s: no ACK: %v %v", mac, err, ack)
+		}
+		return ack.YourIPAddr
+	}
+	renew := func(mac, ip string) dhcpv4.MessageType {
+		t.Helper()
+		req := pxeRequest(t, dhcpv4.MessageTypeRequest, mac, "", nil, "", false)
+		req.ClientIPAddr = net.ParseIP(ip)
+		resp, err := s.Handle(ctx, req, "br0", 67)
+		if err != nil || resp == nil {
+			t.Fatalf("%s: no answer to a renewal: %v", mac, err)
+		}
+		return resp.MessageType()
+	}
+	if ip := lease(reserved); !ip.Equal(net.ParseIP("10.80.0.50")) {
+		t.Fatalf("reserved MAC got %s", ip)
+	}
+	if ip := lease(dynamic); !ip.Equal(net.ParseIP("10.80.0.100")) {
+		t.Fatalf("dynamic client got %s", ip)
+	}
+
+	if err := s.SetReservations(map[string]netip.Addr{"52:54:00:12:34:06": netip.MustParseAddr("10.99.0.1")}); err == nil || !strings.Contains(err.Error(), "outside subnet") {
+		t.Fatalf("reservation outside the subnet: err = %v", err)
+	}
+	if mt := renew(reserved, "10.80.0.50"); mt != dhcpv4.MessageTypeAck {
+		t.Fatalf("a refused SetReservations changed the reservations: renewal got %s", mt)
+	}
+
+	if err := s.SetReservations(map[string]netip.Addr{
+		"52-54-00-12-34-05": netip.MustParseAddr("10.80.0.60"),
+		newcomer:            netip.MustParseAddr("10.80.0.100"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if mt := renew(reserved, "10.80.0.50"); mt != dhcpv4.MessageTypeNak {
+		t.Fatalf("renewal of the old reservation got %s, want NAK", mt)
+	}
+	if ip := lease(reserved); !ip.Equal(net.ParseIP("10.80.0.60")) {
+		t.Fatalf("moved reservation: got %s, want 10.80.0.60", ip)
+	}
+	if mt := renew(dynamic, "10.80.0.100"); mt != dhcpv4.MessageTypeNak {
+		t.Fatalf("renewal of an address now reserved for another MAC got %s, want NAK", mt)
+	}
+	if ip := lease(newcomer); !ip.Equal(net.ParseIP("10.80.0.100")) {
+		t.Fatalf("new reservation: got %s", ip)
+	}
+	if ip := lease(dynamic); ip.Equal(net.ParseIP("10.80.0.100")) {
+		t.Fatalf("dynamic client offered an address reserved for another")
+	}
+	if got := readLeaseFile(t, file); got[reserved] != "10.80.0.60" || got[newcomer] != "10.80.0.100" || got[dynamic] == "10.80.0.100" {
+		t.Fatalf("lease file after the change: %v", got)
+	}
+
+	proxy, _ := newTestServer(t, testConfig(Proxy, ""))
+	if err := proxy.SetReservations(map[string]netip.Addr{reserved: netip.MustParseAddr("10.80.0.60")}); err == nil || !strings.Contains(err.Error(), "authoritative") {
+		t.Fatalf("proxy took reservations: %v", err)
+	}
+	if err := proxy.SetReservations(nil); err != nil {
+		t.Fatalf("proxy refused an empty set: %v", err)
+	}
+}
+
 func TestProxy4011(t *testing.T) {
 	s, _ := newTestServer(t, testConfig(Proxy, ""))
 	req := pxeRequest(t, dhcpv4.MessageTypeRequest, knownMAC, "PXEClient:Arch:00007:UNDI:003016", []uint16{7}, "", true)
@@ -466,6 +597,29 @@ func TestRealClientsAuthoritative(t *testing.T) {
 	}
 }
 
+// TestRealClientReservationChange: a reservation changed while the
+// server runs (a config reload) is what a real client gets next.
+func TestRealClientReservationChange(t *testing.T) {
+	netlab.Require(t, "udhcpc")
+	lab := netlab.New(t, "10.80.0.0/24")
+	file := filepath.Join(t.TempDir(), "leases.json")
+	s, _, stop := startInLab(t, lab, testConfig(Authoritative, file))
+	c := lab.Client("52:54:00:12:34:05")
+	if env := runUdhcpc(t, lab, c); env["ip"] != "10.80.0.50" {
+		t.Fatalf("before the change: %v", env)
+	}
+	if err := s.SetReservations(map[string]netip.Addr{"52:54:00:12:34:05": netip.MustParseAddr("10.80.0.51")}); err != nil {
+		t.Fatal(err)
+	}
+	if env := runUdhcpc(t, lab, c); env["ip"] != "10.80.0.51" {
+		t.Fatalf("after the change: %v, want ip=10.80.0.51", env)
+	}
+	stop() // writes the lease file a last time
+	if got := readLeaseFile(t, file); got["52:54:00:12:34:05"] != "10.80.0.51" {
+		t.Fatalf("lease file: %v", got)
+	}
+}
+
 // TestRealClientProxy: a real udhcpc DISCOVER reaches the proxy, whose
 // broadcast OFFER (no address, boot options) is read off the wire in
 // the client's namespace.
@@ -579,6 +733,67 @@ func TestRealPort4011(t *testing.T) {
 	}
 }
 
+// TestPort4011Interface: the 4011 socket is bound to an address, not a
+// device, so the interface a request came in on is read per packet: a
+// machine is reported on the interface it is on, not the first one
+// configured, and a request through an interface that the config does
+// not name is dropped like one on port 67 would be.
+func TestPort4011Interface(t *testing.T) {
+	netlab.Require(t)
+	for _, tt := range []struct {
+		name       string
+		interfaces []string
+		answered   bool
+	}{
+		{"second of two interfaces", []string{"pxebr1", "br0"}, true},
+		{"interface not configured", []string{"pxebr1"}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			lab := netlab.New(t, "10.80.0.0/24")
+			// A second bridge with no ports stands in for a second NIC.
+			lab.Run(lab.Server, "ip", "link", "add", "pxebr1", "type", "bridge")
+			lab.Run(lab.Server, "ip", "addr", "add", "10.81.0.1/24", "dev", "pxebr1")
+			lab.Run(lab.Server, "ip", "link", "set", "pxebr1", "up")
+			cfg := testConfig(Proxy, "")
+			cfg.Interfaces = tt.interfaces
+			s, d, _ := startInLab(t, lab, cfg)
+			conn := peer(t, lab, knownMAC, "10.80.0.5", 68)
+			req := pxeRequest(t, dhcpv4.MessageTypeRequest, knownMAC, "PXEClient:Arch:00007:UNDI:003016", []uint16{7}, "", false)
+			req.ClientIPAddr = net.ParseIP("10.80.0.5")
+			if !tt.answered {
+				to := &net.UDPAddr{IP: net.ParseIP("10.80.0.1"), Port: 4011}
+				if _, err := conn.WriteTo(req.ToBytes(), to); err != nil {
+					t.Fatal(err)
+				}
+				// The deadline only bounds a broken run: the drop is seen
+				// in the counter, which the server bumps when it reads the
+				// packet.
+				dropped := s.packets.WithLabelValues("request", "other-interface")
+				for deadline := time.Now().Add(30 * time.Second); testutil.ToFloat64(dropped) != 1; time.Sleep(10 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatal("request on an unconfigured interface not dropped")
+					}
+				}
+				d.mu.Lock()
+				defer d.mu.Unlock()
+				if len(d.asked) != 0 {
+					t.Fatalf("Decider asked about a request from an unconfigured interface: %+v", d.asked)
+				}
+				return
+			}
+			resp, _ := exchange(t, conn, "10.80.0.1:4011", req.ToBytes())
+			if resp.MessageType() != dhcpv4.MessageTypeAck {
+				t.Fatalf("got %s", resp.Summary())
+			}
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if len(d.asked) != 1 || d.asked[0].Interface != "br0" {
+				t.Fatalf("Decider saw %+v, want one machine on br0", d.asked)
+			}
+		})
+	}
+}
+
 // TestRelayAndMalformed plays a DHCP relay (RFC 1542) from a namespace
 // with an address on the lab subnet: garbage is dropped and counted,
 // and a relayed DISCOVER is answered to the relay's port 67.
@@ -669,6 +884,7 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		want   string
 	}{
 		{"no interfaces", func(c *Config) { c.Interfaces = nil }, "no interfaces"},
+		{"no server address", func(c *Config) { c.ServerIP = netip.Addr{} }, "no server address: set server.advertise"},
 		{"IPv6 server address", func(c *Config) { c.ServerIP = netip.MustParseAddr("fd00::1") }, "not IPv4"},
 		{"range outside subnet", func(c *Config) { c.RangeEnd = netip.MustParseAddr("10.81.0.1") }, "not inside IPv4 subnet"},
 		{"range backwards", func(c *Config) {
@@ -681,6 +897,9 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		{"same MAC reserved twice", func(c *Config) {
 			c.Reservations = map[string]netip.Addr{"52:54:00:12:34:06": netip.MustParseAddr("10.80.0.9"), "52-54-00-12-34-06": netip.MustParseAddr("10.80.0.8")}
 		}, "reserved twice"},
+		{"address reserved for two MACs", func(c *Config) {
+			c.Reservations = map[string]netip.Addr{"52:54:00:12:34:06": netip.MustParseAddr("10.80.0.9"), "52:54:00:12:34:07": netip.MustParseAddr("10.80.0.9")}
+		}, "reserved for both"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package dhcp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -43,6 +44,10 @@ func (s *Server) Handle(ctx context.Context, req *dhcpv4.DHCPv4, iface string, p
 			return nil, nil
 		}
 		resp, err := s.proxyReply(req, m)
+		if s.noBootFile(err, m) {
+			count("no-boot-file")
+			return nil, nil
+		}
 		if err != nil {
 			count("error")
 			return nil, err
@@ -181,6 +186,29 @@ func (s *Server) authoritativeReply(req *dhcpv4.DHCPv4, m Machine, boot bool) (*
 	return nil, nil
 }
 
+// errNoBootFile is bootOptions' answer for firmware that no iPXE binary
+// is configured for.
+var errNoBootFile = errors.New("no iPXE binary configured for this firmware")
+
+// noBootFile reports whether err is errNoBootFile, and logs that once
+// per kind of firmware: such machines ask again every few seconds, and
+// the reason does not change until the config does.
+func (s *Server) noBootFile(err error, m Machine) bool {
+	if !errors.Is(err, errNoBootFile) {
+		return false
+	}
+	kind := m.Firmware.String()
+	s.mu.Lock()
+	first := !s.warned[kind]
+	s.warned[kind] = true
+	s.mu.Unlock()
+	if first {
+		s.log.Warn("no iPXE binary for this firmware: machines with it get no boot options (set dhcp.efi_x64_boot or dhcp.arm64_boot); logged once",
+			"firmware", kind, "mac", m.MAC.String())
+	}
+	return true
+}
+
 // macKey is how leases and reservations name a MAC: net's canonical
 // lower-case, colon-separated text.
 func macKey(mac net.HardwareAddr) string { return mac.String() }
@@ -204,8 +232,9 @@ func (s *Server) lease(req *dhcpv4.DHCPv4, m Machine, mt dhcpv4.MessageType, ip 
 	}
 	s.networkOptions(resp)
 	if boot {
-		if err := s.bootOptions(req, resp, m); err != nil {
-			// Still lease the address: the machine may boot from disk.
+		// Still lease the address when there are no boot options: the
+		// machine may boot from disk.
+		if err := s.bootOptions(req, resp, m); err != nil && !s.noBootFile(err, m) {
 			s.log.Warn("no boot options for this machine", "mac", m.MAC.String(), "err", err)
 		}
 	}
@@ -242,15 +271,16 @@ func (s *Server) bootOptions(req, resp *dhcpv4.DHCPv4, m Machine) error {
 		// once more would chainload it forever.
 		file = s.cfg.ScriptURL(m.MAC)
 	case fw.HTTPBoot:
-		if s.cfg.HTTPBootURL == nil {
-			return fmt.Errorf("UEFI HTTP Boot client %s, and no HTTP boot URL", m.MAC)
+		if s.cfg.HTTPBootURL != nil {
+			file = s.cfg.HTTPBootURL(m)
 		}
-		file = s.cfg.HTTPBootURL(m)
 	default:
 		file = s.cfg.BootFiles[fw.Arch]
-		if file == "" {
-			return fmt.Errorf("no iPXE binary configured for %s firmware of %s", fw.Arch, m.MAC)
-		}
+	}
+	if file == "" {
+		// A boot file that does not exist would only make the firmware
+		// fail later, after a TFTP or HTTP round trip.
+		return errNoBootFile
 	}
 	resp.ServerIPAddr = s.cfg.ServerIP.AsSlice()
 	resp.BootFileName = file

@@ -83,6 +83,33 @@ func newPool(start, end netip.Addr, reservations map[string]netip.Addr, file str
 	return p, nil
 }
 
+// setReservations switches to new reservations and drops the leases
+// that they make unusable; an error is only about writing the lease
+// file, after the switch.
+func (p *pool) setReservations(res map[string]netip.Addr) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.reservations = res
+	p.reservedIPs = make(map[netip.Addr]string, len(res))
+	for mac, ip := range res {
+		p.reservedIPs[ip] = mac
+	}
+	dropped := false
+	for mac, l := range p.byMAC {
+		if !p.usable(l.IP, mac) {
+			delete(p.byMAC, mac)
+			if p.byIP[l.IP] == l {
+				delete(p.byIP, l.IP)
+			}
+			dropped = true
+		}
+	}
+	if !dropped {
+		return nil
+	}
+	return p.persist()
+}
+
 func (p *pool) inRange(ip netip.Addr) bool {
 	return ip.IsValid() && p.start.Compare(ip) <= 0 && ip.Compare(p.end) <= 0
 }
@@ -91,6 +118,12 @@ func (p *pool) inRange(ip netip.Addr) bool {
 func (p *pool) usable(ip netip.Addr, mac string) bool {
 	if owner, ok := p.reservedIPs[ip]; ok {
 		return owner == mac
+	}
+	// A MAC with a reservation gets that address alone: a client that
+	// renews another one (its reservation is new or changed) is refused
+	// and comes back for its reservation.
+	if r, ok := p.reservations[mac]; ok && r != ip {
+		return false
 	}
 	if !p.inRange(ip) {
 		return false
@@ -195,7 +228,6 @@ func (p *pool) lookup(mac string) (Lease, bool) {
 	return *l, true
 }
 
-// save writes the bound leases atomically, 0600; the caller holds p.mu.
 // persist has the lease file written; the caller holds p.mu. Under
 // load, writing (and fsyncing) the whole file on every ACK would make
 // the disk the pace of DHCP: while Serve runs, a flusher coalesces the
@@ -247,6 +279,8 @@ func (p *pool) runFlusher(ctx context.Context, onErr func(error)) {
 	}
 }
 
+// save writes the bound leases to the lease file atomically, mode 0600;
+// the caller holds p.mu.
 func (p *pool) save() error {
 	if p.file == "" {
 		return nil

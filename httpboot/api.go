@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/go-chi/chi/v5"
 )
@@ -45,7 +44,7 @@ func macParam(w http.ResponseWriter, r *http.Request) (string, bool) {
 		return "", false
 	}
 	noteMAC(r, mac.String())
-	return strings.ToLower(mac.String()), true
+	return mac.String(), true
 }
 
 func afterParam(w http.ResponseWriter, r *http.Request) (int64, bool) {

@@ -323,13 +323,16 @@ func noteMAC(r *http.Request, mac string) {
 func redactPath(p string) string {
 	if rest, ok := strings.CutPrefix(p, "/boot/"); ok {
 		if tok, file, ok := strings.Cut(rest, "/"); ok {
-			return "/boot/" + shortToken(tok) + "/" + file
+			return "/boot/" + ShortToken(tok) + "/" + file
 		}
 	}
 	return p
 }
 
-func shortToken(t string) string {
+// ShortToken is a boot token cut to its first characters, for logs: a
+// token is as good as a host key until it is used, and the prefix is
+// enough to tell boots apart.
+func ShortToken(t string) string {
 	if len(t) > 6 {
 		return t[:6] + "…"
 	}

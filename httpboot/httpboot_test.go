@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"html"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -21,6 +23,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -91,9 +94,19 @@ type fakeInventory struct {
 	done    []string
 }
 
+// tailMarker stands for whatever an install printed before it failed:
+// it is in the full error, which only the API may show.
+const tailMarker = "TAIL-MARKER-only-behind-the-token"
+
+// failedError is a failed phase's error as the installer words it.
+const failedError = `phase disko failed: command "disko --mode destroy,format,mount /tmp/disko.nix" exited with code 1; last output:
+  ` + tailMarker + `
+  error: /dev/vdz: no such device`
+
 var machines = []MachineView{
 	{MAC: "52:54:00:00:00:01", Hostname: "web-01", Profile: "web", State: "installing", Phase: "disko", UpdatedAt: time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)},
 	{MAC: "52:54:00:00:00:02", Hostname: "web-02", Profile: "web", State: "installed", UpdatedAt: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)},
+	{MAC: "52:54:00:00:00:03", Hostname: "web-03", Profile: "web", State: "failed", Phase: "disko", Error: failedError, UpdatedAt: time.Date(2026, 11, 28, 8, 0, 0, 0, time.UTC)},
 }
 
 func (f *fakeInventory) Machines(ctx context.Context) ([]MachineView, error) { return machines, nil }
@@ -492,33 +505,100 @@ func TestAPIAuthAndRoutes(t *testing.T) {
 	}
 }
 
-func TestStatusEventsStream(t *testing.T) {
-	h := newHarness(t)
+// streamUpdate subscribes to /events, publishes m, and returns what the
+// stream carried up to the end of m's event.
+func streamUpdate(t *testing.T, h *harness, m MachineView) (*http.Response, []byte) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, h.srv.URL+"/events", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
-		t.Fatalf("content type %q", ct)
-	}
-	for h.inv.publish(MachineView{MAC: "52:54:00:00:00:07", State: "booting"}) == 0 {
+	t.Cleanup(func() { resp.Body.Close() })
+	for h.inv.publish(m) == 0 {
 		time.Sleep(10 * time.Millisecond)
 	}
 	buf := make([]byte, 4096)
 	var got []byte
-	for !bytes.Contains(got, []byte(`"mac":"52:54:00:00:00:07"`)) {
+	for !bytes.Contains(got, []byte(`"mac":"`+m.MAC+`"`)) || !bytes.HasSuffix(got, []byte("\n\n")) {
 		n, err := resp.Body.Read(buf)
 		if err != nil {
 			t.Fatalf("stream ended: %v (got %q)", err, got)
 		}
 		got = append(got, buf[:n]...)
 	}
+	return resp, got
+}
+
+func TestStatusEventsStream(t *testing.T) {
+	h := newHarness(t)
+	resp, got := streamUpdate(t, h, MachineView{MAC: "52:54:00:00:00:07", State: "booting"})
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("content type %q", ct)
+	}
 	if !bytes.Contains(got, []byte("data: {")) {
 		t.Fatalf("not an SSE data line: %q", got)
+	}
+}
+
+// TestStatusShowsOnlyErrorSummary: the status page and its event stream
+// need no token, so a failed install shows there as the first line of
+// its error; the output that follows (here tailMarker) is only in the
+// API.
+func TestStatusShowsOnlyErrorSummary(t *testing.T) {
+	h := newHarness(t)
+	const summary = `phase disko failed: command "disko --mode destroy,format,mount /tmp/disko.nix" exited with code 1`
+	resp, page := h.get(t, "/")
+	if resp.StatusCode != 200 || !strings.Contains(string(page), "web-03") {
+		t.Fatalf("status page: %d\n%s", resp.StatusCode, page)
+	}
+	if strings.Contains(string(page), tailMarker) || strings.Contains(string(page), "last output") {
+		t.Fatalf("status page shows the failed command's output:\n%s", page)
+	}
+	// html/template escapes the quotes of the summary.
+	if !strings.Contains(html.UnescapeString(string(page)), summary) {
+		t.Fatalf("status page lacks the error summary %q:\n%s", summary, page)
+	}
+	if resp, b := h.get(t, "/api/v1/machines/52:54:00:00:00:03", "Authorization", "Bearer sekrit-token-0123456789"); resp.StatusCode != 200 || !strings.Contains(string(b), tailMarker) {
+		t.Fatalf("API with the token lost the full error: %d %s", resp.StatusCode, b)
+	}
+
+	_, got := streamUpdate(t, h, machines[2])
+	_, data, _ := bytes.Cut(got, []byte("data: "))
+	var m MachineView
+	if err := json.Unmarshal(bytes.TrimSpace(data), &m); err != nil {
+		t.Fatalf("event %q: %v", data, err)
+	}
+	if m.Error != summary || bytes.Contains(got, []byte(tailMarker)) {
+		t.Fatalf("event stream error %q, want %q and no output (stream %q)", m.Error, summary, got)
+	}
+}
+
+func TestErrorSummary(t *testing.T) {
+	long := `phase install failed: command "nixos-install --no-root-passwd --root /mnt --system ` + strings.Repeat("/nix/store/x", 20) + `" exited with code 1`
+	tests := []struct {
+		name, in, want string
+	}{
+		{"empty", "", ""},
+		{"one line", "interrupted: server stopped", "interrupted: server stopped"},
+		{"output after the first line is left out", failedError, `phase disko failed: command "disko --mode destroy,format,mount /tmp/disko.nix" exited with code 1`},
+		{"long line keeps both ends", long, long[:79] + "…" + long[len(long)-40:]},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := errorSummary(tt.in)
+			if got != tt.want {
+				t.Fatalf("errorSummary = %q, want %q", got, tt.want)
+			}
+			if n := utf8.RuneCountInString(got); n > statusErrorMax {
+				t.Fatalf("summary is %d runes, more than %d", n, statusErrorMax)
+			}
+		})
+	}
+	if got := errorSummary(strings.Repeat("é", 300)); !utf8.ValidString(got) || utf8.RuneCountInString(got) != statusErrorMax {
+		t.Fatalf("multi-byte text cut badly: %q", got)
 	}
 }
 
@@ -529,7 +609,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	requireTools(t, "chromium")
 	h := newHarness(t)
 	h.inv.mu.Lock()
-	h.inv.oneShot = &MachineView{MAC: "52:54:00:00:00:42", Hostname: "late-arrival", Profile: "web", State: "booting"}
+	h.inv.oneShot = &MachineView{MAC: "52:54:00:00:00:42", Hostname: "late-arrival", Profile: "web", State: "failed", Phase: "disko", Error: failedError}
 	h.inv.mu.Unlock()
 	dir := t.TempDir()
 	shot := filepath.Join(dir, "status.png")
@@ -547,10 +627,13 @@ func TestStatusPageInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatalf("chromium --dump-dom: %v\n%s", err, stderr.Bytes()[max(0, stderr.Len()-4000):])
 	}
-	for _, want := range []string{"web-01", "installing", "web-02", "installed", "late-arrival"} {
+	for _, want := range []string{"web-01", "installing", "web-02", "installed", "late-arrival", "exited with code 1"} {
 		if !bytes.Contains(dom, []byte(want)) {
 			t.Fatalf("rendered DOM lacks %q:\n%s", want, dom)
 		}
+	}
+	if bytes.Contains(dom, []byte(tailMarker)) {
+		t.Fatalf("rendered DOM shows a failed install's output:\n%s", dom)
 	}
 	if out, err := exec.CommandContext(ctx, "chromium", append(args, "--screenshot="+shot, h.srv.URL+"/")...).CombinedOutput(); err != nil {
 		t.Fatalf("chromium --screenshot: %v %s", err, out)

@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"strings"
 )
 
-// The status page is read-only and shows what a rack label shows: MACs,
-// hostnames, profiles and states. It carries no secret, so it needs no
-// token; everything that changes a machine is behind the API token.
+// The status page is read-only and needs no token: it shows what a rack
+// label shows (MACs, hostnames, profiles, states) and a one-line summary
+// of a failure. The full error quotes the failing command and its last
+// output, which can hold anything an install printed, so it stays behind
+// the API token with the log; so does everything that changes a machine.
 var statusTmpl = template.Must(template.New("status").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pxe-anywhere</title>
 <style>
@@ -18,7 +21,7 @@ table{border-collapse:collapse;min-width:60%}
 th,td{padding:.35em .8em;border-bottom:1px solid #ddd;text-align:left}
 th{background:#f4f4f4}
 .installed{color:#18794e}.failed{color:#c62828}.installing,.installer-up,.booting{color:#b26a00}
-#live{color:#888;font-size:12px}
+#live,#note{color:#888;font-size:12px}
 </style></head><body>
 <h1>pxe-anywhere</h1>
 <p id="live">{{len .}} machines · live updates off</p>
@@ -26,6 +29,7 @@ th{background:#f4f4f4}
 <tbody id="machines">
 {{range .}}<tr id="m-{{.MAC}}"><td>{{.MAC}}</td><td>{{.Hostname}}</td><td>{{.Profile}}</td><td class="{{.State}}">{{.State}}</td><td>{{.Phase}}</td><td>{{.Error}}</td><td>{{if not .UpdatedAt.IsZero}}{{.UpdatedAt.Format "2006-01-02 15:04:05"}}{{end}}</td></tr>
 {{end}}</tbody></table>
+<p id="note">Errors are cut to one line here. The full error and the install log: <code>pxe-anywhere machines show MAC</code> and <code>pxe-anywhere machines logs MAC</code>.</p>
 <script>
 (function(){
   var live=document.getElementById("live");
@@ -52,8 +56,12 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 		s.inventoryError(w, err)
 		return
 	}
+	shown := make([]MachineView, len(ms))
+	for i, m := range ms {
+		shown[i] = statusView(m)
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := statusTmpl.Execute(w, ms); err != nil {
+	if err := statusTmpl.Execute(w, shown); err != nil {
 		s.cfg.Log.Warn("status page", "err", err)
 	}
 }
@@ -73,7 +81,7 @@ func (s *Server) statusEvents(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprint(w, ": pxe-anywhere machine updates\nretry: 2000\n\n")
 	flusher.Flush()
 	for m := range s.inv.Subscribe(r.Context()) {
-		b, err := json.Marshal(m)
+		b, err := json.Marshal(statusView(m))
 		if err != nil {
 			continue
 		}
@@ -82,4 +90,30 @@ func (s *Server) statusEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		flusher.Flush()
 	}
+}
+
+// statusErrorMax bounds an error summary on the status page, in runes.
+const statusErrorMax = 120
+
+// statusView is a machine as the status page and its event stream show
+// it: the error cut to a summary.
+func statusView(m MachineView) MachineView {
+	m.Error = errorSummary(m.Error)
+	return m
+}
+
+// errorSummary is the first line of an install error (which names the
+// phase, the command and its exit code), without the output that
+// follows it, cut to statusErrorMax runes.
+func errorSummary(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	line = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(line), "; last output:"))
+	r := []rune(line)
+	if len(r) <= statusErrorMax {
+		return line
+	}
+	// Cut from the middle: the start names the phase and the command,
+	// the end the exit code or the cause.
+	tail := statusErrorMax / 3
+	return string(r[:statusErrorMax-tail-1]) + "…" + string(r[len(r)-tail:])
 }

@@ -189,25 +189,27 @@ func (c *Cache) unpack(tarball, dir string) error {
 
 // Fetch downloads url once into the cache and returns its path. The
 // file is named by its checksum, verified before it is kept, and
-// verified again when found in the cache.
+// verified again when found in the cache. With sum empty, the checksum of
+// the URL's last download picks the cached file; it does not bind a new
+// download, since no config pinned the file.
 func (c *Cache) Fetch(ctx context.Context, url, sum string, progress func(done, total int64)) (string, error) {
 	sum = strings.ToLower(sum)
-	index := filepath.Join(c.dir, "url-"+sha256Hex([]byte(url)))
-	if sum == "" {
-		// No checksum given (install --kexec-download-locally): the
-		// first download's checksum is remembered for this URL, and the
-		// cached file is verified against it every time it is reused.
-		if b, err := os.ReadFile(index); err == nil {
-			sum = strings.TrimSpace(string(b))
-		}
-	}
 	if sum != "" && len(sum) != 64 {
 		return "", fmt.Errorf("%s: sha256 %q is not 64 hex digits", url, sum)
 	}
-	if sum != "" {
-		path := filepath.Join(c.dir, "sha256-"+sum+".tar.gz")
+	index := filepath.Join(c.dir, "url-"+sha256Hex([]byte(url)))
+	want, remembered := sum, ""
+	if sum == "" {
+		// No checksum given (install --kexec-download-locally, image
+		// fetch without --sha256): the cached copy of the first download
+		// is reused, verified against the checksum remembered for the URL.
+		remembered = c.readIndex(index, url)
+		want = remembered
+	}
+	if want != "" {
+		path := filepath.Join(c.dir, "sha256-"+want+".tar.gz")
 		if got, err := fileSHA256(path); err == nil {
-			if got == sum {
+			if got == want {
 				return path, nil
 			}
 			c.log.Warn("cached image is corrupt; downloading again", "path", path)
@@ -246,6 +248,12 @@ func (c *Cache) Fetch(ctx context.Context, url, sum string, progress func(done, 
 	if sum != "" && got != sum {
 		return "", fmt.Errorf("download %s: sha256 is %s, the config says %s", url, got, sum)
 	}
+	if remembered != "" && got != remembered {
+		// The URL serves another file now (nixos-images' rolling
+		// releases), and the copy of the old one is gone from the cache.
+		c.log.Warn("image at URL changed since it was last downloaded; using the new one",
+			"url", url, "old_sha256", remembered, "new_sha256", got)
+	}
 	path := filepath.Join(c.dir, "sha256-"+got+".tar.gz")
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return "", err
@@ -255,6 +263,21 @@ func (c *Cache) Fetch(ctx context.Context, url, sum string, progress func(done, 
 	}
 	c.log.Info("image downloaded", "url", url, "path", path, "sha256", got)
 	return path, nil
+}
+
+// readIndex returns the checksum remembered for url, or "" when there is
+// none or the index file is damaged (then the next download rewrites it).
+func (c *Cache) readIndex(index, url string) string {
+	b, err := os.ReadFile(index)
+	if err != nil {
+		return ""
+	}
+	s := strings.TrimSpace(string(b))
+	if _, err := hex.DecodeString(s); err != nil || len(s) != 64 {
+		c.log.Warn("ignoring a damaged checksum index", "url", url, "path", index)
+		return ""
+	}
+	return strings.ToLower(s)
 }
 
 func sha256Hex(b []byte) string {

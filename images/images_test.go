@@ -381,3 +381,92 @@ func FuzzUnpack(f *testing.F) {
 		}
 	})
 }
+
+// Without a configured checksum, the one remembered for a URL picks the
+// cached file but does not bind the next download: when the URL comes to
+// serve another file (nixos-images' rolling releases) and the cached copy
+// is gone, the new file is taken, with a warning that names both
+// checksums. A configured checksum stays binding.
+func TestFetchWithoutSumFollowsTheURL(t *testing.T) {
+	var served atomic.Pointer[[]byte]
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Write(*served.Load())
+	}))
+	t.Cleanup(srv.Close)
+	serve := func(s string) []byte { b := []byte(s); served.Store(&b); return b }
+	var logs bytes.Buffer
+	c := NewCache(filepath.Join(t.TempDir(), "cache"), slog.New(slog.NewTextHandler(&logs, nil)))
+	ctx := context.Background()
+	url := srv.URL + "/nixos-kexec-installer-noninteractive-x86_64-linux.tar.gz"
+	cached := func(b []byte) string { return filepath.Join(c.dir, "sha256-"+sum(b)+".tar.gz") }
+	// fetch fetches url without a sum and checks what it got: the file
+	// with body want, after n more requests.
+	fetch := func(step string, want []byte, n int32) {
+		t.Helper()
+		before := hits.Load()
+		p, err := c.Fetch(ctx, url, "", nil)
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		if b, _ := os.ReadFile(p); p != cached(want) || !bytes.Equal(b, want) {
+			t.Fatalf("%s: got %s holding %q, want %s", step, p, b, cached(want))
+		}
+		if got := hits.Load() - before; got != n {
+			t.Fatalf("%s: %d requests, want %d", step, got, n)
+		}
+	}
+	changed := func(old, new []byte) string {
+		return "old_sha256=" + sum(old) + " new_sha256=" + sum(new)
+	}
+
+	v1 := serve("release 1")
+	fetch("first download", v1, 1)
+	v2 := serve("release 2")
+	fetch("cached copy", v1, 0)
+
+	if err := os.Remove(cached(v1)); err != nil {
+		t.Fatal(err)
+	}
+	fetch("cache removed, URL changed", v2, 1)
+	if !strings.Contains(logs.String(), changed(v1, v2)) {
+		t.Fatalf("no warning naming both checksums:\n%s", logs.String())
+	}
+	fetch("the new checksum is remembered", v2, 0)
+
+	logs.Reset()
+	if err := os.WriteFile(cached(v2), []byte("bit rot"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fetch("corrupt cache, same file upstream", v2, 1)
+	if strings.Contains(logs.String(), "changed") || !strings.Contains(logs.String(), "corrupt") {
+		t.Fatalf("logs:\n%s", logs.String())
+	}
+
+	v3 := serve("release 3")
+	if err := os.WriteFile(cached(v2), []byte("bit rot"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fetch("corrupt cache, URL changed", v3, 1)
+	if !strings.Contains(logs.String(), changed(v2, v3)) {
+		t.Fatalf("no warning naming both checksums:\n%s", logs.String())
+	}
+
+	logs.Reset()
+	index := filepath.Join(c.dir, "url-"+sha256Hex([]byte(url)))
+	if err := os.WriteFile(index, []byte("half a chec"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fetch("damaged index", v3, 1)
+	if !strings.Contains(logs.String(), "damaged checksum index") {
+		t.Fatalf("logs:\n%s", logs.String())
+	}
+	fetch("index rewritten", v3, 0)
+
+	// A configured checksum binds: the URL's new file is refused.
+	_, err := c.Fetch(ctx, url, sum(v2), nil)
+	if want := "sha256 is " + sum(v3) + ", the config says " + sum(v2); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("configured sum: %v, want an error saying %q", err, want)
+	}
+}

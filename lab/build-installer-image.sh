@@ -20,20 +20,20 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
 if [ -z "${KVER:-}" ]; then
-	KVER=
-	for v in $(ls /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V); do
-		[ -f "/lib/modules/$v/modules.dep" ] && KVER=$v
+	KVER=''
+	for v in $(printf '%s\n' /boot/vmlinuz-* | sed 's|/boot/vmlinuz-||' | sort -V); do
+		if [ -f "/lib/modules/$v/modules.dep" ]; then KVER=$v; fi
 	done
 fi
-[ -n "$KVER" ] && [ -f "/boot/vmlinuz-$KVER" ] || {
-	echo "build-installer-image: no Debian kernel with modules found in /boot (apt-get install linux-image-amd64)" >&2
+if [ -z "$KVER" ] || [ ! -f "/boot/vmlinuz-$KVER" ]; then
+	echo "build-installer-image: no Debian kernel with modules found in /boot (sudo scripts/setup.sh installs linux-image-amd64)" >&2
 	exit 1
-}
+fi
 MODDIR=/lib/modules/$KVER
 
 for tool in busybox sshd sfdisk mke2fs mkfs.fat nix cpio gzip go ldd; do
 	command -v "$tool" >/dev/null || PATH=$PATH:/usr/sbin:/sbin command -v "$tool" >/dev/null || {
-		echo "build-installer-image: $tool missing (see lab/demo.sh for the apt packages)" >&2
+		echo "build-installer-image: $tool missing (sudo scripts/setup.sh installs it)" >&2
 		exit 1
 	}
 done

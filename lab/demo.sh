@@ -24,23 +24,13 @@ die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces and a tap device); nothing was changed"
 
-# Packages: install only what is missing; services never start (policy-rc.d).
-need=()
-for pair in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils ip:iproute2 curl:curl cpio:cpio busybox:busybox-static \
-	sshd:openssh-server sfdisk:fdisk mke2fs:e2fsprogs mkfs.fat:dosfstools nix-store:nix-bin debugfs:e2fsprogs; do
-	PATH=$PATH:/usr/sbin:/sbin command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
-done
-[ -f /usr/lib/ipxe/qemu/pxe-e1000.rom ] || need+=(ipxe-qemu)
-[ -f /usr/lib/ipxe/undionly.kpxe ] || need+=(ipxe)
-ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-amd64)
-if [ ${#need[@]} -gt 0 ]; then
-	say "installing ${need[*]}"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
-fi
+# Packages: the project's one list, installed by scripts/setup.sh (only
+# what is missing; their daemons neither start now nor at the next boot).
+"$REPO/scripts/setup.sh"
 export PATH=$PATH:/usr/sbin:/sbin
 
 WORK=$(mktemp -d /tmp/pxe-demo.XXXXXX)
-QEMU_PID= SERVE_PID=
+QEMU_PID='' SERVE_PID=''
 cleanup() {
 	set +e
 	[ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null && wait "$QEMU_PID" 2>/dev/null
@@ -141,7 +131,7 @@ QEMU_PID=$!
 START=$(date +%s)
 
 field() { sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p" | head -1; }
-last= LOGS_PID=
+last='' LOGS_PID=''
 while :; do
 	kill -0 "$QEMU_PID" 2>/dev/null || die "qemu ended before the install finished; serial tail: $(tail -5 "$WORK/serial.log")"
 	now=$(( $(date +%s) - START ))
@@ -165,7 +155,7 @@ while :; do
 	esac
 	sleep 2
 done
-[ -n "$LOGS_PID" ] && wait "$LOGS_PID" 2>/dev/null || true
+if [ -n "$LOGS_PID" ]; then wait "$LOGS_PID" 2>/dev/null || true; fi
 say "waiting for the rebooted VM's second PXE boot to be sent to the local disk"
 for _ in $(seq 300); do
 	ip netns exec "$NS" curl -fsS -H "Authorization: Bearer $(cat "$WORK/state/api-token")" \

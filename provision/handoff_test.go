@@ -164,7 +164,7 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 		Log:      log,
 	}, p, p)
 	ds, err := dhcp.New(dhcp.Config{
-		Interfaces: []string{"br0"}, Mode: dhcp.Authoritative,
+		Interfaces: []string{"br0"}, Mode: dhcp.Authoritative, ServerIP: h.lab.Addr,
 		ScriptURL: func(m net.HardwareAddr) string {
 			return h.base + "/boot/" + strings.ReplaceAll(m.String(), ":", "-") + ".ipxe"
 		},

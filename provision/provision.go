@@ -168,7 +168,7 @@ func (p *Provisioner) resumePolls(ctx context.Context) error {
 // the config keep their records; forget removes them.
 func (p *Provisioner) Reload(ctx context.Context, cfg *profiles.Config) error {
 	for _, m := range cfg.Machines {
-		if _, err := p.store.UpsertMachine(ctx, macString(m.MAC), m.Hostname, m.Profile); err != nil {
+		if _, err := p.store.UpsertMachine(ctx, m.MAC.String(), m.Hostname, m.Profile); err != nil {
 			return fmt.Errorf("register machine %s: %w", m.MAC, err)
 		}
 	}
@@ -182,13 +182,11 @@ func (p *Provisioner) Config() *profiles.Config { return p.cfg.Load() }
 // Wait blocks until every install and poller started so far has ended.
 func (p *Provisioner) Wait() { p.wg.Wait() }
 
-func macString(mac net.HardwareAddr) string { return strings.ToLower(mac.String()) }
-
 // Decide answers dhcp: boot the machines the config knows, and unknown
 // ones only when the policy says so. An unknown MAC is logged once.
 func (p *Provisioner) Decide(ctx context.Context, m dhcp.Machine) dhcp.Decision {
 	cfg := p.cfg.Load()
-	mac := macString(m.MAC)
+	mac := m.MAC.String()
 	if cfg.MachineByMAC(m.MAC) != nil {
 		p.metrics.dhcpDecisions.WithLabelValues("known").Inc()
 		return dhcp.Boot
@@ -213,7 +211,7 @@ func (p *Provisioner) Decide(ctx context.Context, m dhcp.Machine) dhcp.Decision 
 // config maps to a profile gets the installer with a fresh token.
 func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboot.BootPlan, error) {
 	cfg := p.cfg.Load()
-	mac := macString(r.MAC)
+	mac := r.MAC.String()
 	m := cfg.MachineByMAC(r.MAC)
 	if m == nil {
 		switch cfg.Server.UnknownMachines {
@@ -407,17 +405,10 @@ func (p *Provisioner) rejectToken(ctx context.Context, token string, why error) 
 	p.metrics.callbacks.WithLabelValues("rejected").Inc()
 	b, err := p.store.BootByToken(ctx, token)
 	if err != nil {
-		p.log.Warn("callback with an unknown token refused", "token", shortToken(token))
+		p.log.Warn("callback with an unknown token refused", "token", httpboot.ShortToken(token))
 		return
 	}
 	p.event(ctx, b.MAC, "", fmt.Sprintf("callback refused: %v", why))
-}
-
-func shortToken(t string) string {
-	if len(t) > 6 {
-		return t[:6] + "…"
-	}
-	return t
 }
 
 // claim uses the boot's token and starts the install. It is the single

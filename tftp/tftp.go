@@ -5,6 +5,7 @@
 package tftp
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	tftplib "github.com/pin/tftp/v3"
@@ -30,7 +32,28 @@ type Server struct {
 	conn      net.PacketConn
 	transfers *prometheus.CounterVec
 	bytes     prometheus.Counter
+
+	mu     sync.Mutex
+	cache  map[string]cachedFile // resolved path → contents
+	cached int64                 // bytes held in cache
 }
+
+// cachedFile is a file's bytes as last read, valid while the file's size
+// and modification time stay the same.
+type cachedFile struct {
+	data  []byte
+	size  int64
+	mtime time.Time
+}
+
+// maxCached bounds the size of a file kept in memory, and maxCache all of
+// them: iPXE binaries are well under a megabyte each, and a root that
+// holds more than a few is not what the cache is for; the rest is read
+// from disk block by block.
+const (
+	maxCached = 8 << 20
+	maxCache  = 64 << 20
+)
 
 // New serves root, which must be a directory. reg may be nil.
 func New(root string, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
@@ -42,8 +65,9 @@ func New(root string, log *slog.Logger, reg prometheus.Registerer) (*Server, err
 		return nil, fmt.Errorf("tftp root %s: not a directory", root)
 	}
 	s := &Server{
-		root: abs,
-		log:  log,
+		root:  abs,
+		log:   log,
+		cache: map[string]cachedFile{},
 		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pxe_anywhere_tftp_transfers_total", Help: "TFTP read requests, by result (ok, failed, refused, not-found).",
 		}, []string{"result"}),
@@ -128,34 +152,81 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		log.Warn("tftp request refused", "result", result, "err", err)
 		return err
 	}
-	f, err := os.Open(path)
+	src, size, err := s.open(path)
 	if err != nil {
-		s.transfers.WithLabelValues("not-found").Inc()
-		log.Warn("tftp request refused", "result", "not-found", "err", err)
-		return fmt.Errorf("%s: not found", name)
+		result := "refused"
+		if errors.Is(err, fs.ErrNotExist) {
+			result = "not-found"
+		}
+		s.transfers.WithLabelValues(result).Inc()
+		log.Warn("tftp request refused", "result", result, "err", err)
+		return fmt.Errorf("%s: cannot be read", name)
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil || !st.Mode().IsRegular() {
-		s.transfers.WithLabelValues("refused").Inc()
-		log.Warn("tftp request refused", "result", "refused", "err", "not a regular file")
-		return fmt.Errorf("%s: not a file", name)
+	if c, ok := src.(io.Closer); ok {
+		defer c.Close()
 	}
 	if ot != nil {
-		ot.SetSize(st.Size()) // tsize (RFC 2349): iPXE and UEFI ask for it
+		ot.SetSize(size) // tsize (RFC 2349): iPXE and UEFI ask for it
 	}
 	start := time.Now()
-	n, err := rf.ReadFrom(f)
+	n, err := rf.ReadFrom(src)
 	s.bytes.Add(float64(n))
 	dur := time.Since(start).Round(time.Millisecond)
 	if err != nil {
 		s.transfers.WithLabelValues("failed").Inc()
-		log.Warn("tftp transfer failed", "bytes", n, "size", st.Size(), "duration", dur, "err", err)
+		log.Warn("tftp transfer failed", "bytes", n, "size", size, "duration", dur, "err", err)
 		return err
 	}
 	s.transfers.WithLabelValues("ok").Inc()
 	log.Info("tftp sent", "bytes", n, "duration", dur)
 	return nil
+}
+
+// open returns the file's contents to send. A burst of machines asks
+// for the same few iPXE binaries, and pin/tftp reads its source one block
+// per call: serving them from memory saves a read(2) per block, about a
+// tenth of the server's CPU under load (see docs/BENCHMARKS.md). The
+// cache entry is dropped when the file's size or mtime change.
+func (s *Server) open(path string) (io.Reader, int64, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, 0, errors.New("not a regular file")
+	}
+	if st.Size() > maxCached {
+		f, err := os.Open(path)
+		return f, st.Size(), err
+	}
+	s.mu.Lock()
+	c, ok := s.cache[path]
+	s.mu.Unlock()
+	if ok && c.size == st.Size() && c.mtime.Equal(st.ModTime()) {
+		return bytes.NewReader(c.data), c.size, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	if int64(len(data)) == st.Size() {
+		s.remember(path, cachedFile{data: data, size: st.Size(), mtime: st.ModTime()})
+	}
+	return bytes.NewReader(data), int64(len(data)), nil
+}
+
+// remember caches c for path, replacing what was there, unless the cache
+// would outgrow maxCache.
+func (s *Server) remember(path string, c cachedFile) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cached -= int64(len(s.cache[path].data))
+	delete(s.cache, path)
+	if s.cached+c.size > maxCache {
+		return
+	}
+	s.cache[path] = c
+	s.cached += c.size
 }
 
 // Resolve maps a requested file name to a path inside root, refusing

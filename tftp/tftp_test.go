@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -236,4 +237,47 @@ func serveUntilCleanup(t *testing.T, serve func(context.Context) error) {
 			t.Errorf("Serve: %v", err)
 		}
 	})
+}
+
+// TestChangedFileServedFresh: files are served from memory after the
+// first read; replacing one (an operator upgrading iPXE in place) must
+// take effect on the next request, also when the size stays the same.
+func TestChangedFileServedFresh(t *testing.T) {
+	netlab.Require(t, "curl")
+	s, root, files := startServer(t)
+	get := func() []byte {
+		t.Helper()
+		out := filepath.Join(t.TempDir(), "out")
+		if b, err := exec.Command("curl", "-sS", "--tftp-blksize", "1468", "-o", out, "tftp://127.0.0.1:"+port(s)+"/big.bin").CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, b)
+		}
+		got, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if !bytes.Equal(get(), files["big.bin"]) {
+		t.Fatal("first download differs")
+	}
+	path := filepath.Join(root, "big.bin")
+	same := bytes.Repeat([]byte{0xa5}, len(files["big.bin"]))
+	if err := os.WriteFile(path, same, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A coarse-grained mtime could leave the old value: move it on.
+	later := time.Now().Add(2 * time.Second)
+	if err := os.Chtimes(path, later, later); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(get(), same) {
+		t.Fatal("download after a same-size rewrite still has the old bytes")
+	}
+	shorter := []byte("replaced\n")
+	if err := os.WriteFile(path, shorter, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(); !bytes.Equal(got, shorter) {
+		t.Fatalf("download after shrinking the file: %d bytes, want %d", len(got), len(shorter))
+	}
 }

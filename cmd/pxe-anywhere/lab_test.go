@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +22,8 @@ import (
 // an operator would on a real interface, and boots a simulated machine
 // through every service it started: DHCP (as the firmware, then as
 // iPXE), TFTP (the iPXE binary) and HTTP (the script). Then SIGHUP with
-// a broken config is refused, and SIGTERM stops it cleanly.
+// a broken config is refused, SIGHUP with a new reservation gives the
+// machine its new address, and SIGTERM stops it cleanly.
 func TestServeBinaryInLab(t *testing.T) {
 	netlab.Require(t, "udhcpc", "curl")
 	if _, err := os.Stat("/usr/lib/ipxe/undionly.kpxe"); err != nil {
@@ -39,7 +43,7 @@ func TestServeBinaryInLab(t *testing.T) {
 		os.WriteFile(filepath.Join(dir, f), []byte(f), 0o644)
 	}
 	cfgPath := filepath.Join(dir, "config.yaml")
-	cfg := fmt.Sprintf(`server:
+	cfgTmpl := `server:
   interfaces: [br0]
   http_listen: "10.83.0.1:8080"
   state_dir: %[1]s/state
@@ -54,8 +58,9 @@ profiles:
     image: test
     store_paths: {disko: /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-disko, system: /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-system}
 machines:
-  - {mac: "52:54:00:83:00:01", profile: web, hostname: lab-01}
-`, dir)
+  - {mac: "52:54:00:83:00:01", profile: web, hostname: lab-01, ip: %[2]s}
+`
+	cfg := fmt.Sprintf(cfgTmpl, dir, "10.83.0.10")
 	os.WriteFile(cfgPath, []byte(cfg), 0o644)
 	var logs syncBuffer
 	srv := lab.Command(lab.Server, bin, "serve", "--config", cfgPath)
@@ -84,7 +89,7 @@ machines:
 		return strings.Fields(string(b))
 	}
 	fw := dhcpAs(filepath.Join(dir, "fw"), "-V", "PXEClient:Arch:00000:UNDI:002001")
-	if len(fw) != 3 || fw[1] != "10.83.0.1" || fw[2] != "undionly.kpxe" {
+	if len(fw) != 3 || fw[0] != "10.83.0.10" || fw[1] != "10.83.0.1" || fw[2] != "undionly.kpxe" {
 		t.Fatalf("firmware DHCP: %q", fw)
 	}
 	// ipxe.efi is a symlink out of /usr/lib/ipxe on Debian: it must be
@@ -123,6 +128,19 @@ machines:
 	if b, err := lab.Command(cl, "curl", "-sSf", "--max-time", "10", "http://10.83.0.1:8080/healthz").Output(); err != nil || string(b) != "ok\n" {
 		t.Fatalf("server stopped serving after a refused reload: %v %q", err, b)
 	}
+	// A reload that moves the machine's reservation reaches DHCP.
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(cfgTmpl, dir, "10.83.0.11")), 0o644)
+	srv.Process.Signal(syscall.SIGHUP)
+	deadline = time.Now().Add(20 * time.Second)
+	for !strings.Contains(logs.String(), "config reloaded") {
+		if time.Now().After(deadline) {
+			t.Fatal("SIGHUP with a new reservation was not applied")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := dhcpAs(filepath.Join(dir, "moved"), "-V", "PXEClient:Arch:00000:UNDI:002001"); len(got) != 3 || got[0] != "10.83.0.11" {
+		t.Fatalf("after the reload the machine got %q, want its new reservation 10.83.0.11", got)
+	}
 	for _, line := range strings.Split(logs.String(), "\n") {
 		if strings.Contains(line, "pxe_anywhere.token=") {
 			t.Fatalf("a boot token reached the log: %s", line)
@@ -156,4 +174,74 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestFailedStartClosesSockets: when a socket cannot be opened, serve
+// fails and leaves none of the ones it opened before bound, so that the
+// operator (or a supervisor) can start it again at once.
+func TestFailedStartClosesSockets(t *testing.T) {
+	netlab.Require(t)
+	tests := []struct {
+		name  string
+		taken string // "tcp" or "udp": which port something else holds
+		port  int
+		want  string
+		free  []string // network/port that must be bindable afterwards
+	}{
+		{"HTTP port taken", "tcp", 8080, "server.http_listen", []string{"udp/4011", "udp/69"}},
+		{"TFTP port taken", "udp", 69, "tftp listen", []string{"udp/4011", "tcp/8080"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			ipxe := filepath.Join(dir, "ipxe")
+			os.MkdirAll(ipxe, 0o755)
+			os.WriteFile(filepath.Join(ipxe, "undionly.kpxe"), []byte("undionly"), 0o644)
+			cfgPath := filepath.Join(dir, "config.yaml")
+			os.WriteFile(cfgPath, []byte(fmt.Sprintf(`server:
+  interfaces: [br0]
+  http_listen: "10.84.0.1:8080"
+  tftp_listen: "10.84.0.1:69"
+  state_dir: %s/state
+`, dir)), 0o644)
+			lab := netlab.New(t, "10.84.0.0/24")
+			held, err := bindIn(lab.Server, tt.taken, fmt.Sprintf("10.84.0.1:%d", tt.port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { held.Close() })
+			var out bytes.Buffer
+			err = netlab.Do(lab.Server, func() error {
+				return run(context.Background(), []string{"serve", "--config", cfgPath, "--ipxe-dir", ipxe}, &out, &out)
+			})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("serve: err = %v, want it to mention %q\n%s", err, tt.want, out.String())
+			}
+			for _, f := range tt.free {
+				network, port, _ := strings.Cut(f, "/")
+				c, err := bindIn(lab.Server, network, "10.84.0.1:"+port)
+				if err != nil {
+					t.Errorf("%s port %s still bound after the failed start: %v", network, port, err)
+					continue
+				}
+				c.Close()
+			}
+		})
+	}
+}
+
+// bindIn opens a TCP listener or a UDP socket on addr inside ns.
+func bindIn(ns *netlab.NS, network, addr string) (io.Closer, error) {
+	var c io.Closer
+	err := netlab.Do(ns, func() error {
+		if network == "tcp" {
+			l, err := net.Listen("tcp4", addr)
+			c = l
+			return err
+		}
+		pc, err := net.ListenPacket("udp4", addr)
+		c = pc
+		return err
+	})
+	return c, err
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -226,6 +228,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer store.Close()
 
+	// A start that fails after provision.New must still stop the
+	// pollers it resumed before the store closes.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	prov, err := provision.New(gctx, cfg, provision.Options{
 		Store: store, Signer: signer, KeyFile: installKeyPath(cfg), Log: log.With("component", "provision"), Metrics: provision.NewMetrics(reg),
@@ -233,48 +239,46 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	defer func() {
+		cancel()
+		prov.Wait()
+	}()
 
 	dsrv, err := dhcp.New(dhcpConfig(cfg, advertise, baseURL, reg), prov, log.With("component", "dhcp"))
 	if err != nil {
 		return err
 	}
+	// A socket that fails to open closes the ones opened before it, so
+	// that a failed start leaves nothing bound. TFTP goes last: it is
+	// the one without a Close.
 	if err := dsrv.Listen(); err != nil {
-		return err
-	}
-	tsrv, err := tftp.New(ipxeDir, log.With("component", "tftp"), reg)
-	if err != nil {
-		return err
-	}
-	if err := tsrv.Listen(cfg.Server.TFTPListen); err != nil {
 		return err
 	}
 	hl, err := net.Listen("tcp", cfg.Server.HTTPListen)
 	if err != nil {
+		dsrv.Close()
 		return fmt.Errorf("server.http_listen: %w", err)
 	}
+	tsrv, err := tftp.New(ipxeDir, log.With("component", "tftp"), reg)
+	if err == nil {
+		err = tsrv.Listen(cfg.Server.TFTPListen)
+	}
+	if err != nil {
+		dsrv.Close()
+		hl.Close()
+		return err
+	}
 
-	reload := func(ctx context.Context) error {
-		next, err := loadServeConfig(&f)
-		if err != nil {
-			log.Error("config reload refused; the running config stays", "err", err)
-			return err
-		}
-		if !sameServing(cfg, next) {
-			err := errors.New("server, interface and DHCP settings change only with a restart; reload refused")
-			log.Error("config reload refused; the running config stays", "err", err)
-			return err
-		}
-		nextImgs, err := prepareImages(ctx, cache, next, log)
-		if err != nil {
-			log.Error("config reload refused; the running config stays", "err", err)
-			return err
-		}
-		if err := prov.Reload(ctx, next); err != nil {
-			return err
-		}
-		current.Store(&nextImgs)
-		log.Info("config reloaded", "images", len(next.Images), "profiles", len(next.Profiles), "machines", len(next.Machines))
-		return nil
+	rl := &reloader{
+		load: func() (*profiles.Config, error) { return loadServeConfig(&f) },
+		prepare: func(ctx context.Context, cfg *profiles.Config) (map[string]httpboot.Image, error) {
+			return prepareImages(ctx, cache, cfg, log)
+		},
+		images:  &current,
+		prov:    prov,
+		dhcp:    dsrv,
+		log:     log,
+		running: cfg,
 	}
 
 	hsrv := httpboot.New(httpboot.Config{
@@ -284,7 +288,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		APIToken: apiToken,
 		Log:      log.With("component", "http"),
 		Metrics:  reg,
-		Reload:   reload,
+		Reload:   rl.reload,
 	}, prov, prov)
 
 	log.Info("serving",
@@ -304,7 +308,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			case <-gctx.Done():
 				return nil
 			case <-hup:
-				_ = reload(gctx)
+				_ = rl.reload(gctx)
 			}
 		}
 	})
@@ -315,6 +319,97 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return nil
 	}
 	return err
+}
+
+// reloader applies the config file again to the running server, on
+// SIGHUP and POST /api/v1/config/reload.
+type reloader struct {
+	// mu makes reloads take turns: two at once could end in the older
+	// one's config, if it was the slower to prepare its images.
+	mu      sync.Mutex
+	load    func() (*profiles.Config, error)
+	prepare func(ctx context.Context, cfg *profiles.Config) (map[string]httpboot.Image, error)
+	images  *imageSet
+	prov    configTaker
+	dhcp    reservationTaker
+	log     *slog.Logger
+	running *profiles.Config // the config in force; mu guards it
+}
+
+// configTaker is what takes the inventory of a reloaded config:
+// provision.
+type configTaker interface {
+	Reload(ctx context.Context, cfg *profiles.Config) error
+}
+
+// reservationTaker is what hands out the machines' reserved addresses:
+// the DHCP server.
+type reservationTaker interface {
+	SetReservations(res map[string]netip.Addr) error
+}
+
+// reload applies the config file, or refuses it and keeps the running
+// config whole.
+func (r *reloader) reload(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	next, err := r.apply(ctx)
+	if err != nil {
+		r.log.Error("config reload refused; the running config stays", "err", err)
+		return err
+	}
+	r.running = next
+	r.log.Info("config reloaded", "images", len(next.Images), "profiles", len(next.Profiles), "machines", len(next.Machines))
+	return nil
+}
+
+func (r *reloader) apply(ctx context.Context) (*profiles.Config, error) {
+	next, err := r.load()
+	if err != nil {
+		return nil, err
+	}
+	if !sameServing(r.running, next) {
+		return nil, errors.New("server, interface and DHCP settings change only with a restart; reload refused")
+	}
+	imgs, err := r.prepare(ctx, next)
+	if err != nil {
+		return nil, err
+	}
+	// While the profiles change, both configs' images are served: the
+	// old profiles may name an image that the new config drops, and the
+	// new ones an image that only it has.
+	old := r.images.Load()
+	both := maps.Clone(*old)
+	maps.Copy(both, imgs)
+	r.images.Store(&both)
+	if err := r.dhcp.SetReservations(reservations(next)); err != nil {
+		r.images.Store(old)
+		return nil, err
+	}
+	if err := r.prov.Reload(ctx, next); err != nil {
+		r.images.Store(old)
+		if rerr := r.dhcp.SetReservations(reservations(r.running)); rerr != nil {
+			r.log.Error("restoring the DHCP reservations of the running config failed", "err", rerr)
+		}
+		return nil, err
+	}
+	r.images.Store(&imgs)
+	return next, nil
+}
+
+// reservations are the machines' `ip:` addresses, which only an
+// authoritative server hands out.
+func reservations(cfg *profiles.Config) map[string]netip.Addr {
+	if cfg.DHCP.Mode != profiles.DHCPAuthoritative {
+		return nil
+	}
+	res := map[string]netip.Addr{}
+	for _, m := range cfg.Machines {
+		if m.IP.IsValid() {
+			res[m.MAC.String()] = m.IP
+		}
+	}
+	return res
 }
 
 // sameServing reports whether two configs serve the same sockets: those
@@ -336,6 +431,11 @@ func dhcpConfig(cfg *profiles.Config, advertise netip.Addr, baseURL string, reg 
 			if m.Firmware.Arch == dhcp.ArchEFIarm64 {
 				name = cfg.DHCP.ARM64Boot
 			}
+			if name == "" {
+				// No offer at all: a URL without a file would 404 only
+				// after the firmware has taken the offer.
+				return ""
+			}
 			return baseURL + "/ipxe/" + name
 		},
 		BootFiles: map[dhcp.Arch]string{
@@ -356,12 +456,7 @@ func dhcpConfig(cfg *profiles.Config, advertise netip.Addr, baseURL string, reg 
 		d.Domain = cfg.DHCP.Domain
 		d.LeaseTime = cfg.DHCP.LeaseTime
 		d.LeaseFile = filepath.Join(cfg.Server.StateDir, "leases.json")
-		d.Reservations = map[string]netip.Addr{}
-		for _, m := range cfg.Machines {
-			if m.IP.IsValid() {
-				d.Reservations[strings.ToLower(m.MAC.String())] = m.IP
-			}
-		}
+		d.Reservations = reservations(cfg)
 	}
 	return d
 }

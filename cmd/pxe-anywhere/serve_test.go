@@ -5,10 +5,27 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
+	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
+	"github.com/pxe-anywhere/pxe-anywhere/images"
+	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 )
 
 func TestServeHelpDocumentsEveryFlag(t *testing.T) {
@@ -99,5 +116,284 @@ func TestSecretsAreCreatedPrivate(t *testing.T) {
 	os.Chmod(tok, 0o644)
 	if _, err := loadOrCreateToken(tok); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Fatalf("world-readable token accepted: %v", err)
+	}
+}
+
+// reloadFixture is a running config as serve holds it: a config file
+// that the test rewrites, its images, a DHCP server in authoritative
+// mode (without sockets: Handle is enough to see its reservations) and
+// a provision stand-in that checks what it is handed.
+type reloadFixture struct {
+	dir  string
+	path string
+	rl   *reloader
+	dsrv *dhcp.Server
+	prov *checkingProv
+	imgs imageSet
+}
+
+const reloadMAC = "52:54:00:83:00:01"
+
+// writeConfig writes the config file with one image, the profile web
+// booting it, and one machine reserved at ip.
+func (f *reloadFixture) writeConfig(t *testing.T, image, ip string) {
+	t.Helper()
+	cfg := fmt.Sprintf(`server:
+  interfaces: [lo]
+  state_dir: %[1]s/state
+dhcp:
+  mode: authoritative
+  subnet: 10.83.0.0/24
+  range: [10.83.0.100, 10.83.0.120]
+images:
+  %[2]s: {kernel: %[1]s/bzImage, initrd: [%[1]s/initrd]}
+profiles:
+  web:
+    image: %[2]s
+    store_paths: {disko: /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-disko, system: /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-system}
+machines:
+  - {mac: "%[3]s", profile: web, hostname: lab-01, ip: %[4]s}
+`, f.dir, image, reloadMAC, ip)
+	if err := os.WriteFile(f.path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkingProv takes configs as provision does, and checks that every
+// profile it is handed names an image that is already served.
+type checkingProv struct {
+	mu     sync.Mutex
+	images *imageSet
+	served []string // images served when the last config came in
+	got    []*profiles.Config
+	bad    []string
+	err    error
+}
+
+func (p *checkingProv) Reload(ctx context.Context, cfg *profiles.Config) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	imgs := *p.images.Load()
+	p.served = slices.Sorted(maps.Keys(imgs))
+	for name, prof := range cfg.Profiles {
+		if _, ok := imgs[prof.Image]; !ok {
+			p.bad = append(p.bad, fmt.Sprintf("profile %s names image %s, not served yet", name, prof.Image))
+		}
+	}
+	if p.err != nil {
+		return p.err
+	}
+	p.got = append(p.got, cfg)
+	return nil
+}
+
+// neverAsked is a Decider for tests whose DHCP clients are not PXE
+// clients: asking it at all is a failure.
+type neverAsked struct{ t *testing.T }
+
+func (d neverAsked) Decide(ctx context.Context, m dhcp.Machine) dhcp.Decision {
+	d.t.Errorf("Decider asked about %s", m.MAC)
+	return dhcp.Ignore
+}
+
+func newReloadFixture(t *testing.T) *reloadFixture {
+	t.Helper()
+	f := &reloadFixture{dir: t.TempDir()}
+	f.path = filepath.Join(f.dir, "config.yaml")
+	for _, name := range []string{"bzImage", "initrd"} {
+		os.WriteFile(filepath.Join(f.dir, name), []byte(name), 0o644)
+	}
+	f.writeConfig(t, "v1", "10.83.0.10")
+	flags := &serveFlags{config: f.path}
+	cfg, err := loadServeConfig(flags)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cache := images.NewCache(filepath.Join(f.dir, "cache"), log)
+	imgs, err := prepareImages(context.Background(), cache, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.imgs.Store(&imgs)
+	dcfg := dhcpConfig(cfg, netip.MustParseAddr("10.83.0.1"), "http://10.83.0.1:8080", nil)
+	dcfg.LeaseFile = ""
+	f.dsrv, err = dhcp.New(dcfg, neverAsked{t}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.prov = &checkingProv{images: &f.imgs}
+	f.rl = &reloader{
+		load: func() (*profiles.Config, error) { return loadServeConfig(flags) },
+		prepare: func(ctx context.Context, cfg *profiles.Config) (map[string]httpboot.Image, error) {
+			return prepareImages(ctx, cache, cfg, log)
+		},
+		images: &f.imgs, prov: f.prov, dhcp: f.dsrv, log: log, running: cfg,
+	}
+	return f
+}
+
+// offered is the address the DHCP server offers the machine now.
+func (f *reloadFixture) offered(t *testing.T) string {
+	t.Helper()
+	hw, _ := net.ParseMAC(reloadMAC)
+	req, err := dhcpv4.New(dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover), dhcpv4.WithHwAddr(hw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := f.dsrv.Handle(context.Background(), req, "lo", 67)
+	if err != nil || resp == nil {
+		t.Fatalf("no offer: %v", err)
+	}
+	return resp.YourIPAddr.String()
+}
+
+func (f *reloadFixture) served() []string {
+	return slices.Sorted(maps.Keys(*f.imgs.Load()))
+}
+
+// TestReload: a reload hands DHCP the machines' new `ip:` reservations
+// and serves the new images before the profiles that name them take
+// over (the old ones too, until then); a reload that fails part way
+// leaves the images, the reservations and the running config as they
+// were.
+func TestReload(t *testing.T) {
+	tests := []struct {
+		name    string
+		provErr error
+		// What is in force afterwards: images served, the address the
+		// machine is offered, and the running config's image.
+		served, offered, image string
+	}{
+		{"applied", nil, "[v2]", "10.83.0.11", "v2"},
+		{"refused part way", errors.New("register machine: database is gone"), "[v1]", "10.83.0.10", "v1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newReloadFixture(t)
+			if got := f.offered(t); got != "10.83.0.10" {
+				t.Fatalf("before the reload the machine is offered %s", got)
+			}
+			f.prov.err = tt.provErr
+			f.writeConfig(t, "v2", "10.83.0.11")
+			if err := f.rl.reload(context.Background()); !errors.Is(err, tt.provErr) {
+				t.Fatalf("reload: err = %v, want %v", err, tt.provErr)
+			}
+			if len(f.prov.bad) > 0 {
+				t.Fatalf("profiles handed over before their images: %v", f.prov.bad)
+			}
+			if got := fmt.Sprint(f.prov.served); got != "[v1 v2]" {
+				t.Fatalf("while the profiles changed, images %s were served, want both configs' [v1 v2]", got)
+			}
+			if got := fmt.Sprint(f.served()); got != tt.served {
+				t.Errorf("afterwards images %s are served, want %s", got, tt.served)
+			}
+			if got := f.offered(t); got != tt.offered {
+				t.Errorf("afterwards the machine is offered %s, want %s", got, tt.offered)
+			}
+			if got := f.rl.running.Profile("web").Image; got != tt.image {
+				t.Errorf("the running config's image is %s, want %s", got, tt.image)
+			}
+		})
+	}
+}
+
+// TestReloadsTakeTurns: a second reload waits for the first, so a slow
+// older reload can never land after a newer one.
+func TestReloadsTakeTurns(t *testing.T) {
+	f := newReloadFixture(t)
+	prepare := f.rl.prepare
+	var inFlight atomic.Int32
+	entered := make(chan struct{}, 2)
+	release := make(chan struct{})
+	var calls atomic.Int32
+	f.rl.prepare = func(ctx context.Context, cfg *profiles.Config) (map[string]httpboot.Image, error) {
+		if inFlight.Add(1) > 1 {
+			t.Error("two reloads prepared images at once")
+		}
+		defer inFlight.Add(-1)
+		entered <- struct{}{}
+		if calls.Add(1) == 1 {
+			<-release
+		}
+		return prepare(ctx, cfg)
+	}
+	f.writeConfig(t, "v2", "10.83.0.11")
+	errs := make(chan error, 2)
+	go func() { errs <- f.rl.reload(context.Background()) }()
+	<-entered // the first reload has read v2 and is slow
+	f.writeConfig(t, "v3", "10.83.0.12")
+	go func() { errs <- f.rl.reload(context.Background()) }()
+	// Give the second reload the chance to overtake; a correct server
+	// makes it wait, so the wait asserts nothing on time.
+	select {
+	case <-entered:
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := f.offered(t); got != "10.83.0.12" {
+		t.Fatalf("after both reloads the machine is offered %s, want the newer config's 10.83.0.12", got)
+	}
+	if got := fmt.Sprint(f.served()); got != "[v3]" {
+		t.Fatalf("after both reloads images %s are served, want [v3]", got)
+	}
+	if last := f.prov.got[len(f.prov.got)-1]; last.Profile("web").Image != "v3" {
+		t.Fatalf("provision's last config names image %s, want v3", last.Profile("web").Image)
+	}
+}
+
+// bootAll is a Decider that boots every machine.
+type bootAll struct{}
+
+func (bootAll) Decide(context.Context, dhcp.Machine) dhcp.Decision { return dhcp.Boot }
+
+// TestHTTPBootWithoutARM64Binary: without dhcp.arm64_boot, an arm64 UEFI
+// HTTP Boot client gets no offer, not a URL that would 404 after the
+// firmware took it; x64 still gets its binary.
+func TestHTTPBootWithoutARM64Binary(t *testing.T) {
+	cfg, err := profiles.Parse("config.yaml", []byte("server:\n  interfaces: [lo]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.DHCP.ARM64Boot != "" {
+		t.Fatalf("arm64_boot defaults to %q", cfg.DHCP.ARM64Boot)
+	}
+	s, err := dhcp.New(dhcpConfig(cfg, netip.MustParseAddr("10.83.0.1"), "http://10.83.0.1:8080", nil), bootAll{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hw, _ := net.ParseMAC(reloadMAC)
+	for _, tt := range []struct {
+		name   string
+		vendor string
+		arch   byte
+		want   string
+	}{
+		{"arm64", "HTTPClient:Arch:00019:UNDI:003000", 19, ""},
+		{"x64", "HTTPClient:Arch:00016:UNDI:003000", 16, "http://10.83.0.1:8080/ipxe/ipxe.efi"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := dhcpv4.New(dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover), dhcpv4.WithHwAddr(hw),
+				dhcpv4.WithOption(dhcpv4.OptClassIdentifier(tt.vendor)),
+				dhcpv4.WithGeneric(dhcpv4.OptionClientSystemArchitectureType, []byte{0, tt.arch}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := s.Handle(context.Background(), req, "lo", 67)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case tt.want == "" && resp != nil:
+				t.Fatalf("offered %q", resp.BootFileName)
+			case tt.want != "" && (resp == nil || resp.BootFileName != tt.want):
+				t.Fatalf("offer %v, want boot file %s", resp, tt.want)
+			}
+		})
 	}
 }

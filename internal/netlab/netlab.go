@@ -113,15 +113,17 @@ func (l *Lab) Client(mac string) *NS {
 	l.t.Helper()
 	ns := l.addNS("cl")
 	ns.Link = "eth0"
-	host := fmt.Sprintf("v%s%d", l.id, l.next)
-	l.Run(nil, "ip", "link", "add", host, "type", "veth", "peer", "name", host+"p")
-	l.Run(nil, "ip", "link", "set", host, "netns", l.Server.Name)
-	l.Run(nil, "ip", "link", "set", host+"p", "netns", ns.Name)
-	l.Run(l.Server, "ip", "link", "set", host, "master", "br0", "up")
-	l.Run(ns, "ip", "link", "set", host+"p", "name", "eth0")
+	// The server end: a port of the bridge.
+	port := fmt.Sprintf("v%s%d", l.id, l.next)
+	// Both ends are born in their namespaces: a pair made on the host and
+	// then moved would be seen by the host's network managers meanwhile,
+	// and left behind there if a step in between failed.
+	peer := []string{"peer", "name", "eth0", "netns", ns.Name}
 	if mac != "" {
-		l.Run(ns, "ip", "link", "set", "eth0", "address", mac)
+		peer = append(peer, "address", mac)
 	}
+	l.Run(nil, "ip", append([]string{"link", "add", port, "netns", l.Server.Name, "type", "veth"}, peer...)...)
+	l.Run(l.Server, "ip", "link", "set", port, "master", "br0", "up")
 	l.Run(ns, "ip", "link", "set", "lo", "up")
 	l.Run(ns, "ip", "link", "set", "eth0", "up")
 	return ns
