@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -75,14 +76,18 @@ func (c *Cache) Prepare(ctx context.Context, src Source, progress func(done, tot
 	return nil, errors.New("image names none of kexec_tarball, netboot_dir, kernel")
 }
 
-func isURL(s string) bool {
-	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
+// IsURL says whether an image source is downloaded rather than read
+// from a local path: an http or https URL with a host, the scheme in any
+// case, as URLs allow.
+func IsURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && u.Host != "" && (u.Scheme == "http" || u.Scheme == "https")
 }
 
 func (c *Cache) kexec(ctx context.Context, src Source, progress func(done, total int64)) (*Image, error) {
 	path := src.KexecTarball
 	sum := strings.ToLower(src.SHA256)
-	if isURL(path) {
+	if IsURL(path) {
 		p, err := c.Fetch(ctx, path, sum, progress)
 		if err != nil {
 			return nil, err
@@ -236,7 +241,7 @@ func (c *Cache) Fetch(ctx context.Context, url, sum string, progress func(done, 
 	}
 	defer os.Remove(tmp.Name())
 	h := sha256.New()
-	pr := &progressReader{r: resp.Body, total: resp.ContentLength, fn: progress}
+	pr := NewProgressReader(resp.Body, resp.ContentLength, progress)
 	if _, err := io.Copy(io.MultiWriter(tmp, h), pr); err != nil {
 		tmp.Close()
 		return "", fmt.Errorf("download %s: %w", url, err)
@@ -285,18 +290,26 @@ func sha256Hex(b []byte) string {
 	return hex.EncodeToString(h[:])
 }
 
-type progressReader struct {
-	r     io.Reader
-	done  int64
-	total int64
-	fn    func(done, total int64)
+// ProgressReader counts the bytes read through it and reports them,
+// with the expected total (0 or less: unknown), once per MiB and at the
+// end, so that every report may be printed.
+type ProgressReader struct {
+	r                     io.Reader
+	total, done, reported int64
+	report                func(done, total int64)
 }
 
-func (p *progressReader) Read(b []byte) (int, error) {
+// NewProgressReader reads from r and reports to report, which may be nil.
+func NewProgressReader(r io.Reader, total int64, report func(done, total int64)) *ProgressReader {
+	return &ProgressReader{r: r, total: total, report: report}
+}
+
+func (p *ProgressReader) Read(b []byte) (int, error) {
 	n, err := p.r.Read(b)
 	p.done += int64(n)
-	if p.fn != nil && n > 0 {
-		p.fn(p.done, p.total)
+	if p.report != nil && (p.done-p.reported >= 1<<20 || err == io.EOF && p.done != p.reported) {
+		p.reported = p.done
+		p.report(p.done, p.total)
 	}
 	return n, err
 }

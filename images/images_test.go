@@ -209,6 +209,67 @@ func TestFetchVerifiesAndCaches(t *testing.T) {
 	}
 }
 
+func TestIsURL(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want bool
+	}{
+		{name: "https", in: "https://github.com/nix-community/nixos-images/releases/x.tar.gz", want: true},
+		{name: "http with port", in: "http://10.0.0.1:8080/x.tar.gz", want: true},
+		{name: "scheme in capitals", in: "HTTP://example.org/x.tar.gz", want: true},
+		{name: "absolute path", in: "/srv/images/x.tar.gz"},
+		{name: "relative path with a colon", in: "http:x.tar.gz"},
+		{name: "no host", in: "http:///x.tar.gz"},
+		{name: "other scheme", in: "ftp://example.org/x.tar.gz"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := IsURL(tc.in); got != tc.want {
+				t.Errorf("IsURL(%q) = %v, want %v", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+// A URL whose scheme is in capitals is still downloaded, not opened as
+// a local file.
+func TestKexecTarballURLSchemeAnyCase(t *testing.T) {
+	body := tarball(t, map[string]string{"kexec/bzImage": "K", "kexec/initrd": "I", "kexec/run": newRun})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(body) }))
+	t.Cleanup(srv.Close)
+	u := "HTTP://" + strings.TrimPrefix(srv.URL, "http://") + "/img.tar.gz"
+	img, err := newCache(t).Prepare(context.Background(), Source{Name: "n", KexecTarball: u, SHA256: sum(body)}, nil)
+	if err != nil {
+		t.Fatalf("Prepare(%s): %v", u, err)
+	}
+	if img.Init != "/nix/store/aaaa-nixos-system/init" {
+		t.Fatalf("image %+v", img)
+	}
+}
+
+func TestProgressReader(t *testing.T) {
+	const size = 5<<20/2 + 7 // 2.5 MiB and a bit
+	var reports []int64
+	pr := NewProgressReader(bytes.NewReader(make([]byte, size)), size, func(done, total int64) {
+		if total != size {
+			t.Errorf("total %d, want %d", total, size)
+		}
+		reports = append(reports, done)
+	})
+	if _, err := io.Copy(io.Discard, pr); err != nil {
+		t.Fatal(err)
+	}
+	if len(reports) != 3 || reports[len(reports)-1] != size {
+		t.Fatalf("reports %v: want one per MiB and one at the end (%d)", reports, size)
+	}
+	for i := 1; i < len(reports)-1; i++ {
+		if reports[i]-reports[i-1] < 1<<20 {
+			t.Errorf("reports %v: less than a MiB apart", reports)
+		}
+	}
+}
+
 func TestNetbootDirs(t *testing.T) {
 	// A store-like tree: the system toplevel (recognised by activate) and
 	// the helper path that nixos-images' symlinkJoin points init through.

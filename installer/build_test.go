@@ -220,3 +220,44 @@ func TestBuildOnAuto(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// nix option values (access-tokens, say) reach nix but no error or
+// line: errors are printed, logged and stored by the server.
+func TestNixOptionValuesHidden(t *testing.T) {
+	const token = "ghp_s3cretToken"
+	tests := []struct {
+		name    string
+		outs    map[string]string
+		noSubst bool
+		wantErr string
+	}{
+		{name: "nix fails", wantErr: "no value for substituters"},
+		{name: "evaluated value unusable", outs: map[string]string{"substituters": `["a b"]`, "trusted-public-keys": `[]`}, wantErr: "holds whitespace"},
+		{name: "build prints no store path", outs: map[string]string{"diskoScript": ""}, noSubst: true, wantErr: "printed no store path"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, sink, _, err := diskoRun(t, tc.outs, func(o *installer.Options, _ string) {
+				o.NixOptions = [][2]string{{"access-tokens", "github.com=" + token}, {"cores", "4"}}
+				o.NoUseMachineSubstituters = tc.noSubst
+			})
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error %v, want one saying %q", err, tc.wantErr)
+			}
+			if !strings.Contains(err.Error(), "--option access-tokens … --option cores …") {
+				t.Errorf("error %q does not show the options without their values", err)
+			}
+			if strings.Contains(err.Error(), token) {
+				t.Errorf("error shows the token: %q", err)
+			}
+			for _, l := range sink.lines {
+				if strings.Contains(l, token) {
+					t.Errorf("the token reached the sink: %q", l)
+				}
+			}
+			if len(got) == 0 || !strings.Contains(got[len(got)-1], "--option access-tokens github.com="+token+" --option cores 4") {
+				t.Errorf("nix did not get the options: %q", got)
+			}
+		})
+	}
+}

@@ -12,9 +12,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -141,12 +143,31 @@ func (r *run) clientConfig() (*ssh.ClientConfig, error) {
 	if r.opts.Password != "" {
 		auth = append(auth, ssh.Password(r.opts.Password))
 	}
+	var algos []string
+	for _, k := range r.known {
+		for _, a := range hostKeyAlgorithms(k) {
+			if !slices.Contains(algos, a) {
+				algos = append(algos, a)
+			}
+		}
+	}
 	return &ssh.ClientConfig{
 		User:            r.opts.Target.User,
 		Auth:            auth,
 		HostKeyCallback: cb,
-		Timeout:         r.connectTimeout(),
+		// Without this the client asks for RSA or ECDSA before ed25519,
+		// and a host that has both would present a key we refuse.
+		HostKeyAlgorithms: algos,
+		Timeout:           r.connectTimeout(),
 	}, nil
+}
+
+// hostKeyAlgorithms are the algorithms under which a server presents k.
+func hostKeyAlgorithms(k ssh.PublicKey) []string {
+	if k.Type() == ssh.KeyAlgoRSA {
+		return []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256}
+	}
+	return []string{k.Type()}
 }
 
 func dialContext(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {
@@ -230,41 +251,33 @@ func (c *Conn) wrap(cmd string) string {
 
 // runPlain runs cmd as the login user and ignores its output.
 func (c *Conn) runPlain(ctx context.Context, cmd string, stdin io.Reader) error {
-	_, err := c.output(ctx, cmd, stdin)
-	return err
+	return c.run(ctx, cmd, cmd, stdin, io.Discard)
 }
 
-// output runs cmd (unwrapped) and returns its stdout.
-func (c *Conn) output(ctx context.Context, cmd string, stdin io.Reader) ([]byte, error) {
-	s, err := c.client.NewSession()
-	if err != nil {
-		return nil, fmt.Errorf("opening a session on %s: %w", c.addr, err)
-	}
-	defer s.Close()
-	var out, errb bytes.Buffer
-	s.Stdout, s.Stderr, s.Stdin = &out, &errb, stdin
-	stop := context.AfterFunc(ctx, func() { s.Close() })
-	defer stop()
-	if err := s.Run(cmd); err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, fmt.Errorf("%q on %s: %w: %s", cmd, c.addr, err, strings.TrimSpace(errb.String()))
+// output runs cmd as the login user and returns its stdout; errors
+// show the command as shown.
+func (c *Conn) output(ctx context.Context, cmd, shown string, stdin io.Reader) ([]byte, error) {
+	var out bytes.Buffer
+	if err := c.run(ctx, cmd, shown, stdin, &out); err != nil {
+		return nil, err
 	}
 	return out.Bytes(), nil
 }
 
-// exec runs cmd as root on the target, streaming its output lines to the
-// sink, and returns a *PhaseError on failure.
+// exec runs cmd as root, streaming its output lines to the sink, and
+// returns a *PhaseError on failure.
 func (c *Conn) exec(ctx context.Context, cmd string, stdin io.Reader) error {
-	return c.execShown(ctx, cmd, cmd, stdin)
+	return c.inPhase(c.run(ctx, c.wrap(cmd), cmd, stdin, nil))
 }
 
-// execShown is exec where shown is what errors and the sink display for
-// the command.
-func (c *Conn) execShown(ctx context.Context, cmd, shown string, stdin io.Reader) error {
+// run is the one way a command runs on the target: cmd as given (wrap
+// it to run as root), stdout to out or, when out is nil, line by line to
+// the sink, stderr to the sink; the last lines of both are kept for the
+// *cmdError it returns on failure. Cancelling ctx makes it return at
+// once and closes the connection.
+func (c *Conn) run(ctx context.Context, cmd, shown string, stdin io.Reader, out io.Writer) error {
 	fail := func(code int, tail []string, err error) error {
-		return &PhaseError{Phase: c.phase, Command: shown, ExitCode: code, Tail: tail, Err: err}
+		return &cmdError{Command: shown, ExitCode: code, Tail: tail, Err: err}
 	}
 	s, err := c.client.NewSession()
 	if err != nil {
@@ -274,31 +287,61 @@ func (c *Conn) execShown(ctx context.Context, cmd, shown string, stdin io.Reader
 	tail := &tailWriter{sink: c.sink, phase: c.phase, stream: "stdout"}
 	etail := &tailWriter{sink: c.sink, phase: c.phase, stream: "stderr", shared: tail}
 	s.Stdout, s.Stderr = tail, etail
+	if out != nil {
+		s.Stdout = out
+	}
 	if stdin != nil {
 		s.Stdin = stdin
 	}
 	stop := context.AfterFunc(ctx, func() {
 		_ = s.Signal(ssh.SIGTERM)
 		s.Close()
-		// sshd keeps the channel open until the command ends; closing
-		// the connection is what stops the remote command now.
+		// sshd keeps the channel open until the command ends and will not
+		// signal a root login's command: only closing the connection ends
+		// the wait, and the command dies when it next writes.
 		c.client.Close()
 	})
 	defer stop()
-	err = s.Run(c.wrap(cmd))
+	err = s.Run(cmd)
 	tail.flush()
 	etail.flush()
 	if err == nil {
 		return nil
 	}
 	if ctx.Err() != nil {
-		return fail(-1, tail.lines(), fmt.Errorf("interrupted during %s: %w", c.phase, ctx.Err()))
+		return fail(-1, tail.lines(), fmt.Errorf("interrupted: %w", ctx.Err()))
 	}
 	var ee *ssh.ExitError
 	if errors.As(err, &ee) {
 		return fail(ee.ExitStatus(), tail.lines(), nil)
 	}
 	return fail(-1, tail.lines(), fmt.Errorf("connection to %s lost: %w", c.addr, err))
+}
+
+// cmdError is a failed remote command; inPhase turns it into the
+// failure of the phase it ran in.
+type cmdError struct {
+	Command  string
+	ExitCode int
+	Tail     []string
+	Err      error
+}
+
+func (e *cmdError) Error() string {
+	var b strings.Builder
+	describe(&b, e.Command, e.ExitCode, e.Err, e.Tail)
+	return strings.TrimPrefix(b.String(), ": ")
+}
+
+func (e *cmdError) Unwrap() error { return e.Err }
+
+// inPhase makes a failed command the *PhaseError of the current phase.
+func (c *Conn) inPhase(err error) error {
+	var ce *cmdError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	return &PhaseError{Phase: c.phase, Command: ce.Command, ExitCode: ce.ExitCode, Tail: ce.Tail, Err: ce.Err}
 }
 
 // tailWriter splits output into lines for the sink and keeps the last
@@ -358,42 +401,52 @@ func (w *tailWriter) lines() []string {
 	return append([]string(nil), w.last...)
 }
 
-// progressReader reports bytes read to the sink.
-type progressReader struct {
-	r           io.Reader
-	sink        Sink
-	phase       string
-	done, total int64
-	reported    int64
-}
+// ErrAuthRefused is returned (wrapped) when the target presented a host
+// key we accept but refused every key we offered.
+var ErrAuthRefused = errors.New("login refused")
 
-func (p *progressReader) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
-	p.done += int64(n)
-	if p.done-p.reported >= 1<<20 || (err == io.EOF && p.done != p.reported) {
-		p.reported = p.done
-		p.sink.Progress(p.phase, p.done, p.total)
+// CheckSSH logs in to t as t.User (default root) with signers,
+// accepting only hostKey, and logs out again: nil means Run can start.
+// A host that presents another key fails with ErrHostKeyMismatch, one
+// that presents hostKey but refuses the login with ErrAuthRefused; any
+// other error means that nothing answers SSH there yet.
+func CheckSSH(ctx context.Context, t Target, signers []ssh.Signer, hostKey ssh.PublicKey) error {
+	if hostKey == nil {
+		return errors.New("checking SSH: no host key to accept")
 	}
-	return n, err
+	r := &run{opts: Options{Target: t, Signers: signers, HostKey: hostKey}}
+	r.opts.defaults()
+	return r.checkSSH(ctx, r.addr(r.opts.Target.Port))
 }
 
-// reachable says whether an SSH server answers at addr with a host key
-// we accept. A refused key is returned as an error: it is a hard stop.
-func (r *run) reachable(ctx context.Context, addr string) (bool, error) {
+// checkSSH is CheckSSH at addr with this run's credentials and the host
+// keys it accepts.
+func (r *run) checkSSH(ctx context.Context, addr string) error {
 	cfg, err := r.clientConfig()
 	if err != nil {
-		return false, err
+		return err
 	}
 	cfg.Timeout = 5 * time.Second
-	c, err := dialContext(ctx, addr, cfg)
-	if err != nil {
-		if errors.Is(err, ErrHostKeyMismatch) {
-			return false, err
+	var verified atomic.Bool
+	accept := cfg.HostKeyCallback
+	cfg.HostKeyCallback = func(host string, remote net.Addr, key ssh.PublicKey) error {
+		if err := accept(host, remote, key); err != nil {
+			return err
 		}
-		return false, nil
+		verified.Store(true)
+		return nil
 	}
-	c.Close()
-	return true, nil
+	c, err := dialContext(ctx, addr, cfg)
+	if err == nil {
+		return c.Close()
+	}
+	var ne net.Error
+	// After the host key only authentication is left: a failure that is
+	// not the connection dropping is the server saying no.
+	if verified.Load() && !errors.Is(err, io.EOF) && !errors.As(err, &ne) {
+		return fmt.Errorf("ssh to %s@%s: %w: %v", cfg.User, addr, ErrAuthRefused, err)
+	}
+	return fmt.Errorf("ssh to %s@%s: %w", cfg.User, addr, err)
 }
 
 // waitGone waits until addr stops answering.
@@ -418,16 +471,19 @@ func (r *run) waitGone(ctx context.Context, addr string) error {
 	}
 }
 
-// waitBack waits until addr answers SSH with an accepted host key.
+// waitBack waits until we can log in at addr, the host presenting a
+// key we accept.
 func (r *run) waitBack(ctx context.Context, addr string) error {
 	deadline := time.Now().Add(r.opts.WaitTimeout)
 	for {
-		ok, err := r.reachable(ctx, addr)
-		if err != nil {
+		err := r.checkSSH(ctx, addr)
+		if err == nil || errors.Is(err, ErrHostKeyMismatch) {
 			return err
 		}
-		if ok {
-			return nil
+		if errors.Is(err, ErrAuthRefused) {
+			// An installer that shows our host key and refuses our
+			// keys will not change its mind: waiting on hides the cause.
+			return fmt.Errorf("the installer is up but refused our key for %s: %w", r.opts.Target.User, err)
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()

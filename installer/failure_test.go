@@ -44,6 +44,12 @@ func TestKexec(t *testing.T) {
 			wantCalls: []string{"run --kexec-extra-flags --no-sync"},
 		},
 		{
+			name:      "comes back but refuses our key",
+			setup:     func(t *testing.T, tg *sshtarget.Target) { tg.WriteFile(t, "keys-lost", "") },
+			wantErr:   []string{"phase kexec failed", "is up but refused our key for root", "unable to authenticate"},
+			wantCalls: []string{"run --kexec-extra-flags --no-sync"},
+		},
+		{
 			name:    "not enough RAM",
 			files:   map[string]string{"/proc/meminfo": "MemTotal:         524288 kB\nMemFree: 1 kB\n"},
 			wantErr: []string{"target has 512 MiB RAM", "needs at least 1024 MiB"},
@@ -79,15 +85,52 @@ func TestKexec(t *testing.T) {
 	}
 }
 
+// A host logged into as another user is kexec'd into an installer that
+// has only root: the engine, and the ssh that nix copy starts, must log
+// in as root from then on. The user is an alias of uid 0 because the
+// stand-ins cannot gain root through sudo.
+func TestKexecLogsInAsRoot(t *testing.T) {
+	passwd, err := os.ReadFile("/etc/passwd")
+	must(t, err)
+	e := start(t, sshtarget.Options{
+		OSRelease: sshtarget.DebianOSRelease,
+		StandIns:  map[string]string{"disko-script": sshtarget.DiskoScriptStandIn},
+		Files:     map[string]string{"/etc/passwd": string(passwd) + "ubuntu:x:0:0:ubuntu:/root:/bin/sh\n"},
+	})
+	post := sshtarget.FreePort(t)
+	e.tg.WriteFile(t, "post-kexec-port", strconv.Itoa(post))
+	nix, nixCalls := fakeNix(t, nil)
+	o := e.opts()
+	o.Target.User = "ubuntu"
+	o.LocalNix = nix
+	o.Phases = []string{"kexec", "disko"}
+	o.Kexec = sshtarget.WriteKexecTarball(t, t.TempDir())
+	o.PostKexecSSHPort = post
+	o.StorePaths = &installer.StorePaths{Disko: filepath.Join(e.tg.Bin, "disko-script"), System: system}
+	o.WaitTimeout = 5 * time.Second
+	if err := installer.Run(context.Background(), o, &recSink{}); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	wantNix := []string{`nix copy --extra-experimental-features nix-command flakes --substitute-on-destination --to ssh://root@127.0.0.1 ` + o.StorePaths.Disko}
+	if got := readLines(t, nixCalls); !slices.Equal(got, wantNix) {
+		t.Errorf("nix calls:\n got %q\nwant %q", got, wantNix)
+	}
+	if got, want := e.tg.Calls(), []string{"run", "disko-script"}; !slices.Equal(got, want) {
+		t.Errorf("target calls: got %q want %q", got, want)
+	}
+}
+
 func TestHostKeys(t *testing.T) {
 	_, other, _ := ed25519.GenerateKey(rand.Reader)
 	otherPub, _ := ssh.NewPublicKey(other.Public())
 	tests := []struct {
 		name    string
+		rsa     bool // the target also has an RSA host key
 		opts    func(o *installer.Options, e env)
 		wantErr string
 	}{
 		{name: "pinned key matches", opts: func(o *installer.Options, e env) {}},
+		{name: "pinned key matches, the host also has an RSA key", rsa: true, opts: func(o *installer.Options, e env) {}},
 		{name: "pinned key differs", opts: func(o *installer.Options, e env) { o.HostKey = otherPub }, wantErr: "host key mismatch"},
 		{name: "unknown host refused", opts: func(o *installer.Options, e env) {
 			o.HostKey = nil
@@ -109,7 +152,7 @@ func TestHostKeys(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			e := start(t, sshtarget.Options{})
+			e := start(t, sshtarget.Options{RSAHostKey: tc.rsa})
 			o := e.opts()
 			o.Phases = []string{"reboot"}
 			o.AfterInstall = "stay"
@@ -131,8 +174,18 @@ func TestHostKeys(t *testing.T) {
 	}
 }
 
-// blockingDisko signals that it runs, then waits to be killed.
-const blockingDisko = `touch "$PXE_TARGET_DIR/disko-running"; exec sleep 600` + "\n"
+// blocking is a stand-in that leaves its pid in NAME-running, then
+// waits silently to be killed.
+func blocking(name string) string {
+	return `echo $$ > "$PXE_TARGET_DIR/` + name + `-running"; exec sleep 600` + "\n"
+}
+
+// chatty is blocking, but prints a line every 100ms, as disko and nix
+// do: sshd refuses to signal a root session, so writing to the closed
+// connection is what ends a remote command after an interrupt.
+func chatty(name string) string {
+	return `echo $$ > "$PXE_TARGET_DIR/` + name + `-running"; while :; do echo working; sleep 0.1; done` + "\n"
+}
 
 func waitFile(t *testing.T, p string) {
 	t.Helper()
@@ -144,18 +197,34 @@ func waitFile(t *testing.T, p string) {
 	}
 }
 
+// waitGone waits until the stand-in NAME of tg no longer runs.
+func waitGone(t *testing.T, tg *sshtarget.Target, name string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(tg.Dir, name+"-running"))
+	must(t, err)
+	proc := "/proc/" + strings.TrimSpace(string(b))
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(proc); os.IsNotExist(err) {
+			return
+		}
+	}
+	t.Errorf("%s still runs on the target 10s after the interrupt", name)
+}
+
 func TestPhaseFailures(t *testing.T) {
 	tests := []struct {
 		name     string
 		standIns map[string]string
+		set      func(o *installer.Options)
 		during   func(t *testing.T, tg *sshtarget.Target, cancel context.CancelFunc)
+		stopped  string // a stand-in that must have been stopped
 		wantErr  []string
 		phase    string
 		code     int
 	}{
 		{
 			name:     "connection dropped during disko",
-			standIns: map[string]string{"disko-script": blockingDisko},
+			standIns: map[string]string{"disko-script": blocking("disko")},
 			during: func(t *testing.T, tg *sshtarget.Target, _ context.CancelFunc) {
 				waitFile(t, filepath.Join(tg.Dir, "disko-running"))
 				tg.Stop()
@@ -165,9 +234,36 @@ func TestPhaseFailures(t *testing.T) {
 		},
 		{
 			name:     "interrupted during disko",
-			standIns: map[string]string{"disko-script": blockingDisko},
+			standIns: map[string]string{"disko-script": blocking("disko")},
 			during: func(t *testing.T, tg *sshtarget.Target, cancel context.CancelFunc) {
 				waitFile(t, filepath.Join(tg.Dir, "disko-running"))
+				cancel()
+			},
+			wantErr: []string{"interrupted during disko"},
+			phase:   "disko", code: -1,
+		},
+		{
+			name:     "interrupted during disko that prints: it ends",
+			standIns: map[string]string{"disko-script": chatty("disko")},
+			during: func(t *testing.T, tg *sshtarget.Target, cancel context.CancelFunc) {
+				waitFile(t, filepath.Join(tg.Dir, "disko-running"))
+				cancel()
+			},
+			stopped: "disko",
+			wantErr: []string{"interrupted during disko"},
+			phase:   "disko", code: -1,
+		},
+		{
+			// The hardware config is captured, not streamed: the same
+			// interrupt must stop it.
+			name:     "interrupted while reading the hardware config",
+			standIns: map[string]string{"nixos-facter": blocking("facter")},
+			set: func(o *installer.Options) {
+				o.GenerateHardwareConfig = "nixos-facter"
+				o.HardwareConfigPath = filepath.Join(t.TempDir(), "facter.json")
+			},
+			during: func(t *testing.T, tg *sshtarget.Target, cancel context.CancelFunc) {
+				waitFile(t, filepath.Join(tg.Dir, "facter-running"))
 				cancel()
 			},
 			wantErr: []string{"interrupted during disko"},
@@ -191,6 +287,9 @@ func TestPhaseFailures(t *testing.T) {
 			o.LocalNix = nix
 			o.Phases = []string{"disko", "install", "reboot"}
 			o.StorePaths = &installer.StorePaths{Disko: filepath.Join(e.tg.Bin, "disko-script"), System: system}
+			if tc.set != nil {
+				tc.set(&o)
+			}
 			ctx, cancel := context.WithCancel(context.Background())
 			t.Cleanup(cancel)
 			errc := make(chan error, 1)
@@ -198,7 +297,17 @@ func TestPhaseFailures(t *testing.T) {
 			if tc.during != nil {
 				tc.during(t, e.tg, cancel)
 			}
-			err := <-errc
+			var err error
+			select {
+			case err = <-errc:
+			case <-time.After(30 * time.Second):
+				// The stand-ins sleep for 600s: only a stopped command
+				// ends this soon.
+				t.Fatal("Run did not return within 30s")
+			}
+			if tc.stopped != "" {
+				waitGone(t, e.tg, tc.stopped)
+			}
 			var pe *installer.PhaseError
 			if !errors.As(err, &pe) || pe.Phase != tc.phase || pe.ExitCode != tc.code {
 				t.Fatalf("error %#v: want PhaseError in %s with code %d", err, tc.phase, tc.code)
@@ -212,6 +321,46 @@ func TestPhaseFailures(t *testing.T) {
 				if strings.HasPrefix(c, "reboot") || strings.HasPrefix(c, "umount") {
 					t.Errorf("failed install went on to %q", c)
 				}
+			}
+		})
+	}
+}
+
+func TestCheckSSH(t *testing.T) {
+	// The RSA key makes a client that does not ask for the pinned key's
+	// type get the wrong one.
+	e := start(t, sshtarget.Options{RSAHostKey: true})
+	stranger, _ := clientKey(t)
+	_, other, _ := ed25519.GenerateKey(rand.Reader)
+	otherPub, _ := ssh.NewPublicKey(other.Public())
+	here := installer.Target{Host: e.tg.Host, Port: e.tg.Port}
+	tests := []struct {
+		name    string
+		target  installer.Target
+		signer  ssh.Signer
+		hostKey ssh.PublicKey
+		want    error // nil, or the sentinel the error wraps
+		down    bool  // an error that is neither sentinel
+	}{
+		{name: "ready", target: here, signer: e.signer, hostKey: e.tg.HostKey},
+		{name: "another host key", target: here, signer: e.signer, hostKey: otherPub, want: installer.ErrHostKeyMismatch},
+		{name: "our host key, login refused", target: here, signer: stranger, hostKey: e.tg.HostKey, want: installer.ErrAuthRefused},
+		{name: "nothing listening", target: installer.Target{Host: e.tg.Host, Port: sshtarget.FreePort(t)}, signer: e.signer, hostKey: e.tg.HostKey, down: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := installer.CheckSSH(context.Background(), tc.target, []ssh.Signer{tc.signer}, tc.hostKey)
+			switch {
+			case tc.down:
+				if err == nil || errors.Is(err, installer.ErrHostKeyMismatch) || errors.Is(err, installer.ErrAuthRefused) {
+					t.Fatalf("error %v: want one that says nothing answers", err)
+				}
+			case tc.want == nil:
+				if err != nil {
+					t.Fatalf("CheckSSH: %v", err)
+				}
+			case !errors.Is(err, tc.want):
+				t.Fatalf("error %v: want %v", err, tc.want)
 			}
 		})
 	}

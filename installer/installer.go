@@ -2,8 +2,9 @@
 // host (a booted NixOS installer, or any Linux reachable over SSH that it
 // first kexecs into one), partitions with disko, uploads disk keys and
 // extra files, copies the system closure, runs nixos-install and reboots.
-// It reports progress to a Sink and never logs secrets. It does not own
-// netbooting, machine state or configuration files.
+// It reports progress to a Sink and never writes secrets into command
+// lines or its own messages. It does not own netbooting, machine state
+// or configuration files.
 package installer
 
 import (
@@ -105,7 +106,10 @@ type Options struct {
 	LocalNix     string        // default "nix" from PATH
 }
 
-// Sink receives progress. Lines never carry secrets.
+// Sink receives progress. Lines are what the target's commands and the
+// local nix print, unfiltered; the engine itself never puts a secret
+// into a command line or into a line it writes (keys and files go over
+// stdin, nix option values are left out of shown commands).
 type Sink interface {
 	PhaseStarted(phase string, index, total int)
 	PhaseDone(phase string, elapsed time.Duration, err error)
@@ -113,9 +117,9 @@ type Sink interface {
 	Progress(phase string, done, total int64)
 }
 
-// PhaseError is a failed phase: which command, its exit code (-1 when
-// there is none: connection lost, interrupted, or a local check) and the
-// last lines it printed.
+// PhaseError is a failed phase: which command (nix option values left
+// out), its exit code (-1 when there is none: connection lost,
+// interrupted, or a local check) and the last lines it printed.
 type PhaseError struct {
 	Phase    string
 	Command  string
@@ -127,20 +131,26 @@ type PhaseError struct {
 func (e *PhaseError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "phase %s failed", e.Phase)
-	if e.Command != "" {
-		fmt.Fprintf(&b, ": command %q", e.Command)
-		if e.ExitCode >= 0 {
-			fmt.Fprintf(&b, " exited with code %d", e.ExitCode)
+	describe(&b, e.Command, e.ExitCode, e.Err, e.Tail)
+	return b.String()
+}
+
+// describe appends what is known of a failure: the command and its exit
+// code (negative: none), the error, the last lines of output.
+func describe(b *strings.Builder, command string, code int, err error, tail []string) {
+	if command != "" {
+		fmt.Fprintf(b, ": command %q", command)
+		if code >= 0 {
+			fmt.Fprintf(b, " exited with code %d", code)
 		}
 	}
-	if e.Err != nil {
-		fmt.Fprintf(&b, ": %v", e.Err)
+	if err != nil {
+		fmt.Fprintf(b, ": %v", err)
 	}
-	if len(e.Tail) > 0 {
+	if len(tail) > 0 {
 		b.WriteString("; last output:\n  ")
-		b.WriteString(strings.Join(e.Tail, "\n  "))
+		b.WriteString(strings.Join(tail, "\n  "))
 	}
-	return b.String()
 }
 
 func (e *PhaseError) Unwrap() error { return e.Err }
@@ -231,6 +241,7 @@ func Run(ctx context.Context, opts Options, sink Sink) error {
 	if err := r.connect(ctx, opts.Target.Port); err != nil {
 		return &PhaseError{Phase: "connect", ExitCode: -1, Err: err}
 	}
+	r.setPhase("probe")
 	facts, err := Probe(ctx, r.conn)
 	if err != nil {
 		return &PhaseError{Phase: "probe", ExitCode: -1, Err: err}

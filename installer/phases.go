@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/pxe-anywhere/pxe-anywhere/images"
 )
 
 // kexecURL is the nixos-images release used when no --kexec is given.
@@ -42,7 +44,7 @@ func (r *run) kexec(ctx context.Context) error {
 		src = fmt.Sprintf(kexecURL, r.facts.Arch)
 	}
 	prep := "rm -rf " + quote(p) + " && mkdir -p " + quote(p)
-	if isURL(src) {
+	if images.IsURL(src) {
 		if r.facts.MemKB > 0 && r.facts.MemKB*1024 < minKexecRAM {
 			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("target has %d MiB RAM, the kexec installer needs at least %d MiB", r.facts.MemKB/1024, minKexecRAM>>20)}
 		}
@@ -73,7 +75,7 @@ func (r *run) kexec(ctx context.Context) error {
 			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("target has %d MiB RAM, but the kexec image %s (%d MiB) needs at least %d MiB: use a machine with more RAM or boot the installer by PXE",
 				r.facts.MemKB/1024, src, st.Size()>>20, need>>20)}
 		}
-		pr := &progressReader{r: f, sink: r.sink, phase: PhaseKexec, total: st.Size()}
+		pr := images.NewProgressReader(f, st.Size(), r.progress(PhaseKexec))
 		if err := r.conn.exec(ctx, prep+" && tar -C "+quote(p)+" -xzf -", pr); err != nil {
 			return err
 		}
@@ -100,6 +102,8 @@ func (r *run) kexec(ctx context.Context) error {
 	if err := r.waitGone(ctx, old); err != nil {
 		return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("after kexec: %w", err)}
 	}
+	// The installer image has only root, whoever we logged in as before.
+	r.opts.Target.User = "root"
 	port := r.opts.Target.Port
 	if r.opts.PostKexecSSHPort != 0 {
 		port = r.opts.PostKexecSSHPort
@@ -125,9 +129,9 @@ func (r *run) kexec(ctx context.Context) error {
 	return nil
 }
 
-func isURL(s string) bool {
-	u, err := url.Parse(s)
-	return err == nil && (u.Scheme == "http" || u.Scheme == "https")
+// progress reports an upload's bytes to the sink.
+func (r *run) progress(phase string) func(done, total int64) {
+	return func(done, total int64) { r.sink.Progress(phase, done, total) }
 }
 
 func (r *run) disko(ctx context.Context) error {
@@ -185,9 +189,9 @@ func (r *run) hardwareConfig(ctx context.Context) error {
 	default:
 		return &PhaseError{Phase: r.conn.phase, ExitCode: -1, Err: fmt.Errorf("unknown hardware config generator %q: use nixos-facter or nixos-generate-config", r.opts.GenerateHardwareConfig)}
 	}
-	out, err := r.conn.output(ctx, r.conn.wrap(cmd), nil)
+	out, err := r.conn.output(ctx, r.conn.wrap(cmd), cmd, nil)
 	if err != nil {
-		return &PhaseError{Phase: r.conn.phase, Command: cmd, ExitCode: -1, Err: err}
+		return r.conn.inPhase(err)
 	}
 	if err := os.MkdirAll(filepath.Dir(r.opts.HardwareConfigPath), 0o755); err != nil {
 		return &PhaseError{Phase: r.conn.phase, ExitCode: -1, Err: fmt.Errorf("writing hardware config: %w", err)}
@@ -248,7 +252,7 @@ func (r *run) extraFiles(ctx context.Context) error {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(writeTar(pw, root)) }()
 	defer pr.Close()
-	return r.conn.exec(ctx, "mkdir -p /mnt && tar -C /mnt -xf -", &progressReader{r: pr, sink: r.sink, phase: PhaseInstall, total: -1})
+	return r.conn.exec(ctx, "mkdir -p /mnt && tar -C /mnt -xf -", images.NewProgressReader(pr, -1, r.progress(PhaseInstall)))
 }
 
 func writeTar(w io.Writer, root string) error {
@@ -394,7 +398,7 @@ func (r *run) build(ctx context.Context, phase, attr string, mnt bool) (string, 
 	}
 	ls := lines(out)
 	if len(ls) == 0 || !strings.HasPrefix(ls[len(ls)-1], "/") {
-		return "", &PhaseError{Phase: phase, Command: r.opts.LocalNix + " " + strings.Join(args, " "), ExitCode: -1, Err: fmt.Errorf("nix build printed no store path")}
+		return "", &PhaseError{Phase: phase, Command: r.shownNix(args), ExitCode: -1, Err: fmt.Errorf("nix build printed no store path")}
 	}
 	return ls[len(ls)-1], nil
 }
@@ -514,7 +518,7 @@ func (r *run) evalStrings(ctx context.Context, phase, attr string) ([]string, er
 		return nil, err
 	}
 	fail := func(err error) error {
-		return &PhaseError{Phase: phase, Command: r.opts.LocalNix + " " + strings.Join(args, " "), ExitCode: -1, Err: err}
+		return &PhaseError{Phase: phase, Command: r.shownNix(args), ExitCode: -1, Err: err}
 	}
 	var vals []string
 	if err := json.Unmarshal(out, &vals); err != nil {
@@ -541,10 +545,24 @@ func (r *run) nixCopy(ctx context.Context, phase, storePath string, mnt bool) er
 	return err
 }
 
+// shownNix is the local nix command line as errors show it: option
+// values (access-tokens, say) become "…", because errors reach
+// terminals, logs and the server's database.
+func (r *run) shownNix(args []string) string {
+	shown := slices.Clone(args)
+	for i := 0; i+2 < len(shown); i++ {
+		if shown[i] == "--option" {
+			shown[i+2] = "…"
+			i += 2
+		}
+	}
+	return r.opts.LocalNix + " " + strings.Join(shown, " ")
+}
+
 // localNix runs nix here with NIX_SSHOPTS that reach only the verified
 // target; stdout is returned, stderr goes to the sink.
 func (r *run) localNix(ctx context.Context, phase string, args []string) ([]byte, error) {
-	shown := r.opts.LocalNix + " " + strings.Join(args, " ")
+	shown := r.shownNix(args)
 	sshOpts, err := r.sshEnv()
 	if err != nil {
 		return nil, &PhaseError{Phase: phase, Command: shown, ExitCode: -1, Err: err}

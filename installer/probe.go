@@ -36,7 +36,7 @@ true`
 
 // Probe runs one script on the target and parses what it prints.
 func Probe(ctx context.Context, c *Conn) (Facts, error) {
-	out, err := c.output(ctx, probeScript, nil)
+	out, err := c.output(ctx, probeScript, "probe script", nil)
 	if err != nil {
 		return Facts{}, fmt.Errorf("probing the target: %w", err)
 	}

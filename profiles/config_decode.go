@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/pxe-anywhere/pxe-anywhere/images"
 )
 
 // decoder walks the YAML node tree by hand, rather than through
@@ -399,7 +401,7 @@ func (d *decoder) image(name string, n *yaml.Node, w string) *Image {
 	f := d.fields(n, w, "kexec_tarball", "sha256", "netboot_dir", "kernel", "initrd", "cmdline")
 	if s, ok := d.str(f["kexec_tarball"], w+".kexec_tarball"); ok && s != "" {
 		if strings.Contains(s, "://") {
-			if !strings.HasPrefix(s, "http://") && !strings.HasPrefix(s, "https://") || len(s) <= len("https://") {
+			if !images.IsURL(s) {
 				d.errf(f["kexec_tarball"], w+".kexec_tarball", "use an http:// or https:// URL or a local path", "bad URL %q", s)
 			}
 			im.KexecTarball = s

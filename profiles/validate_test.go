@@ -106,12 +106,13 @@ func TestParseErrors(t *testing.T) {
 		},
 		{
 			name: "URL tarball without or with bad sha256",
-			in:   "images:\n  a:\n    kexec_tarball: https://example.org/k.tar.gz\n  b:\n    kexec_tarball: https://example.org/k.tar.gz\n    sha256: abc\n  c:\n    kexec_tarball: ftp://example.org/k\n    sha256: \"" + strings.Repeat("0", 64) + "\"\n  d:\n    netboot_dir: /n\n    sha256: \"" + strings.Repeat("a", 64) + "\"\n",
+			in:   "images:\n  a:\n    kexec_tarball: HTTPS://example.org/k.tar.gz\n  b:\n    kexec_tarball: https://example.org/k.tar.gz\n    sha256: abc\n  c:\n    kexec_tarball: ftp://example.org/k\n    sha256: \"" + strings.Repeat("0", 64) + "\"\n  d:\n    netboot_dir: /n\n    sha256: \"" + strings.Repeat("a", 64) + "\"\n  e:\n    kexec_tarball: \"http://\"\n    sha256: \"" + strings.Repeat("0", 64) + "\"\n",
 			want: []string{
 				`pxe.yaml:3: images.a.kexec_tarball: URL tarball without sha256 (add sha256: <64 hex digits> so a tampered download is refused)`,
 				`pxe.yaml:6: images.b.sha256: bad sha256 "abc" (64 hex digits, as sha256sum prints)`,
 				`pxe.yaml:8: images.c.kexec_tarball: bad URL "ftp://example.org/k" (use an http:// or https:// URL or a local path)`,
 				`pxe.yaml:12: images.d.sha256: sha256 without kexec_tarball (sha256 only checks a kexec_tarball)`,
+				`pxe.yaml:14: images.e.kexec_tarball: bad URL "http://" (use an http:// or https:// URL or a local path)`,
 			},
 		},
 		{

@@ -181,10 +181,13 @@ func (p *Provisioner) pollSSH(ctx context.Context, b profiles.Boot, addr netip.A
 		delete(p.polling, b.Token)
 		p.mu.Unlock()
 	}()
-	port := 22
+	port, user := 22, ""
 	if m := p.cfg.Load().MachineByMAC(mustMAC(b.MAC)); m != nil {
-		if prof := p.cfg.Load().Profile(m.Profile); prof != nil && prof.SSH.Port != 0 {
-			port = prof.SSH.Port
+		if prof := p.cfg.Load().Profile(m.Profile); prof != nil {
+			if prof.SSH.Port != 0 {
+				port = prof.SSH.Port
+			}
+			user = prof.SSH.User
 		}
 	}
 	want, _, _, _, err := ssh.ParseAuthorizedKey([]byte(b.HostKeyPublic))
@@ -205,49 +208,16 @@ func (p *Provisioner) pollSSH(ctx context.Context, b profiles.Boot, addr netip.A
 		if _, err := p.liveBoot(ctx, b.Token); err != nil {
 			return // called back, superseded or expired
 		}
-		err := probeHostKey(ctx, target, want, p.signer)
+		err := installer.CheckSSH(ctx, installer.Target{Host: addr.Unmap().String(), Port: port, User: user}, []ssh.Signer{p.signer}, want)
 		if err == nil {
 			if err := p.claim(ctx, b, addr, "ssh-poll"); err != nil {
 				p.log.Debug("ssh poll lost to callback", "mac", b.MAC, "err", err)
 			}
 			return
 		}
-		if errors.Is(err, errHostKeyMismatch) && !warned {
+		if errors.Is(err, installer.ErrHostKeyMismatch) && !warned {
 			warned = true
 			p.event(ctx, b.MAC, "", fmt.Sprintf("SSH at %s answers with a host key other than the one this boot injected: refusing it", target))
 		}
 	}
-}
-
-var errHostKeyMismatch = errors.New("host key mismatch")
-
-// probeHostKey completes an SSH handshake with target and reports
-// whether it presented want.
-func probeHostKey(ctx context.Context, target string, want ssh.PublicKey, signer ssh.Signer) error {
-	d := net.Dialer{Timeout: 5 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", target)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	cfg := &ssh.ClientConfig{
-		User: "root",
-		Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
-		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
-			if string(key.Marshal()) != string(want.Marshal()) {
-				return errHostKeyMismatch
-			}
-			return nil
-		},
-		HostKeyAlgorithms: []string{want.Type()},
-	}
-	c, _, _, err := ssh.NewClientConn(conn, target, cfg)
-	if err != nil {
-		if errors.Is(err, errHostKeyMismatch) {
-			return errHostKeyMismatch
-		}
-		return err
-	}
-	return c.Close()
 }

@@ -274,6 +274,9 @@ func parseInstallArgs(args []string) (*installArgs, error) {
 		}
 		return a, nil
 	}
+	if a.downloadKexec && !images.IsURL(o.Kexec) {
+		return nil, errors.New("--kexec-download-locally needs --kexec URL")
+	}
 	if target == "" {
 		return nil, errors.New("no target host given: pass [user@]host or --target-host")
 	}
@@ -310,9 +313,6 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	o := a.opts
 	if a.downloadKexec {
-		if !strings.HasPrefix(o.Kexec, "http://") && !strings.HasPrefix(o.Kexec, "https://") {
-			return errors.New("--kexec-download-locally needs --kexec URL")
-		}
 		path, err := fetchKexecLocally(ctx, o.Kexec, stderr)
 		if err != nil {
 			return err

@@ -48,6 +48,12 @@ func TestParseInstallArgs(t *testing.T) {
 				t.Errorf("got %+v", a.opts)
 			}
 		}},
+		{name: "download locally, scheme in capitals", args: []string{"-f", ".#a", "--kexec-download-locally", "--kexec", "HTTPS://example.org/k.tar.gz", "h"}, check: func(t *testing.T, a *installArgs) {
+			if !a.downloadKexec || a.opts.Kexec != "HTTPS://example.org/k.tar.gz" {
+				t.Errorf("got %+v", a)
+			}
+		}},
+		{name: "download locally needs a URL", args: []string{"-f", ".#a", "--kexec-download-locally", "--kexec", "/tmp/k.tar.gz", "h"}, wantErr: "needs --kexec URL"},
 		{name: "unknown flag", args: []string{"--flak", ".#a", "h"}, wantErr: "unknown flag"},
 		{name: "missing target", args: []string{"-f", ".#a"}, wantErr: "no target host"},
 		{name: "flake without name", args: []string{"-f", ".", "h"}, wantErr: "FLAKE#NAME"},

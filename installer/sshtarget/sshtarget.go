@@ -11,6 +11,7 @@ import (
 	"compress/gzip"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/rsa"
 	"encoding/pem"
 	"fmt"
 	"net"
@@ -65,7 +66,9 @@ echo "disko: partitioned and mounted /mnt"
 // no arguments or --kexec-extra-flags FLAGS, then "reboots": sshd stops
 // and, unless $PXE_TARGET_DIR/never-returns exists, comes back as an
 // installer on the port in $PXE_TARGET_DIR/post-kexec-port (or the same
-// port), with the same host key (the real image copies it too).
+// port), with the same host key (the real image copies it too) and, as
+// the real image, only root to log in as; with our authorized keys
+// unless $PXE_TARGET_DIR/keys-lost exists.
 const KexecRunStandIn = `case "$#:$1" in
   0:) ;;
   2:--kexec-extra-flags) ;;
@@ -76,6 +79,8 @@ if [ ! -f "$PXE_TARGET_DIR/never-returns" ]; then
   port=$(cat "$PXE_TARGET_DIR/post-kexec-port" 2>/dev/null || true)
   {
     [ -n "$port" ] && echo "sed -i 's/^Port .*/Port $port/' \"\$PXE_TARGET_DIR/sshd_config\""
+    echo "echo 'AllowUsers root' >> \"\$PXE_TARGET_DIR/sshd_config\""
+    [ -f "$PXE_TARGET_DIR/keys-lost" ] && echo ": > \"\$PXE_TARGET_DIR/authorized_keys\""
     echo "printf 'NAME=NixOS\nID=nixos\nVARIANT_ID=installer\n' > /etc/os-release"
   } > "$PXE_TARGET_DIR/next"
 fi
@@ -96,6 +101,7 @@ var standard = map[string]string{
 // Options configure a target.
 type Options struct {
 	HostKeyPEM     []byte            // OpenSSH private host key; nil: generate an ed25519 key
+	RSAHostKey     bool              // also serve an RSA host key, as stock sshd does; clients that prefer RSA then get it
 	AuthorizedKeys []byte            // authorized_keys content for every user
 	OSRelease      string            // /etc/os-release inside the namespace; "": InstallerOSRelease
 	StandIns       map[string]string // command name → sh script body, first on PATH (after the standard ones)
@@ -158,6 +164,20 @@ func Start(t testing.TB, o Options) *Target {
 		t.Fatalf("sshtarget host key: %v", err)
 	}
 	must(t, os.WriteFile(filepath.Join(dir, "host_key"), keyPEM, 0o600))
+	hostKeys := "HostKey " + filepath.Join(dir, "host_key") + "\n"
+	if o.RSAHostKey {
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blk, err := ssh.MarshalPrivateKey(k, "sshtarget RSA host key")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, "host_key_rsa")
+		must(t, os.WriteFile(p, pem.EncodeToMemory(blk), 0o600))
+		hostKeys += "HostKey " + p + "\n"
+	}
 	must(t, os.WriteFile(filepath.Join(dir, "authorized_keys"), o.AuthorizedKeys, 0o600))
 	osr := o.OSRelease
 	if osr == "" {
@@ -178,8 +198,7 @@ func Start(t testing.TB, o Options) *Target {
 	port := FreePort(t)
 	cfg := fmt.Sprintf(`Port %d
 ListenAddress 127.0.0.1
-HostKey %[2]s/host_key
-PidFile %[2]s/sshd.pid
+%[4]sPidFile %[2]s/sshd.pid
 AuthorizedKeysFile %[2]s/authorized_keys
 StrictModes no
 UsePAM no
@@ -187,7 +206,7 @@ PermitRootLogin yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 SetEnv PATH=%[3]s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PXE_TARGET_DIR=%[2]s
-`, port, dir, bin)
+`, port, dir, bin, hostKeys)
 	must(t, os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(cfg), 0o600))
 
 	var mounts strings.Builder
