@@ -192,6 +192,7 @@ func (p *Provisioner) pollSSH(ctx context.Context, b profiles.Boot, addr netip.A
 	}
 	want, _, _, _, err := ssh.ParseAuthorizedKey([]byte(b.HostKeyPublic))
 	if err != nil {
+		p.log.Error("cannot poll SSH: the boot's host key does not parse", "mac", b.MAC, "err", err)
 		return
 	}
 	target := net.JoinHostPort(addr.Unmap().String(), strconv.Itoa(port))
@@ -206,7 +207,10 @@ func (p *Provisioner) pollSSH(ctx context.Context, b profiles.Boot, addr netip.A
 		}
 		wait = 5 * time.Second
 		if _, err := p.liveBoot(ctx, b.Token); err != nil {
-			return // called back, superseded or expired
+			if errors.Is(err, errTokenExpired) {
+				break
+			}
+			return // called back or superseded
 		}
 		err := installer.CheckSSH(ctx, installer.Target{Host: addr.Unmap().String(), Port: port, User: user}, []ssh.Signer{p.signer}, want)
 		if err == nil {
@@ -220,4 +224,6 @@ func (p *Provisioner) pollSSH(ctx context.Context, b profiles.Boot, addr netip.A
 			p.event(ctx, b.MAC, "", fmt.Sprintf("SSH at %s answers with a host key other than the one this boot injected: refusing it", target))
 		}
 	}
+	// Without this the machine would sit in booting with no word why.
+	p.event(ctx, b.MAC, "", fmt.Sprintf("gave up polling SSH at %s: no installer answered with the injected host key while the boot token lived (%s); boot the machine into PXE again", target, tokenLifetime))
 }

@@ -322,6 +322,9 @@ func addrString(a netip.Addr) string {
 
 // liveBoot returns the boot of token if it may still be used: the latest
 // boot of its machine, not called back yet, and young enough.
+// errTokenExpired: the boot is older than tokenLifetime.
+var errTokenExpired = errors.New("boot token expired")
+
 func (p *Provisioner) liveBoot(ctx context.Context, token string) (profiles.Boot, error) {
 	b, err := p.store.BootByToken(ctx, token)
 	if err != nil {
@@ -331,7 +334,7 @@ func (p *Provisioner) liveBoot(ctx context.Context, token string) (profiles.Boot
 		return profiles.Boot{}, profiles.ErrTokenUsed
 	}
 	if time.Since(b.CreatedAt) > tokenLifetime {
-		return profiles.Boot{}, errors.New("boot token expired")
+		return profiles.Boot{}, errTokenExpired
 	}
 	latest, err := p.store.LatestBoot(ctx, b.MAC)
 	if err != nil {

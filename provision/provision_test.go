@@ -543,3 +543,41 @@ func TestResumedPollLosesToCallback(t *testing.T) {
 		t.Fatalf("%d installs, want 1", n)
 	}
 }
+
+// A poller whose boot token runs out while no installer has answered
+// says so, instead of leaving the machine in booting without a word.
+func TestPollGivesUpWhenTokenExpires(t *testing.T) {
+	ctx := context.Background()
+	first := startFixture(t, testConfig(t, "ignore"), "", nil, time.Hour)
+	pub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(first.signer.PublicKey())))
+	// Booted just under tokenLifetime ago, so the restart resumes its
+	// poller and the token runs out at the poller's second look.
+	b := profiles.Boot{Token: "nearly-expired", MAC: macB, IP: "127.0.0.1", HostKeyPublic: pub,
+		HostKeyPrivate: []byte("x"), CreatedAt: time.Now().Add(-tokenLifetime + 2*time.Second)}
+	if err := first.store.CreateBoot(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.store.Transition(ctx, macB, profiles.StateBooting, "", "", "booted"); err != nil {
+		t.Fatal(err)
+	}
+	first.stop()
+
+	second := startFixture(t, testConfig(t, "ignore"), first.path, first.signer, 10*time.Millisecond)
+	if !second.polling(b.Token) {
+		t.Fatal("the restart did not resume the poller")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for second.polling(b.Token) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if second.polling(b.Token) {
+		t.Fatal("the poller of an expired boot is still running")
+	}
+	ev := second.events(t, macB)
+	if !strings.Contains(ev, "gave up polling SSH at 127.0.0.1:22") || !strings.Contains(ev, "boot the machine into PXE again") {
+		t.Fatalf("events do not say the poller gave up:\n%s", ev)
+	}
+	if m, err := second.store.Machine(ctx, macB); err != nil || m.State != profiles.StateBooting {
+		t.Fatalf("machine %+v, %v; want it still booting", m, err)
+	}
+}
