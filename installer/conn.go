@@ -81,7 +81,8 @@ func (r *run) connectTimeout() time.Duration {
 // hostKeyCallback accepts only the pinned key, keys already seen in this
 // run (the kexec image keeps the old host keys), or, without a pin, what
 // known_hosts says, as ssh's StrictHostKeyChecking would.
-func (r *run) hostKeyCallback() (ssh.HostKeyCallback, error) {
+// The second callback is known_hosts' own, when it is consulted.
+func (r *run) hostKeyCallback() (ssh.HostKeyCallback, ssh.HostKeyCallback, error) {
 	if r.opts.HostKey != nil && len(r.known) == 0 {
 		r.known = append(r.known, r.opts.HostKey)
 	}
@@ -95,7 +96,7 @@ func (r *run) hostKeyCallback() (ssh.HostKeyCallback, error) {
 		if _, err := os.Stat(file); err == nil {
 			cb, err := knownhosts.New(file)
 			if err != nil {
-				return nil, fmt.Errorf("reading known hosts file %s: %w", file, err)
+				return nil, nil, fmt.Errorf("reading known hosts file %s: %w", file, err)
 			}
 			khCB = cb
 		}
@@ -128,11 +129,29 @@ func (r *run) hostKeyCallback() (ssh.HostKeyCallback, error) {
 		}
 		return fmt.Errorf("%w: %s (%s %s) is not in known_hosts; add it, pass its key, or use --ssh-option StrictHostKeyChecking=accept-new",
 			ErrHostKeyMismatch, hostname, key.Type(), ssh.FingerprintSHA256(key))
-	}, nil
+	}, khCB, nil
 }
 
-func (r *run) clientConfig() (*ssh.ClientConfig, error) {
-	cb, err := r.hostKeyCallback()
+// probeKey is a key no known_hosts file holds: offering it to the
+// known_hosts callback makes it list the keys it has for a host.
+var probeKey, _ = ssh.NewPublicKey(ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize)).Public())
+
+// knownKeys are the keys known_hosts holds for addr (host:port).
+func knownKeys(kh ssh.HostKeyCallback, addr string) []ssh.PublicKey {
+	var ke *knownhosts.KeyError
+	if err := kh(addr, &net.TCPAddr{IP: net.IPv4zero}, probeKey); !errors.As(err, &ke) {
+		return nil
+	}
+	keys := make([]ssh.PublicKey, 0, len(ke.Want))
+	for _, k := range ke.Want {
+		keys = append(keys, k.Key)
+	}
+	return keys
+}
+
+// clientConfig is the SSH client configuration for addr (host:port).
+func (r *run) clientConfig(addr string) (*ssh.ClientConfig, error) {
+	cb, kh, err := r.hostKeyCallback()
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +163,11 @@ func (r *run) clientConfig() (*ssh.ClientConfig, error) {
 		auth = append(auth, ssh.Password(r.opts.Password))
 	}
 	var algos []string
-	for _, k := range r.known {
+	keys := r.known
+	if len(keys) == 0 && kh != nil {
+		keys = knownKeys(kh, addr)
+	}
+	for _, k := range keys {
 		for _, a := range hostKeyAlgorithms(k) {
 			if !slices.Contains(algos, a) {
 				algos = append(algos, a)
@@ -155,8 +178,10 @@ func (r *run) clientConfig() (*ssh.ClientConfig, error) {
 		User:            r.opts.Target.User,
 		Auth:            auth,
 		HostKeyCallback: cb,
-		// Without this the client asks for RSA or ECDSA before ed25519,
-		// and a host that has both would present a key we refuse.
+		// Ask for the types of the keys we would accept (pinned, seen
+		// in this run, or in known_hosts for addr): by default the client
+		// asks for RSA or ECDSA before ed25519, and a host that has
+		// several keys would present one we refuse.
 		HostKeyAlgorithms: algos,
 		Timeout:           r.connectTimeout(),
 	}, nil
@@ -190,11 +215,11 @@ func dialContext(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*ssh.
 }
 
 func (r *run) connect(ctx context.Context, port int) error {
-	cfg, err := r.clientConfig()
+	addr := r.addr(port)
+	cfg, err := r.clientConfig(addr)
 	if err != nil {
 		return err
 	}
-	addr := r.addr(port)
 	c, err := dialContext(ctx, addr, cfg)
 	if err != nil {
 		return fmt.Errorf("ssh to %s@%s: %w", r.opts.Target.User, addr, err)
@@ -422,7 +447,7 @@ func CheckSSH(ctx context.Context, t Target, signers []ssh.Signer, hostKey ssh.P
 // checkSSH is CheckSSH at addr with this run's credentials and the host
 // keys it accepts.
 func (r *run) checkSSH(ctx context.Context, addr string) error {
-	cfg, err := r.clientConfig()
+	cfg, err := r.clientConfig(addr)
 	if err != nil {
 		return err
 	}

@@ -141,6 +141,13 @@ func TestHostKeys(t *testing.T) {
 			o.KnownHostsFile = filepath.Join(t.TempDir(), "none")
 			o.SSHOptions = map[string]string{"StrictHostKeyChecking": "accept-new"}
 		}},
+		{name: "known_hosts has the ed25519 key, the host also has an RSA key", rsa: true, opts: func(o *installer.Options, e env) {
+			kh := filepath.Join(t.TempDir(), "known_hosts")
+			line := "[127.0.0.1]:" + strconv.Itoa(e.tg.Port) + " " + string(ssh.MarshalAuthorizedKey(o.HostKey))
+			must(t, os.WriteFile(kh, []byte(line), 0o600))
+			o.HostKey = nil
+			o.KnownHostsFile = kh
+		}},
 		{name: "known_hosts has another key", opts: func(o *installer.Options, e env) {
 			o.HostKey = nil
 			kh := filepath.Join(t.TempDir(), "known_hosts")
