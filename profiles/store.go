@@ -544,6 +544,11 @@ func (s *Store) MarkInterrupted(ctx context.Context) (int, error) {
 		if m.State != StateInstallerUp && m.State != StateInstalling {
 			continue
 		}
+		// A discovered machine (no profile) waits in installer-up with
+		// no install running: a restart cut nothing off.
+		if m.State == StateInstallerUp && m.Profile == "" {
+			continue
+		}
 		where := m.Phase
 		if where == "" {
 			where = string(m.State)

@@ -152,6 +152,16 @@ func TestStoreMarkInterrupted(t *testing.T) {
 	_ = s.Transition(ctx, "52:54:00:00:00:11", StateInstalling, "disko", "", "")
 	_ = s.Transition(ctx, "52:54:00:00:00:12", StateInstalling, "install", "", "")
 	_ = s.Transition(ctx, "52:54:00:00:00:12", StateInstalled, "", "", "")
+	// Discovered: no profile, its installer waits for one; nothing ran.
+	discovered := "52:54:00:00:00:13"
+	if _, err := s.UpsertMachine(ctx, discovered, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []State{StateBooting, StateInstallerUp} {
+		if err := s.Transition(ctx, discovered, st, "", "", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
 	n, err := s.MarkInterrupted(ctx)
 	if err != nil || n != 2 {
 		t.Fatalf("n=%d err=%v, want 2", n, err)
@@ -162,6 +172,9 @@ func TestStoreMarkInterrupted(t *testing.T) {
 	}
 	if m, _ := s.Machine(ctx, "52:54:00:00:00:12"); m.State != StateInstalled {
 		t.Fatalf("installed machine touched: %+v", m)
+	}
+	if m, _ := s.Machine(ctx, discovered); m.State != StateInstallerUp || m.Error != "" {
+		t.Fatalf("discovered machine touched: %+v", m)
 	}
 }
 
