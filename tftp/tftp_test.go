@@ -164,6 +164,9 @@ func TestFindIPXEDir(t *testing.T) {
 	}
 	t.Run("found on this machine", func(t *testing.T) {
 		if _, err := os.Stat("/usr/lib/ipxe/undionly.kpxe"); err != nil {
+			if os.Getenv("PXE_LAB_REQUIRED") == "1" {
+				t.Fatal("ipxe package not installed (apt install ipxe)")
+			}
 			t.Skip("ipxe package not installed")
 		}
 		if got, err := FindIPXEDir(""); err != nil || got != "/usr/lib/ipxe" {

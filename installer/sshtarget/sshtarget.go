@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
 )
 
 // InstallerOSRelease is what a NixOS installer's /etc/os-release says.
@@ -136,14 +138,9 @@ func FreePort(t testing.TB) int {
 // Start runs sshd and waits until it answers. It stops on t.Cleanup.
 func Start(t testing.TB, o Options) *Target {
 	t.Helper()
-	for _, tool := range []string{"/usr/sbin/sshd", "unshare", "nsenter", "mountpoint"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("sshtarget needs %s: %v", tool, err)
-		}
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("sshtarget needs root (mount namespace)")
-	}
+	// Root for the mount namespace; with PXE_LAB_REQUIRED=1 (CI) a
+	// missing piece fails the test instead of skipping it.
+	netlab.Require(t, "/usr/sbin/sshd", "unshare", "nsenter", "mountpoint")
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
 	must(t, os.Mkdir(bin, 0o755))
