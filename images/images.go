@@ -21,6 +21,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/privfile"
 )
 
 // Image is what a machine boots: files on this machine and the command
@@ -263,7 +265,7 @@ func (c *Cache) Fetch(ctx context.Context, url, sum string, progress func(done, 
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(index, []byte(got+"\n"), 0o600); err != nil {
+	if err := privfile.Write(index, []byte(got+"\n")); err != nil {
 		return "", err
 	}
 	c.log.Info("image downloaded", "url", url, "path", path, "sha256", got)

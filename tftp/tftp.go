@@ -142,25 +142,23 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		client = addr.String()
 	}
 	log := s.log.With("file", name, "client", client)
-	path, err := Resolve(s.root, name)
-	if err != nil {
+	// refuse counts and logs err; the client is told toClient.
+	refuse := func(err, toClient error) error {
 		result := "refused"
 		if errors.Is(err, fs.ErrNotExist) {
 			result = "not-found"
 		}
 		s.transfers.WithLabelValues(result).Inc()
 		log.Warn("tftp request refused", "result", result, "err", err)
-		return err
+		return toClient
+	}
+	path, err := Resolve(s.root, name)
+	if err != nil {
+		return refuse(err, err)
 	}
 	src, size, err := s.open(path)
 	if err != nil {
-		result := "refused"
-		if errors.Is(err, fs.ErrNotExist) {
-			result = "not-found"
-		}
-		s.transfers.WithLabelValues(result).Inc()
-		log.Warn("tftp request refused", "result", result, "err", err)
-		return fmt.Errorf("%s: cannot be read", name)
+		return refuse(err, fmt.Errorf("%s: cannot be read", name))
 	}
 	if c, ok := src.(io.Closer); ok {
 		defer c.Close()

@@ -129,9 +129,7 @@ func parseInstallArgs(args []string) (*installArgs, error) {
 			a.identity, err = one()
 		case "-p", "--ssh-port":
 			if v, err = one(); err == nil {
-				if o.Target.Port, err = strconv.Atoi(v); err != nil || o.Target.Port <= 0 || o.Target.Port > 65535 {
-					err = fmt.Errorf("%s %q: not a port", name, v)
-				}
+				o.Target.Port, err = parsePort(name, v)
 			}
 		case "--target-host":
 			target, err = one()
@@ -140,8 +138,9 @@ func parseInstallArgs(args []string) (*installArgs, error) {
 				k, val, ok := strings.Cut(v, "=")
 				if !ok {
 					err = fmt.Errorf("--ssh-option %q: use KEY=VALUE", v)
+				} else {
+					o.SSHOptions[k] = val
 				}
-				o.SSHOptions[k] = val
 			}
 		case "--env-password":
 			a.envPass = true
@@ -159,9 +158,7 @@ func parseInstallArgs(args []string) (*installArgs, error) {
 			a.downloadKexec = true
 		case "--post-kexec-ssh-port":
 			if v, err = one(); err == nil {
-				if o.PostKexecSSHPort, err = strconv.Atoi(v); err != nil || o.PostKexecSSHPort <= 0 || o.PostKexecSSHPort > 65535 {
-					err = fmt.Errorf("%s %q: not a port", name, v)
-				}
+				o.PostKexecSSHPort, err = parsePort(name, v)
 			}
 		case "--disk-encryption-keys":
 			if vs, err = val(2); err == nil {
@@ -353,6 +350,15 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return installer.Run(ctx, o, installer.TerminalSink(stdout, isTTY))
 }
 
+// parsePort reads the port value v of flag name.
+func parsePort(name, v string) (int, error) {
+	p, err := strconv.Atoi(v)
+	if err != nil || p <= 0 || p > 65535 {
+		return 0, fmt.Errorf("%s %q: not a port", name, v)
+	}
+	return p, nil
+}
+
 // fetchKexecLocally downloads url into the user's cache once and
 // returns the local file; a cached file is verified before reuse.
 func fetchKexecLocally(ctx context.Context, url string, stderr io.Writer) (string, error) {
@@ -361,18 +367,17 @@ func fetchKexecLocally(ctx context.Context, url string, stderr io.Writer) (strin
 		return "", fmt.Errorf("--kexec-download-locally: %w", err)
 	}
 	cache := images.NewCache(filepath.Join(dir, "pxe-anywhere", "images"), slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	last := int64(-1)
+	// The cache reports once per MiB and at the end.
+	printed := false
 	path, err := cache.Fetch(ctx, url, "", func(done, total int64) {
-		if mb := done >> 20; mb != last {
-			last = mb
-			if total > 0 {
-				fmt.Fprintf(stderr, "\rdownloading kexec image: %d/%d MiB", mb, total>>20)
-			} else {
-				fmt.Fprintf(stderr, "\rdownloading kexec image: %d MiB", mb)
-			}
+		printed = true
+		if total > 0 {
+			fmt.Fprintf(stderr, "\rdownloading kexec image: %d/%d MiB", done>>20, total>>20)
+		} else {
+			fmt.Fprintf(stderr, "\rdownloading kexec image: %d MiB", done>>20)
 		}
 	})
-	if last >= 0 {
+	if printed {
 		fmt.Fprintln(stderr)
 	}
 	if err != nil {
