@@ -92,7 +92,9 @@ func parseInstallArgs(args []string) (*installArgs, error) {
 		if strings.HasPrefix(arg, "--") {
 			name, inline, hasInline = strings.Cut(arg, "=")
 		}
+		took := false // the flag read its value(s)
 		val := func(n int) ([]string, error) {
+			took = true
 			var vs []string
 			if hasInline {
 				vs = append(vs, inline)
@@ -235,7 +237,8 @@ func parseInstallArgs(args []string) (*installArgs, error) {
 		if err != nil {
 			return nil, err
 		}
-		if hasInline && (name == "--env-password" || name == "--force-kexec" || name == "--copy-host-keys" || name == "--no-reboot") {
+		if hasInline && !took {
+			// --debug=false would otherwise switch debugging on.
 			return nil, fmt.Errorf("%s takes no value", name)
 		}
 	}

@@ -60,6 +60,8 @@ func TestParseInstallArgs(t *testing.T) {
 		{name: "flake and store paths", args: []string{"-f", ".#a", "-s", "/nix/store/a", "/nix/store/b", "h"}, wantErr: "exclude each other"},
 		{name: "missing second argument", args: []string{"--chown", "/x"}, wantErr: "needs 2 argument"},
 		{name: "bad chown", args: []string{"--chown", "/x", "alice", "h"}, wantErr: "UID:GID"},
+		{name: "switch given a value", args: []string{"-f", ".#a", "--debug=false", "h"}, wantErr: "--debug takes no value"},
+		{name: "another switch given a value", args: []string{"-f", ".#a", "--print-build-logs=0", "h"}, wantErr: "--print-build-logs takes no value"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
