@@ -4,14 +4,18 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,8 +25,14 @@ import (
 )
 
 // startServer serves a root holding a real iPXE binary (when installed),
-// a random 3 MB file, and a symlink that points out of the root.
+// a random 3 MB file, and symlinks that point out of the root.
 func startServer(t *testing.T) (*Server, string, map[string][]byte) {
+	return startServerLogging(t, io.Discard)
+}
+
+// startServerLogging is startServer with the server's log, as JSON
+// lines, going to w.
+func startServerLogging(t *testing.T, w io.Writer) (*Server, string, map[string][]byte) {
 	t.Helper()
 	root := t.TempDir()
 	files := map[string][]byte{}
@@ -39,10 +49,17 @@ func startServer(t *testing.T) (*Server, string, map[string][]byte) {
 			t.Fatal(err)
 		}
 	}
-	if err := os.Symlink("/etc/passwd", filepath.Join(root, "escape")); err != nil {
-		t.Fatal(err)
+	for name, target := range map[string]string{
+		"escape": "/etc/passwd",
+		"etcdir": "/etc",
+		// Relative, and deep enough to climb out of any temp dir.
+		"climb": strings.Repeat("../", 16),
+	} {
+		if err := os.Symlink(target, filepath.Join(root, name)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	s, err := New(root, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	s, err := New(root, slog.New(slog.NewJSONHandler(w, nil)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,27 +115,80 @@ func TestRealClientsDownloadByteIdentical(t *testing.T) {
 	}
 }
 
+// escapes are names a client may send to read outside the root: dot
+// segments, deep or after a directory, with slashes or the backslashes
+// of old ROMs; absolute paths (served from the root, where they do not
+// exist); and symlinks in the root that point out of it.
+var escapes = []string{
+	"../../../../etc/passwd",
+	strings.Repeat("../", 40) + "etc/passwd",
+	"/../etc/passwd",
+	"a/../../etc/passwd",
+	"big.bin/../../etc/passwd",
+	`..\..\..\..\etc\passwd`,
+	`\..\etc\passwd`,
+	`a\..\..\etc\passwd`,
+	`..\../..\../etc/passwd`,
+	"/etc/passwd",
+	"//etc/passwd",
+	`\etc\passwd`,
+	"escape",
+	"etcdir/passwd",
+	"climb/etc/passwd",
+}
+
+// TestRefusals sends every escape, as written, with each real client
+// and requires the server to refuse it and the client to get no byte.
+// curl resolves dot segments itself unless told --path-as-is, and
+// tftp-hpa reports a server error but exits 0: the server's own log
+// says whether it saw the name unchanged, and the counters whether it
+// refused.
 func TestRefusals(t *testing.T) {
-	netlab.Require(t, "tftp", "curl")
-	s, root, _ := startServer(t)
-	for _, name := range []string{"../../etc/passwd", "/etc/passwd", "/../etc/passwd", "escape", `..\..\etc\passwd`, "nope.bin"} {
-		t.Run("get "+name, func(t *testing.T) {
-			out := filepath.Join(t.TempDir(), "out")
-			b, err := exec.Command("curl", "-sS", "-o", out, "tftp://127.0.0.1:"+port(s)+"/"+name).CombinedOutput()
-			if err == nil {
-				t.Fatalf("download of %q succeeded: %s", name, b)
-			}
-			if got, _ := os.ReadFile(out); bytes.Contains(got, []byte("root:")) {
-				t.Fatal("/etc/passwd leaked")
-			}
-		})
+	netlab.Require(t, "tftp", "atftp", "curl")
+	var log lockedBuffer
+	s, root, _ := startServerLogging(t, &log)
+	clients := []struct {
+		name string
+		cmd  func(ctx context.Context, file, out string) *exec.Cmd
+	}{
+		{"tftp-hpa", func(ctx context.Context, file, out string) *exec.Cmd {
+			return exec.CommandContext(ctx, "tftp", "-m", "binary", "127.0.0.1", port(s), "-c", "get", file, out)
+		}},
+		{"atftp", func(ctx context.Context, file, out string) *exec.Cmd {
+			return exec.CommandContext(ctx, "atftp", "-g", "-r", file, "-l", out, "127.0.0.1", port(s))
+		}},
+		{"curl --path-as-is", func(ctx context.Context, file, out string) *exec.Cmd {
+			return exec.CommandContext(ctx, "curl", "-sS", "--path-as-is", "-o", out, "tftp://127.0.0.1:"+port(s)+"/"+file)
+		}},
 	}
-	t.Run("refusals counted", func(t *testing.T) {
-		refused := value(s.transfers.WithLabelValues("refused")) + value(s.transfers.WithLabelValues("not-found"))
-		if refused != 6 || value(s.transfers.WithLabelValues("ok")) != 0 {
-			t.Fatalf("refused+not-found = %v, want 6; ok = %v, want 0", refused, value(s.transfers.WithLabelValues("ok")))
+	names := append([]string{"nope.bin"}, escapes...)
+	for _, c := range clients {
+		for _, name := range names {
+			t.Run(c.name+" "+name, func(t *testing.T) {
+				refused := value(s.transfers.WithLabelValues("refused")) + value(s.transfers.WithLabelValues("not-found"))
+				ok := value(s.transfers.WithLabelValues("ok"))
+				out := filepath.Join(t.TempDir(), "out")
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				b, err := c.cmd(ctx, name, out).CombinedOutput()
+				if got, _ := os.ReadFile(out); len(got) > 0 {
+					t.Fatalf("%s received %d bytes for %q (/etc/passwd: %v)", c.name, len(got), name, bytes.Contains(got, []byte("root:")))
+				}
+				if err == nil && !bytes.Contains(b, []byte("Error code")) {
+					t.Fatalf("%s reported no error for %q: %s", c.name, name, b)
+				}
+				if got := value(s.transfers.WithLabelValues("refused")) + value(s.transfers.WithLabelValues("not-found")); got != refused+1 {
+					t.Fatalf("refused+not-found went from %v to %v for %q, want one more; client said: %s", refused, got, name, b)
+				}
+				if got := value(s.transfers.WithLabelValues("ok")); got != ok {
+					t.Fatalf("transfers{result=ok} went from %v to %v for %q", ok, got, name)
+				}
+				if !log.refused(t, name) {
+					t.Fatalf("server logged no refusal of %q as sent: the client changed the name, so the test proves nothing", name)
+				}
+			})
 		}
-	})
+	}
 	t.Run("put refused", func(t *testing.T) {
 		src := filepath.Join(t.TempDir(), "up")
 		if err := os.WriteFile(src, []byte("data"), 0o644); err != nil {
@@ -132,6 +202,150 @@ func TestRefusals(t *testing.T) {
 			t.Fatalf("tftp put did not report an error: %s", b)
 		}
 	})
+}
+
+// lockedBuffer collects the server's JSON log lines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// refused says whether the server logged a refusal of exactly name.
+func (b *lockedBuffer) refused(t *testing.T, name string) bool {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, l := range strings.Split(b.buf.String(), "\n") {
+		if l == "" {
+			continue
+		}
+		var rec struct{ Msg, File string }
+		if err := json.Unmarshal([]byte(l), &rec); err != nil {
+			t.Fatalf("server log line %q: %v", l, err)
+		}
+		if rec.Msg == "tftp request refused" && rec.File == name {
+			return true
+		}
+	}
+	return false
+}
+
+// TestResolve checks the resolver alone, on names no client would
+// send unchanged as well as on those it would.
+func TestResolve(t *testing.T) {
+	root := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(root, "sub"), 0o755))
+	must(os.WriteFile(filepath.Join(root, "a"), []byte("a"), 0o644))
+	must(os.WriteFile(filepath.Join(root, "sub", "b"), []byte("b"), 0o644))
+	for name, target := range map[string]string{
+		"escape":  "/etc/passwd",
+		"etcdir":  "/etc",
+		"climb":   strings.Repeat("../", 16),
+		"sibling": "../outside",   // a file next to the root
+		"inside":  "sub/b",        // stays in the root: allowed
+		"subdir":  "sub",          // likewise
+		"loop":    "loop",         // never resolves
+		"dangles": "sub/not-here", // points at nothing
+	} {
+		must(os.Symlink(target, filepath.Join(root, name)))
+	}
+	// The root seen through a symlink: what the server was given may
+	// not be the real path, and that must not refuse everything.
+	linked := filepath.Join(t.TempDir(), "linked-root")
+	must(os.Symlink(root, linked))
+	real, err := filepath.EvalSymlinks(root)
+	must(err)
+	deep := strings.Repeat("../", 60) + "etc/passwd"
+	tests := []struct {
+		name     string
+		root     string // "": root
+		file     string
+		want     string // path under the real root; "": refused
+		notExist bool   // refused with fs.ErrNotExist
+	}{
+		{name: "plain", file: "a", want: "a"},
+		{name: "in a directory", file: "sub/b", want: "sub/b"},
+		{name: "leading slash", file: "/a", want: "a"},
+		{name: "leading slashes", file: "///sub/b", want: "sub/b"},
+		{name: "backslashes", file: `sub\b`, want: "sub/b"},
+		{name: "leading backslash", file: `\sub\b`, want: "sub/b"},
+		{name: "dot segment", file: "./sub/./b", want: "sub/b"},
+		{name: "symlink inside the root", file: "inside", want: "sub/b"},
+		{name: "through a symlinked directory inside the root", file: "subdir/b", want: "sub/b"},
+		{name: "root given through a symlink", root: linked, file: "sub/b", want: "sub/b"},
+
+		{name: "dot-dot", file: "../etc/passwd"},
+		{name: "deep dot-dot", file: "../../../../../../../../etc/passwd"},
+		{name: "deeper than any path", file: deep},
+		{name: "dot-dot after a slash", file: "/../etc/passwd"},
+		{name: "dot-dot after a directory", file: "a/../../etc/passwd"},
+		{name: "dot-dot after dot", file: "./../etc/passwd"},
+		{name: "dot-dot at the end", file: "sub/../.."},
+		{name: "only dot-dot", file: ".."},
+		{name: "dot-dot slash", file: "../"},
+		// Refused although it stays inside: no ".." is ever followed,
+		// so where one would land never has to be worked out.
+		{name: "dot-dot that stays inside", file: "sub/../a"},
+		{name: "dot-dot with backslashes", file: `..\..\..\..\etc\passwd`},
+		{name: "dot-dot after a backslash", file: `\..\etc\passwd`},
+		{name: "dot-dot after a directory, backslashes", file: `sub\..\..\etc\passwd`},
+		{name: "mixed separators", file: `..\../..\../etc/passwd`},
+		{name: "dot-dot through a symlinked root", root: linked, file: "../linked-root/a"},
+		{name: "symlink to a file outside", file: "escape"},
+		{name: "symlink to a directory outside", file: "etcdir/passwd"},
+		{name: "relative symlink climbing out", file: "climb/etc/passwd"},
+		{name: "symlink to the root's sibling", file: "sibling"},
+		{name: "symlink loop", file: "loop"},
+		{name: "NUL", file: "a\x00b"},
+		{name: "NUL after dot-dot", file: "../etc/passwd\x00"},
+		{name: "empty", file: ""},
+		{name: "only slashes", file: "//"},
+		{name: "too long", file: strings.Repeat("a/", 128) + "a"},
+
+		{name: "absolute path is looked up in the root", file: "/etc/passwd", notExist: true},
+		{name: "absolute path with backslashes", file: `\etc\passwd`, notExist: true},
+		{name: "missing", file: "nope.bin", notExist: true},
+		{name: "dangling symlink", file: "dangles", notExist: true},
+	}
+	must(os.WriteFile(filepath.Join(filepath.Dir(root), "outside"), []byte("outside"), 0o644))
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := tt.root
+			if r == "" {
+				r = root
+			}
+			got, err := Resolve(r, tt.file)
+			if tt.want != "" {
+				if want := filepath.Join(real, tt.want); err != nil || got != want {
+					t.Fatalf("Resolve(%q) = %q, %v; want %q", tt.file, got, err, want)
+				}
+				return
+			}
+			if err == nil || got != "" {
+				t.Fatalf("Resolve(%q) = %q, %v; want it refused", tt.file, got, err)
+			}
+			if errors.Is(err, fs.ErrNotExist) != tt.notExist {
+				t.Fatalf("Resolve(%q): %v; want errors.Is(err, fs.ErrNotExist) = %v", tt.file, err, tt.notExist)
+			}
+			// The error goes to the client: it names what was asked,
+			// never a server path.
+			if strings.Contains(err.Error(), root) || strings.Contains(err.Error(), real) {
+				t.Fatalf("Resolve(%q): error %q reveals the root", tt.file, err)
+			}
+		})
+	}
 }
 
 func TestFindIPXEDir(t *testing.T) {
