@@ -1,9 +1,12 @@
 package installer_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -130,10 +133,14 @@ func (e env) opts() installer.Options {
 const system = "/nix/store/0000000000000000000000000000000a-nixos-system-web"
 
 func TestFlows(t *testing.T) {
+	// A key of this run only, so that no copy left anywhere by another
+	// run can pass for it.
+	key := []byte("s3cret-disk-key-" + rand.Text())
 	keyFile := filepath.Join(t.TempDir(), "disk.key")
-	if err := os.WriteFile(keyFile, []byte("s3cret-disk-key"), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	keySum := fmt.Sprintf("%x", sha256.Sum256(key))
 	tests := []struct {
 		name      string
 		flake     bool
@@ -155,7 +162,7 @@ func TestFlows(t *testing.T) {
 				`nix build --extra-experimental-features nix-command flakes --print-out-paths --no-link /src/flake#nixosConfigurations."web".config.system.build.toplevel`,
 				`nix copy --extra-experimental-features nix-command flakes --substitute-on-destination --to ssh://root@127.0.0.1?remote-store=local%3Froot%3D%2Fmnt ` + system,
 			},
-			wantCalls: []string{"disko-script", "key 600 /run/keys/disk.key", "nixos-install --no-root-passwd --no-channel-copy --system " + system, "umount -Rv /mnt"},
+			wantCalls: []string{"disko-script", "key 600 KEYSUM /run/keys/disk.key", "nixos-install --no-root-passwd --no-channel-copy --system " + system, "umount -Rv /mnt"},
 		},
 		{
 			name:   "store paths, no reboot phase",
@@ -164,7 +171,7 @@ func TestFlows(t *testing.T) {
 				`nix copy --extra-experimental-features nix-command flakes --substitute-on-destination --to ssh://root@127.0.0.1 BIN/disko-script`,
 				`nix copy --extra-experimental-features nix-command flakes --substitute-on-destination --to ssh://root@127.0.0.1?remote-store=local%3Froot%3D%2Fmnt ` + system,
 			},
-			wantCalls: []string{"disko-script", "key 600 /run/keys/disk.key", "nixos-install --no-root-passwd --no-channel-copy --system " + system},
+			wantCalls: []string{"disko-script", "key 600 KEYSUM /run/keys/disk.key", "nixos-install --no-root-passwd --no-channel-copy --system " + system},
 		},
 		{
 			name:   "only install",
@@ -210,8 +217,16 @@ func TestFlows(t *testing.T) {
 			if got := readLines(t, nixCalls); !slices.Equal(got, want) {
 				t.Errorf("nix calls:\n got %q\nwant %q", got, want)
 			}
-			if got := e.tg.Calls(); !slices.Equal(got, tc.wantCalls) {
-				t.Errorf("target calls:\n got %q\nwant %q", got, tc.wantCalls)
+			want = nil
+			for _, c := range tc.wantCalls {
+				want = append(want, strings.ReplaceAll(c, "KEYSUM", keySum))
+			}
+			if got := e.tg.Calls(); !slices.Equal(got, want) {
+				t.Errorf("target calls:\n got %q\nwant %q", got, want)
+			}
+			// The target's /run is its own: the key went there, not here.
+			if b, err := os.ReadFile("/run/keys/disk.key"); err == nil && bytes.Equal(b, key) {
+				t.Error("the disk key is in this host's /run/keys/disk.key, outside the target")
 			}
 			phases := tc.phases
 			if phases == nil {

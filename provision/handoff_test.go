@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -339,7 +340,7 @@ func TestHandoffInstallsAndBootsLocally(t *testing.T) {
 
 	// What the target saw, in order: keys before disko, then the system.
 	calls := tg.Calls()
-	want := []string{"disko", "key 600 /run/keys/disk.key"}
+	want := []string{"disko", fmt.Sprintf("key 600 %x /run/keys/disk.key", sha256.Sum256([]byte("disk-secret-do-not-log")))}
 	if len(calls) < 4 || !slices.Equal(calls[:2], want) || !strings.HasPrefix(calls[2], "nixos-install --no-root-passwd --no-channel-copy --system /nix/store/") || calls[len(calls)-1] != "reboot" {
 		t.Fatalf("target calls %q", calls)
 	}

@@ -1,6 +1,6 @@
 // Package sshtarget runs a real OpenSSH server on 127.0.0.1 inside a
-// private mount namespace, as a stand-in for a machine to install: /mnt
-// and /root are fresh tmpfs mounts, /etc/os-release says what the test
+// private mount namespace, as a stand-in for a machine to install: /run,
+// /mnt and /root are fresh tmpfs mounts, /etc/os-release says what the test
 // wants, and strict stand-in commands that record their calls come first
 // on PATH. It is used only by tests (root needed).
 package sshtarget
@@ -53,12 +53,18 @@ echo "installation finished!"
 `
 
 // DiskoScriptStandIn takes no arguments; for each path listed in
-// $PXE_TARGET_DIR/disk-keys it records "key MODE PATH" (or "key missing
-// PATH"), so a test sees what existed when disko ran.
+// $PXE_TARGET_DIR/disk-keys it records "key MODE SHA256 PATH" (or "key
+// missing PATH"), so a test sees what existed when disko ran, down to
+// the last byte of each key.
 const DiskoScriptStandIn = `if [ $# -ne 0 ]; then echo "disko stand-in: unexpected arguments: $*" >&2; exit 2; fi
 if [ -f "$PXE_TARGET_DIR/disk-keys" ]; then
   while read -r k; do
-    if [ -f "$k" ]; then echo "key $(stat -c %a "$k") $k" >> "$PXE_TARGET_DIR/calls"; else echo "key missing $k" >> "$PXE_TARGET_DIR/calls"; fi
+    if [ -f "$k" ]; then
+      sum=$(sha256sum < "$k") || exit 3
+      echo "key $(stat -c %a "$k") ${sum%% *} $k" >> "$PXE_TARGET_DIR/calls"
+    else
+      echo "key missing $k" >> "$PXE_TARGET_DIR/calls"
+    fi
   done < "$PXE_TARGET_DIR/disk-keys"
 fi
 echo "disko: partitioned and mounted /mnt"
@@ -217,9 +223,14 @@ SetEnv PATH=%[3]s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin P
 		must(t, os.WriteFile(src, []byte(o.Files[p]), 0o644))
 		fmt.Fprintf(&mounts, "mount --bind %s %s\n", src, p)
 	}
-	// The loop is the machine's life: when sshd dies and a stand-in left
-	// a "next" script (kexec), the machine "boots" again with it.
+	// /run is the machine's own, as on a booted machine: what the engine
+	// leaves there (disk keys in /run/keys) stays in the namespace, and
+	// nothing an earlier run left in the host's /run can stand in for
+	// it; -n keeps mount's bookkeeping out of the host's /run too. The
+	// loop is the machine's life: when sshd dies and a stand-in left a
+	// "next" script (kexec), the machine "boots" again with it.
 	script := fmt.Sprintf(`set -e
+mount -n -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/sshd
 mount -t tmpfs -o mode=755 tmpfs /mnt
 mount -t tmpfs -o mode=700 tmpfs /root
