@@ -217,6 +217,16 @@ func TestFlows(t *testing.T) {
 			if got := readLines(t, nixCalls); !slices.Equal(got, want) {
 				t.Errorf("nix calls:\n got %q\nwant %q", got, want)
 			}
+			// Each copy reached this target over the pinned key.
+			var copied []string
+			for _, l := range want {
+				if f := strings.Fields(l); f[1] == "copy" {
+					copied = append(copied, f[len(f)-1])
+				}
+			}
+			if got := readLines(t, filepath.Join(e.tg.Dir, "received")); !slices.Equal(got, copied) {
+				t.Errorf("target received %q, want %q", got, copied)
+			}
 			want = nil
 			for _, c := range tc.wantCalls {
 				want = append(want, strings.ReplaceAll(c, "KEYSUM", keySum))

@@ -181,6 +181,92 @@ func TestHostKeys(t *testing.T) {
 	}
 }
 
+// TestCopyHoldsTheHostKey: the ssh that nix copy starts must accept
+// only the host key the engine verified, not whatever answers at the
+// address. The target's key changes after the engine has logged in and
+// before the closure is copied (while the hardware config is read), as
+// when another machine takes the address: the copy must be refused by
+// ssh, the phase fail there, and the target receive nothing.
+func TestCopyHoldsTheHostKey(t *testing.T) {
+	// The stand-in holds the install phase between the engine's login
+	// and the copy until the test lets it go on.
+	facter := `echo $$ > "$PXE_TARGET_DIR/facter-running"
+while [ ! -f "$PXE_TARGET_DIR/go-on" ]; do sleep 0.05; done
+echo '{}'
+`
+	tests := []struct {
+		name    string
+		replace bool
+	}{
+		{name: "same host key: the closure arrives"},
+		{name: "host key replaced: the copy is refused", replace: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := start(t, sshtarget.Options{StandIns: map[string]string{"nixos-facter": facter}})
+			nix, nixCalls := fakeNix(t, nil)
+			o := e.opts()
+			o.LocalNix = nix
+			o.Phases = []string{"install"}
+			o.StorePaths = &installer.StorePaths{Disko: filepath.Join(e.tg.Bin, "disko-script"), System: system}
+			o.GenerateHardwareConfig = "nixos-facter"
+			o.HardwareConfigPath = filepath.Join(t.TempDir(), "facter.json")
+			errc := make(chan error, 1)
+			go func() { errc <- installer.Run(context.Background(), o, &recSink{}) }()
+			for {
+				if _, err := os.Stat(filepath.Join(e.tg.Dir, "facter-running")); err == nil {
+					break
+				}
+				select {
+				case err := <-errc:
+					t.Fatalf("Run ended before the hardware config: %v", err)
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+			if tc.replace {
+				e.tg.ReplaceHostKey(t)
+			}
+			e.tg.WriteFile(t, "go-on", "")
+			var err error
+			select {
+			case err = <-errc:
+			case <-time.After(30 * time.Second):
+				t.Fatal("Run did not return within 30s")
+			}
+			// The copy was tried either way: a refusal must come from it.
+			wantNix := []string{`nix copy --extra-experimental-features nix-command flakes --substitute-on-destination --to ssh://root@127.0.0.1?remote-store=local%3Froot%3D%2Fmnt ` + system}
+			if got := readLines(t, nixCalls); !slices.Equal(got, wantNix) {
+				t.Errorf("nix calls:\n got %q\nwant %q", got, wantNix)
+			}
+			received := readLines(t, filepath.Join(e.tg.Dir, "received"))
+			if !tc.replace {
+				if err != nil {
+					t.Fatalf("Run: %v", err)
+				}
+				if !slices.Equal(received, []string{system}) {
+					t.Fatalf("target received %q, want the system", received)
+				}
+				return
+			}
+			if len(received) != 0 {
+				t.Errorf("a host with another key received %q", received)
+			}
+			if c := e.tg.Calls(); !slices.Equal(c, []string{"nixos-facter"}) {
+				t.Errorf("target calls %q, want only the hardware config", c)
+			}
+			var pe *installer.PhaseError
+			if !errors.As(err, &pe) || pe.Phase != "install" || !strings.Contains(pe.Command, " copy ") {
+				t.Fatalf("error %v: want the install phase's nix copy to fail", err)
+			}
+			for _, w := range []string{"REMOTE HOST IDENTIFICATION HAS CHANGED", "Host key verification failed"} {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not say %q: %v", w, err)
+				}
+			}
+		})
+	}
+}
+
 // blocking is a stand-in that leaves its pid in NAME-running, then
 // waits silently to be killed.
 func blocking(name string) string {

@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -152,15 +153,7 @@ func Start(t testing.TB, o Options) *Target {
 	must(t, os.Mkdir(bin, 0o755))
 	keyPEM := o.HostKeyPEM
 	if keyPEM == nil {
-		_, priv, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		blk, err := ssh.MarshalPrivateKey(priv, "sshtarget host key")
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyPEM = pem.EncodeToMemory(blk)
+		keyPEM = newHostKey(t)
 	}
 	signer, err := ssh.ParsePrivateKey(keyPEM)
 	if err != nil {
@@ -277,6 +270,20 @@ done
 	}
 }
 
+// newHostKey returns a new ed25519 host key in OpenSSH's PEM format.
+func newHostKey(t testing.TB) []byte {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, err := ssh.MarshalPrivateKey(priv, "sshtarget host key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(blk)
+}
+
 func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
@@ -313,6 +320,57 @@ func (tg *Target) Shell(t testing.TB, script string) string {
 func (tg *Target) WriteFile(t testing.TB, name, content string) {
 	t.Helper()
 	must(t, os.WriteFile(filepath.Join(tg.Dir, name), []byte(content), 0o644))
+}
+
+// errProbed ends a handshake once the host key has been seen.
+var errProbed = errors.New("host key seen")
+
+// ReplaceHostKey gives the target a new ed25519 host key in place of
+// the first one, as if another machine now answered at its address,
+// while the sessions already open go on: sshd reloads its keys on
+// SIGHUP, and each session is a process of its own. It returns once a
+// new connection gets the new key, which HostKey then is.
+func (tg *Target) ReplaceHostKey(t testing.TB) ssh.PublicKey {
+	t.Helper()
+	keyPEM := newHostKey(t)
+	signer, err := ssh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := signer.PublicKey()
+	must(t, os.WriteFile(filepath.Join(tg.Dir, "host_key"), keyPEM, 0o600))
+	b, err := os.ReadFile(filepath.Join(tg.Dir, "sshd.pid"))
+	must(t, err)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	must(t, err)
+	must(t, syscall.Kill(pid, syscall.SIGHUP))
+	// Not a timing assertion: sshd is back within milliseconds, or the
+	// reload failed.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var got ssh.PublicKey
+		cfg := &ssh.ClientConfig{
+			User:              "probe",
+			HostKeyAlgorithms: []string{want.Type()},
+			HostKeyCallback: func(_ string, _ net.Addr, k ssh.PublicKey) error {
+				got = k
+				return errProbed
+			},
+			Timeout: time.Second,
+		}
+		if c, err := ssh.Dial("tcp", tg.Addr, cfg); err == nil {
+			c.Close()
+		}
+		if got != nil && bytes.Equal(got.Marshal(), want.Marshal()) {
+			tg.HostKey = want
+			return want
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(tg.Dir, "sshd.log"))
+			t.Fatalf("sshd did not present its new host key within 10s\n%s", log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // Stop kills sshd with every connection it serves, as a machine that
