@@ -92,6 +92,13 @@ type Config struct {
 	Reservations map[string]netip.Addr // MAC → address; SetReservations replaces them
 	LeaseFile    string
 
+	// Binder hears of every address DHCP sees a machine take; nil: no
+	// one listens.
+	Binder Binder
+	// ProxyBindingTime is how long a proxy-mode binding lasts; zero
+	// means two hours.
+	ProxyBindingTime time.Duration
+
 	Metrics prometheus.Registerer // may be nil
 }
 

@@ -27,6 +27,9 @@ func (s *Server) Handle(ctx context.Context, req *dhcpv4.DHCPv4, iface string, p
 	}
 	fw, pxe := detect(req)
 	m := Machine{MAC: req.ClientHWAddr, Firmware: fw, Interface: iface}
+	if s.cfg.Mode == Proxy {
+		s.observeProxy(ctx, req, iface)
+	}
 	if s.cfg.Mode == Proxy || port == 4011 {
 		if !pxe {
 			count("not-pxe")
@@ -63,7 +66,7 @@ func (s *Server) Handle(ctx context.Context, req *dhcpv4.DHCPv4, iface string, p
 	case dhcpv4.MessageTypeDiscover, dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeInform:
 		boot = pxe && s.decider.Decide(ctx, m) == Boot
 	}
-	resp, err := s.authoritativeReply(req, m, boot)
+	resp, err := s.authoritativeReply(ctx, req, m, boot)
 	switch {
 	case err != nil:
 		count("error")
@@ -118,7 +121,7 @@ func (s *Server) proxyReply(req *dhcpv4.DHCPv4, m Machine) (*dhcpv4.DHCPv4, erro
 
 // authoritativeReply leases addresses to every client and adds boot
 // options for the network-booting ones that the Decider lets boot.
-func (s *Server) authoritativeReply(req *dhcpv4.DHCPv4, m Machine, boot bool) (*dhcpv4.DHCPv4, error) {
+func (s *Server) authoritativeReply(ctx context.Context, req *dhcpv4.DHCPv4, m Machine, boot bool) (*dhcpv4.DHCPv4, error) {
 	mac := macKey(m.MAC)
 	if gw := req.GatewayIPAddr; gw != nil && !gw.IsUnspecified() {
 		// A relay forwarded this from another segment: we only lease our
@@ -157,16 +160,21 @@ func (s *Server) authoritativeReply(req *dhcpv4.DHCPv4, m Machine, boot bool) (*
 				dhcpv4.WithOption(dhcpv4.OptMessage(fmt.Sprintf("address %s is not yours", want))),
 			)
 		}
+		if s.cfg.Binder != nil {
+			s.cfg.Binder.Bound(ctx, s.binding(req, m.Interface, want, s.cfg.LeaseTime))
+		}
 		return s.lease(req, m, dhcpv4.MessageTypeAck, want, boot)
 	case dhcpv4.MessageTypeDecline:
 		if sidOK() {
 			ip := addrOf(req.RequestedIPAddress())
 			s.log.Warn("client declined an address: something else uses it", "mac", mac, "ip", ip)
+			s.released(ctx, req, ip)
 			return nil, s.pool.decline(mac, ip)
 		}
 		return nil, nil
 	case dhcpv4.MessageTypeRelease:
 		if sidOK() {
+			s.released(ctx, req, addrOf(req.ClientIPAddr))
 			return nil, s.pool.release(mac, addrOf(req.ClientIPAddr))
 		}
 		return nil, nil
@@ -184,6 +192,13 @@ func (s *Server) authoritativeReply(req *dhcpv4.DHCPv4, m Machine, boot bool) (*
 		return resp, nil
 	}
 	return nil, nil
+}
+
+// released tells the Binder that a lease of this server ended early.
+func (s *Server) released(ctx context.Context, req *dhcpv4.DHCPv4, ip netip.Addr) {
+	if s.cfg.Binder != nil && ip.IsValid() {
+		s.cfg.Binder.Released(ctx, s.binding(req, "", ip, 0))
+	}
 }
 
 // errNoBootFile is bootOptions' answer for firmware that no iPXE binary

@@ -43,6 +43,10 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 	}
 	noteMAC(r, mac.String())
 	plan, err := s.booter.Boot(r.Context(), BootRequest{MAC: mac, RemoteAddr: remoteAddr(r), Arch: r.URL.Query().Get("arch")})
+	if errors.Is(err, ErrForbidden) {
+		http.Error(w, "refused: this address may not boot "+mac.String(), http.StatusForbidden)
+		return
+	}
 	if err != nil {
 		s.cfg.Log.Error("choosing a boot script failed", "mac", mac.String(), "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
@@ -178,10 +182,18 @@ func (s *Server) imageFile(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "image file unreadable", http.StatusInternalServerError)
 		return
 	}
-	// A download counts once, at its start: iPXE fetches whole files,
-	// and resumed or HEAD requests would only repeat the note.
-	if tok := r.URL.Query().Get("token"); tok != "" && len(tok) <= 128 && r.Method == http.MethodGet && r.Header.Get("Range") == "" {
-		s.booter.Fetched(r.Context(), tok, what, remoteAddr(r))
+	// A request with a boot token is the boot's own download: it goes
+	// only to the address the boot belongs to.
+	if tok, ok := r.URL.Query()["token"]; ok {
+		if len(tok) != 1 || tok[0] == "" || len(tok[0]) > 128 {
+			http.Error(w, "bad token", http.StatusBadRequest)
+			return
+		}
+		whole := r.Method == http.MethodGet && r.Header.Get("Range") == ""
+		if err := s.booter.Fetched(r.Context(), Fetch{Token: tok[0], What: what, Remote: remoteAddr(r), Whole: whole}); err != nil {
+			http.Error(w, "refused: not this address's boot", http.StatusForbidden)
+			return
+		}
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	// Size and mtime change whenever an image is replaced, which is all
@@ -190,15 +202,24 @@ func (s *Server) imageFile(w http.ResponseWriter, r *http.Request) {
 	http.ServeContent(w, r, filepath.Base(path), st.ModTime(), f)
 }
 
-// extraInitrd serves the per-boot initrd, only for a live token.
+// extraInitrd serves the per-boot initrd: once, to the machine.
 func (s *Server) extraInitrd(w http.ResponseWriter, r *http.Request) {
 	tok := chi.URLParam(r, "token")
-	files, err := s.booter.ExtraInitrd(r.Context(), tok)
-	if err != nil {
-		if !errors.Is(err, ErrUnknownToken) {
-			s.cfg.Log.Error("extra initrd failed", "err", err)
-		}
+	if len(tok) > 128 {
 		http.Error(w, "unknown boot", http.StatusNotFound)
+		return
+	}
+	files, err := s.booter.ExtraInitrd(r.Context(), tok, remoteAddr(r))
+	switch {
+	case errors.Is(err, ErrForbidden):
+		http.Error(w, "refused", http.StatusForbidden)
+		return
+	case errors.Is(err, ErrUnknownToken):
+		http.Error(w, "unknown boot", http.StatusNotFound)
+		return
+	case err != nil:
+		s.cfg.Log.Error("extra initrd failed", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
 	var buf bytes.Buffer
@@ -212,7 +233,6 @@ func (s *Server) extraInitrd(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
-	s.booter.Fetched(r.Context(), tok, FetchedExtraInitrd, remoteAddr(r))
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
@@ -248,8 +268,9 @@ type CallbackBody struct {
 	Address string `json:"address,omitempty"`
 }
 
-// ParseCallback decodes and checks a callback body.
-func ParseCallback(body io.Reader, remote netip.Addr) (token string, addr netip.Addr, err error) {
+// ParseCallback decodes and checks a callback body. addr is the address
+// the body names, or the zero Addr.
+func ParseCallback(body io.Reader) (token string, addr netip.Addr, err error) {
 	var cb CallbackBody
 	dec := json.NewDecoder(io.LimitReader(body, 4096))
 	dec.DisallowUnknownFields()
@@ -259,7 +280,6 @@ func ParseCallback(body io.Reader, remote netip.Addr) (token string, addr netip.
 	if cb.Token == "" || len(cb.Token) > 128 {
 		return "", netip.Addr{}, errors.New("callback body: token missing or too long")
 	}
-	addr = remote
 	if cb.Address != "" {
 		a, err := netip.ParseAddr(cb.Address)
 		if err != nil {
@@ -267,20 +287,24 @@ func ParseCallback(body io.Reader, remote netip.Addr) (token string, addr netip.
 		}
 		addr = a.Unmap()
 	}
-	if !addr.IsValid() {
-		return "", netip.Addr{}, errors.New("callback body: no address and no remote address")
-	}
 	return cb.Token, addr, nil
 }
 
-// callback serves POST /api/v1/callback; the token is the credential.
+// callback serves POST /api/v1/callback. The token names the boot; the
+// address the request comes from is where the engine connects, so a
+// body cannot send it elsewhere.
 func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
-	tok, addr, err := ParseCallback(r.Body, remoteAddr(r))
+	tok, claimed, err := ParseCallback(r.Body)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
-	if err := s.booter.Callback(r.Context(), tok, addr); err != nil {
+	remote := remoteAddr(r)
+	if !remote.IsValid() {
+		writeError(w, http.StatusBadRequest, errors.New("no remote address"))
+		return
+	}
+	if err := s.booter.Callback(r.Context(), tok, remote, claimed); err != nil {
 		if errors.Is(err, ErrForbidden) {
 			writeError(w, http.StatusForbidden, errors.New("token refused"))
 			return

@@ -46,9 +46,8 @@ const (
 
 // What a booting machine fetched, as told to Booter.Fetched.
 const (
-	FetchedKernel      = "kernel"
-	FetchedInitrd      = "initrd"
-	FetchedExtraInitrd = "extra initrd"
+	FetchedKernel = "kernel"
+	FetchedInitrd = "initrd"
 )
 
 // BootRequest is a machine asking for its script.
@@ -75,12 +74,34 @@ type ExtraFile struct {
 	Data []byte
 }
 
-// Booter decides what machines boot. provision implements it.
+// Booter decides what machines boot and who may speak for them.
+// provision implements it. PXE has no client authentication: every
+// request is judged by the address it comes from (remote), and the
+// Booter answers ErrForbidden (403) to one that may not have what it
+// asks for.
 type Booter interface {
+	// Boot chooses the script of the machine r.MAC.
 	Boot(ctx context.Context, r BootRequest) (BootPlan, error)
-	ExtraInitrd(ctx context.Context, token string) ([]ExtraFile, error)
-	Callback(ctx context.Context, token string, addr netip.Addr) error
-	Fetched(ctx context.Context, token, what string, remote netip.Addr)
+	// ExtraInitrd returns a boot's files, which hold its private host
+	// key: to the address the boot belongs to, and once.
+	ExtraInitrd(ctx context.Context, token string, remote netip.Addr) ([]ExtraFile, error)
+	// Callback is a boot's installer saying that it is up. claimed is
+	// the address the body names (zero when none); the engine only
+	// ever connects to remote.
+	Callback(ctx context.Context, token string, remote, claimed netip.Addr) error
+	// Fetched is asked before an image file goes to a request that
+	// carries a boot token; an error refuses the download.
+	Fetched(ctx context.Context, f Fetch) error
+}
+
+// Fetch is a download of an image file that carries a boot token.
+type Fetch struct {
+	Token  string
+	What   string // FetchedKernel or FetchedInitrd
+	Remote netip.Addr
+	// Whole is a GET of the whole file, the one worth a note; HEAD and
+	// Range requests are checked all the same.
+	Whole bool
 }
 
 // MachineView is a machine as the API shows it.

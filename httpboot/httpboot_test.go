@@ -61,27 +61,36 @@ func (b *fakeBooter) Boot(ctx context.Context, r BootRequest) (BootPlan, error) 
 	return BootPlan{Action: ActionIgnore}, nil
 }
 
-func (b *fakeBooter) ExtraInitrd(ctx context.Context, token string) ([]ExtraFile, error) {
+func (b *fakeBooter) ExtraInitrd(ctx context.Context, token string, remote netip.Addr) ([]ExtraFile, error) {
 	if token != testToken {
 		return nil, ErrUnknownToken
+	}
+	if !remote.IsLoopback() {
+		return nil, ErrForbidden
 	}
 	return RemoteAccessFiles([]byte("ssh-ed25519 AAAAinstall pxe\n"), []byte("PRIVATE\n"), []byte("ssh-ed25519 AAAAhost\n")), nil
 }
 
-func (b *fakeBooter) Callback(ctx context.Context, token string, addr netip.Addr) error {
+func (b *fakeBooter) Callback(ctx context.Context, token string, remote, claimed netip.Addr) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if token != testToken || len(b.callbacks) > 0 {
+	if token != testToken || len(b.callbacks) > 0 || (claimed.IsValid() && claimed != remote) {
 		return ErrForbidden
 	}
-	b.callbacks = append(b.callbacks, addr)
+	b.callbacks = append(b.callbacks, remote)
 	return nil
 }
 
-func (b *fakeBooter) Fetched(ctx context.Context, token, what string, remote netip.Addr) {
+func (b *fakeBooter) Fetched(ctx context.Context, f Fetch) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.fetched = append(b.fetched, token+" "+what)
+	if f.Token != testToken || !f.Remote.IsLoopback() {
+		return ErrForbidden
+	}
+	if f.Whole {
+		b.fetched = append(b.fetched, f.Token+" "+f.What)
+	}
+	return nil
 }
 
 type fakeInventory struct {
@@ -434,9 +443,10 @@ func TestCallback(t *testing.T) {
 	}{
 		{"bad json", `{"token":`, 400},
 		{"unknown field", `{"token":"x","tok":1}`, 400},
-		{"wrong token", `{"token":"nope","address":"10.77.0.50"}`, 403},
-		{"good", `{"token":"` + testToken + `","address":"10.77.0.50"}`, 200},
-		{"replayed", `{"token":"` + testToken + `","address":"10.77.0.50"}`, 403},
+		{"wrong token", `{"token":"nope","address":"127.0.0.1"}`, 403},
+		{"body names another address", `{"token":"` + testToken + `","address":"10.77.0.50"}`, 403},
+		{"good", `{"token":"` + testToken + `","address":"127.0.0.1"}`, 200},
+		{"replayed", `{"token":"` + testToken + `"}`, 403},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -446,7 +456,8 @@ func TestCallback(t *testing.T) {
 			}
 		})
 	}
-	if len(h.booter.callbacks) != 1 || h.booter.callbacks[0] != netip.MustParseAddr("10.77.0.50") {
+	// The address the callback came from is what the Booter hears.
+	if len(h.booter.callbacks) != 1 || h.booter.callbacks[0] != netip.MustParseAddr("127.0.0.1") {
 		t.Fatalf("callbacks %v", h.booter.callbacks)
 	}
 }
@@ -664,8 +675,8 @@ func FuzzCallbackBody(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		tok, addr, err := ParseCallback(bytes.NewReader(b), netip.MustParseAddr("10.0.0.9"))
-		if err == nil && (tok == "" || !addr.IsValid()) {
+		tok, addr, err := ParseCallback(bytes.NewReader(b))
+		if err == nil && (tok == "" || len(tok) > 128 || (addr.IsValid() && addr.Is4In6())) {
 			t.Fatalf("accepted %q → %q %v", b, tok, addr)
 		}
 	})

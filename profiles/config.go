@@ -57,7 +57,26 @@ type Server struct {
 	MaxInstalls     int
 	UnknownMachines UnknownPolicy
 	DiscoverImage   string
+	// Trust is how boots are bound to machines, for profiles that do
+	// not say and for discovered machines.
+	Trust Trust
 }
+
+// Trust says what a machine must show before the boot side hands it
+// its boot's secrets.
+type Trust string
+
+// The trust values.
+const (
+	// TrustDHCP: the request must come from an address that DHCP gave
+	// (or saw given) to the machine's MAC. The default.
+	TrustDHCP Trust = "dhcp"
+	// TrustMAC: the MAC in the URL is enough. For networks where the
+	// server cannot see DHCP (a relay that forwards only to a foreign
+	// DHCP server, installers with static addresses); any host that
+	// can reach the boot listener can then ask for a machine's boot.
+	TrustMAC Trust = "mac"
+)
 
 // DHCPMode is proxy (another server hands out addresses) or authoritative.
 type DHCPMode string
@@ -171,6 +190,36 @@ type Profile struct {
 	AfterInstall       string
 	Retries            int
 	Phases             []string
+	Trust              Trust // "" means server.trust
+}
+
+// TrustOf is the trust in force for machines of profile p (nil: a
+// discovered machine).
+func (c *Config) TrustOf(p *Profile) Trust {
+	if p != nil && p.Trust != "" {
+		return p.Trust
+	}
+	if c.Server.Trust == "" {
+		return TrustDHCP
+	}
+	return c.Server.Trust
+}
+
+// WeakTrust lists what trusts the MAC alone: "server" when server.trust
+// is mac, and the profiles that say trust: mac, sorted.
+func (c *Config) WeakTrust() []string {
+	var out []string
+	if c.Server.Trust == TrustMAC {
+		out = append(out, "server")
+	}
+	names := make([]string, 0, len(c.Profiles))
+	for name, p := range c.Profiles {
+		if p.Trust == TrustMAC {
+			names = append(names, "profiles."+name)
+		}
+	}
+	sort.Strings(names)
+	return append(out, names...)
 }
 
 // Machine is one entry of `machines:`.

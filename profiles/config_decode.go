@@ -239,7 +239,7 @@ func (d *decoder) config(root *yaml.Node) *Config {
 	c := &Config{
 		Server: Server{
 			HTTPListen: ":8080", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere",
-			MaxInstalls: 4, UnknownMachines: UnknownIgnore,
+			MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP,
 		},
 		DHCP:     DHCP{Mode: DHCPProxy, EFIx64Boot: "ipxe.efi", LeaseTime: time.Hour},
 		Images:   map[string]*Image{},
@@ -284,7 +284,7 @@ func (d *decoder) named(n *yaml.Node, section string) []entry {
 func (d *decoder) server(s *Server, n *yaml.Node) {
 	const w = "server"
 	f := d.fields(n, w, "interfaces", "advertise", "http_listen", "tftp_listen", "state_dir",
-		"ipxe_dir", "api_token_file", "ssh_key", "max_installs", "unknown_machines", "discover_image")
+		"ipxe_dir", "api_token_file", "ssh_key", "max_installs", "unknown_machines", "discover_image", "trust")
 	s.Interfaces = d.strList(f["interfaces"], w+".interfaces")
 	for i, ifc := range s.Interfaces {
 		if ifc == "" || len(ifc) > 15 || strings.ContainsAny(ifc, "/ \t") {
@@ -303,6 +303,9 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 		s.UnknownMachines = UnknownPolicy(v)
 	}
 	d.setStr(&s.DiscoverImage, f["discover_image"], w+".discover_image")
+	if v, ok := d.enum(f["trust"], w+".trust", string(TrustDHCP), string(TrustMAC)); ok {
+		s.Trust = Trust(v)
+	}
 }
 
 func (d *decoder) setListen(dst *string, n *yaml.Node, where string) {
@@ -465,7 +468,7 @@ func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 		Phases:       []string{PhaseDisko, PhaseInstall, PhaseReboot},
 	}
 	f := d.fields(n, w, "image", "flake", "store_paths", "disk_encryption_keys", "extra_files",
-		"chown", "kernel_params", "ssh", "after_install", "retries", "phases")
+		"chown", "kernel_params", "ssh", "after_install", "retries", "phases", "trust")
 	d.setStr(&p.Image, f["image"], w+".image")
 	if p.Image == "" {
 		d.errAt(d.lines[w], w, "name one of the images: entries", "missing image")
@@ -564,6 +567,9 @@ func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 		p.AfterInstall = v
 	}
 	d.setInt(&p.Retries, f["retries"], w+".retries", 0, 100)
+	if v, ok := d.enum(f["trust"], w+".trust", string(TrustDHCP), string(TrustMAC)); ok {
+		p.Trust = Trust(v)
+	}
 	if pn := f["phases"]; pn != nil {
 		list := d.strList(pn, w+".phases")
 		p.Phases = nil

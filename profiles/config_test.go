@@ -41,7 +41,7 @@ func TestLoadFull(t *testing.T) {
 			APITokenFile:    "/etc/pxe-anywhere/api-token",
 			SSHKey:          filepath.Join(dir, "keys/id_ed25519"),
 			MaxInstalls:     2,
-			UnknownMachines: UnknownDiscover,
+			UnknownMachines: UnknownDiscover, Trust: TrustDHCP,
 			DiscoverImage:   "nixos",
 		},
 		DHCP: DHCP{
@@ -148,7 +148,7 @@ func TestDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
-			wantServer := Server{HTTPListen: ":8080", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere", MaxInstalls: 4, UnknownMachines: UnknownIgnore}
+			wantServer := Server{HTTPListen: ":8080", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere", MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP}
 			if !reflect.DeepEqual(c.Server, wantServer) {
 				t.Errorf("Server = %+v, want %+v", c.Server, wantServer)
 			}

@@ -48,15 +48,19 @@ var allowed = map[State][]State{
 
 // MachineRecord is a machine as the store keeps it.
 type MachineRecord struct {
-	MAC       string    `json:"mac"`
-	Hostname  string    `json:"hostname"`
-	Profile   string    `json:"profile"`
-	State     State     `json:"state"`
-	Phase     string    `json:"phase"`
-	Error     string    `json:"error"`
-	Reinstall bool      `json:"reinstall"`
-	IP        string    `json:"ip"`
-	Firmware  string    `json:"firmware"`
+	MAC       string `json:"mac"`
+	Hostname  string `json:"hostname"`
+	Profile   string `json:"profile"`
+	State     State  `json:"state"`
+	Phase     string `json:"phase"`
+	Error     string `json:"error"`
+	Reinstall bool   `json:"reinstall"`
+	IP        string `json:"ip"`
+	Firmware  string `json:"firmware"`
+	// Held is set by a security event (a boot's secrets asked for
+	// twice): the machine boots nothing from us until a reinstall is
+	// requested.
+	Held      bool      `json:"held"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 }
@@ -79,8 +83,11 @@ type LogLine struct {
 }
 
 // Boot is one PXE boot into the installer: its token and the host key
-// generated for it. HostKeyPrivate is a secret: it leaves the store only
-// inside the token-guarded extra initrd.
+// generated for it. IP is the address that asked for the boot script
+// (one that DHCP gave to the machine): the boot belongs to it.
+// HostKeyPrivate is a secret: it leaves the store only inside the extra
+// initrd, once, and is erased when the boot is used, voided or expired;
+// the public key stays for the record.
 type Boot struct {
 	Token          string
 	MAC            string
@@ -90,6 +97,19 @@ type Boot struct {
 	HostKeyPrivate []byte
 	CreatedAt      time.Time
 	UsedAt         *time.Time
+	InitrdAt       *time.Time // when the extra initrd was served
+	VoidedAt       *time.Time
+	VoidReason     string
+}
+
+// BootBinding is an address that DHCP saw a machine hold, until
+// Expires: the boot side answers a machine's secrets only to such
+// addresses. Via names where DHCP saw it: an interface, or a relay.
+type BootBinding struct {
+	MAC     string
+	Addr    string
+	Via     string
+	Expires time.Time
 }
 
 // Store is the machine inventory and state in one SQLite file.
@@ -141,6 +161,17 @@ var migrations = []string{
 		line TEXT NOT NULL
 	);
 	CREATE INDEX logs_mac ON logs(mac, seq);`,
+	`ALTER TABLE machines ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE boots ADD COLUMN initrd_at INTEGER;
+	ALTER TABLE boots ADD COLUMN voided_at INTEGER;
+	ALTER TABLE boots ADD COLUMN void_reason TEXT NOT NULL DEFAULT '';
+	CREATE TABLE bindings (
+		mac TEXT NOT NULL,
+		addr TEXT NOT NULL,
+		via TEXT NOT NULL,
+		expires_at INTEGER NOT NULL,
+		PRIMARY KEY (mac, addr)
+	);`,
 }
 
 // OpenStore opens (creating, mode 0600) the database at path and brings
@@ -246,16 +277,16 @@ func unix(t time.Time) int64 { return t.UnixNano() }
 
 func fromUnix(n int64) time.Time { return time.Unix(0, n).UTC() }
 
-const machineCols = `mac, hostname, profile, state, phase, error, reinstall, ip, firmware, created_at, updated_at`
+const machineCols = `mac, hostname, profile, state, phase, error, reinstall, ip, firmware, held, created_at, updated_at`
 
 type scanner interface{ Scan(...any) error }
 
 func scanMachine(r scanner) (MachineRecord, error) {
 	var m MachineRecord
 	var created, updated int64
-	var reinstall int
-	err := r.Scan(&m.MAC, &m.Hostname, &m.Profile, &m.State, &m.Phase, &m.Error, &reinstall, &m.IP, &m.Firmware, &created, &updated)
-	m.Reinstall = reinstall != 0
+	var reinstall, held int
+	err := r.Scan(&m.MAC, &m.Hostname, &m.Profile, &m.State, &m.Phase, &m.Error, &reinstall, &m.IP, &m.Firmware, &held, &created, &updated)
+	m.Reinstall, m.Held = reinstall != 0, held != 0
 	m.CreatedAt, m.UpdatedAt = fromUnix(created), fromUnix(updated)
 	return m, err
 }
@@ -429,7 +460,8 @@ func (s *Store) Log(ctx context.Context, mac string, afterSeq int64, limit int) 
 	return out, rows.Err()
 }
 
-// CreateBoot records a boot and the machine's address and firmware. A
+// CreateBoot records a boot and the machine's address and firmware, and
+// voids the machine's unused earlier boots. A
 // zero CreatedAt means now: token expiry and "latest boot" are reckoned
 // from it.
 func (s *Store) CreateBoot(ctx context.Context, b Boot) error {
@@ -441,6 +473,12 @@ func (s *Store) CreateBoot(ctx context.Context, b Boot) error {
 		return err
 	}
 	defer tx.Rollback()
+	// A new boot ends the machine's earlier ones that were never used:
+	// their tokens open nothing and their keys are erased.
+	if _, err := tx.ExecContext(ctx, `UPDATE boots SET voided_at = ?, void_reason = 'superseded by a newer boot', host_key_private = x''
+		WHERE mac = ? AND used_at IS NULL AND voided_at IS NULL`, unix(b.CreatedAt), normMAC(b.MAC)); err != nil {
+		return err
+	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO boots (token, mac, ip, firmware, host_key_public, host_key_private, created_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?)`, b.Token, normMAC(b.MAC), b.IP, b.Firmware, b.HostKeyPublic, b.HostKeyPrivate, unix(b.CreatedAt)); err != nil {
 		return err
@@ -451,18 +489,15 @@ func (s *Store) CreateBoot(ctx context.Context, b Boot) error {
 	return tx.Commit()
 }
 
-const bootCols = `token, mac, ip, firmware, host_key_public, host_key_private, created_at, used_at`
+const bootCols = `token, mac, ip, firmware, host_key_public, host_key_private, created_at, used_at, initrd_at, voided_at, void_reason`
 
 func scanBoot(r scanner) (Boot, error) {
 	var b Boot
 	var created int64
-	var used sql.NullInt64
-	err := r.Scan(&b.Token, &b.MAC, &b.IP, &b.Firmware, &b.HostKeyPublic, &b.HostKeyPrivate, &created, &used)
+	var used, initrd, voided sql.NullInt64
+	err := r.Scan(&b.Token, &b.MAC, &b.IP, &b.Firmware, &b.HostKeyPublic, &b.HostKeyPrivate, &created, &used, &initrd, &voided, &b.VoidReason)
 	b.CreatedAt = fromUnix(created)
-	if used.Valid {
-		t := fromUnix(used.Int64)
-		b.UsedAt = &t
-	}
+	b.UsedAt, b.InitrdAt, b.VoidedAt = optTime(used), optTime(initrd), optTime(voided)
 	if errors.Is(err, sql.ErrNoRows) {
 		return b, fmt.Errorf("boot: %w", ErrNotFound)
 	}
@@ -479,10 +514,23 @@ func (s *Store) LatestBoot(ctx context.Context, mac string) (Boot, error) {
 	return scanBoot(s.db.QueryRowContext(ctx, `SELECT `+bootCols+` FROM boots WHERE mac = ? ORDER BY created_at DESC, rowid DESC LIMIT 1`, normMAC(mac)))
 }
 
-// UseToken marks a boot's token used. Exactly one caller wins; the
-// others get ErrTokenUsed.
+func optTime(n sql.NullInt64) *time.Time {
+	if !n.Valid {
+		return nil
+	}
+	t := fromUnix(n.Int64)
+	return &t
+}
+
+// ErrBootVoided is returned for a boot that was voided.
+var ErrBootVoided = errors.New("boot voided")
+
+// UseToken marks a boot's token used and erases its private host key:
+// the installer has it now, and nothing else may. Exactly one caller
+// wins; the others get ErrTokenUsed (or ErrBootVoided).
 func (s *Store) UseToken(ctx context.Context, token string) (Boot, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE boots SET used_at = ? WHERE token = ? AND used_at IS NULL`, unix(time.Now()), token)
+	res, err := s.db.ExecContext(ctx, `UPDATE boots SET used_at = ?, host_key_private = x''
+		WHERE token = ? AND used_at IS NULL AND voided_at IS NULL`, unix(time.Now()), token)
 	if err != nil {
 		return Boot{}, err
 	}
@@ -492,14 +540,124 @@ func (s *Store) UseToken(ctx context.Context, token string) (Boot, error) {
 		return Boot{}, err
 	}
 	if n == 0 {
+		if b.VoidedAt != nil {
+			return b, ErrBootVoided
+		}
 		return b, ErrTokenUsed
 	}
 	return b, nil
 }
 
-// RequestReinstall makes the machine's next PXE boot install again.
+// TakeInitrd marks a boot's extra initrd served and returns the boot,
+// with its private key, to the first caller only; later callers get
+// first == false (and no key from this call).
+func (s *Store) TakeInitrd(ctx context.Context, token string) (b Boot, first bool, err error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE boots SET initrd_at = ?
+		WHERE token = ? AND initrd_at IS NULL AND used_at IS NULL AND voided_at IS NULL`, unix(time.Now()), token)
+	if err != nil {
+		return Boot{}, false, err
+	}
+	n, _ := res.RowsAffected()
+	b, err = s.BootByToken(ctx, token)
+	if err != nil {
+		return Boot{}, false, err
+	}
+	if n == 0 {
+		b.HostKeyPrivate = nil
+	}
+	return b, n == 1, nil
+}
+
+// VoidBoot ends a boot that is not used yet: its token opens nothing
+// any more and its private host key is erased. It reports whether the
+// boot was live.
+func (s *Store) VoidBoot(ctx context.Context, token, reason string) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE boots SET voided_at = ?, void_reason = ?, host_key_private = x''
+		WHERE token = ? AND used_at IS NULL AND voided_at IS NULL`, unix(time.Now()), reason, token)
+	if err != nil {
+		return false, err
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
+
+// VoidBoots voids every boot of a machine that is not used yet.
+func (s *Store) VoidBoots(ctx context.Context, mac, reason string) (int, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE boots SET voided_at = ?, void_reason = ?, host_key_private = x''
+		WHERE mac = ? AND used_at IS NULL AND voided_at IS NULL`, unix(time.Now()), reason, normMAC(mac))
+	if err != nil {
+		return 0, err
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}
+
+// EraseExpiredKeys erases the private host keys of boots created
+// before cutoff: their tokens have expired, and the keys are of no use
+// to anybody but a thief.
+func (s *Store) EraseExpiredKeys(ctx context.Context, cutoff time.Time) (int, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE boots SET host_key_private = x''
+		WHERE created_at < ? AND length(host_key_private) > 0`, unix(cutoff))
+	if err != nil {
+		return 0, err
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}
+
+// Hold fails a machine after a security event and holds it there: it
+// boots nothing from us until RequestReinstall.
+func (s *Store) Hold(ctx context.Context, mac, errMsg, message string) error {
+	if err := s.Transition(ctx, mac, StateFailed, "", errMsg, message); err != nil {
+		return err
+	}
+	_, err := s.db.ExecContext(ctx, `UPDATE machines SET held = 1 WHERE mac = ?`, normMAC(mac))
+	return err
+}
+
+// SaveBinding records (or extends) an address that DHCP saw a machine
+// hold.
+func (s *Store) SaveBinding(ctx context.Context, b BootBinding) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO bindings (mac, addr, via, expires_at) VALUES (?, ?, ?, ?)
+		ON CONFLICT(mac, addr) DO UPDATE SET via = excluded.via, expires_at = excluded.expires_at`,
+		normMAC(b.MAC), b.Addr, b.Via, unix(b.Expires))
+	return err
+}
+
+// DeleteBinding forgets one binding, as a DHCP release does.
+func (s *Store) DeleteBinding(ctx context.Context, mac, addr string) error {
+	_, err := s.db.ExecContext(ctx, `DELETE FROM bindings WHERE mac = ? AND addr = ?`, normMAC(mac), addr)
+	return err
+}
+
+// Bindings deletes the bindings that expired before now and returns
+// the others.
+func (s *Store) Bindings(ctx context.Context, now time.Time) ([]BootBinding, error) {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM bindings WHERE expires_at < ?`, unix(now)); err != nil {
+		return nil, err
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT mac, addr, via, expires_at FROM bindings ORDER BY mac, addr`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []BootBinding
+	for rows.Next() {
+		var b BootBinding
+		var exp int64
+		if err := rows.Scan(&b.MAC, &b.Addr, &b.Via, &exp); err != nil {
+			return nil, err
+		}
+		b.Expires = fromUnix(exp)
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
+
+// RequestReinstall makes the machine's next PXE boot install again, and
+// releases a machine held after a security event.
 func (s *Store) RequestReinstall(ctx context.Context, mac string) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE machines SET reinstall = 1, updated_at = ? WHERE mac = ?`, unix(time.Now()), normMAC(mac))
+	res, err := s.db.ExecContext(ctx, `UPDATE machines SET reinstall = 1, held = 0, updated_at = ? WHERE mac = ?`, unix(time.Now()), normMAC(mac))
 	if err != nil {
 		return err
 	}
@@ -524,7 +682,7 @@ func (s *Store) Forget(ctx context.Context, mac string) error {
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("machine %s: %w", mac, ErrNotFound)
 	}
-	for _, t := range []string{"boots", "events", "logs"} {
+	for _, t := range []string{"boots", "events", "logs", "bindings"} {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM `+t+` WHERE mac = ?`, mac); err != nil {
 			return err
 		}

@@ -28,14 +28,19 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 )
 
-// handoff is the whole server without a VM: DHCP and HTTP inside a lab
-// namespace, the provisioner with the real install engine, and a
-// simulated machine in a client namespace that does what firmware,
-// iPXE and the installer do. The installer's sshd is a real OpenSSH
-// server started with the keys the machine found in its extra initrd.
+// handoff is the whole server without a VM: DHCP, HTTP, the provisioner
+// and the real install engine run in a test process inside the lab's
+// server namespace, as serve does on its host; a simulated machine in a
+// client namespace does what firmware, iPXE and the installer do, and
+// its installer's sshd is a real OpenSSH server in that namespace, on
+// the address DHCP gave it, started with the keys the machine found in
+// its extra initrd. A second client namespace on the same bridge is an
+// attacker with curl, udhcpc and an sshd of its own.
 type handoff struct {
 	lab      *netlab.Lab
 	client   *netlab.NS
+	attacker *netlab.NS
+	ip       string // the address DHCP gave the machine
 	p        *Provisioner
 	store    *profiles.Store
 	base     string
@@ -59,12 +64,23 @@ func addToStore(t *testing.T, name, body string) string {
 	return strings.TrimSpace(string(out))
 }
 
+// attackerMAC is the attacker's own MAC, for its own DHCP exchanges.
+const attackerMAC = "52:54:00:66:66:66"
+
+// newHandoff makes the lab and runs the calling test again inside it,
+// returning nil: the caller returns at once. In that run it returns the
+// harness.
 func newHandoff(t *testing.T) *handoff {
 	t.Helper()
 	netlab.Require(t, "udhcpc", "curl", "cpio", "nix-store", "/usr/sbin/sshd")
+	lab, clients := netlab.Inherited(t)
+	if lab == nil {
+		lab = netlab.New(t, "10.82.0.0/24")
+		lab.RunInServer(t, lab.Client(macA), lab.Client(attackerMAC))
+		return nil
+	}
 	h := &handoff{dir: t.TempDir(), apiToken: "handoff-api-token-0123456789"}
-	h.lab = netlab.New(t, "10.82.0.0/24")
-	h.client = h.lab.Client(macA)
+	h.lab, h.client, h.attacker = lab, clients[0], clients[1]
 
 	// The local side of nix copy is the engine's strict fake (it proves
 	// the pinned host key works for OpenSSH, too); the store paths are
@@ -165,6 +181,7 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 		Log:      log,
 	}, p, p)
 	ds, err := dhcp.New(dhcp.Config{
+		Binder:     p,
 		Interfaces: []string{"br0"}, Mode: dhcp.Authoritative, ServerIP: h.lab.Addr,
 		ScriptURL: func(m net.HardwareAddr) string {
 			return h.base + "/boot/" + strings.ReplaceAll(m.String(), ":", "-") + ".ipxe"
@@ -201,8 +218,35 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 // curl runs curl in the machine's namespace and returns its body.
 func (h *handoff) curl(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	out, err := h.lab.Command(h.client, "curl", append([]string{"-sS", "--max-time", "30"}, args...)...).Output()
+	return h.curlFrom(t, h.client, args...)
+}
+
+// curlFrom runs curl in namespace ns and returns its body.
+func (h *handoff) curlFrom(t *testing.T, ns *netlab.NS, args ...string) (string, error) {
+	t.Helper()
+	out, err := h.lab.Command(ns, "curl", append([]string{"-sS", "--max-time", "30"}, args...)...).Output()
 	return string(out), err
+}
+
+// dhcpAs runs udhcpc in ns as iPXE would, with the client's own MAC or
+// with mac (spoofed: the attacker's link takes mac for the exchange),
+// and returns the address it was given and the boot file.
+func (h *handoff) dhcpAs(t *testing.T, ns *netlab.NS, extra ...string) (ip, bootFile string) {
+	t.Helper()
+	dir := t.TempDir()
+	sc := filepath.Join(dir, "udhcpc.sh")
+	os.WriteFile(sc, []byte("#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr flush dev \"$interface\"\nip addr add \"$ip/${mask:-24}\" dev \"$interface\"\necho \"$ip $boot_file\" > "+dir+"/lease\n"), 0o755)
+	args := append([]string{"-q", "-n", "-f", "-i", "eth0", "-t", "5", "-T", "2", "-s", sc,
+		"-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x4d:69505845"}, extra...)
+	if out, err := h.lab.Command(ns, "udhcpc", args...).CombinedOutput(); err != nil {
+		t.Fatalf("udhcpc: %v\n%s", err, out)
+	}
+	lease, _ := os.ReadFile(filepath.Join(dir, "lease"))
+	f := strings.Fields(string(lease))
+	if len(f) != 2 {
+		t.Fatalf("DHCP as iPXE got %q", lease)
+	}
+	return f[0], f[1]
 }
 
 // pxeBoot is the machine's side up to its installer: DHCP as iPXE, the
@@ -212,18 +256,12 @@ func (h *handoff) curl(t *testing.T, args ...string) (string, error) {
 func (h *handoff) pxeBoot(t *testing.T) (script, token string, hostKey, authKeys []byte) {
 	t.Helper()
 	dir := t.TempDir()
-	sc := filepath.Join(dir, "udhcpc.sh")
-	os.WriteFile(sc, []byte("#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr flush dev \"$interface\"\nip addr add \"$ip/${mask:-24}\" dev \"$interface\"\necho \"$ip $boot_file\" > "+dir+"/lease\n"), 0o755)
-	if out, err := h.lab.Command(h.client, "udhcpc", "-q", "-n", "-f", "-i", "eth0", "-t", "5", "-T", "2", "-s", sc,
-		"-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x4d:69505845").CombinedOutput(); err != nil {
-		t.Fatalf("udhcpc: %v\n%s", err, out)
+	ip, bootFile := h.dhcpAs(t, h.client)
+	if !strings.HasPrefix(ip, "10.82.0.1") || !strings.HasSuffix(bootFile, "/boot/52-54-00-12-34-01.ipxe") {
+		t.Fatalf("DHCP as iPXE got %s %s", ip, bootFile)
 	}
-	lease, _ := os.ReadFile(filepath.Join(dir, "lease"))
-	f := strings.Fields(string(lease))
-	if len(f) != 2 || !strings.HasPrefix(f[0], "10.82.0.1") || !strings.HasSuffix(f[1], "/boot/52-54-00-12-34-01.ipxe") {
-		t.Fatalf("DHCP as iPXE got %q", lease)
-	}
-	script, err := h.curl(t, "-f", f[1])
+	h.ip = ip
+	script, err := h.curl(t, "-f", bootFile)
 	if err != nil {
 		t.Fatalf("script: %v", err)
 	}
@@ -279,7 +317,8 @@ func (h *handoff) installerUp(t *testing.T, hostKey, authKeys []byte) *sshtarget
 	// Rebooting keeps what the "disk" (/mnt) holds, for the test to read
 	// after the machine is gone.
 	reboot := `cp -a /mnt "$PXE_TARGET_DIR/disk"; rm -f "$PXE_TARGET_DIR/next"; kill "$(cat "$PXE_TARGET_DIR/sshd.pid")"` + "\n"
-	tg := sshtarget.Start(t, sshtarget.Options{HostKeyPEM: hostKey, AuthorizedKeys: authKeys, StandIns: map[string]string{"reboot": reboot}})
+	tg := sshtarget.Start(t, sshtarget.Options{HostKeyPEM: hostKey, AuthorizedKeys: authKeys, StandIns: map[string]string{"reboot": reboot},
+		NetNS: h.client.Name, ListenAddr: h.ip})
 	tg.WriteFile(t, "disk-keys", "/run/keys/disk.key\n")
 	cfg, err := profiles.Parse(filepath.Join(h.dir, "config.yaml"), []byte(h.cfgText(tg.Port)))
 	if err != nil {
@@ -291,10 +330,17 @@ func (h *handoff) installerUp(t *testing.T, hostKey, authKeys []byte) *sshtarget
 	return tg
 }
 
+// callback is the machine's installer calling back; it returns the
+// HTTP status.
 func (h *handoff) callback(t *testing.T, token string) string {
 	t.Helper()
-	out, _ := h.curl(t, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json",
-		"-d", `{"token":"`+token+`","address":"127.0.0.1"}`, h.base+"/api/v1/callback")
+	return h.callbackFrom(t, h.client, `{"token":"`+token+`","address":"`+h.ip+`"}`)
+}
+
+func (h *handoff) callbackFrom(t *testing.T, ns *netlab.NS, body string) string {
+	t.Helper()
+	out, _ := h.curlFrom(t, ns, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json",
+		"-d", body, h.base+"/api/v1/callback")
 	return out
 }
 
@@ -325,6 +371,9 @@ func (h *handoff) events(t *testing.T) string {
 
 func TestHandoffInstallsAndBootsLocally(t *testing.T) {
 	h := newHandoff(t)
+	if h == nil {
+		return
+	}
 	_, token, hostKey, authKeys := h.pxeBoot(t)
 	tg := h.installerUp(t, hostKey, authKeys)
 	if code := h.callback(t, "not-"+token); code != "403" {
@@ -352,7 +401,7 @@ func TestHandoffInstallsAndBootsLocally(t *testing.T) {
 		t.Fatalf("installed system %q", sys)
 	}
 	ev := h.events(t)
-	for _, w := range []string{"callback refused", "installer up at 127.0.0.1 (callback)", "phase 1/3: disko", "phase 2/3: install", "phase 3/3: reboot", "installed with profile web"} {
+	for _, w := range []string{"refused: boot token already used", "installer up at " + h.ip + " (callback)", "phase 1/3: disko", "phase 2/3: install", "phase 3/3: reboot", "installed with profile web"} {
 		if !strings.Contains(ev, w) {
 			t.Fatalf("events lack %q:\n%s", w, ev)
 		}
@@ -383,6 +432,9 @@ func TestHandoffInstallsAndBootsLocally(t *testing.T) {
 
 func TestHandoffRefusesAnotherHostKey(t *testing.T) {
 	h := newHandoff(t)
+	if h == nil {
+		return
+	}
 	_, token, _, authKeys := h.pxeBoot(t)
 	// Something else answers at the installer's address, with its own key.
 	tg := h.installerUp(t, nil, authKeys)
@@ -400,6 +452,9 @@ func TestHandoffRefusesAnotherHostKey(t *testing.T) {
 
 func TestHandoffServerRestartDuringInstall(t *testing.T) {
 	h := newHandoff(t)
+	if h == nil {
+		return
+	}
 	_, token, hostKey, authKeys := h.pxeBoot(t)
 	tg := h.installerUp(t, hostKey, authKeys)
 	// disko hangs, as a long format would.

@@ -84,6 +84,13 @@ func (p *Provisioner) Reinstall(ctx context.Context, mac string) error {
 	if err := p.store.RequestReinstall(ctx, mac); err != nil {
 		return notFound(err)
 	}
+	// A boot handed out before the request must not be the one that
+	// installs: the next PXE boot starts afresh.
+	if n, err := p.store.VoidBoots(ctx, mac, "reinstall requested"); err != nil {
+		return err
+	} else if n > 0 {
+		p.event(ctx, mac, "", "reinstall requested: the unused boot handed out before it is voided")
+	}
 	p.event(ctx, mac, "", "reinstall requested: the next PXE boot installs again")
 	p.publish(ctx, mac)
 	return nil
@@ -107,6 +114,7 @@ func (p *Provisioner) Forget(ctx context.Context, mac string) error {
 	if err := p.store.Forget(ctx, mac); err != nil {
 		return notFound(err)
 	}
+	p.bindings.forget(mac)
 	p.log.Info("machine forgotten", "mac", mac)
 	p.mu.Lock()
 	for ch := range p.subs {

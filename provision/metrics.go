@@ -9,6 +9,7 @@ type Metrics struct {
 	installs      *prometheus.CounterVec
 	phaseSeconds  *prometheus.HistogramVec
 	dhcpDecisions *prometheus.CounterVec
+	refusals      *prometheus.CounterVec
 }
 
 // NewMetrics registers the provisioning metrics with reg (nil: none).
@@ -30,9 +31,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		dhcpDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pxe_anywhere_dhcp_decisions_total", Help: "PXE clients seen by DHCP, by decision.",
 		}, []string{"decision"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pxe_anywhere_boot_refusals_total", Help: "Boot requests refused by the trust checks, by what was asked and why.",
+		}, []string{"what", "why"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.boots, m.callbacks, m.installs, m.phaseSeconds, m.dhcpDecisions)
+		reg.MustRegister(m.boots, m.callbacks, m.installs, m.phaseSeconds, m.dhcpDecisions, m.refusals)
 	}
 	return m
 }

@@ -37,6 +37,18 @@ import (
 // has failed to boot, and an old token must not unlock a host key.
 const tokenLifetime = 2 * time.Hour
 
+// ownerWindow is how long a boot whose extra initrd was not fetched yet
+// still belongs to the address that asked for its script. Within it, a
+// script request for the same MAC from another address is refused: it
+// is either an impostor racing the machine, or the machine moved, and
+// only an operator can tell (machines reinstall). Past it, the boot
+// plainly failed and another bound address may start a new one.
+const ownerWindow = 5 * time.Minute
+
+// sweepEvery is how often expired boots lose their private keys and
+// expired DHCP bindings are dropped from the store.
+const sweepEvery = time.Minute
+
 // Provisioner implements dhcp.Decider, httpboot.Booter and
 // httpboot.Inventory over one state store and one engine.
 type Provisioner struct {
@@ -51,12 +63,16 @@ type Provisioner struct {
 
 	slots chan struct{} // at most server.max_installs engines at once
 
+	bindings *bindingTable
+
 	mu       sync.Mutex
+	logged   map[string]time.Time          // rate limit of logLimited, by key
 	unknown  map[string]bool               // MACs already logged as unknown
 	polling  map[string]context.CancelFunc // token → SSH poller of a machine without callback
 	running  map[string]bool               // MAC → an install is running
 	subs     map[chan httpboot.MachineView]struct{}
-	wg       sync.WaitGroup
+	wg       sync.WaitGroup // installs and pollers
+	bg       sync.WaitGroup // the sweeper, which runs until ctx ends
 	baseCtx  context.Context
 	pollWait time.Duration
 }
@@ -103,6 +119,8 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		metrics:  o.Metrics,
 		engine:   o.Engine,
 		slots:    make(chan struct{}, max(cfg.Server.MaxInstalls, 1)),
+		bindings: newBindingTable(),
+		logged:   map[string]time.Time{},
 		unknown:  map[string]bool{},
 		polling:  map[string]context.CancelFunc{},
 		running:  map[string]bool{},
@@ -120,10 +138,44 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 	if err := p.Reload(ctx, cfg); err != nil {
 		return nil, err
 	}
+	if err := p.loadBindings(ctx); err != nil {
+		return nil, fmt.Errorf("load DHCP bindings: %w", err)
+	}
+	p.sweep(ctx)
 	if err := p.resumePolls(ctx); err != nil {
 		return nil, fmt.Errorf("resume SSH polling: %w", err)
 	}
+	if weak := cfg.WeakTrust(); len(weak) > 0 {
+		p.log.Warn("trust: mac: boots of these machines are bound to the MAC alone, not to an address DHCP gave; any host that reaches the boot listener can ask for them", "where", weak)
+	}
+	p.bg.Add(1)
+	go func() {
+		defer p.bg.Done()
+		t := time.NewTicker(sweepEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				p.sweep(ctx)
+			}
+		}
+	}()
 	return p, nil
+}
+
+// sweep erases the private keys of expired boots and drops expired
+// bindings from the store.
+func (p *Provisioner) sweep(ctx context.Context) {
+	if n, err := p.store.EraseExpiredKeys(ctx, time.Now().Add(-tokenLifetime)); err != nil {
+		p.log.Warn("erasing expired boot keys failed", "err", err)
+	} else if n > 0 {
+		p.log.Info("expired boots: private host keys erased", "count", n)
+	}
+	if _, err := p.store.Bindings(ctx, time.Now()); err != nil {
+		p.log.Warn("pruning DHCP bindings failed", "err", err)
+	}
 }
 
 // resumePolls starts again the SSH pollers that a previous run lost:
@@ -150,8 +202,8 @@ func (p *Provisioner) resumePolls(ctx context.Context) error {
 			return err
 		}
 		b, err := p.liveBoot(ctx, latest.Token)
-		if err != nil {
-			continue // used or expired: only a new PXE boot helps
+		if err != nil || b.InitrdAt == nil {
+			continue // used, expired, or never fetched: only a new PXE boot helps
 		}
 		addr, err := netip.ParseAddr(b.IP)
 		if err != nil {
@@ -179,8 +231,14 @@ func (p *Provisioner) Reload(ctx context.Context, cfg *profiles.Config) error {
 // Config is the configuration in force.
 func (p *Provisioner) Config() *profiles.Config { return p.cfg.Load() }
 
-// Wait blocks until every install and poller started so far has ended.
-func (p *Provisioner) Wait() { p.wg.Wait() }
+// Wait blocks until every install and poller started so far has ended,
+// and, once New's context is done, the background sweeper too.
+func (p *Provisioner) Wait() {
+	p.wg.Wait()
+	if p.baseCtx.Err() != nil {
+		p.bg.Wait()
+	}
+}
 
 // Decide answers dhcp: boot the machines the config knows, and unknown
 // ones only when the policy says so. An unknown MAC is logged once.
@@ -208,7 +266,8 @@ func (p *Provisioner) Decide(ctx context.Context, m dhcp.Machine) dhcp.Decision 
 
 // Boot chooses the iPXE script of one machine. Installed machines boot
 // their disk unless a reinstall was asked for; everything else that the
-// config maps to a profile gets the installer with a fresh token.
+// config maps to a profile gets the installer with a fresh token, if
+// the request comes from an address that DHCP gave to that MAC.
 func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboot.BootPlan, error) {
 	cfg := p.cfg.Load()
 	mac := r.MAC.String()
@@ -223,9 +282,23 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 			return httpboot.BootPlan{Action: httpboot.ActionIgnore}, nil
 		}
 	}
+	prof := cfg.Profile(m.Profile)
+	if prof == nil {
+		return httpboot.BootPlan{}, fmt.Errorf("machine %s: profile %q is not in the config", mac, m.Profile)
+	}
+	// The address is checked before anything is recorded: a stranger's
+	// request must leave the machine's boots as they were.
+	if err := p.checkSource(ctx, mac, r.RemoteAddr, cfg.TrustOf(prof), "boot script"); err != nil {
+		return httpboot.BootPlan{}, err
+	}
 	rec, err := p.store.UpsertMachine(ctx, mac, m.Hostname, m.Profile)
 	if err != nil {
 		return httpboot.BootPlan{}, err
+	}
+	if rec.Held {
+		p.event(ctx, mac, "", fmt.Sprintf("PXE boot from %s refused: the machine is held after a security event; `pxe-anywhere machines reinstall %s` arms it again", addrString(r.RemoteAddr), mac))
+		p.metrics.boots.WithLabelValues("held").Inc()
+		return httpboot.BootPlan{Action: httpboot.ActionLocal, Hostname: m.Hostname}, nil
 	}
 	if rec.State == profiles.StateInstalled && !rec.Reinstall {
 		p.event(ctx, mac, "", "PXE boot: installed, booting from local disk")
@@ -236,15 +309,15 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 	busy := p.running[mac]
 	p.mu.Unlock()
 	if busy {
-		// The machine rebooted in the middle of its own install (or a
-		// second NIC asked): booting the installer again would race the
-		// running engine, so let it fall through to whatever it has.
-		p.event(ctx, mac, "", "PXE boot during a running install: local boot")
+		// The machine rebooted in the middle of its own install, or
+		// another host speaks for it: booting the installer again would
+		// race the running engine, so let it fall through to whatever
+		// it has, and say so loudly.
+		p.securityEvent(ctx, mac, fmt.Sprintf("conflict: a PXE boot from %s asked for a script while the install of %s runs: if the machine did not reboot by itself, another host is using its identity; local boot", addrString(r.RemoteAddr), mac))
 		return httpboot.BootPlan{Action: httpboot.ActionLocal, Hostname: m.Hostname}, nil
 	}
-	prof := cfg.Profile(m.Profile)
-	if prof == nil {
-		return httpboot.BootPlan{}, fmt.Errorf("machine %s: profile %q is not in the config", mac, m.Profile)
+	if err := p.checkOwner(ctx, mac, r.RemoteAddr); err != nil {
+		return httpboot.BootPlan{}, err
 	}
 	token, err := p.newBoot(ctx, mac, r, "install")
 	if err != nil {
@@ -263,7 +336,18 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 // discover boots an unknown machine into the installer so that an
 // operator can look at it and assign a profile; it is never installed.
 func (p *Provisioner) discover(ctx context.Context, cfg *profiles.Config, mac string, r httpboot.BootRequest) (httpboot.BootPlan, error) {
-	if _, err := p.store.UpsertMachine(ctx, mac, "", ""); err != nil {
+	if err := p.checkSource(ctx, mac, r.RemoteAddr, cfg.TrustOf(nil), "boot script"); err != nil {
+		return httpboot.BootPlan{}, err
+	}
+	rec, err := p.store.UpsertMachine(ctx, mac, "", "")
+	if err != nil {
+		return httpboot.BootPlan{}, err
+	}
+	if rec.Held {
+		p.event(ctx, mac, "", fmt.Sprintf("PXE boot from %s refused: the machine is held after a security event; `pxe-anywhere machines reinstall %s` arms it again", addrString(r.RemoteAddr), mac))
+		return httpboot.BootPlan{Action: httpboot.ActionLocal}, nil
+	}
+	if err := p.checkOwner(ctx, mac, r.RemoteAddr); err != nil {
 		return httpboot.BootPlan{}, err
 	}
 	token, err := p.newBoot(ctx, mac, r, "discover")
@@ -274,8 +358,51 @@ func (p *Provisioner) discover(ctx context.Context, cfg *profiles.Config, mac st
 	return httpboot.BootPlan{Action: httpboot.ActionInstall, Image: cfg.Server.DiscoverImage, Token: token}, nil
 }
 
+// checkSource refuses a request for mac's boot that comes from an
+// address DHCP did not give to mac, unless the machine's trust is the
+// MAC alone. A refusal leaves an event on the machine.
+func (p *Provisioner) checkSource(ctx context.Context, mac string, remote netip.Addr, trust profiles.Trust, what string) error {
+	if trust == profiles.TrustMAC {
+		return nil
+	}
+	if _, ok := p.bindings.lookup(mac, remote); ok {
+		return nil
+	}
+	p.metrics.refusals.WithLabelValues(what, "not-bound").Inc()
+	held := "none"
+	if addrs := p.bindings.addrs(mac); len(addrs) > 0 {
+		held = strings.Join(addrs, ", ")
+	}
+	p.securityEvent(ctx, mac, fmt.Sprintf("%s asked by %s, which DHCP did not give to %s (its addresses: %s): refused", what, addrString(remote), mac, held))
+	return fmt.Errorf("%w: %s is not bound to %s", httpboot.ErrForbidden, addrString(remote), mac)
+}
+
+// checkOwner refuses a new boot for mac from remote while the live boot
+// of mac belongs to another address (see ownerWindow).
+func (p *Provisioner) checkOwner(ctx context.Context, mac string, remote netip.Addr) error {
+	latest, err := p.store.LatestBoot(ctx, mac)
+	if errors.Is(err, profiles.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	b, err := p.liveBoot(ctx, latest.Token)
+	if err != nil || b.IP == addrString(remote) {
+		return nil // no live boot, or the machine booting again
+	}
+	if b.InitrdAt == nil && time.Since(b.CreatedAt) > ownerWindow {
+		return nil
+	}
+	p.metrics.refusals.WithLabelValues("boot script", "owned").Inc()
+	p.securityEvent(ctx, mac, fmt.Sprintf("conflict: boot script asked by %s while boot %s of %s from %s is live: refused; if the machine really moved, `pxe-anywhere machines reinstall %s` voids that boot",
+		addrString(remote), httpboot.ShortToken(b.Token), mac, b.IP, mac))
+	return fmt.Errorf("%w: %s has a live boot at %s", httpboot.ErrForbidden, mac, b.IP)
+}
+
 // newBoot records a boot: a random token and a host key made for this
-// boot alone, which the extra initrd carries and the engine pins.
+// boot alone, which the extra initrd carries and the engine pins. The
+// machine's earlier boots that were never used are voided with it.
 func (p *Provisioner) newBoot(ctx context.Context, mac string, r httpboot.BootRequest, why string) (string, error) {
 	var b [24]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -307,6 +434,9 @@ func (p *Provisioner) newBoot(ctx context.Context, mac string, r httpboot.BootRe
 		return "", fmt.Errorf("record boot of %s: %w", mac, err)
 	}
 	msg := fmt.Sprintf("PXE boot into the installer (%s) from %s", why, boot.IP)
+	if via, ok := p.bindings.lookup(mac, r.RemoteAddr); ok {
+		msg += " (DHCP binding on " + via + ")"
+	}
 	if err := p.transition(ctx, mac, profiles.StateBooting, "", "", msg); err != nil {
 		return "", err
 	}
@@ -320,55 +450,124 @@ func addrString(a netip.Addr) string {
 	return a.Unmap().String()
 }
 
-// liveBoot returns the boot of token if it may still be used: the latest
-// boot of its machine, not called back yet, and young enough.
-// errTokenExpired: the boot is older than tokenLifetime.
-var errTokenExpired = errors.New("boot token expired")
+// Why a boot token no longer opens anything.
+var (
+	errTokenExpired    = errors.New("boot token expired")
+	errTokenSuperseded = errors.New("boot token superseded by a newer boot")
+)
 
+// liveBoot returns the boot of token if it may still be used: the latest
+// boot of its machine, not called back yet, not voided, and young
+// enough.
 func (p *Provisioner) liveBoot(ctx context.Context, token string) (profiles.Boot, error) {
 	b, err := p.store.BootByToken(ctx, token)
 	if err != nil {
 		return profiles.Boot{}, err
 	}
-	if b.UsedAt != nil {
-		return profiles.Boot{}, profiles.ErrTokenUsed
-	}
-	if time.Since(b.CreatedAt) > tokenLifetime {
-		return profiles.Boot{}, errTokenExpired
+	return p.checkLive(ctx, b)
+}
+
+func (p *Provisioner) checkLive(ctx context.Context, b profiles.Boot) (profiles.Boot, error) {
+	switch {
+	case b.VoidedAt != nil:
+		return b, fmt.Errorf("%w: %s", profiles.ErrBootVoided, b.VoidReason)
+	case b.UsedAt != nil:
+		return b, profiles.ErrTokenUsed
+	case time.Since(b.CreatedAt) > tokenLifetime:
+		return b, errTokenExpired
 	}
 	latest, err := p.store.LatestBoot(ctx, b.MAC)
 	if err != nil {
-		return profiles.Boot{}, err
+		return b, err
 	}
 	if latest.Token != b.Token {
-		return profiles.Boot{}, errors.New("boot token superseded by a newer boot")
+		return b, errTokenSuperseded
 	}
 	return b, nil
 }
 
-// ExtraInitrd returns the files of the per-boot initrd: our install key
-// and the boot's host key, laid out as nixos-images restores them.
-func (p *Provisioner) ExtraInitrd(ctx context.Context, token string) ([]httpboot.ExtraFile, error) {
-	b, err := p.liveBoot(ctx, token)
+// ExtraInitrd returns the files of the per-boot initrd, our install key
+// and the boot's host key laid out as nixos-images restores them: only
+// to the address that asked for the boot's script, and only once. A
+// second request, from anywhere, means the key may be in two hands:
+// the boot is voided and the machine held until an operator looks.
+func (p *Provisioner) ExtraInitrd(ctx context.Context, token string, remote netip.Addr) ([]httpboot.ExtraFile, error) {
+	b, err := p.store.BootByToken(ctx, token)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", httpboot.ErrUnknownToken, err)
+		if errors.Is(err, profiles.ErrNotFound) {
+			p.logLimited("unknown-token", "extra initrd asked with an unknown token: refused", "remote", addrString(remote))
+			return nil, fmt.Errorf("%w: %v", httpboot.ErrUnknownToken, err)
+		}
+		return nil, err
 	}
-	return httpboot.RemoteAccessFiles(p.authKey, b.HostKeyPrivate, []byte(b.HostKeyPublic+"\n")), nil
+	if b.InitrdAt != nil {
+		return nil, p.secretsAskedTwice(ctx, b, remote)
+	}
+	if _, err := p.checkLive(ctx, b); err != nil {
+		p.metrics.refusals.WithLabelValues("extra initrd", "not-live").Inc()
+		p.securityEvent(ctx, b.MAC, fmt.Sprintf("extra initrd of boot %s asked by %s: refused (%v)", httpboot.ShortToken(token), addrString(remote), err))
+		return nil, fmt.Errorf("%w: %v", httpboot.ErrForbidden, err)
+	}
+	if addrString(remote) != b.IP {
+		p.metrics.refusals.WithLabelValues("extra initrd", "not-owner").Inc()
+		p.securityEvent(ctx, b.MAC, fmt.Sprintf("extra initrd of boot %s asked by %s, but the boot belongs to %s: refused; the boot stays live", httpboot.ShortToken(token), addrString(remote), b.IP))
+		return nil, fmt.Errorf("%w: boot belongs to %s", httpboot.ErrForbidden, b.IP)
+	}
+	taken, first, err := p.store.TakeInitrd(ctx, token)
+	if err != nil {
+		return nil, err
+	}
+	if !first {
+		// Another request won the race for the same token.
+		return nil, p.secretsAskedTwice(ctx, taken, remote)
+	}
+	p.event(ctx, b.MAC, "", fmt.Sprintf("fetched extra initrd (boot keys) from %s", b.IP))
+	p.startPoll(taken, remote)
+	return httpboot.RemoteAccessFiles(p.authKey, taken.HostKeyPrivate, []byte(taken.HostKeyPublic+"\n")), nil
 }
 
-// Fetched notes what a booting machine downloaded. Once it has its extra
-// initrd, its installer will come up soon: images that do not call back
-// are then found by polling their SSH port.
-func (p *Provisioner) Fetched(ctx context.Context, token, what string, remote netip.Addr) {
-	b, err := p.liveBoot(ctx, token)
+// secretsAskedTwice voids boot b, whose extra initrd went out already,
+// and holds its machine: nobody can tell which requester holds the key
+// now, so no engine may trust it.
+func (p *Provisioner) secretsAskedTwice(ctx context.Context, b profiles.Boot, remote netip.Addr) error {
+	p.metrics.refusals.WithLabelValues("extra initrd", "twice").Inc()
+	voided, err := p.store.VoidBoot(ctx, b.Token, "boot secrets requested twice")
 	if err != nil {
-		return
+		return err
 	}
-	p.event(ctx, b.MAC, "", fmt.Sprintf("fetched %s from %s", what, addrString(remote)))
-	if what != httpboot.FetchedExtraInitrd {
-		return
+	p.stopPoll(b.Token)
+	msg := fmt.Sprintf("SECURITY: boot secrets requested twice (boot %s, again by %s, first served to %s): install withheld; `pxe-anywhere machines reinstall %s` arms the machine again",
+		httpboot.ShortToken(b.Token), addrString(remote), b.IP, b.MAC)
+	if !voided {
+		// Used or voided already: no engine can start from this boot
+		// any more; the request is a replay, worth a word.
+		p.securityEvent(ctx, b.MAC, msg+" (the boot had already ended)")
+	} else if err := p.store.Hold(ctx, b.MAC, "boot secrets requested twice: install withheld", msg); err != nil {
+		p.log.Error("holding a machine after a security event failed", "mac", b.MAC, "err", err)
+	} else {
+		p.log.Warn(msg, "mac", b.MAC, "security", true)
+		p.publish(ctx, b.MAC)
 	}
-	p.startPoll(b, remote)
+	return fmt.Errorf("%w: boot secrets requested twice", httpboot.ErrForbidden)
+}
+
+// Fetched checks an image download that carries a boot token: it must
+// come from the address the boot belongs to, while the boot lives.
+func (p *Provisioner) Fetched(ctx context.Context, f httpboot.Fetch) error {
+	b, err := p.liveBoot(ctx, f.Token)
+	if err != nil {
+		p.metrics.refusals.WithLabelValues(f.What, "not-live").Inc()
+		return fmt.Errorf("%w: %v", httpboot.ErrForbidden, err)
+	}
+	if addrString(f.Remote) != b.IP {
+		p.metrics.refusals.WithLabelValues(f.What, "not-owner").Inc()
+		p.securityEvent(ctx, b.MAC, fmt.Sprintf("%s of boot %s asked by %s, but the boot belongs to %s: refused", f.What, httpboot.ShortToken(f.Token), addrString(f.Remote), b.IP))
+		return fmt.Errorf("%w: boot belongs to %s", httpboot.ErrForbidden, b.IP)
+	}
+	if f.Whole {
+		p.event(ctx, b.MAC, "", fmt.Sprintf("fetched %s from %s", f.What, b.IP))
+	}
+	return nil
 }
 
 // startPoll starts the SSH poller of boot b at addr, unless it runs
@@ -389,29 +588,63 @@ func (p *Provisioner) startPoll(b profiles.Boot, addr netip.Addr) {
 	}()
 }
 
-// Callback is the installer saying it is up. The token is good once.
-func (p *Provisioner) Callback(ctx context.Context, token string, addr netip.Addr) error {
+func (p *Provisioner) stopPoll(token string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cancel, ok := p.polling[token]; ok {
+		cancel()
+		delete(p.polling, token)
+	}
+}
+
+// Callback is the installer saying it is up. The token is good once,
+// from an address that DHCP gave to the machine, after the machine
+// fetched its extra initrd; the engine connects to the address the
+// callback came from, whatever its body says.
+func (p *Provisioner) Callback(ctx context.Context, token string, remote, claimed netip.Addr) error {
 	b, err := p.liveBoot(ctx, token)
 	if err != nil {
-		p.rejectToken(ctx, token, err)
+		p.rejectToken(ctx, token, remote, err)
 		return fmt.Errorf("%w: %v", httpboot.ErrForbidden, err)
 	}
-	if err := p.claim(ctx, b, addr, "callback"); err != nil {
+	refuse := func(why, msg string) error {
+		p.metrics.callbacks.WithLabelValues("rejected").Inc()
+		p.metrics.refusals.WithLabelValues("callback", why).Inc()
+		p.securityEvent(ctx, b.MAC, msg)
+		return fmt.Errorf("%w: %s", httpboot.ErrForbidden, why)
+	}
+	if claimed.IsValid() && claimed != remote.Unmap() {
+		return refuse("address", fmt.Sprintf("callback of boot %s from %s names address %s: refused (the engine connects only to where the callback comes from)", httpboot.ShortToken(token), addrString(remote), claimed))
+	}
+	if err := p.checkSource(ctx, b.MAC, remote, p.trustOfMachine(b.MAC), "callback"); err != nil {
+		p.metrics.callbacks.WithLabelValues("rejected").Inc()
 		return err
 	}
-	return nil
+	if b.InitrdAt == nil {
+		return refuse("no-initrd", fmt.Sprintf("callback of boot %s from %s before its extra initrd was fetched: refused", httpboot.ShortToken(token), addrString(remote)))
+	}
+	return p.claim(ctx, b, remote, "callback")
+}
+
+// trustOfMachine is the trust in force for mac's profile.
+func (p *Provisioner) trustOfMachine(mac string) profiles.Trust {
+	cfg := p.cfg.Load()
+	if m := cfg.MachineByMAC(mustMAC(mac)); m != nil {
+		return cfg.TrustOf(cfg.Profile(m.Profile))
+	}
+	return cfg.TrustOf(nil)
 }
 
 // rejectToken leaves an event on the machine a bad token belongs to, if
 // any: a replayed callback is worth an operator's attention.
-func (p *Provisioner) rejectToken(ctx context.Context, token string, why error) {
+func (p *Provisioner) rejectToken(ctx context.Context, token string, remote netip.Addr, why error) {
 	p.metrics.callbacks.WithLabelValues("rejected").Inc()
 	b, err := p.store.BootByToken(ctx, token)
 	if err != nil {
-		p.log.Warn("callback with an unknown token refused", "token", httpboot.ShortToken(token))
+		p.logLimited("unknown-token", "callback with an unknown token refused", "token", httpboot.ShortToken(token), "remote", addrString(remote))
 		return
 	}
-	p.event(ctx, b.MAC, "", fmt.Sprintf("callback refused: %v", why))
+	p.securityEvent(ctx, b.MAC, fmt.Sprintf("callback of boot %s from %s refused: %v", httpboot.ShortToken(token), addrString(remote), why))
 }
 
 // claim uses the boot's token and starts the install. It is the single
@@ -422,7 +655,7 @@ func (p *Provisioner) claim(ctx context.Context, b profiles.Boot, addr netip.Add
 		// A poller that finds the token used lost to the callback:
 		// nothing was refused, so nothing is worth an event.
 		if how == "callback" {
-			p.rejectToken(ctx, b.Token, err)
+			p.rejectToken(ctx, b.Token, addr, err)
 		}
 		return fmt.Errorf("%w: %v", httpboot.ErrForbidden, err)
 	}
@@ -465,6 +698,30 @@ func (p *Provisioner) transition(ctx context.Context, mac string, to profiles.St
 	p.log.Info(msg, "mac", mac, "state", to, "phase", phase)
 	p.publish(ctx, mac)
 	return nil
+}
+
+// securityEvent records a refusal or a conflict on a machine, when the
+// store knows it, and always in the log, at warning level.
+func (p *Provisioner) securityEvent(ctx context.Context, mac, msg string) {
+	p.log.Warn(msg, "mac", mac, "security", true)
+	if err := p.store.AddEvent(ctx, mac, "", msg); err != nil && !errors.Is(err, profiles.ErrNotFound) {
+		p.log.Warn("recording event failed", "mac", mac, "err", err)
+	}
+}
+
+// logLimited logs a warning at most once a minute per key: strangers
+// can send as many bad requests as they like, the log stays readable.
+func (p *Provisioner) logLimited(key, msg string, args ...any) {
+	p.mu.Lock()
+	last, seen := p.logged[key]
+	now := time.Now()
+	if seen && now.Sub(last) < time.Minute {
+		p.mu.Unlock()
+		return
+	}
+	p.logged[key] = now
+	p.mu.Unlock()
+	p.log.Warn(msg, args...)
 }
 
 // event records a note on a machine without changing its state.

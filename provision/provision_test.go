@@ -144,13 +144,54 @@ func startFixture(t *testing.T, cfg *profiles.Config, path string, signer ssh.Si
 
 func mac(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
 
+// machineIP is where the test machines boot from: macA's address.
+var machineIP = netip.MustParseAddr("10.77.0.100")
+
+// ipOf is the address DHCP gives to each test machine.
+func ipOf(m string) netip.Addr {
+	switch m {
+	case macB:
+		return netip.MustParseAddr("10.77.0.101")
+	case macX:
+		return netip.MustParseAddr("10.77.0.199")
+	}
+	return machineIP
+}
+
+// bind is DHCP telling the Provisioner that m took addr on br0.
+func (f *fixture) bind(t *testing.T, m string, addr netip.Addr) {
+	t.Helper()
+	f.p.Bound(context.Background(), dhcp.Binding{MAC: mac(m), Addr: addr, Interface: "br0", Expires: time.Now().Add(time.Hour)})
+}
+
+// boot is machine m, bound to ipOf(m), asking for its script.
 func (f *fixture) boot(t *testing.T, m string) httpboot.BootPlan {
 	t.Helper()
-	plan, err := f.p.Boot(context.Background(), httpboot.BootRequest{MAC: mac(m), RemoteAddr: netip.MustParseAddr("10.77.0.100")})
+	f.bind(t, m, ipOf(m))
+	plan, err := f.p.Boot(context.Background(), httpboot.BootRequest{MAC: mac(m), RemoteAddr: ipOf(m)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return plan
+}
+
+// initrd fetches the extra initrd of m's boot token from ipOf(m).
+func (f *fixture) initrd(t *testing.T, m, token string) []httpboot.ExtraFile {
+	t.Helper()
+	files, err := f.p.ExtraInitrd(context.Background(), token, ipOf(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// up is m's installer fetching its extra initrd and calling back.
+func (f *fixture) up(t *testing.T, m, token string) {
+	t.Helper()
+	f.initrd(t, m, token)
+	if err := f.p.Callback(context.Background(), token, ipOf(m), netip.Addr{}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (f *fixture) state(t *testing.T, m string) profiles.MachineRecord {
@@ -203,9 +244,7 @@ func TestUnknownMachinePolicies(t *testing.T) {
 			}
 			if tt.policy == "discover" {
 				// Its installer comes up, but nothing is installed on it.
-				if err := f.p.Callback(context.Background(), plan.Token, netip.MustParseAddr("10.77.0.100")); err != nil {
-					t.Fatal(err)
-				}
+				f.up(t, macX, plan.Token)
 				f.p.Wait()
 				if r := f.state(t, macX); r.State != profiles.StateInstallerUp || len(f.engine.runs) != 0 {
 					t.Fatalf("discovered machine: %+v, %d installs", r, len(f.engine.runs))
@@ -229,12 +268,8 @@ func TestTokensAndCallback(t *testing.T) {
 	if r := f.state(t, macA); r.State != profiles.StateBooting || r.IP != "10.77.0.100" {
 		t.Fatalf("after boot: %+v", r)
 	}
-	files, err := f.p.ExtraInitrd(ctx, first.Token)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var hostKey []byte
-	for _, fl := range files {
+	for _, fl := range f.initrd(t, macA, first.Token) {
 		if fl.Path == "ssh/ssh_host_ed25519_key" {
 			hostKey = fl.Data
 		}
@@ -244,19 +279,23 @@ func TestTokensAndCallback(t *testing.T) {
 	}
 	// A second boot supersedes the first token.
 	second := f.boot(t, macA)
-	if _, err := f.p.ExtraInitrd(ctx, first.Token); !errors.Is(err, httpboot.ErrUnknownToken) {
-		t.Fatalf("superseded token still opens the initrd: %v", err)
+	if b, _ := f.store.BootByToken(ctx, first.Token); b.VoidedAt == nil || len(b.HostKeyPrivate) != 0 {
+		t.Fatalf("superseded boot not voided, or its key kept: %+v", b)
 	}
 	for _, tok := range []string{"nope", first.Token} {
-		if err := f.p.Callback(ctx, tok, netip.MustParseAddr("10.77.0.100")); !errors.Is(err, httpboot.ErrForbidden) {
+		if err := f.p.Callback(ctx, tok, machineIP, netip.Addr{}); !errors.Is(err, httpboot.ErrForbidden) {
 			t.Fatalf("callback with %q: %v", tok, err)
 		}
 	}
-	if err := f.p.Callback(ctx, second.Token, netip.MustParseAddr("10.77.0.100")); err != nil {
+	f.initrd(t, macA, second.Token)
+	if err := f.p.Callback(ctx, second.Token, machineIP, machineIP); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.p.Callback(ctx, second.Token, netip.MustParseAddr("10.77.0.100")); !errors.Is(err, httpboot.ErrForbidden) {
+	if err := f.p.Callback(ctx, second.Token, machineIP, netip.Addr{}); !errors.Is(err, httpboot.ErrForbidden) {
 		t.Fatalf("replayed callback: %v", err)
+	}
+	if b, _ := f.store.BootByToken(ctx, second.Token); b.UsedAt == nil || len(b.HostKeyPrivate) != 0 || b.HostKeyPublic == "" {
+		t.Fatalf("used boot: the private key must be erased and the public key kept: %+v", b)
 	}
 	r := waitState(t, f, macA, profiles.StateInstalled)
 	if len(f.engine.runs) != 1 {
@@ -272,7 +311,7 @@ func TestTokensAndCallback(t *testing.T) {
 		msgs = append(msgs, e.Message)
 	}
 	all := strings.Join(msgs, "\n")
-	for _, want := range []string{"callback refused", "installer up at 10.77.0.100", "phase 1/3: disko", "installed with profile web"} {
+	for _, want := range []string{"refused: boot voided: superseded", "refused: boot token already used", "installer up at 10.77.0.100", "phase 1/3: disko", "installed with profile web"} {
 		if !strings.Contains(all, want) {
 			t.Fatalf("events lack %q:\n%s", want, all)
 		}
@@ -294,15 +333,12 @@ func TestTokensAndCallback(t *testing.T) {
 }
 
 func TestFailedInstallAndRestart(t *testing.T) {
-	ctx := context.Background()
 	cfg := testConfig(t, "ignore")
 	path := filepath.Join(t.TempDir(), "state.db")
 	f := newFixture(t, cfg, path)
 	f.engine.err = &installer.PhaseError{Phase: "disko", Command: "/nix/store/x-disko", ExitCode: 1, Err: errors.New("exit code 1")}
 	plan := f.boot(t, macA)
-	if err := f.p.Callback(ctx, plan.Token, netip.MustParseAddr("10.77.0.100")); err != nil {
-		t.Fatal(err)
-	}
+	f.up(t, macA, plan.Token)
 	r := waitState(t, f, macA, profiles.StateFailed)
 	if r.Phase != "disko" || !strings.Contains(r.Error, "exit code 1") {
 		t.Fatalf("failed machine %+v", r)
@@ -311,9 +347,7 @@ func TestFailedInstallAndRestart(t *testing.T) {
 	f.engine.err = nil
 	f.engine.block = make(chan struct{})
 	plan = f.boot(t, macB)
-	if err := f.p.Callback(ctx, plan.Token, netip.MustParseAddr("10.77.0.101")); err != nil {
-		t.Fatal(err)
-	}
+	f.up(t, macB, plan.Token)
 	waitState(t, f, macB, profiles.StateInstalling)
 	// A machine that PXE-boots mid-install is not handed the installer.
 	if p := f.boot(t, macB); p.Action != httpboot.ActionLocal {
@@ -377,11 +411,12 @@ func (f *fixture) bootFromLoopback(t *testing.T, m string) (token string, hostKe
 	t.Helper()
 	ctx := context.Background()
 	lo := netip.MustParseAddr("127.0.0.1")
+	f.bind(t, m, lo)
 	plan, err := f.p.Boot(ctx, httpboot.BootRequest{MAC: mac(m), RemoteAddr: lo})
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := f.p.ExtraInitrd(ctx, plan.Token)
+	files, err := f.p.ExtraInitrd(ctx, plan.Token, lo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,7 +428,6 @@ func (f *fixture) bootFromLoopback(t *testing.T, m string) (token string, hostKe
 			authKeys = fl.Data
 		}
 	}
-	f.p.Fetched(ctx, plan.Token, httpboot.FetchedExtraInitrd, lo)
 	if !f.polling(plan.Token) {
 		t.Fatal("no SSH poller after the extra initrd was fetched")
 	}
@@ -518,7 +552,7 @@ func TestResumedPollLosesToCallback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := second.p.Callback(ctx, token, lo); err != nil {
+	if err := second.p.Callback(ctx, token, lo, netip.Addr{}); err != nil {
 		t.Fatal(err)
 	}
 	if second.polling(token) {
@@ -556,6 +590,10 @@ func TestPollGivesUpWhenTokenExpires(t *testing.T) {
 		HostKeyPrivate: []byte("x"), CreatedAt: time.Now().Add(-tokenLifetime + 2*time.Second)}
 	if err := first.store.CreateBoot(ctx, b); err != nil {
 		t.Fatal(err)
+	}
+	// Only a boot whose extra initrd went out can have an installer up.
+	if _, ok, err := first.store.TakeInitrd(ctx, b.Token); !ok || err != nil {
+		t.Fatal(ok, err)
 	}
 	if err := first.store.Transition(ctx, macB, profiles.StateBooting, "", "", "booted"); err != nil {
 		t.Fatal(err)

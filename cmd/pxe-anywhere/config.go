@@ -36,6 +36,9 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		fmt.Fprintf(stdout, "%s: ok (%d images, %d profiles, %d machines, DHCP %s on %s)\n", fs.Arg(0),
 			len(cfg.Images), len(cfg.Profiles), len(cfg.Machines), cfg.DHCP.Mode, strings.Join(cfg.Server.Interfaces, ", "))
+		if weak := cfg.WeakTrust(); len(weak) > 0 {
+			fmt.Fprintf(stdout, "warning: %s: trust: mac: boots are bound to the MAC alone, not to an address that DHCP gave; any host that reaches the boot listener can ask for those machines' boots (see docs/security.md)\n", strings.Join(weak, ", "))
+		}
 		return nil
 	case "reload":
 		c, err := newAPIClientFlags("config reload", args[1:], stderr)

@@ -244,7 +244,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		prov.Wait()
 	}()
 
-	dsrv, err := dhcp.New(dhcpConfig(cfg, advertise, baseURL, reg), prov, log.With("component", "dhcp"))
+	dcfg := dhcpConfig(cfg, advertise, baseURL, reg)
+	dcfg.Binder = prov // the boot side answers only addresses DHCP saw
+	dsrv, err := dhcp.New(dcfg, prov, log.With("component", "dhcp"))
 	if err != nil {
 		return err
 	}

@@ -1,8 +1,9 @@
-// Package sshtarget runs a real OpenSSH server on 127.0.0.1 inside a
-// private mount namespace, as a stand-in for a machine to install: /run,
-// /mnt and /root are fresh tmpfs mounts, /etc/os-release says what the test
-// wants, and strict stand-in commands that record their calls come first
-// on PATH. It is used only by tests (root needed).
+// Package sshtarget runs a real OpenSSH server on 127.0.0.1 (or on an
+// address in a test network namespace) inside a private mount namespace,
+// as a stand-in for a machine to install: /run, /mnt and /root are fresh
+// tmpfs mounts, /etc/os-release says what the test wants, and strict
+// stand-in commands that record their calls come first on PATH. It is
+// used only by tests (root needed).
 package sshtarget
 
 import (
@@ -115,6 +116,11 @@ type Options struct {
 	OSRelease      string            // /etc/os-release inside the namespace; "": InstallerOSRelease
 	StandIns       map[string]string // command name → sh script body, first on PATH (after the standard ones)
 	Files          map[string]string // absolute path → content bind-mounted over it inside the namespace (e.g. /proc/meminfo)
+	// NetNS, when set, runs the target in that network namespace (a
+	// netlab client: the machine itself), listening on ListenAddr, an
+	// address it holds there. The caller must be able to reach it.
+	NetNS      string
+	ListenAddr string
 }
 
 // Target is a running test target.
@@ -191,9 +197,15 @@ func Start(t testing.TB, o Options) *Target {
 	for name, body := range standIns {
 		must(t, os.WriteFile(filepath.Join(bin, name), []byte("#!/bin/sh\n"+record+body), 0o755))
 	}
-	port := FreePort(t)
-	cfg := fmt.Sprintf(`Port %d
-ListenAddress 127.0.0.1
+	port, host := 0, "127.0.0.1"
+	if o.NetNS != "" {
+		// A namespace of its own: nothing else listens there.
+		port, host = 2222, o.ListenAddr
+	} else {
+		port = FreePort(t)
+	}
+	cfg := fmt.Sprintf(`Port %[1]d
+ListenAddress %[5]s
 %[4]sPidFile %[2]s/sshd.pid
 AuthorizedKeysFile %[2]s/authorized_keys
 StrictModes no
@@ -202,7 +214,7 @@ PermitRootLogin yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 SetEnv PATH=%[3]s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PXE_TARGET_DIR=%[2]s
-`, port, dir, bin, hostKeys)
+`, port, dir, bin, hostKeys, host)
 	must(t, os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(cfg), 0o600))
 
 	var mounts strings.Builder
@@ -239,7 +251,11 @@ while :; do
   if [ -f %[1]s/next ]; then . %[1]s/next; rm -f %[1]s/next; else break; fi
 done
 `, dir, mounts.String())
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
+	argv := []string{"unshare", "--mount", "--propagation", "private", "sh", "-c", script}
+	if o.NetNS != "" {
+		argv = append([]string{"ip", "netns", "exec", o.NetNS}, argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -247,7 +263,7 @@ done
 		t.Fatalf("starting sshd in a mount namespace: %v", err)
 	}
 	tg := &Target{
-		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Host: "127.0.0.1", Port: port,
+		Addr: net.JoinHostPort(host, strconv.Itoa(port)), Host: host, Port: port,
 		HostKey: signer.PublicKey(), Dir: dir, Bin: bin, cmd: cmd, done: make(chan struct{}),
 	}
 	go func() { _ = cmd.Wait(); close(tg.done) }()

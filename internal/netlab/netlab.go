@@ -185,3 +185,59 @@ func Do(ns *NS, fn func() error) error {
 	}()
 	return <-errc
 }
+
+// labEnv carries a lab into a test process that RunInServer started.
+const labEnv = "PXE_NETLAB_INHERITED"
+
+// RunInServer runs the test t again, in a process of its own inside the
+// lab's server namespace, and fails t if that run fails. Code under
+// test that opens sockets from many goroutines (an SSH client, the
+// OpenSSH that nix copy starts) then lives where the server lives in
+// production, and reaches the clients over the bridge. The child finds
+// the lab with Inherited; clients are the namespaces it may use, in
+// order. It reports whether this is the parent, which should return.
+func (l *Lab) RunInServer(t *testing.T, clients ...*NS) bool {
+	t.Helper()
+	if os.Getenv(labEnv) != "" {
+		return false
+	}
+	names := []string{l.Server.Name, l.Prefix.String()}
+	for _, c := range clients {
+		names = append(names, c.Name)
+	}
+	// -test.v makes the child say which tests passed: a run that
+	// matched no test also ends in PASS.
+	args := []string{"-test.run=^" + t.Name() + "$", "-test.count=1", "-test.timeout=10m", "-test.v"}
+	cmd := l.Command(l.Server, os.Args[0], args...)
+	cmd.Env = append(os.Environ(), labEnv+"="+strings.Join(names, ","))
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()+" ") {
+		t.Fatalf("%s in the lab's server namespace: %v\n%s", t.Name(), err, out)
+	}
+	if testing.Verbose() {
+		t.Logf("in the lab's server namespace:\n%s", out)
+	}
+	return true
+}
+
+// Inherited returns the lab and client namespaces that RunInServer
+// handed to this process, or nil outside such a run. The namespaces
+// belong to the parent, which removes them.
+func Inherited(t testing.TB) (*Lab, []*NS) {
+	t.Helper()
+	v := os.Getenv(labEnv)
+	if v == "" {
+		return nil, nil
+	}
+	f := strings.Split(v, ",")
+	if len(f) < 2 {
+		t.Fatalf("%s=%q: want server,prefix[,clients]", labEnv, v)
+	}
+	p := netip.MustParsePrefix(f[1])
+	l := &Lab{t: t, Server: &NS{Name: f[0], Link: "br0"}, Bridge: "br0", Prefix: p, Addr: p.Addr().Next()}
+	var clients []*NS
+	for _, name := range f[2:] {
+		clients = append(clients, &NS{Name: name, Link: "eth0"})
+	}
+	return l, clients
+}
