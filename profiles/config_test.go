@@ -42,7 +42,7 @@ func TestLoadFull(t *testing.T) {
 			SSHKey:          filepath.Join(dir, "keys/id_ed25519"),
 			MaxInstalls:     2,
 			UnknownMachines: UnknownDiscover, Trust: TrustDHCP,
-			DiscoverImage:   "nixos",
+			DiscoverImage: "nixos",
 		},
 		DHCP: DHCP{
 			Mode:       DHCPAuthoritative,
