@@ -109,6 +109,7 @@ type BootBinding struct {
 	MAC     string
 	Addr    string
 	Via     string
+	Seen    time.Time // the last DHCP exchange that bound it
 	Expires time.Time
 }
 
@@ -169,6 +170,7 @@ var migrations = []string{
 		mac TEXT NOT NULL,
 		addr TEXT NOT NULL,
 		via TEXT NOT NULL,
+		seen_at INTEGER NOT NULL,
 		expires_at INTEGER NOT NULL,
 		PRIMARY KEY (mac, addr)
 	);`,
@@ -552,20 +554,24 @@ func (s *Store) UseToken(ctx context.Context, token string) (Boot, error) {
 // with its private key, to the first caller only; later callers get
 // first == false (and no key from this call).
 func (s *Store) TakeInitrd(ctx context.Context, token string) (b Boot, first bool, err error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE boots SET initrd_at = ?
-		WHERE token = ? AND initrd_at IS NULL AND used_at IS NULL AND voided_at IS NULL`, unix(time.Now()), token)
-	if err != nil {
+	// One statement marks and reads: a request that loses the race
+	// voids the boot, erasing the key, and may do so between a separate
+	// UPDATE and SELECT of the winner.
+	b, err = scanBoot(s.db.QueryRowContext(ctx, `UPDATE boots SET initrd_at = ?
+		WHERE token = ? AND initrd_at IS NULL AND used_at IS NULL AND voided_at IS NULL
+		RETURNING `+bootCols, unix(time.Now()), token))
+	if err == nil {
+		return b, true, nil
+	}
+	if !errors.Is(err, ErrNotFound) {
 		return Boot{}, false, err
 	}
-	n, _ := res.RowsAffected()
 	b, err = s.BootByToken(ctx, token)
 	if err != nil {
 		return Boot{}, false, err
 	}
-	if n == 0 {
-		b.HostKeyPrivate = nil
-	}
-	return b, n == 1, nil
+	b.HostKeyPrivate = nil
+	return b, false, nil
 }
 
 // VoidBoot ends a boot that is not used yet: its token opens nothing
@@ -618,9 +624,9 @@ func (s *Store) Hold(ctx context.Context, mac, errMsg, message string) error {
 // SaveBinding records (or extends) an address that DHCP saw a machine
 // hold.
 func (s *Store) SaveBinding(ctx context.Context, b BootBinding) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO bindings (mac, addr, via, expires_at) VALUES (?, ?, ?, ?)
-		ON CONFLICT(mac, addr) DO UPDATE SET via = excluded.via, expires_at = excluded.expires_at`,
-		normMAC(b.MAC), b.Addr, b.Via, unix(b.Expires))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO bindings (mac, addr, via, seen_at, expires_at) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT(mac, addr) DO UPDATE SET via = excluded.via, seen_at = excluded.seen_at, expires_at = excluded.expires_at`,
+		normMAC(b.MAC), b.Addr, b.Via, unix(b.Seen), unix(b.Expires))
 	return err
 }
 
@@ -636,7 +642,7 @@ func (s *Store) Bindings(ctx context.Context, now time.Time) ([]BootBinding, err
 	if _, err := s.db.ExecContext(ctx, `DELETE FROM bindings WHERE expires_at < ?`, unix(now)); err != nil {
 		return nil, err
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT mac, addr, via, expires_at FROM bindings ORDER BY mac, addr`)
+	rows, err := s.db.QueryContext(ctx, `SELECT mac, addr, via, seen_at, expires_at FROM bindings ORDER BY mac, addr`)
 	if err != nil {
 		return nil, err
 	}
@@ -644,11 +650,11 @@ func (s *Store) Bindings(ctx context.Context, now time.Time) ([]BootBinding, err
 	var out []BootBinding
 	for rows.Next() {
 		var b BootBinding
-		var exp int64
-		if err := rows.Scan(&b.MAC, &b.Addr, &b.Via, &exp); err != nil {
+		var seen, exp int64
+		if err := rows.Scan(&b.MAC, &b.Addr, &b.Via, &seen, &exp); err != nil {
 			return nil, err
 		}
-		b.Expires = fromUnix(exp)
+		b.Seen, b.Expires = fromUnix(seen), fromUnix(exp)
 		out = append(out, b)
 	}
 	return out, rows.Err()

@@ -23,6 +23,7 @@ const (
 // bound is one address DHCP saw a machine hold.
 type bound struct {
 	via     string
+	seen    time.Time // the last DHCP exchange that bound it
 	expires time.Time
 	saved   time.Time // the expiry last written to the store
 }
@@ -44,7 +45,7 @@ func newBindingTable() *bindingTable {
 // put records a binding. It returns whether the store needs writing,
 // the MAC that held the same address before (a conflict, or ""), and
 // false in ok when the table is full.
-func (t *bindingTable) put(mac string, a netip.Addr, via string, expires time.Time) (save bool, other string, ok bool) {
+func (t *bindingTable) put(mac string, a netip.Addr, via string, seen, expires time.Time) (save bool, other string, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.now()
@@ -73,7 +74,7 @@ func (t *bindingTable) put(mac string, a netip.Addr, via string, expires time.Ti
 		addrs[a] = b
 	}
 	save = b.via != via || expires.Sub(b.saved) > bindingSaveSlack
-	b.via, b.expires = via, expires
+	b.via, b.seen, b.expires = via, seen, expires
 	if save {
 		b.saved = expires
 	}
@@ -137,15 +138,15 @@ func (t *bindingTable) expireLocked(now time.Time) {
 	}
 }
 
-// lookup returns where DHCP saw mac take a, if that binding lives.
-func (t *bindingTable) lookup(mac string, a netip.Addr) (string, bool) {
+// lookup returns mac's binding of a, if it lives.
+func (t *bindingTable) lookup(mac string, a netip.Addr) (bound, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	b := t.byMAC[mac][a.Unmap()]
 	if b == nil || !t.now().Before(b.expires) {
-		return "", false
+		return bound{}, false
 	}
-	return b.via, true
+	return *b, true
 }
 
 // addrs lists mac's live bound addresses, for messages.
@@ -186,13 +187,14 @@ func (p *Provisioner) Bound(ctx context.Context, b dhcp.Binding) {
 	}
 	mac := b.MAC.String()
 	a := b.Addr.Unmap()
-	save, other, ok := p.bindings.put(mac, a, via(b), b.Expires)
+	now := time.Now()
+	save, other, ok := p.bindings.put(mac, a, via(b), now, b.Expires)
 	if !ok {
 		p.logLimited("binding-table-full", "binding table full: a DHCP binding was not recorded, so that machine's boot requests will be refused", "mac", mac, "ip", a.String(), "limit", maxBoundMACs)
 		return
 	}
 	if save {
-		if err := p.store.SaveBinding(ctx, profiles.BootBinding{MAC: mac, Addr: a.String(), Via: via(b), Expires: b.Expires}); err != nil {
+		if err := p.store.SaveBinding(ctx, profiles.BootBinding{MAC: mac, Addr: a.String(), Via: via(b), Seen: now, Expires: b.Expires}); err != nil {
 			p.log.Warn("saving a DHCP binding failed; it lives until the server stops", "mac", mac, "ip", a.String(), "err", err)
 		}
 		p.log.Debug("DHCP binding", "mac", mac, "ip", a.String(), "via", via(b), "expires", b.Expires.Format(time.RFC3339))
@@ -229,7 +231,7 @@ func (p *Provisioner) loadBindings(ctx context.Context) error {
 		if err != nil {
 			continue
 		}
-		p.bindings.put(b.MAC, a, b.Via, b.Expires)
+		p.bindings.put(b.MAC, a, b.Via, b.Seen, b.Expires)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -70,9 +72,13 @@ const attackerMAC = "52:54:00:66:66:66"
 // newHandoff makes the lab and runs the calling test again inside it,
 // returning nil: the caller returns at once. In that run it returns the
 // harness.
-func newHandoff(t *testing.T) *handoff {
+func newHandoff(t *testing.T) *handoff { return newHandoffMode(t, false) }
+
+// newHandoffMode is newHandoff with, when proxy is set, dnsmasq as the
+// network's own DHCP server and pxe-anywhere in proxy mode beside it.
+func newHandoffMode(t *testing.T, proxy bool) *handoff {
 	t.Helper()
-	netlab.Require(t, "udhcpc", "curl", "cpio", "nix-store", "/usr/sbin/sshd")
+	netlab.Require(t, "udhcpc", "curl", "cpio", "nix-store", "/usr/sbin/sshd", "dnsmasq")
 	lab, clients := netlab.Inherited(t)
 	if lab == nil {
 		lab = netlab.New(t, "10.82.0.0/24")
@@ -104,16 +110,21 @@ func newHandoff(t *testing.T) *handoff {
 	extra := filepath.Join(h.dir, "extra")
 	os.MkdirAll(filepath.Join(extra, "home/alice"), 0o755)
 	os.WriteFile(filepath.Join(extra, "home/alice/notes"), []byte("hello"), 0o644)
+	dhcpSection := `dhcp:
+  mode: authoritative
+  subnet: 10.82.0.0/24
+  range: [10.82.0.100, 10.82.0.150]
+  router: 10.82.0.1`
+	if proxy {
+		dhcpSection = "dhcp:\n  mode: proxy"
+		h.siteDHCP(t)
+	}
 	h.cfgText = func(port int) string {
 		return fmt.Sprintf(`server:
   interfaces: [br0]
   advertise: 10.82.0.1
   max_installs: 2
-dhcp:
-  mode: authoritative
-  subnet: 10.82.0.0/24
-  range: [10.82.0.100, 10.82.0.150]
-  router: 10.82.0.1
+%[6]s
 images:
   test:
     kernel: %[1]s/bzImage
@@ -130,7 +141,7 @@ profiles:
     after_install: reboot
 machines:
   - {mac: "%[5]s", profile: web, hostname: web-01}
-`, h.dir, disko, system, port, macA)
+`, h.dir, disko, system, port, macA, dhcpSection)
 	}
 	cfg, err := profiles.Parse(filepath.Join(h.dir, "config.yaml"), []byte(h.cfgText(22)))
 	if err != nil {
@@ -180,9 +191,13 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 		APIToken: h.apiToken,
 		Log:      log,
 	}, p, p)
+	mode := dhcp.Authoritative
+	if cfg.DHCP.Mode == profiles.DHCPProxy {
+		mode = dhcp.Proxy
+	}
 	ds, err := dhcp.New(dhcp.Config{
 		Binder:     p,
-		Interfaces: []string{"br0"}, Mode: dhcp.Authoritative, ServerIP: h.lab.Addr,
+		Interfaces: []string{"br0"}, Mode: mode, ServerIP: h.lab.Addr,
 		ScriptURL: func(m net.HardwareAddr) string {
 			return h.base + "/boot/" + strings.ReplaceAll(m.String(), ":", "-") + ".ipxe"
 		},
@@ -215,6 +230,20 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 	t.Cleanup(h.stop)
 }
 
+// siteDHCP runs dnsmasq as the network's own DHCP server: addresses
+// only, keyed by client identifier when there is one, as most are.
+func (h *handoff) siteDHCP(t *testing.T) {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("dnsmasq", "--keep-in-foreground", "--port=0", "--interface=br0", "--bind-interfaces", "--no-ping",
+		"--dhcp-range=10.82.0.160,10.82.0.200,255.255.255.0,1h", "--dhcp-leasefile="+filepath.Join(dir, "leases"),
+		"--pid-file="+filepath.Join(dir, "pid"), "--log-facility="+filepath.Join(dir, "log"))
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting dnsmasq: %v", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+}
+
 // curl runs curl in the machine's namespace and returns its body.
 func (h *handoff) curl(t *testing.T, args ...string) (string, error) {
 	t.Helper()
@@ -236,13 +265,23 @@ func (h *handoff) dhcpAs(t *testing.T, ns *netlab.NS, extra ...string) (ip, boot
 	dir := t.TempDir()
 	sc := filepath.Join(dir, "udhcpc.sh")
 	os.WriteFile(sc, []byte("#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr flush dev \"$interface\"\nip addr add \"$ip/${mask:-24}\" dev \"$interface\"\necho \"$ip $boot_file\" > "+dir+"/lease\n"), 0o755)
-	args := append([]string{"-q", "-n", "-f", "-i", "eth0", "-t", "5", "-T", "2", "-s", sc,
-		"-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x4d:69505845"}, extra...)
+	args := []string{"-q", "-n", "-f", "-i", "eth0", "-t", "5", "-T", "2", "-s", sc}
+	if !h.proxied() {
+		args = append(args, "-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x4d:69505845")
+	}
+	// In proxy mode a PXE client merges the site's offer with ours;
+	// udhcpc would take whichever came first, so it asks as a plain
+	// client: the site's server gives the address, and pxe-anywhere
+	// sees the REQUEST that takes it.
+	args = append(args, extra...)
 	if out, err := h.lab.Command(ns, "udhcpc", args...).CombinedOutput(); err != nil {
 		t.Fatalf("udhcpc: %v\n%s", err, out)
 	}
 	lease, _ := os.ReadFile(filepath.Join(dir, "lease"))
 	f := strings.Fields(string(lease))
+	if len(f) == 1 {
+		return f[0], ""
+	}
 	if len(f) != 2 {
 		t.Fatalf("DHCP as iPXE got %q", lease)
 	}
@@ -255,9 +294,29 @@ func (h *handoff) dhcpAs(t *testing.T, ns *netlab.NS, extra ...string) (ip, boot
 // token and keys when the script boots the disk).
 func (h *handoff) pxeBoot(t *testing.T) (script, token string, hostKey, authKeys []byte) {
 	t.Helper()
-	dir := t.TempDir()
+	script, token, urls := h.askScript(t)
+	if token == "" {
+		return script, "", nil, nil
+	}
+	hostKey, authKeys = h.fetchFiles(t, urls)
+	return script, token, hostKey, authKeys
+}
+
+// scriptURL is the machine's script, as DHCP names it to iPXE.
+const scriptURL = "/boot/52-54-00-12-34-01.ipxe"
+
+// askScript is the machine's DHCP as iPXE and its script request. It
+// returns the script, its token ("" for a local boot) and the URLs of
+// the kernel and initrds in the script's order.
+func (h *handoff) askScript(t *testing.T) (script, token string, urls []string) {
+	t.Helper()
 	ip, bootFile := h.dhcpAs(t, h.client)
-	if !strings.HasPrefix(ip, "10.82.0.1") || !strings.HasSuffix(bootFile, "/boot/52-54-00-12-34-01.ipxe") {
+	if bootFile == "" && h.proxied() {
+		// udhcpc takes the site's offer and ignores ours; iPXE merges
+		// the two. The URL is the same.
+		bootFile = h.base + scriptURL
+	}
+	if !strings.HasPrefix(ip, "10.82.0.1") || !strings.HasSuffix(bootFile, scriptURL) {
 		t.Fatalf("DHCP as iPXE got %s %s", ip, bootFile)
 	}
 	h.ip = ip
@@ -266,30 +325,40 @@ func (h *handoff) pxeBoot(t *testing.T) (script, token string, hostKey, authKeys
 		t.Fatalf("script: %v", err)
 	}
 	if !strings.Contains(script, "\nkernel ") {
-		return script, "", nil, nil
+		return script, "", nil
 	}
 	for _, line := range strings.Split(script, "\n") {
 		fields := strings.Fields(line)
 		if len(fields) < 2 {
 			continue
 		}
-		var url string
 		switch fields[0] {
 		case "kernel":
-			url = fields[1]
+			urls = append(urls, fields[1])
 			for _, a := range fields[2:] {
 				if v, ok := strings.CutPrefix(a, "pxe_anywhere.token="); ok {
 					token = v
 				}
 			}
-			if _, err := h.curl(t, "-f", "-r", "0-99", "-o", "/dev/null", url); err != nil {
-				t.Fatalf("kernel range: %v", err)
-			}
 		case "initrd":
-			url = fields[len(fields)-1]
-		default:
-			continue
+			urls = append(urls, fields[len(fields)-1])
 		}
+	}
+	if token == "" || len(urls) < 3 {
+		t.Fatalf("script without token or files:\n%s", script)
+	}
+	return script, token, urls
+}
+
+// fetchFiles is iPXE downloading what the script names; it returns the
+// host key and authorized keys of the extra initrd.
+func (h *handoff) fetchFiles(t *testing.T, urls []string) (hostKey, authKeys []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := h.curl(t, "-f", "-r", "0-99", "-o", "/dev/null", urls[0]); err != nil {
+		t.Fatalf("kernel range: %v", err)
+	}
+	for _, url := range urls {
 		out := filepath.Join(dir, "fetched")
 		if _, err := h.curl(t, "-f", "-o", out, url); err != nil {
 			t.Fatalf("fetching %s: %v", url, err)
@@ -304,11 +373,13 @@ func (h *handoff) pxeBoot(t *testing.T) (script, token string, hostKey, authKeys
 			authKeys, _ = os.ReadFile(filepath.Join(x, "ssh/authorized_keys"))
 		}
 	}
-	if token == "" || hostKey == nil || authKeys == nil {
-		t.Fatalf("incomplete boot: token %q, host key %d bytes, keys %d bytes\n%s", token, len(hostKey), len(authKeys), script)
+	if hostKey == nil || authKeys == nil {
+		t.Fatalf("incomplete boot: host key %d bytes, keys %d bytes", len(hostKey), len(authKeys))
 	}
-	return script, token, hostKey, authKeys
+	return hostKey, authKeys
 }
+
+func (h *handoff) proxied() bool { return h.p.Config().DHCP.Mode == profiles.DHCPProxy }
 
 // installerUp starts the "installer": a real sshd with the keys from the
 // initrd, and points the profile at its port.
@@ -485,5 +556,197 @@ func TestHandoffServerRestartDuringInstall(t *testing.T) {
 	}
 	if after := h.events(t); !strings.HasPrefix(after, before) {
 		t.Fatalf("events lost across restart:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// attackerListener is a TCP listener on the SSH port of the installers
+// inside the attacker's namespace: it counts every connection, so that
+// a test can show that the engine never went there.
+func (h *handoff) attackerListener(t *testing.T, port int) *atomic.Int32 {
+	t.Helper()
+	var ln net.Listener
+	if err := netlab.Do(h.attacker, func() (err error) { ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var n atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			c.Close()
+		}
+	}()
+	return &n
+}
+
+// code is the HTTP status that ns gets for a GET of url.
+func (h *handoff) code(t *testing.T, ns *netlab.NS, url string) string {
+	t.Helper()
+	out, _ := h.curlFrom(t, ns, "-o", "/dev/null", "-w", "%{http_code}", url)
+	return out
+}
+
+// TestHandoffAttacker replays, from a second host on the provisioning
+// bridge, what once took a machine's disk keys with four requests: the
+// boot script, the extra initrd, image downloads and callbacks, from its
+// own address and after a DHCP exchange with the machine's MAC; with
+// live, used and voided tokens. Every request is refused and leaves an
+// event, the attacker's SSH port sees no connection, and the machine
+// still installs. Proxy mode beside the site's own DHCP server, where a
+// spoofed exchange gets an address of its own.
+func TestHandoffAttacker(t *testing.T) {
+	h := newHandoffMode(t, true)
+	if h == nil {
+		return
+	}
+	ctx := context.Background()
+	victim := h.base + scriptURL
+	attackerSSH := h.attackerListener(t, 2222)
+	// The attacker's own lease, from the site's server.
+	a2, _ := h.dhcpAs(t, h.attacker)
+
+	// 1. Before the machine boots: its script from another address.
+	if c := h.code(t, h.attacker, victim); c != "403" {
+		t.Fatalf("script for the machine asked by the attacker at %s: %s, want 403", a2, c)
+	}
+	if _, err := h.store.LatestBoot(ctx, macA); !errors.Is(err, profiles.ErrNotFound) {
+		t.Fatalf("a refused script request made a boot: %v", err)
+	}
+
+	// 2. The machine asks for its script; the attacker learns the token
+	// (as if it could read the machine's traffic) and tries it.
+	_, token, urls := h.askScript(t)
+	extra := urls[len(urls)-1]
+	for _, u := range []string{extra, urls[0], urls[1]} {
+		if c := h.code(t, h.attacker, u); c != "403" {
+			t.Fatalf("%s asked by the attacker: %s, want 403", u, c)
+		}
+	}
+	for _, body := range []string{
+		`{"token":"` + token + `"}`,
+		`{"token":"` + token + `","address":"` + a2 + `"}`,
+		`{"token":"` + token + `","address":"` + h.ip + `"}`, // names the machine, comes from elsewhere
+	} {
+		if c := h.callbackFrom(t, h.attacker, body); c != "403" {
+			t.Fatalf("callback %s from the attacker: %s, want 403", body, c)
+		}
+	}
+
+	// 3. The attacker takes the machine's MAC for a DHCP exchange of its
+	// own (another client identifier, so the site's server gives it
+	// another address), then asks for the script from there.
+	h.lab.Run(h.attacker, "ip", "link", "set", "eth0", "address", macA)
+	a3, _ := h.dhcpAs(t, h.attacker, "-x", "0x3d:ff0a0b0c0d")
+	if a3 == h.ip || a3 == a2 {
+		t.Fatalf("spoofed exchange got %s (machine %s, attacker %s): the test needs an address of its own", a3, h.ip, a2)
+	}
+	if c := h.code(t, h.attacker, victim); c != "403" {
+		t.Fatalf("script asked by the attacker with the machine's MAC at %s: %s, want 403", a3, c)
+	}
+	if c := h.callbackFrom(t, h.attacker, `{"token":"`+token+`"}`); c != "403" {
+		t.Fatalf("callback from the spoofed binding before the machine fetched its initrd: %s, want 403", c)
+	}
+	h.lab.Run(h.attacker, "ip", "link", "set", "eth0", "address", attackerMAC)
+	if b, err := h.store.LatestBoot(ctx, macA); err != nil || b.Token != token || b.VoidedAt != nil || b.InitrdAt != nil {
+		t.Fatalf("the live boot was touched: %+v %v", b, err)
+	}
+
+	// 4. The machine boots on; after its initrd went out, the spoofed
+	// binding (older than that) still cannot call back.
+	hostKey, authKeys := h.fetchFiles(t, urls)
+	tg := h.installerUp(t, hostKey, authKeys)
+	if c := h.callbackFrom(t, h.attacker, `{"token":"`+token+`"}`); c != "403" {
+		t.Fatalf("callback from the spoofed binding: %s, want 403", c)
+	}
+	if code := h.callback(t, token); code != "200" {
+		t.Fatalf("the machine's callback: %s", code)
+	}
+	h.waitFor(t, profiles.StateInstalled)
+
+	// 5. Used and voided tokens: refused, from anywhere.
+	if c := h.callbackFrom(t, h.attacker, `{"token":"`+token+`"}`); c != "403" {
+		t.Fatalf("used token: %s", c)
+	}
+	if c := h.code(t, h.attacker, extra); c != "403" {
+		t.Fatalf("used boot's initrd from the attacker: %s", c)
+	}
+	if b, _ := h.store.BootByToken(ctx, token); len(b.HostKeyPrivate) != 0 {
+		t.Fatal("the used boot kept its private key")
+	}
+	if n := attackerSSH.Load(); n != 0 {
+		t.Fatalf("the attacker's SSH port saw %d connections", n)
+	}
+	if calls := tg.Calls(); len(calls) < 3 || calls[len(calls)-1] != "reboot" {
+		t.Fatalf("machine's installer calls %q", calls)
+	}
+	ev := h.events(t)
+	for _, w := range []string{
+		"boot script asked by " + a2 + ", which DHCP did not give to " + macA,
+		"extra initrd of boot " + token[:6] + "… asked by " + a2 + ", but the boot belongs to " + h.ip,
+		"kernel of boot " + token[:6] + "… asked by " + a2,
+		"callback of boot " + token[:6] + "… from " + a2 + " names address " + h.ip,
+		"callback asked by " + a2 + ", which DHCP did not give",
+		"conflict: boot script asked by " + a3 + " while boot " + token[:6] + "…",
+		"callback of boot " + token[:6] + "… from " + a3 + " before its extra initrd was fetched",
+		"callback of boot " + token[:6] + "… from " + a3 + ", an address DHCP last gave to " + macA + " before",
+		"installer up at " + h.ip + " (callback)",
+		"installed with profile web",
+		"refused: boot token already used",
+	} {
+		if !strings.Contains(ev, w) {
+			t.Errorf("events lack %q", w)
+		}
+	}
+	if t.Failed() {
+		t.Logf("events:\n%s", ev)
+	}
+}
+
+// TestHandoffSecretsTwice: a second request for a boot's extra initrd,
+// even from the machine's own address, voids the boot and holds the
+// machine; its callback is refused and nothing is installed, until an
+// operator asks for a reinstall.
+func TestHandoffSecretsTwice(t *testing.T) {
+	h := newHandoff(t)
+	if h == nil {
+		return
+	}
+	ctx := context.Background()
+	_, token, urls := h.askScript(t)
+	hostKey, authKeys := h.fetchFiles(t, urls)
+	if c := h.code(t, h.client, urls[len(urls)-1]); c != "403" {
+		t.Fatalf("second fetch of the extra initrd: %s, want 403", c)
+	}
+	r := h.waitFor(t, profiles.StateFailed)
+	if !r.Held || !strings.Contains(r.Error, "boot secrets requested twice") {
+		t.Fatalf("machine after the second fetch: %+v", r)
+	}
+	tg := h.installerUp(t, hostKey, authKeys)
+	if code := h.callback(t, token); code != "403" {
+		t.Fatalf("callback of a voided boot: %s", code)
+	}
+	if b, _ := h.store.BootByToken(ctx, token); b.VoidedAt == nil || len(b.HostKeyPrivate) != 0 {
+		t.Fatalf("boot not voided or key kept: %+v", b)
+	}
+	// Held: the next PXE boot goes nowhere near the installer.
+	if script, tok, _ := h.askScript(t); tok != "" || !strings.Contains(script, "\nexit\n") {
+		t.Fatalf("held machine was given:\n%s", script)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if calls := tg.Calls(); len(calls) != 0 {
+		t.Fatalf("the engine ran on a voided boot: %q", calls)
+	}
+	if !strings.Contains(h.events(t), "SECURITY: boot secrets requested twice") {
+		t.Fatalf("no security event:\n%s", h.events(t))
+	}
+	if err := h.p.Reinstall(ctx, macA); err != nil {
+		t.Fatal(err)
+	}
+	if _, tok, _ := h.askScript(t); tok == "" || tok == token {
+		t.Fatalf("after reinstall: token %q", tok)
 	}
 }

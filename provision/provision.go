@@ -434,8 +434,8 @@ func (p *Provisioner) newBoot(ctx context.Context, mac string, r httpboot.BootRe
 		return "", fmt.Errorf("record boot of %s: %w", mac, err)
 	}
 	msg := fmt.Sprintf("PXE boot into the installer (%s) from %s", why, boot.IP)
-	if via, ok := p.bindings.lookup(mac, r.RemoteAddr); ok {
-		msg += " (DHCP binding on " + via + ")"
+	if b, ok := p.bindings.lookup(mac, r.RemoteAddr); ok {
+		msg += " (DHCP binding on " + b.via + ")"
 	}
 	if err := p.transition(ctx, mac, profiles.StateBooting, "", "", msg); err != nil {
 		return "", err
@@ -616,12 +616,20 @@ func (p *Provisioner) Callback(ctx context.Context, token string, remote, claime
 	if claimed.IsValid() && claimed != remote.Unmap() {
 		return refuse("address", fmt.Sprintf("callback of boot %s from %s names address %s: refused (the engine connects only to where the callback comes from)", httpboot.ShortToken(token), addrString(remote), claimed))
 	}
-	if err := p.checkSource(ctx, b.MAC, remote, p.trustOfMachine(b.MAC), "callback"); err != nil {
+	trust := p.trustOfMachine(b.MAC)
+	if err := p.checkSource(ctx, b.MAC, remote, trust, "callback"); err != nil {
 		p.metrics.callbacks.WithLabelValues("rejected").Inc()
 		return err
 	}
 	if b.InitrdAt == nil {
 		return refuse("no-initrd", fmt.Sprintf("callback of boot %s from %s before its extra initrd was fetched: refused", httpboot.ShortToken(token), addrString(remote)))
+	}
+	// The installer calls back from the address iPXE had, or from one
+	// its own DHCP client took after iPXE fetched the extra initrd. A
+	// binding older than that is not the installer's.
+	if bb, _ := p.bindings.lookup(b.MAC, remote); trust != profiles.TrustMAC && addrString(remote) != b.IP && bb.seen.Before(*b.InitrdAt) {
+		return refuse("stale-binding", fmt.Sprintf("callback of boot %s from %s, an address DHCP last gave to %s before the boot's extra initrd went out (%s): refused; an installer calls back from where iPXE booted or from a fresh DHCP lease",
+			httpboot.ShortToken(token), addrString(remote), b.MAC, bb.seen.Format(time.RFC3339)))
 	}
 	return p.claim(ctx, b, remote, "callback")
 }
