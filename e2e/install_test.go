@@ -262,6 +262,21 @@ func (s *server) logLine(sub string) string {
 	return ""
 }
 
+// logLineWith returns the first line of the server's log holding all of
+// subs.
+func (s *server) logLineWith(subs ...string) string {
+	for _, l := range fileLines(s.logPath) {
+		all := true
+		for _, sub := range subs {
+			all = all && strings.Contains(l, sub)
+		}
+		if all {
+			return l
+		}
+	}
+	return ""
+}
+
 // text returns a raw API body ("" on error), for substring checks.
 func (s *server) text(path string) string {
 	body, _ := s.get(path)
@@ -293,6 +308,12 @@ func (st *stateTimer) observe(t *testing.T, v *vm, m machineView) {
 // installFlow boots one machine through the whole chain with the real
 // server and checks the installed disk from the host.
 func installFlow(t *testing.T, fw firmware, mac string, proxy bool) {
+	installFlowOpts(t, fw, mac, proxy, false)
+}
+
+// installFlowOpts is installFlow, with an attacker on the bridge during
+// the whole install when attack is set.
+func installFlowOpts(t *testing.T, fw firmware, mac string, proxy, attack bool) {
 	if proxy {
 		requireE2E(t, "dnsmasq")
 	} else {
@@ -309,10 +330,17 @@ func installFlow(t *testing.T, fw firmware, mac string, proxy bool) {
 	if m := s.machine(mac); m.State != "new" {
 		t.Fatalf("before boot: machine %s state %q, want new", mac, m.State)
 	}
+	var a *attacker
+	if attack {
+		a = startAttacker(t, lab, mac)
+	}
 	v := startVM(t, lab, fw, mac)
 	st := &stateTimer{}
 	if !proxy {
-		waitFor(t, v, bootBound, "first DHCP ack", func() bool { return s.logHas("reply=ACK") })
+		waitFor(t, v, bootBound, "first DHCP ack", func() bool {
+			// The attacker's own lease is in the log too: the VM's MAC.
+			return s.logLineWith("mac="+mac, "reply=ACK") != ""
+		})
 	}
 	if fw == uefi {
 		// OVMF's own PXE client must get iPXE over TFTP: the step that
@@ -343,6 +371,9 @@ func installFlow(t *testing.T, fw firmware, mac string, proxy bool) {
 		return strings.Contains(s.text("/api/v1/machines/"+mac+"/events"), "booting from local disk")
 	})
 	v.Stop()
+	if a != nil {
+		a.check(t, s.text("/api/v1/machines/"+mac+"/events"))
+	}
 	// A state too short for the poller to see is still in the events,
 	// each of which carries the state the machine was in.
 	var events []struct {
@@ -370,7 +401,9 @@ func installFlow(t *testing.T, fw firmware, mac string, proxy bool) {
 	})
 }
 
-func TestInstallBIOS(t *testing.T) { installFlow(t, bios, "52:54:00:77:01:01", false) }
+// TestInstallBIOS runs with an attacker on the bridge: a host with a
+// lease of its own that keeps asking for the VM's boot and calling back.
+func TestInstallBIOS(t *testing.T) { installFlowOpts(t, bios, "52:54:00:77:01:01", false, true) }
 
 func TestInstallUEFI(t *testing.T) { installFlow(t, uefi, "52:54:00:77:02:01", false) }
 
