@@ -19,16 +19,19 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/pxe-anywhere/pxe-anywhere/admin"
 	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
 	"github.com/pxe-anywhere/pxe-anywhere/images"
 	"github.com/pxe-anywhere/pxe-anywhere/installer/sshtarget"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 )
 
-// handoff is the whole server without a VM: DHCP and HTTP inside a lab
-// namespace, the provisioner with the real install engine, and a
+// handoff is the whole server without a VM: DHCP and the boot side of
+// HTTP inside a lab namespace, the admin side on its loopback, the
+// provisioner with the real install engine, and a
 // simulated machine in a client namespace that does what firmware,
 // iPXE and the installer do. The installer's sshd is a real OpenSSH
 // server started with the keys the machine found in its extra initrd.
@@ -38,6 +41,7 @@ type handoff struct {
 	p        *Provisioner
 	store    *profiles.Store
 	base     string
+	admin    string
 	apiToken string
 	cfgText  func(sshPort int) string
 	dir      string
@@ -144,11 +148,18 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var hl net.Listener
-	if err := netlab.Do(h.lab.Server, func() (err error) { hl, err = net.Listen("tcp", "10.82.0.1:0"); return err }); err != nil {
+	var hl, al net.Listener
+	if err := netlab.Do(h.lab.Server, func() (err error) {
+		if hl, err = net.Listen("tcp", "10.82.0.1:0"); err != nil {
+			return err
+		}
+		al, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	h.base = "http://" + hl.Addr().String()
+	h.admin = "http://" + al.Addr().String()
 	cache := images.NewCache(filepath.Join(h.dir, "cache"), log)
 	img := cfg.Images["test"]
 	prepared, err := cache.Prepare(ctx, images.Source{Name: "test", Kernel: img.Kernel, Initrd: img.Initrd, Cmdline: img.Cmdline}, nil)
@@ -160,14 +171,12 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 		Images: func() map[string]httpboot.Image {
 			return map[string]httpboot.Image{"test": {Name: "test", Kernel: prepared.Kernel, Initrds: prepared.Initrds, Init: prepared.Init, Params: prepared.Params}}
 		},
-		APIToken: h.apiToken,
-		Log:      log,
-	}, p, p)
+		Log: log,
+	}, p)
+	as := admin.New(admin.Config{APIToken: h.apiToken, Log: log}, p)
 	ds, err := dhcp.New(dhcp.Config{
 		Interfaces: []string{"br0"}, Mode: dhcp.Authoritative, ServerIP: h.lab.Addr,
-		ScriptURL: func(m net.HardwareAddr) string {
-			return h.base + "/boot/" + strings.ReplaceAll(m.String(), ":", "-") + ".ipxe"
-		},
+		ScriptURL: func(m net.HardwareAddr) string { return httpboot.ScriptURL(h.base, m) },
 		BootFiles: map[dhcp.Arch]string{dhcp.ArchBIOS: "undionly.kpxe"},
 		Subnet:    cfg.DHCP.Subnet, RangeStart: cfg.DHCP.RangeStart, RangeEnd: cfg.DHCP.RangeEnd, Router: cfg.DHCP.Router,
 		LeaseTime: time.Hour, LeaseFile: filepath.Join(h.dir, "leases.json"),
@@ -178,9 +187,10 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 	if err := netlab.Do(h.lab.Server, ds.Listen); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{}, 2)
+	done := make(chan struct{}, 3)
 	go func() { ds.Serve(ctx); done <- struct{}{} }()
-	go func() { hs.Serve(ctx, hl); done <- struct{}{} }()
+	go func() { httpserve.Serve(ctx, hl, hs, log); done <- struct{}{} }()
+	go func() { httpserve.Serve(ctx, al, as, log); done <- struct{}{} }()
 	h.p, h.store = p, store
 	var once bool
 	h.stop = func() {
@@ -189,6 +199,7 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 		}
 		once = true
 		cancel()
+		<-done
 		<-done
 		<-done
 		p.Wait()
@@ -201,6 +212,13 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 func (h *handoff) curl(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	out, err := h.lab.Command(h.client, "curl", append([]string{"-sS", "--max-time", "30"}, args...)...).Output()
+	return string(out), err
+}
+
+// adminCurl runs curl on the server, where the admin side listens.
+func (h *handoff) adminCurl(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	out, err := h.lab.Command(h.lab.Server, "curl", append([]string{"-sS", "--max-time", "30"}, args...)...).Output()
 	return string(out), err
 }
 
@@ -368,11 +386,16 @@ func TestHandoffInstallsAndBootsLocally(t *testing.T) {
 	if !strings.Contains(script, "\nexit\n") {
 		t.Fatalf("installed machine's script:\n%s", script)
 	}
-	// ... until reinstall flips it back.
-	if out, err := h.curl(t, "-f", "-X", "POST", "-H", "Authorization: Bearer "+h.apiToken, h.base+"/api/v1/machines/"+macA+"/reinstall"); err != nil {
+	// ... until reinstall flips it back, which only the admin side
+	// does: the machine's network finds no reinstall on the boot side,
+	// even with the token.
+	if code, _ := h.curl(t, "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Authorization: Bearer "+h.apiToken, h.base+"/api/v1/machines/"+macA+"/reinstall"); code != "404" {
+		t.Fatalf("reinstall on the boot side: HTTP %s, want 404", code)
+	}
+	if out, err := h.adminCurl(t, "-f", "-X", "POST", "-H", "Authorization: Bearer "+h.apiToken, h.admin+"/api/v1/machines/"+macA+"/reinstall"); err != nil {
 		t.Fatalf("reinstall: %v %s", err, out)
 	}
-	if code, _ := h.curl(t, "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", h.base+"/api/v1/machines/"+macA+"/reinstall"); code != "401" {
+	if code, _ := h.adminCurl(t, "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", h.admin+"/api/v1/machines/"+macA+"/reinstall"); code != "401" {
 		t.Fatalf("reinstall without the API token: %s", code)
 	}
 	if _, token2, _, _ := h.pxeBoot(t); token2 == "" || token2 == token {
