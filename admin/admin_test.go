@@ -200,10 +200,13 @@ func (h *harness) get(t *testing.T, path string, hdr ...string) (*http.Response,
 }
 
 // do sends one request with the header pairs in hdr and returns the
-// response with its whole body.
+// response with its whole body. An event stream has no end: its body
+// is what arrived within a few seconds.
 func (h *harness) do(t *testing.T, method, path, body string, hdr ...string) (*http.Response, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, h.srv.URL+path, strings.NewReader(body))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, h.srv.URL+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
