@@ -296,10 +296,10 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	d.setListen(&s.AdminListen, f["admin_listen"], w+".admin_listen")
 	d.setPath(&s.TLSCert, f["tls_cert"], w+".tls_cert")
 	d.setPath(&s.TLSKey, f["tls_key"], w+".tls_key")
-	if cert, key := f["tls_cert"], f["tls_key"]; (cert == nil) != (key == nil) {
-		set, missing := cert, "tls_key"
-		if cert == nil {
-			set, missing = key, "tls_cert"
+	if (s.TLSCert == "") != (s.TLSKey == "") {
+		set, missing := f["tls_cert"], "tls_key"
+		if s.TLSCert == "" {
+			set, missing = f["tls_key"], "tls_cert"
 		}
 		d.errf(set, w, "HTTPS needs the certificate and its key: set both PEM files, or neither", "%s is missing", missing)
 	}

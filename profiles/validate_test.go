@@ -247,6 +247,11 @@ func TestParseErrors(t *testing.T) {
 			},
 		},
 		{
+			name: "tls certificate with an empty key",
+			in:   "server:\n  tls_cert: /c.pem\n  tls_key: \"\"\n",
+			want: []string{`pxe.yaml:2: server: tls_key is missing (HTTPS needs the certificate and its key: set both PEM files, or neither)`},
+		},
+		{
 			name: "bad image name",
 			in:   "images:\n  bad/name: {netboot_dir: /n}\n",
 			want: []string{`pxe.yaml:2: images.bad/name: bad name "bad/name" (use letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63)`},
