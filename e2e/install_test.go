@@ -83,7 +83,6 @@ func startServer(t *testing.T, lab *netlab.Lab, p profileSpec) *server {
 	cfg := fmt.Sprintf(`server:
   interfaces: [br0]
   advertise: %[1]s
-  http_listen: ":8080"
   tftp_listen: ":69"
   state_dir: %[2]s
   unknown_machines: ignore
@@ -154,7 +153,8 @@ machines:
 			return c, err
 		},
 	}}
-	// Ready when the API answers; bounded in case the server died.
+	// Ready when the boot side and the API answer; bounded in case the
+	// server died.
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		select {
@@ -162,13 +162,17 @@ machines:
 			t.Fatalf("pxe-anywhere serve exited; log:\n%s", tail(s.logPath, 40))
 		default:
 		}
-		if _, err := s.get("/healthz"); err == nil {
-			if _, err := os.Stat(filepath.Join(state, "api-token")); err == nil {
+		if _, err := s.fetch(bootURL + "/healthz"); err == nil {
+			if _, err := s.get("/api/v1/machines"); err == nil {
+				// The machines' network finds no API on the boot side.
+				if body, err := s.fetch(bootURL + "/api/v1/machines"); err == nil || !strings.Contains(err.Error(), "404") {
+					t.Fatalf("the boot side serves the API: %v %s", err, body)
+				}
 				return s
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("pxe-anywhere serve not answering on %s:8080; log:\n%s", serverIP, tail(s.logPath, 40))
+			t.Fatalf("pxe-anywhere serve not answering on %s and %s; log:\n%s", bootURL, adminURL, tail(s.logPath, 40))
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
@@ -206,9 +210,20 @@ func plainDHCP(t *testing.T, lab *netlab.Lab) {
 	})
 }
 
-// get calls the server's HTTP API with the bearer token from its state.
-func (s *server) get(path string) ([]byte, error) {
-	req, err := http.NewRequest(http.MethodGet, "http://"+serverIP+":8080"+path, nil)
+// The server's two HTTP sides: the boot side on the advertised address
+// (http_listen's default), the admin side on the server's loopback
+// (admin_listen's default), which the test reaches from inside the lab.
+const (
+	bootURL  = "http://" + serverIP + ":8080"
+	adminURL = "http://127.0.0.1:8081"
+)
+
+// get calls the server's admin API with the bearer token from its state.
+func (s *server) get(path string) ([]byte, error) { return s.fetch(adminURL + path) }
+
+// fetch GETs url, with the bearer token from the server's state.
+func (s *server) fetch(url string) ([]byte, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -225,7 +240,7 @@ func (s *server) get(path string) ([]byte, error) {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return body, fmt.Errorf("GET %s: %s: %s", path, resp.Status, body)
+		return body, fmt.Errorf("GET %s: %s: %s", url, resp.Status, body)
 	}
 	return body, nil
 }

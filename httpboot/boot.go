@@ -16,17 +16,9 @@ import (
 	"strings"
 
 	"github.com/go-chi/chi/v5"
-)
 
-// ParseMAC accepts a MAC written with colons or dashes, in either case,
-// as iPXE's ${net0/mac} and ${mac:hexhyp} give it.
-func ParseMAC(s string) (net.HardwareAddr, error) {
-	mac, err := net.ParseMAC(strings.ReplaceAll(s, "-", ":"))
-	if err != nil || len(mac) != 6 {
-		return nil, fmt.Errorf("%q is not an Ethernet MAC address", s)
-	}
-	return mac, nil
-}
+	"github.com/pxe-anywhere/pxe-anywhere/internal/macaddr"
+)
 
 // script serves GET /boot/{mac}.ipxe.
 func (s *Server) script(w http.ResponseWriter, r *http.Request) {
@@ -36,7 +28,7 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	mac, err := ParseMAC(name)
+	mac, err := macaddr.Parse(name)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return

@@ -1,35 +1,33 @@
-// Package httpboot is the HTTP side of the boot chain and the operator's
-// window: iPXE scripts, kernels and initrds (with Range and sendfile), the
-// per-boot extra initrd, the installer's callback, the JSON API, metrics
-// and the status page. What a machine boots and what the inventory holds
-// are asked of two small interfaces, Booter and Inventory.
+// Package httpboot is the HTTP side of the boot chain: iPXE scripts,
+// kernels and initrds (with Range and sendfile), the per-boot extra
+// initrd, the installer's callback, and iPXE itself for UEFI HTTP Boot.
+// What a machine boots is asked of one small interface, Booter. It
+// serves nothing for operators (API, status page, metrics): that is the
+// admin package's, on its own listener, so the boot network never sees
+// it.
 package httpboot
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
 )
 
-// Errors that Booter and Inventory return to get a specific status.
+// Errors that Booter returns to get a specific status.
 var (
 	ErrUnknownToken = errors.New("unknown or expired boot token") // 404
 	ErrForbidden    = errors.New("forbidden")                     // 403
-	ErrNotFound     = errors.New("not found")                     // 404
-	ErrConflict     = errors.New("conflict")                      // 409
 )
 
 // Action is what a machine's iPXE script makes it do.
@@ -104,47 +102,6 @@ type Fetch struct {
 	Whole bool
 }
 
-// MachineView is a machine as the API shows it.
-type MachineView struct {
-	MAC       string    `json:"mac"`
-	Hostname  string    `json:"hostname"`
-	Profile   string    `json:"profile"`
-	State     string    `json:"state"`
-	Phase     string    `json:"phase,omitempty"`
-	Error     string    `json:"error,omitempty"`
-	IP        string    `json:"ip,omitempty"`
-	Reinstall bool      `json:"reinstall"`
-	UpdatedAt time.Time `json:"updated_at"`
-}
-
-// EventView is one event of a machine.
-type EventView struct {
-	ID      int64     `json:"id"`
-	Time    time.Time `json:"time"`
-	State   string    `json:"state"`
-	Phase   string    `json:"phase,omitempty"`
-	Message string    `json:"message"`
-}
-
-// LogView is one line of a machine's install log.
-type LogView struct {
-	Seq  int64     `json:"seq"`
-	Time time.Time `json:"time"`
-	Line string    `json:"line"`
-}
-
-// Inventory is the operator's view of the machines. provision
-// implements it.
-type Inventory interface {
-	Machines(ctx context.Context) ([]MachineView, error)
-	Machine(ctx context.Context, mac string) (MachineView, error)
-	Events(ctx context.Context, mac string, after int64) ([]EventView, error)
-	Log(ctx context.Context, mac string, after int64) ([]LogView, error)
-	Reinstall(ctx context.Context, mac string) error
-	Forget(ctx context.Context, mac string) error
-	Subscribe(ctx context.Context) <-chan MachineView
-}
-
 // Image is a bootable image: local files and its command line.
 type Image struct {
 	Name    string
@@ -159,46 +116,31 @@ type Config struct {
 	// BaseURL is how machines reach this server: http://10.0.0.1:8080.
 	BaseURL string
 	// Images returns the image table in force; it may change on reload.
-	Images   func() map[string]Image
-	IPXEDir  string // served at /ipxe/ for UEFI HTTP Boot clients
-	APIToken string // bearer token of the operator API
-	Log      *slog.Logger
-	Metrics  *prometheus.Registry // served at /metrics; may be nil
-	// Reload, if set, is what POST /api/v1/config/reload runs.
-	Reload func(ctx context.Context) error
+	Images  func() map[string]Image
+	IPXEDir string // served at /ipxe/ for UEFI HTTP Boot clients
+	Log     *slog.Logger
+	// Metrics counts this side's requests; it may be nil. The admin
+	// side serves it.
+	Metrics prometheus.Registerer
 }
 
-// Server is the HTTP boot and API server; it is an http.Handler.
+// Server is the boot side's HTTP handler.
 type Server struct {
-	cfg      Config
-	booter   Booter
-	inv      Inventory
-	router   chi.Router
-	requests *prometheus.CounterVec
-	bytes    *prometheus.CounterVec
+	cfg    Config
+	booter Booter
+	router chi.Router
 }
 
-// New builds the router.
-func New(cfg Config, b Booter, inv Inventory) *Server {
+// New builds the router. ScriptURL and IPXEBinaryURL below make the
+// URLs of its routes that DHCP hands out.
+func New(cfg Config, b Booter) *Server {
 	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
-	s := &Server{
-		cfg: cfg, booter: b, inv: inv,
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pxe_anywhere_http_requests_total", Help: "HTTP requests, by route and status code.",
-		}, []string{"route", "code"}),
-		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pxe_anywhere_http_bytes_sent_total", Help: "Bytes of response bodies sent, by route.",
-		}, []string{"route"}),
-	}
-	if cfg.Metrics != nil {
-		cfg.Metrics.MustRegister(s.requests, s.bytes)
-	}
+	s := &Server{cfg: cfg, booter: b}
 	r := chi.NewRouter()
-	r.Use(s.observe)
+	r.Use(httpserve.Observe(httpserve.ObserveConfig{
+		Listener: "boot", Log: cfg.Log, Metrics: cfg.Metrics, Quiet: []string{"/healthz"}, Redact: redactPath,
+	}))
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
-	if cfg.Metrics != nil {
-		r.Handle("/metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{}))
-	}
 	r.Get("/boot/{file}", s.script)
 	r.Get("/boot/{token}/extra.cpio.gz", s.extraInitrd)
 	r.Get("/images/{name}/kernel", s.imageFile)
@@ -210,134 +152,30 @@ func New(cfg Config, b Booter, inv Inventory) *Server {
 	r.Get("/ipxe/{file}", s.ipxeBinary)
 	r.Head("/ipxe/{file}", s.ipxeBinary)
 	r.Post("/api/v1/callback", s.callback)
-	r.Route("/api/v1", func(r chi.Router) {
-		r.Use(s.requireToken)
-		r.Get("/machines", s.listMachines)
-		r.Get("/machines/{mac}", s.showMachine)
-		r.Get("/machines/{mac}/events", s.machineEvents)
-		r.Get("/machines/{mac}/log", s.machineLog)
-		r.Post("/machines/{mac}/reinstall", s.reinstall)
-		r.Delete("/machines/{mac}", s.forget)
-		r.Post("/config/reload", s.reload)
-	})
-	r.Get("/", s.statusPage)
-	r.Get("/events", s.statusEvents)
 	s.router = r
 	return s
+}
+
+// ScriptURL is where iPXE fetches mac's script (the route /boot/{file}):
+// the MAC with dashes, as iPXE's ${mac:hexhyp} writes it.
+func ScriptURL(base string, mac net.HardwareAddr) string {
+	return strings.TrimRight(base, "/") + "/boot/" + strings.ReplaceAll(mac.String(), ":", "-") + ".ipxe"
+}
+
+// IPXEBinaryURL is where a UEFI HTTP Boot client fetches the iPXE
+// binary file (the route /ipxe/{file}), which others get over TFTP.
+func IPXEBinaryURL(base, file string) string {
+	return strings.TrimRight(base, "/") + "/ipxe/" + file
 }
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
 
-// Serve serves on l until ctx is done, then shuts down gracefully.
-func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	srv := &http.Server{
-		Handler:           s,
-		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		srv.Close()
-	}
-	return nil
-}
-
-// statusRecorder remembers the status and body size of a response. It
-// forwards ReadFrom so that file bodies still go out with sendfile.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-	n      int64
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	if r.status == 0 {
-		r.status = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
-	}
-	n, err := r.ResponseWriter.Write(b)
-	r.n += int64(n)
-	return n, err
-}
-
-func (r *statusRecorder) ReadFrom(src io.Reader) (int64, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
-	}
-	var n int64
-	var err error
-	if rf, ok := r.ResponseWriter.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(src)
-	} else {
-		n, err = io.Copy(r.ResponseWriter, src)
-	}
-	r.n += n
-	return n, err
-}
-
-// Unwrap lets http.ResponseController reach the connection.
-func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-func (r *statusRecorder) Flush() {
-	if f, ok := r.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-func (s *Server) observe(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w}
-		note := &requestNote{}
-		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), requestNoteKey{}, note)))
-		route := chi.RouteContext(r.Context()).RoutePattern()
-		if route == "" {
-			route = "unmatched"
-		}
-		if rec.status == 0 {
-			rec.status = http.StatusOK
-		}
-		s.requests.WithLabelValues(route, fmt.Sprint(rec.status)).Inc()
-		s.bytes.WithLabelValues(route).Add(float64(rec.n))
-		level := slog.LevelDebug
-		if route != "/healthz" && route != "/metrics" && route != "/events" {
-			level = slog.LevelInfo
-		}
-		attrs := []any{"method", r.Method, "path", redactPath(r.URL.Path), "status", rec.status,
-			"bytes", rec.n, "remote", r.RemoteAddr, "duration", time.Since(start).Round(time.Millisecond)}
-		if note.mac != "" {
-			attrs = append(attrs, "mac", note.mac)
-		}
-		s.cfg.Log.Log(r.Context(), level, "http", attrs...)
-	})
-}
-
-// requestNote carries what a handler learnt about a request (the MAC)
-// back to the request log.
-type requestNote struct{ mac string }
-
-type requestNoteKey struct{}
-
-func noteMAC(r *http.Request, mac string) {
-	if n, ok := r.Context().Value(requestNoteKey{}).(*requestNote); ok {
-		n.mac = mac
-	}
-}
+// The callback's answers have the admin API's form, and the request log
+// is the one both sides share.
+func writeJSON(w http.ResponseWriter, code int, v any)      { httpserve.WriteJSON(w, code, v) }
+func writeError(w http.ResponseWriter, code int, err error) { httpserve.WriteError(w, code, err) }
+func noteMAC(r *http.Request, mac string)                   { httpserve.NoteMAC(r, mac) }
 
 // redactPath keeps boot tokens out of the log: a token is as good as a
 // host key until it is used.
@@ -358,18 +196,6 @@ func ShortToken(t string) string {
 		return t[:6] + "…"
 	}
 	return t
-}
-
-func (s *Server) requireToken(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || s.cfg.APIToken == "" || subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.APIToken)) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="pxe-anywhere"`)
-			writeError(w, http.StatusUnauthorized, errors.New("missing or wrong API token"))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
 }
 
 func remoteAddr(r *http.Request) netip.Addr {

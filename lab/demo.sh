@@ -82,7 +82,6 @@ cat >"$WORK/config.yaml" <<CFG
 server:
   interfaces: [br0]
   advertise: $SUBNET.1
-  http_listen: ":8080"
   tftp_listen: ":69"
   state_dir: $WORK/state
 dhcp:
@@ -113,7 +112,9 @@ CFG
 say "starting pxe-anywhere serve (log: $WORK/server.log)"
 ip netns exec "$NS" "$BIN" serve --config "$WORK/config.yaml" >"$WORK/server.log" 2>&1 &
 SERVE_PID=$!
-api() { ip netns exec "$NS" env PXE_ANYWHERE_SERVER=http://$SUBNET.1:8080 PXE_ANYWHERE_TOKEN_FILE="$WORK/state/api-token" "$BIN" "$@"; }
+# The CLI talks to the admin side, on the server's loopback (inside the
+# namespace); the boot side is on $SUBNET.1:8080.
+api() { ip netns exec "$NS" env PXE_ANYWHERE_SERVER=http://127.0.0.1:8081 PXE_ANYWHERE_TOKEN_FILE="$WORK/state/api-token" "$BIN" "$@"; }
 for _ in $(seq 60); do
 	[ -s "$WORK/state/api-token" ] && api machines list >/dev/null 2>&1 && break
 	kill -0 "$SERVE_PID" 2>/dev/null || { cat "$WORK/server.log"; die "pxe-anywhere serve exited"; }
@@ -159,7 +160,7 @@ if [ -n "$LOGS_PID" ]; then wait "$LOGS_PID" 2>/dev/null || true; fi
 say "waiting for the rebooted VM's second PXE boot to be sent to the local disk"
 for _ in $(seq 300); do
 	ip netns exec "$NS" curl -fsS -H "Authorization: Bearer $(cat "$WORK/state/api-token")" \
-		"http://$SUBNET.1:8080/api/v1/machines/$MAC/events" 2>/dev/null | grep -q "booting from local disk" && break
+		"http://127.0.0.1:8081/api/v1/machines/$MAC/events" 2>/dev/null | grep -q "booting from local disk" && break
 	kill -0 "$QEMU_PID" 2>/dev/null || break
 	sleep 2
 done

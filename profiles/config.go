@@ -45,8 +45,15 @@ type Server struct {
 	Interfaces []string
 	// Advertise is the zero Addr when unset; the caller picks the first
 	// IPv4 address of Interfaces[0] then.
-	Advertise  netip.Addr
+	Advertise netip.Addr
+	// HTTPListen is the boot side (scripts, images, callback); "" when
+	// unset: the caller listens on Advertise, port 8080, then.
 	HTTPListen string
+	// AdminListen is the operator side (API, status page, metrics).
+	AdminListen string
+	// TLSCert and TLSKey, both set or both "", make AdminListen HTTPS.
+	TLSCert    string
+	TLSKey     string
 	TFTPListen string
 	StateDir   string
 	IPXEDir    string

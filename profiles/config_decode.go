@@ -238,7 +238,7 @@ func (d *decoder) setPath(dst *string, n *yaml.Node, where string) {
 func (d *decoder) config(root *yaml.Node) *Config {
 	c := &Config{
 		Server: Server{
-			HTTPListen: ":8080", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere",
+			AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere",
 			MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP,
 		},
 		DHCP:     DHCP{Mode: DHCPProxy, EFIx64Boot: "ipxe.efi", LeaseTime: time.Hour},
@@ -283,8 +283,8 @@ func (d *decoder) named(n *yaml.Node, section string) []entry {
 
 func (d *decoder) server(s *Server, n *yaml.Node) {
 	const w = "server"
-	f := d.fields(n, w, "interfaces", "advertise", "http_listen", "tftp_listen", "state_dir",
-		"ipxe_dir", "api_token_file", "ssh_key", "max_installs", "unknown_machines", "discover_image", "trust")
+	f := d.fields(n, w, "interfaces", "advertise", "http_listen", "admin_listen", "tls_cert", "tls_key", "tftp_listen",
+		"state_dir", "ipxe_dir", "api_token_file", "ssh_key", "max_installs", "unknown_machines", "discover_image", "trust")
 	s.Interfaces = d.strList(f["interfaces"], w+".interfaces")
 	for i, ifc := range s.Interfaces {
 		if ifc == "" || len(ifc) > 15 || strings.ContainsAny(ifc, "/ \t") {
@@ -293,6 +293,16 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	}
 	d.setIPv4(&s.Advertise, f["advertise"], w+".advertise")
 	d.setListen(&s.HTTPListen, f["http_listen"], w+".http_listen")
+	d.setListen(&s.AdminListen, f["admin_listen"], w+".admin_listen")
+	d.setPath(&s.TLSCert, f["tls_cert"], w+".tls_cert")
+	d.setPath(&s.TLSKey, f["tls_key"], w+".tls_key")
+	if (s.TLSCert == "") != (s.TLSKey == "") {
+		set, missing := f["tls_cert"], "tls_key"
+		if s.TLSCert == "" {
+			set, missing = f["tls_key"], "tls_cert"
+		}
+		d.errf(set, w, "HTTPS needs the certificate and its key: set both PEM files, or neither", "%s is missing", missing)
+	}
 	d.setListen(&s.TFTPListen, f["tftp_listen"], w+".tftp_listen")
 	d.setPath(&s.StateDir, f["state_dir"], w+".state_dir")
 	d.setPath(&s.IPXEDir, f["ipxe_dir"], w+".ipxe_dir")

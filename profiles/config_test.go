@@ -35,6 +35,9 @@ func TestLoadFull(t *testing.T) {
 			Interfaces:      []string{"br0", "eth1"},
 			Advertise:       netip.MustParseAddr("10.77.0.1"),
 			HTTPListen:      "10.77.0.1:8080",
+			AdminListen:     "10.99.0.1:8443",
+			TLSCert:         filepath.Join(dir, "tls/admin.crt"),
+			TLSKey:          "/etc/pxe-anywhere/admin.key",
 			TFTPListen:      ":69",
 			StateDir:        filepath.Join(dir, "state"),
 			IPXEDir:         "/usr/lib/ipxe",
@@ -148,7 +151,7 @@ func TestDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
-			wantServer := Server{HTTPListen: ":8080", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere", MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP}
+			wantServer := Server{AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere", MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP}
 			if !reflect.DeepEqual(c.Server, wantServer) {
 				t.Errorf("Server = %+v, want %+v", c.Server, wantServer)
 			}

@@ -239,6 +239,19 @@ func TestParseErrors(t *testing.T) {
 			},
 		},
 		{
+			name: "tls key without its certificate",
+			in:   "server:\n  admin_listen: \"10.99.0.1\"\n  tls_key: /k.pem\n",
+			want: []string{
+				`pxe.yaml:2: server.admin_listen: bad listen address "10.99.0.1" (host:port like ":8080" or "10.77.0.1:8080")`,
+				`pxe.yaml:3: server: tls_cert is missing (HTTPS needs the certificate and its key: set both PEM files, or neither)`,
+			},
+		},
+		{
+			name: "tls certificate with an empty key",
+			in:   "server:\n  tls_cert: /c.pem\n  tls_key: \"\"\n",
+			want: []string{`pxe.yaml:2: server: tls_key is missing (HTTPS needs the certificate and its key: set both PEM files, or neither)`},
+		},
+		{
 			name: "bad image name",
 			in:   "images:\n  bad/name: {netboot_dir: /n}\n",
 			want: []string{`pxe.yaml:2: images.bad/name: bad name "bad/name" (use letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63)`},

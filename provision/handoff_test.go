@@ -22,15 +22,18 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/pxe-anywhere/pxe-anywhere/admin"
 	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
 	"github.com/pxe-anywhere/pxe-anywhere/images"
 	"github.com/pxe-anywhere/pxe-anywhere/installer/sshtarget"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 )
 
-// handoff is the whole server without a VM: DHCP, HTTP, the provisioner
+// handoff is the whole server without a VM: DHCP, the boot side of HTTP
+// (and the admin side on the namespace's loopback), the provisioner
 // and the real install engine run in a test process inside the lab's
 // server namespace, as serve does on its host; a simulated machine in a
 // client namespace does what firmware, iPXE and the installer do, and
@@ -46,6 +49,7 @@ type handoff struct {
 	p        *Provisioner
 	store    *profiles.Store
 	base     string
+	admin    string
 	apiToken string
 	cfgText  func(sshPort int) string
 	dir      string
@@ -172,11 +176,18 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var hl net.Listener
-	if err := netlab.Do(h.lab.Server, func() (err error) { hl, err = net.Listen("tcp", "10.82.0.1:0"); return err }); err != nil {
+	var hl, al net.Listener
+	if err := netlab.Do(h.lab.Server, func() (err error) {
+		if hl, err = net.Listen("tcp", "10.82.0.1:0"); err != nil {
+			return err
+		}
+		al, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	h.base = "http://" + hl.Addr().String()
+	h.admin = "http://" + al.Addr().String()
 	cache := images.NewCache(filepath.Join(h.dir, "cache"), log)
 	img := cfg.Images["test"]
 	prepared, err := cache.Prepare(ctx, images.Source{Name: "test", Kernel: img.Kernel, Initrd: img.Initrd, Cmdline: img.Cmdline}, nil)
@@ -188,9 +199,9 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 		Images: func() map[string]httpboot.Image {
 			return map[string]httpboot.Image{"test": {Name: "test", Kernel: prepared.Kernel, Initrds: prepared.Initrds, Init: prepared.Init, Params: prepared.Params}}
 		},
-		APIToken: h.apiToken,
-		Log:      log,
-	}, p, p)
+		Log: log,
+	}, p)
+	as := admin.New(admin.Config{APIToken: h.apiToken, Log: log}, p)
 	mode := dhcp.Authoritative
 	if cfg.DHCP.Mode == profiles.DHCPProxy {
 		mode = dhcp.Proxy
@@ -198,9 +209,7 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 	ds, err := dhcp.New(dhcp.Config{
 		Binder:     p,
 		Interfaces: []string{"br0"}, Mode: mode, ServerIP: h.lab.Addr,
-		ScriptURL: func(m net.HardwareAddr) string {
-			return h.base + "/boot/" + strings.ReplaceAll(m.String(), ":", "-") + ".ipxe"
-		},
+		ScriptURL: func(m net.HardwareAddr) string { return httpboot.ScriptURL(h.base, m) },
 		BootFiles: map[dhcp.Arch]string{dhcp.ArchBIOS: "undionly.kpxe"},
 		Subnet:    cfg.DHCP.Subnet, RangeStart: cfg.DHCP.RangeStart, RangeEnd: cfg.DHCP.RangeEnd, Router: cfg.DHCP.Router,
 		LeaseTime: time.Hour, LeaseFile: filepath.Join(h.dir, "leases.json"),
@@ -211,9 +220,10 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 	if err := netlab.Do(h.lab.Server, ds.Listen); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{}, 2)
+	done := make(chan struct{}, 3)
 	go func() { ds.Serve(ctx); done <- struct{}{} }()
-	go func() { hs.Serve(ctx, hl); done <- struct{}{} }()
+	go func() { httpserve.Serve(ctx, hl, hs, log); done <- struct{}{} }()
+	go func() { httpserve.Serve(ctx, al, as, log); done <- struct{}{} }()
 	h.p, h.store = p, store
 	var once bool
 	h.stop = func() {
@@ -222,6 +232,7 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 		}
 		once = true
 		cancel()
+		<-done
 		<-done
 		<-done
 		p.Wait()
@@ -286,6 +297,13 @@ func (h *handoff) dhcpAs(t *testing.T, ns *netlab.NS, extra ...string) (ip, boot
 		t.Fatalf("DHCP as iPXE got %q", lease)
 	}
 	return f[0], f[1]
+}
+
+// adminCurl runs curl on the server, where the admin side listens.
+func (h *handoff) adminCurl(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	out, err := h.lab.Command(h.lab.Server, "curl", append([]string{"-sS", "--max-time", "30"}, args...)...).Output()
+	return string(out), err
 }
 
 // pxeBoot is the machine's side up to its installer: DHCP as iPXE, the
@@ -489,11 +507,16 @@ func TestHandoffInstallsAndBootsLocally(t *testing.T) {
 	if !strings.Contains(script, "\nexit\n") {
 		t.Fatalf("installed machine's script:\n%s", script)
 	}
-	// ... until reinstall flips it back.
-	if out, err := h.curl(t, "-f", "-X", "POST", "-H", "Authorization: Bearer "+h.apiToken, h.base+"/api/v1/machines/"+macA+"/reinstall"); err != nil {
+	// ... until reinstall flips it back, which only the admin side
+	// does: the machine's network finds no reinstall on the boot side,
+	// even with the token.
+	if code, _ := h.curl(t, "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Authorization: Bearer "+h.apiToken, h.base+"/api/v1/machines/"+macA+"/reinstall"); code != "404" {
+		t.Fatalf("reinstall on the boot side: HTTP %s, want 404", code)
+	}
+	if out, err := h.adminCurl(t, "-f", "-X", "POST", "-H", "Authorization: Bearer "+h.apiToken, h.admin+"/api/v1/machines/"+macA+"/reinstall"); err != nil {
 		t.Fatalf("reinstall: %v %s", err, out)
 	}
-	if code, _ := h.curl(t, "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", h.base+"/api/v1/machines/"+macA+"/reinstall"); code != "401" {
+	if code, _ := h.adminCurl(t, "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", h.admin+"/api/v1/machines/"+macA+"/reinstall"); code != "401" {
 		t.Fatalf("reinstall without the API token: %s", code)
 	}
 	if _, token2, _, _ := h.pxeBoot(t); token2 == "" || token2 == token {

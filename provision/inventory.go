@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"net"
 
-	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
+	"github.com/pxe-anywhere/pxe-anywhere/admin"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 )
 
-func view(r profiles.MachineRecord) httpboot.MachineView {
-	return httpboot.MachineView{
+func view(r profiles.MachineRecord) admin.MachineView {
+	return admin.MachineView{
 		MAC: r.MAC, Hostname: r.Hostname, Profile: r.Profile, State: string(r.State),
 		Phase: r.Phase, Error: r.Error, IP: r.IP, Reinstall: r.Reinstall, UpdatedAt: r.UpdatedAt,
 	}
@@ -19,18 +19,18 @@ func view(r profiles.MachineRecord) httpboot.MachineView {
 
 func notFound(err error) error {
 	if errors.Is(err, profiles.ErrNotFound) {
-		return fmt.Errorf("%w: %v", httpboot.ErrNotFound, err)
+		return fmt.Errorf("%w: %v", admin.ErrNotFound, err)
 	}
 	return err
 }
 
 // Machines lists every machine the store knows.
-func (p *Provisioner) Machines(ctx context.Context) ([]httpboot.MachineView, error) {
+func (p *Provisioner) Machines(ctx context.Context) ([]admin.MachineView, error) {
 	recs, err := p.store.Machines(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]httpboot.MachineView, 0, len(recs))
+	out := make([]admin.MachineView, 0, len(recs))
 	for _, r := range recs {
 		out = append(out, view(r))
 	}
@@ -38,16 +38,16 @@ func (p *Provisioner) Machines(ctx context.Context) ([]httpboot.MachineView, err
 }
 
 // Machine is one machine by MAC.
-func (p *Provisioner) Machine(ctx context.Context, mac string) (httpboot.MachineView, error) {
+func (p *Provisioner) Machine(ctx context.Context, mac string) (admin.MachineView, error) {
 	r, err := p.store.Machine(ctx, mac)
 	if err != nil {
-		return httpboot.MachineView{}, notFound(err)
+		return admin.MachineView{}, notFound(err)
 	}
 	return view(r), nil
 }
 
 // Events are a machine's state changes and notes after ID after.
-func (p *Provisioner) Events(ctx context.Context, mac string, after int64) ([]httpboot.EventView, error) {
+func (p *Provisioner) Events(ctx context.Context, mac string, after int64) ([]admin.EventView, error) {
 	if _, err := p.store.Machine(ctx, mac); err != nil {
 		return nil, notFound(err)
 	}
@@ -55,15 +55,15 @@ func (p *Provisioner) Events(ctx context.Context, mac string, after int64) ([]ht
 	if err != nil {
 		return nil, err
 	}
-	out := make([]httpboot.EventView, 0, len(evs))
+	out := make([]admin.EventView, 0, len(evs))
 	for _, e := range evs {
-		out = append(out, httpboot.EventView{ID: e.ID, Time: e.Time, State: string(e.State), Phase: e.Phase, Message: e.Message})
+		out = append(out, admin.EventView{ID: e.ID, Time: e.Time, State: string(e.State), Phase: e.Phase, Message: e.Message})
 	}
 	return out, nil
 }
 
 // Log is a machine's install output after line seq after.
-func (p *Provisioner) Log(ctx context.Context, mac string, after int64) ([]httpboot.LogView, error) {
+func (p *Provisioner) Log(ctx context.Context, mac string, after int64) ([]admin.LogView, error) {
 	if _, err := p.store.Machine(ctx, mac); err != nil {
 		return nil, notFound(err)
 	}
@@ -71,9 +71,9 @@ func (p *Provisioner) Log(ctx context.Context, mac string, after int64) ([]httpb
 	if err != nil {
 		return nil, err
 	}
-	out := make([]httpboot.LogView, 0, len(lines))
+	out := make([]admin.LogView, 0, len(lines))
 	for _, l := range lines {
-		out = append(out, httpboot.LogView{Seq: l.Seq, Time: l.Time, Line: l.Line})
+		out = append(out, admin.LogView{Seq: l.Seq, Time: l.Time, Line: l.Line})
 	}
 	return out, nil
 }
@@ -103,13 +103,13 @@ func (p *Provisioner) Forget(ctx context.Context, mac string) error {
 	busy := p.running[mac]
 	p.mu.Unlock()
 	if busy {
-		return fmt.Errorf("%w: machine %s is being installed; wait for it to end", httpboot.ErrConflict, mac)
+		return fmt.Errorf("%w: machine %s is being installed; wait for it to end", admin.ErrConflict, mac)
 	}
 	// A machine still in the config would come back as "new" on its
 	// next PXE boot and be installed again: forgetting must never be a
 	// back door around reinstall.
 	if m, err := net.ParseMAC(mac); err == nil && p.cfg.Load().MachineByMAC(m) != nil {
-		return fmt.Errorf("%w: machine %s is still in the config; remove it there and reload first (to install it again, use reinstall)", httpboot.ErrConflict, mac)
+		return fmt.Errorf("%w: machine %s is still in the config; remove it there and reload first (to install it again, use reinstall)", admin.ErrConflict, mac)
 	}
 	if err := p.store.Forget(ctx, mac); err != nil {
 		return notFound(err)
@@ -119,7 +119,7 @@ func (p *Provisioner) Forget(ctx context.Context, mac string) error {
 	p.mu.Lock()
 	for ch := range p.subs {
 		select {
-		case ch <- httpboot.MachineView{MAC: mac, State: "forgotten"}:
+		case ch <- admin.MachineView{MAC: mac, State: "forgotten"}:
 		default:
 		}
 	}
@@ -129,8 +129,8 @@ func (p *Provisioner) Forget(ctx context.Context, mac string) error {
 
 // Subscribe streams machine changes until ctx is done. A subscriber that
 // does not keep up misses updates rather than slowing installs down.
-func (p *Provisioner) Subscribe(ctx context.Context) <-chan httpboot.MachineView {
-	ch := make(chan httpboot.MachineView, 64)
+func (p *Provisioner) Subscribe(ctx context.Context) <-chan admin.MachineView {
+	ch := make(chan admin.MachineView, 64)
 	p.mu.Lock()
 	p.subs[ch] = struct{}{}
 	p.mu.Unlock()

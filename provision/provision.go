@@ -5,7 +5,7 @@
 // the install engine to the end, recording every step in the state store.
 //
 // It owns no sockets. dhcp asks it through dhcp.Decider, httpboot through
-// httpboot.Booter and httpboot.Inventory; cmd/pxe-anywhere wires them.
+// httpboot.Booter, admin through admin.Inventory; cmd/pxe-anywhere wires them.
 package provision
 
 import (
@@ -26,6 +26,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/pxe-anywhere/pxe-anywhere/admin"
 	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
@@ -50,7 +51,7 @@ const ownerWindow = 5 * time.Minute
 const sweepEvery = time.Minute
 
 // Provisioner implements dhcp.Decider, httpboot.Booter and
-// httpboot.Inventory over one state store and one engine.
+// admin.Inventory over one state store and one engine.
 type Provisioner struct {
 	store   *profiles.Store
 	cfg     atomic.Pointer[profiles.Config]
@@ -70,7 +71,7 @@ type Provisioner struct {
 	unknown  map[string]bool               // MACs already logged as unknown
 	polling  map[string]context.CancelFunc // token → SSH poller of a machine without callback
 	running  map[string]bool               // MAC → an install is running
-	subs     map[chan httpboot.MachineView]struct{}
+	subs     map[chan admin.MachineView]struct{}
 	wg       sync.WaitGroup // installs and pollers
 	bg       sync.WaitGroup // the sweeper, which runs until ctx ends
 	baseCtx  context.Context
@@ -124,7 +125,7 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		unknown:  map[string]bool{},
 		polling:  map[string]context.CancelFunc{},
 		running:  map[string]bool{},
-		subs:     map[chan httpboot.MachineView]struct{}{},
+		subs:     map[chan admin.MachineView]struct{}{},
 		baseCtx:  ctx,
 		pollWait: o.PollDelay,
 	}

@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/pxe-anywhere/pxe-anywhere/admin"
 	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
@@ -392,7 +393,7 @@ func TestForgetRefusesConfiguredMachines(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, testConfig(t, "discover"), "")
 	err := f.p.Forget(ctx, macA)
-	if !errors.Is(err, httpboot.ErrConflict) || !strings.Contains(err.Error(), "still in the config") {
+	if !errors.Is(err, admin.ErrConflict) || !strings.Contains(err.Error(), "still in the config") {
 		t.Fatalf("forgetting a configured machine: %v", err)
 	}
 	f.boot(t, macX) // discovered, not in the config

@@ -107,6 +107,14 @@ func (s *Server) Listen(addr string) error {
 // Addr is the address Listen bound.
 func (s *Server) Addr() net.Addr { return s.conn.LocalAddr() }
 
+// Close closes the socket that Listen opened, for a start that fails
+// before Serve; Serve closes it itself when its context ends.
+func (s *Server) Close() {
+	if s.conn != nil {
+		s.conn.Close()
+	}
+}
+
 // Serve answers requests until ctx is done.
 func (s *Server) Serve(ctx context.Context) error {
 	if s.conn == nil {

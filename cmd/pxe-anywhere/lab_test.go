@@ -21,9 +21,11 @@ import (
 // TestServeBinaryInLab runs the real binary inside a lab namespace, as
 // an operator would on a real interface, and boots a simulated machine
 // through every service it started: DHCP (as the firmware, then as
-// iPXE), TFTP (the iPXE binary) and HTTP (the script). Then SIGHUP with
-// a broken config is refused, SIGHUP with a new reservation gives the
-// machine its new address, and SIGTERM stops it cleanly.
+// iPXE), TFTP (the iPXE binary) and HTTP (the script). The boot side is
+// on the advertised address by default and serves no operator route;
+// the admin side is on loopback, where the CLI finds it. Then SIGHUP
+// with a broken config is refused, SIGHUP with a new reservation gives
+// the machine its new address, and SIGTERM stops it cleanly.
 func TestServeBinaryInLab(t *testing.T) {
 	netlab.Require(t, "udhcpc", "curl")
 	if _, err := os.Stat("/usr/lib/ipxe/undionly.kpxe"); err != nil {
@@ -45,7 +47,6 @@ func TestServeBinaryInLab(t *testing.T) {
 	cfgPath := filepath.Join(dir, "config.yaml")
 	cfgTmpl := `server:
   interfaces: [br0]
-  http_listen: "10.83.0.1:8080"
   state_dir: %[1]s/state
 dhcp:
   mode: authoritative
@@ -112,8 +113,27 @@ machines:
 	if err != nil || !bytes.Contains(body, []byte("pxe_anywhere.token=")) || !bytes.Contains(body, []byte("initrd --name extra http://10.83.0.1:8080/boot/")) {
 		t.Fatalf("script: %v\n%s", err, body)
 	}
-	if b, _ := lab.Command(cl, "curl", "-sS", "--max-time", "10", "http://10.83.0.1:8080/metrics").Output(); !bytes.Contains(b, []byte("pxe_anywhere_tftp_transfers_total")) || !bytes.Contains(b, []byte("pxe_anywhere_dhcp_requests_total")) {
-		t.Fatalf("metrics lack the DHCP and TFTP counters:\n%.2000s", b)
+	// The machine's network reaches the boot side only: the operator
+	// routes are not on its port, and the admin port is not on its
+	// address.
+	for _, p := range []string{"/", "/events", "/metrics", "/api/v1/machines"} {
+		if code, _ := lab.Command(cl, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "http://10.83.0.1:8080"+p).Output(); string(code) != "404" {
+			t.Errorf("boot port %s from the machine's network: HTTP %s, want 404", p, code)
+		}
+	}
+	if b, err := lab.Command(cl, "curl", "-sS", "--max-time", "10", "http://10.83.0.1:8081/").CombinedOutput(); err == nil {
+		t.Errorf("the admin port answers on the provisioning address: %s", b)
+	}
+	// The boot side is on the advertised address, not on all of them.
+	if b, err := lab.Command(lab.Server, "curl", "-sS", "--max-time", "10", "http://127.0.0.1:8080/healthz").CombinedOutput(); err == nil {
+		t.Errorf("the boot side answers on loopback too: it listens on all addresses (%s)", b)
+	}
+	if b, _ := lab.Command(lab.Server, "curl", "-sS", "--max-time", "10", "http://127.0.0.1:8081/metrics").Output(); !bytes.Contains(b, []byte("pxe_anywhere_tftp_transfers_total")) || !bytes.Contains(b, []byte("pxe_anywhere_dhcp_requests_total")) || !bytes.Contains(b, []byte(`listener="boot",route="/boot/{file}"`)) {
+		t.Fatalf("admin metrics lack the DHCP, TFTP and boot HTTP counters:\n%.2000s", b)
+	}
+	// The CLI's default server is the admin side on loopback.
+	if out, err := lab.Command(lab.Server, bin, "machines", "list", "--token-file", filepath.Join(dir, "state", "api-token")).CombinedOutput(); err != nil || !bytes.Contains(out, []byte("lab-01")) {
+		t.Fatalf("machines list against the default server: %v\n%s", err, out)
 	}
 	// A broken config on SIGHUP is refused; the server keeps serving.
 	os.WriteFile(cfgPath, []byte(cfg+"bogus: 1\n"), 0o644)
@@ -183,13 +203,13 @@ func TestFailedStartClosesSockets(t *testing.T) {
 	netlab.Require(t)
 	tests := []struct {
 		name  string
-		taken string // "tcp" or "udp": which port something else holds
-		port  int
+		taken string // network/address that something else holds
 		want  string
-		free  []string // network/port that must be bindable afterwards
+		free  []string // network/address that must be bindable afterwards
 	}{
-		{"HTTP port taken", "tcp", 8080, "server.http_listen", []string{"udp/4011", "udp/69"}},
-		{"TFTP port taken", "udp", 69, "tftp listen", []string{"udp/4011", "tcp/8080"}},
+		{"boot port taken", "tcp/10.84.0.1:8080", "server.http_listen", []string{"udp/10.84.0.1:4011", "udp/10.84.0.1:69", "tcp/127.0.0.1:8081"}},
+		{"admin port taken", "tcp/127.0.0.1:8081", "server.admin_listen", []string{"udp/10.84.0.1:4011", "tcp/10.84.0.1:8080", "udp/10.84.0.1:69"}},
+		{"TFTP port taken", "udp/10.84.0.1:69", "tftp listen", []string{"udp/10.84.0.1:4011", "tcp/10.84.0.1:8080", "tcp/127.0.0.1:8081"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -200,12 +220,12 @@ func TestFailedStartClosesSockets(t *testing.T) {
 			cfgPath := filepath.Join(dir, "config.yaml")
 			os.WriteFile(cfgPath, []byte(fmt.Sprintf(`server:
   interfaces: [br0]
-  http_listen: "10.84.0.1:8080"
   tftp_listen: "10.84.0.1:69"
   state_dir: %s/state
 `, dir)), 0o644)
 			lab := netlab.New(t, "10.84.0.0/24")
-			held, err := bindIn(lab.Server, tt.taken, fmt.Sprintf("10.84.0.1:%d", tt.port))
+			network, addr, _ := strings.Cut(tt.taken, "/")
+			held, err := bindIn(lab.Server, network, addr)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -218,10 +238,10 @@ func TestFailedStartClosesSockets(t *testing.T) {
 				t.Fatalf("serve: err = %v, want it to mention %q\n%s", err, tt.want, out.String())
 			}
 			for _, f := range tt.free {
-				network, port, _ := strings.Cut(f, "/")
-				c, err := bindIn(lab.Server, network, "10.84.0.1:"+port)
+				network, addr, _ := strings.Cut(f, "/")
+				c, err := bindIn(lab.Server, network, addr)
 				if err != nil {
-					t.Errorf("%s port %s still bound after the failed start: %v", network, port, err)
+					t.Errorf("%s %s still bound after the failed start: %v", network, addr, err)
 					continue
 				}
 				c.Close()

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -15,7 +17,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
+	"github.com/pxe-anywhere/pxe-anywhere/admin"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/macaddr"
 )
 
 const machinesUsage = `Usage:
@@ -39,20 +42,47 @@ type apiClient struct {
 	hc    *http.Client
 }
 
-// apiFlags adds the flags every API subcommand shares.
-func apiFlags(fs *flag.FlagSet) (server, tokenFile *string) {
-	server = fs.String("server", envOr("PXE_ANYWHERE_SERVER", "http://127.0.0.1:8080"),
-		"URL of the running server (env PXE_ANYWHERE_SERVER)")
-	tokenFile = fs.String("token-file", envOr("PXE_ANYWHERE_TOKEN_FILE", "/var/lib/pxe-anywhere/api-token"),
-		"file holding the API token that the server wrote (env PXE_ANYWHERE_TOKEN_FILE)")
-	return server, tokenFile
+// apiFlagValues are the flags every API subcommand shares.
+type apiFlagValues struct {
+	server, tokenFile, caFile *string
 }
 
-// newAPIClient reads the token and checks the server URL.
-func newAPIClient(server, tokenFile string) (*apiClient, error) {
+// apiFlags adds the flags every API subcommand shares.
+func apiFlags(fs *flag.FlagSet) apiFlagValues {
+	return apiFlagValues{
+		server: fs.String("server", envOr("PXE_ANYWHERE_SERVER", "http://127.0.0.1:8081"),
+			"URL of the running server's admin side, server.admin_listen (env PXE_ANYWHERE_SERVER)"),
+		tokenFile: fs.String("token-file", envOr("PXE_ANYWHERE_TOKEN_FILE", "/var/lib/pxe-anywhere/api-token"),
+			"file holding the API token that the server wrote (env PXE_ANYWHERE_TOKEN_FILE)"),
+		caFile: fs.String("ca-file", envOr("PXE_ANYWHERE_CA_FILE", ""),
+			"PEM `file` of the certificates that an https --server must chain to, instead of the system's roots; the server's own self-signed certificate will do (env PXE_ANYWHERE_CA_FILE)"),
+	}
+}
+
+// client reads the token and checks the server URL.
+func (f apiFlagValues) client() (*apiClient, error) {
+	return newAPIClient(*f.server, *f.tokenFile, *f.caFile)
+}
+
+// newAPIClient reads the token and checks the server URL. An https
+// server's certificate is verified against the system's roots, or
+// against caFile's certificates alone when it is set; never skipped.
+func newAPIClient(server, tokenFile, caFile string) (*apiClient, error) {
 	u, err := url.Parse(server)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("--server %q: want a URL like http://10.77.0.1:8080", server)
+		return nil, fmt.Errorf("--server %q: want a URL like http://127.0.0.1:8081 or https://10.99.0.1:8081", server)
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	if u.Scheme == "https" && caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-file %s: no PEM certificate in it", caFile)
+		}
+		transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	}
 	tok, err := os.ReadFile(tokenFile)
 	if err != nil {
@@ -62,7 +92,7 @@ func newAPIClient(server, tokenFile string) (*apiClient, error) {
 	if t == "" {
 		return nil, fmt.Errorf("API token file %s is empty", tokenFile)
 	}
-	return &apiClient{base: strings.TrimRight(server, "/"), token: t, hc: &http.Client{Timeout: 30 * time.Second}}, nil
+	return &apiClient{base: strings.TrimRight(server, "/"), token: t, hc: &http.Client{Timeout: 30 * time.Second, Transport: transport}}, nil
 }
 
 // newAPIClientFlags parses the shared flags of a subcommand that takes
@@ -70,14 +100,14 @@ func newAPIClient(server, tokenFile string) (*apiClient, error) {
 func newAPIClientFlags(name string, args []string, stderr io.Writer) (*apiClient, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server, tokenFile := apiFlags(fs)
+	api := apiFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() != 0 {
 		return nil, fmt.Errorf("%s: unexpected argument %q", name, fs.Arg(0))
 	}
-	return newAPIClient(*server, *tokenFile)
+	return api.client()
 }
 
 // do sends one API request and decodes a JSON answer into out (if not
@@ -93,6 +123,10 @@ func (c *apiClient) do(ctx context.Context, method, path string, out any) error 
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		var certErr *tls.CertificateVerificationError
+		if errors.As(err, &certErr) {
+			return fmt.Errorf("server %s: its TLS certificate is not trusted: %w (pass --ca-file with the server's certificate or its CA)", c.base, certErr.Err)
 		}
 		return fmt.Errorf("server %s unreachable: %w (is pxe-anywhere serve running there? see --server)", c.base, err)
 	}
@@ -147,7 +181,7 @@ func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := flag.NewFlagSet("machines "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, machinesUsage); fs.PrintDefaults() }
-	server, tokenFile := apiFlags(fs)
+	api := apiFlags(fs)
 	var asJSON, follow *bool
 	switch sub {
 	case "list", "show":
@@ -177,20 +211,20 @@ func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if len(pos) != 1 {
 			return fmt.Errorf("machines %s: want exactly one MAC, got %d arguments", sub, len(pos))
 		}
-		hw, err := httpboot.ParseMAC(pos[0])
+		hw, err := macaddr.Parse(pos[0])
 		if err != nil {
 			return fmt.Errorf("machines %s: %w (write it like 52:54:00:12:34:56)", sub, err)
 		}
 		mac = hw.String()
 	}
-	c, err := newAPIClient(*server, *tokenFile)
+	c, err := api.client()
 	if err != nil {
 		return err
 	}
 	machinePath := "/api/v1/machines/" + url.PathEscape(mac)
 	switch sub {
 	case "list":
-		var ms []httpboot.MachineView
+		var ms []admin.MachineView
 		if err := c.do(ctx, http.MethodGet, "/api/v1/machines", &ms); err != nil {
 			return err
 		}
@@ -199,7 +233,7 @@ func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		return printMachines(stdout, ms)
 	case "show":
-		var m httpboot.MachineView
+		var m admin.MachineView
 		if err := c.do(ctx, http.MethodGet, machinePath, &m); err != nil {
 			return err
 		}
@@ -209,8 +243,8 @@ func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		if *asJSON {
 			return printJSON(stdout, struct {
-				httpboot.MachineView
-				Events []httpboot.EventView `json:"events"`
+				admin.MachineView
+				Events []admin.EventView `json:"events"`
 			}{m, evs})
 		}
 		return printMachine(stdout, m, evs)
@@ -255,14 +289,14 @@ func when(t time.Time) string {
 
 // stateText is the state as an operator reads it: a pending reinstall
 // matters as much as the state itself.
-func stateText(m httpboot.MachineView) string {
+func stateText(m admin.MachineView) string {
 	if m.Reinstall {
 		return m.State + " (reinstall pending)"
 	}
 	return m.State
 }
 
-func printMachines(w io.Writer, ms []httpboot.MachineView) error {
+func printMachines(w io.Writer, ms []admin.MachineView) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MAC\tHOSTNAME\tPROFILE\tSTATE\tPHASE\tIP\tUPDATED\tERROR")
 	for _, m := range ms {
@@ -278,7 +312,7 @@ func oneLine(s string) string {
 	return orDash(s)
 }
 
-func printMachine(w io.Writer, m httpboot.MachineView, evs []httpboot.EventView) error {
+func printMachine(w io.Writer, m admin.MachineView, evs []admin.EventView) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, kv := range [][2]string{
 		{"MAC", m.MAC}, {"Hostname", orDash(m.Hostname)}, {"Profile", orDash(m.Profile)},
@@ -325,11 +359,11 @@ func getAfter[T any](ctx context.Context, c *apiClient, path string, after int64
 }
 
 // machineEvents returns all of a machine's events, page by page.
-func machineEvents(ctx context.Context, c *apiClient, machinePath string) ([]httpboot.EventView, error) {
-	all := []httpboot.EventView{}
+func machineEvents(ctx context.Context, c *apiClient, machinePath string) ([]admin.EventView, error) {
+	all := []admin.EventView{}
 	var after int64
 	for {
-		evs, next, err := getAfter(ctx, c, machinePath+"/events", after, func(e httpboot.EventView) int64 { return e.ID })
+		evs, next, err := getAfter(ctx, c, machinePath+"/events", after, func(e admin.EventView) int64 { return e.ID })
 		if err != nil {
 			return nil, err
 		}
@@ -347,7 +381,7 @@ func machineEvents(ctx context.Context, c *apiClient, machinePath string) ([]htt
 func machineLogs(ctx context.Context, c *apiClient, w io.Writer, machinePath string, follow bool) error {
 	var after int64
 	for {
-		lines, next, err := getAfter(ctx, c, machinePath+"/log", after, func(l httpboot.LogView) int64 { return l.Seq })
+		lines, next, err := getAfter(ctx, c, machinePath+"/log", after, func(l admin.LogView) int64 { return l.Seq })
 		if err != nil {
 			if follow && errors.Is(err, context.Canceled) {
 				return nil
@@ -368,7 +402,7 @@ func machineLogs(ctx context.Context, c *apiClient, w io.Writer, machinePath str
 		if !follow {
 			return nil
 		}
-		var m httpboot.MachineView
+		var m admin.MachineView
 		if err := c.do(ctx, http.MethodGet, machinePath, &m); err != nil {
 			if errors.Is(err, context.Canceled) {
 				return nil

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
+	"github.com/pxe-anywhere/pxe-anywhere/admin"
 )
 
 const machinesTestToken = "api-token-for-machines-test"
@@ -31,8 +31,8 @@ const machinesTestToken = "api-token-for-machines-test"
 type fakeInventory struct {
 	mu       sync.Mutex
 	pageSize int
-	events   []httpboot.EventView
-	log      []httpboot.LogView
+	events   []admin.EventView
+	log      []admin.LogView
 	pending  []string // lines that later state polls reveal, one per poll
 	logAfter []int64  // the cursors Log was asked with
 	done     []string
@@ -41,36 +41,36 @@ type fakeInventory struct {
 func newFakeInventory() *fakeInventory {
 	return &fakeInventory{
 		pageSize: 2,
-		events: []httpboot.EventView{
+		events: []admin.EventView{
 			{ID: 1, Time: time.Date(2026, 11, 28, 9, 58, 0, 0, time.UTC), State: "booting", Message: "PXE boot, image nixos"},
 			{ID: 2, Time: time.Date(2026, 11, 28, 9, 59, 0, 0, time.UTC), State: "installing", Phase: "disko", Message: "partitioning"},
 		},
-		log:     []httpboot.LogView{{Seq: 1, Line: "[probe] disks: /dev/vda"}},
+		log:     []admin.LogView{{Seq: 1, Line: "[probe] disks: /dev/vda"}},
 		pending: []string{"[disko] formatting /dev/vda", "[nixos-install] done"},
 	}
 }
 
-var testMachines = []httpboot.MachineView{
+var testMachines = []admin.MachineView{
 	{MAC: "52:54:00:00:00:01", Hostname: "web-01", Profile: "web", State: "installing", Phase: "disko", IP: "10.77.0.57",
 		UpdatedAt: time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)},
 	{MAC: "52:54:00:00:00:02", Hostname: "db-01", Profile: "db", State: "failed", Error: "disko: exit 1\n/dev/sdb: no such device",
 		UpdatedAt: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)},
 }
 
-func (f *fakeInventory) Machines(ctx context.Context) ([]httpboot.MachineView, error) {
+func (f *fakeInventory) Machines(ctx context.Context) ([]admin.MachineView, error) {
 	return testMachines, nil
 }
 
-func machineByMAC(mac string) (httpboot.MachineView, error) {
+func machineByMAC(mac string) (admin.MachineView, error) {
 	for _, m := range testMachines {
 		if m.MAC == mac {
 			return m, nil
 		}
 	}
-	return httpboot.MachineView{}, fmt.Errorf("%w: machine %s", httpboot.ErrNotFound, mac)
+	return admin.MachineView{}, fmt.Errorf("%w: machine %s", admin.ErrNotFound, mac)
 }
 
-func (f *fakeInventory) Machine(ctx context.Context, mac string) (httpboot.MachineView, error) {
+func (f *fakeInventory) Machine(ctx context.Context, mac string) (admin.MachineView, error) {
 	m, err := machineByMAC(mac)
 	if err != nil || mac != "52:54:00:00:00:01" {
 		return m, err
@@ -83,7 +83,7 @@ func (f *fakeInventory) Machine(ctx context.Context, mac string) (httpboot.Machi
 		m.State, m.Phase = "installed", ""
 		return m, nil
 	}
-	f.log = append(f.log, httpboot.LogView{Seq: int64(len(f.log) + 1), Line: f.pending[0]})
+	f.log = append(f.log, admin.LogView{Seq: int64(len(f.log) + 1), Line: f.pending[0]})
 	f.pending = f.pending[1:]
 	return m, nil
 }
@@ -99,23 +99,23 @@ func page[T any](items []T, after int64, n int, id func(T) int64) []T {
 	return out
 }
 
-func (f *fakeInventory) Events(ctx context.Context, mac string, after int64) ([]httpboot.EventView, error) {
+func (f *fakeInventory) Events(ctx context.Context, mac string, after int64) ([]admin.EventView, error) {
 	if _, err := machineByMAC(mac); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return page(f.events, after, f.pageSize, func(e httpboot.EventView) int64 { return e.ID }), nil
+	return page(f.events, after, f.pageSize, func(e admin.EventView) int64 { return e.ID }), nil
 }
 
-func (f *fakeInventory) Log(ctx context.Context, mac string, after int64) ([]httpboot.LogView, error) {
+func (f *fakeInventory) Log(ctx context.Context, mac string, after int64) ([]admin.LogView, error) {
 	if _, err := machineByMAC(mac); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.logAfter = append(f.logAfter, after)
-	return page(f.log, after, f.pageSize, func(l httpboot.LogView) int64 { return l.Seq }), nil
+	return page(f.log, after, f.pageSize, func(l admin.LogView) int64 { return l.Seq }), nil
 }
 
 func (f *fakeInventory) Reinstall(ctx context.Context, mac string) error {
@@ -130,7 +130,7 @@ func (f *fakeInventory) Reinstall(ctx context.Context, mac string) error {
 
 func (f *fakeInventory) Forget(ctx context.Context, mac string) error {
 	if mac == "52:54:00:00:00:01" {
-		return fmt.Errorf("%w: machine %s is being installed; wait for it to end", httpboot.ErrConflict, mac)
+		return fmt.Errorf("%w: machine %s is being installed; wait for it to end", admin.ErrConflict, mac)
 	}
 	if _, err := machineByMAC(mac); err != nil {
 		return err
@@ -141,8 +141,8 @@ func (f *fakeInventory) Forget(ctx context.Context, mac string) error {
 	return nil
 }
 
-func (f *fakeInventory) Subscribe(ctx context.Context) <-chan httpboot.MachineView {
-	ch := make(chan httpboot.MachineView)
+func (f *fakeInventory) Subscribe(ctx context.Context) <-chan admin.MachineView {
+	ch := make(chan admin.MachineView)
 	go func() { <-ctx.Done(); close(ch) }()
 	return ch
 }
@@ -158,12 +158,10 @@ func newMachinesServer(t *testing.T) (*fakeInventory, string, string) {
 // token file a client needs.
 func serveInventory(t *testing.T, inv *fakeInventory) (url, tokenFile string) {
 	t.Helper()
-	srv := httptest.NewServer(httpboot.New(httpboot.Config{
-		BaseURL:  "http://10.77.0.1:8080",
-		Images:   func() map[string]httpboot.Image { return nil },
+	srv := httptest.NewServer(admin.New(admin.Config{
 		APIToken: machinesTestToken,
 		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}, nil, inv))
+	}, inv))
 	t.Cleanup(srv.Close)
 	tokenFile = filepath.Join(t.TempDir(), "api-token")
 	if err := os.WriteFile(tokenFile, []byte(machinesTestToken+"\n"), 0o600); err != nil {
@@ -240,8 +238,8 @@ func TestRunMachinesPages(t *testing.T) {
 	inv.events, inv.log = nil, nil
 	var wantLog, wantEvents []string
 	for i := int64(1); i <= 12; i++ {
-		inv.events = append(inv.events, httpboot.EventView{ID: i, State: "installing", Message: fmt.Sprintf("event %02d", i)})
-		inv.log = append(inv.log, httpboot.LogView{Seq: i, Line: fmt.Sprintf("line %02d", i)})
+		inv.events = append(inv.events, admin.EventView{ID: i, State: "installing", Message: fmt.Sprintf("event %02d", i)})
+		inv.log = append(inv.log, admin.LogView{Seq: i, Line: fmt.Sprintf("line %02d", i)})
 		wantEvents = append(wantEvents, fmt.Sprintf("event %02d", i))
 		wantLog = append(wantLog, fmt.Sprintf("line %02d", i))
 	}
@@ -279,7 +277,7 @@ func TestRunMachinesPages(t *testing.T) {
 	})
 	t.Run("show json", func(t *testing.T) {
 		var m struct {
-			Events []httpboot.EventView `json:"events"`
+			Events []admin.EventView `json:"events"`
 		}
 		if err := json.Unmarshal([]byte(run(t, "show", "--json", "52:54:00:00:00:01")), &m); err != nil {
 			t.Fatal(err)
@@ -337,7 +335,7 @@ func TestRunMachinesJSONIsParseable(t *testing.T) {
 	if err := runMachines(context.Background(), []string{"list", "--json", "--server", url, "--token-file", tokenFile}, &stdout, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	var ms []httpboot.MachineView
+	var ms []admin.MachineView
 	if err := json.Unmarshal(stdout.Bytes(), &ms); err != nil || len(ms) != 2 || ms[1].Error == "" {
 		t.Fatalf("list --json: %v %+v", err, ms)
 	}

@@ -2,20 +2,17 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -23,9 +20,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pxe-anywhere/pxe-anywhere/admin"
 	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
 	"github.com/pxe-anywhere/pxe-anywhere/images"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 	"github.com/pxe-anywhere/pxe-anywhere/provision"
 	"github.com/pxe-anywhere/pxe-anywhere/tftp"
@@ -34,13 +33,14 @@ import (
 const defaultConfig = "/etc/pxe-anywhere/config.yaml"
 
 type serveFlags struct {
-	config     string
-	stateDir   string
-	ipxeDir    string
-	httpListen string
-	tftpListen string
-	logLevel   string
-	logFormat  string
+	config      string
+	stateDir    string
+	ipxeDir     string
+	httpListen  string
+	adminListen string
+	tftpListen  string
+	logLevel    string
+	logFormat   string
 }
 
 func serveFlagSet(stderr io.Writer, f *serveFlags) *flag.FlagSet {
@@ -49,7 +49,8 @@ func serveFlagSet(stderr io.Writer, f *serveFlags) *flag.FlagSet {
 	fs.StringVar(&f.config, "config", envOr("PXE_ANYWHERE_CONFIG", defaultConfig), "config `file` (YAML or JSON; env PXE_ANYWHERE_CONFIG)")
 	fs.StringVar(&f.stateDir, "state-dir", "", "state `dir` (database, leases, keys, image cache); overrides server.state_dir")
 	fs.StringVar(&f.ipxeDir, "ipxe-dir", "", "`dir` holding the iPXE binaries (undionly.kpxe, ipxe.efi); overrides server.ipxe_dir; default: found in /usr/lib/ipxe or /usr/share/ipxe")
-	fs.StringVar(&f.httpListen, "http-listen", "", "HTTP listen `address`; overrides server.http_listen")
+	fs.StringVar(&f.httpListen, "http-listen", "", "boot HTTP listen `address` (scripts, images, callback); overrides server.http_listen; default: the advertised address, port 8080")
+	fs.StringVar(&f.adminListen, "admin-listen", "", "admin HTTP listen `address` (API, status page, metrics); overrides server.admin_listen; default 127.0.0.1:8081")
 	fs.StringVar(&f.tftpListen, "tftp-listen", "", "TFTP listen `address`; overrides server.tftp_listen")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log `format`: text or json")
@@ -105,6 +106,9 @@ func loadServeConfig(f *serveFlags) (*profiles.Config, error) {
 	}
 	if f.httpListen != "" {
 		cfg.Server.HTTPListen = f.httpListen
+	}
+	if f.adminListen != "" {
+		cfg.Server.AdminListen = f.adminListen
 	}
 	if f.tftpListen != "" {
 		cfg.Server.TFTPListen = f.tftpListen
@@ -182,32 +186,18 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	ipxeSrc, err := tftp.FindIPXEDir(cfg.Server.IPXEDir)
+	ipxeSrc, ipxeDir, staged, err := stageIPXE(cfg, log)
 	if err != nil {
 		return err
 	}
-	// TFTP and HTTP Boot serve a copy taken now: the strict resolver
-	// then never has to follow the distribution's symlinks.
-	ipxeDir := filepath.Join(cfg.Server.StateDir, "ipxe")
-	bootFiles := []string{"undionly.kpxe", "ipxe.efi", "snponly.efi"}
-	if cfg.DHCP.EFIx64Boot != "" {
-		bootFiles = append(bootFiles, cfg.DHCP.EFIx64Boot)
-	}
-	if cfg.DHCP.ARM64Boot != "" {
-		bootFiles = append(bootFiles, cfg.DHCP.ARM64Boot)
-	}
-	staged, err := tftp.Stage(ipxeSrc, ipxeDir, bootFiles)
+	tc, err := adminTLS(cfg.Server)
 	if err != nil {
-		return fmt.Errorf("iPXE binaries: %w", err)
+		return err
 	}
-	for _, name := range []string{cfg.DHCP.EFIx64Boot, cfg.DHCP.ARM64Boot} {
-		if name != "" && !slices.Contains(staged, name) {
-			log.Warn("boot file named in the config is not in the iPXE directory: those machines will not boot", "file", name, "ipxe_dir", ipxeSrc)
-		}
-	}
-	_, httpPort, err := net.SplitHostPort(cfg.Server.HTTPListen)
+	bootAddr := bootListenAddr(cfg.Server, advertise)
+	_, httpPort, err := net.SplitHostPort(bootAddr)
 	if err != nil {
-		return fmt.Errorf("server.http_listen %q: %w", cfg.Server.HTTPListen, err)
+		return fmt.Errorf("server.http_listen %q: %w", bootAddr, err)
 	}
 	baseURL := "http://" + net.JoinHostPort(advertise.String(), httpPort)
 
@@ -250,26 +240,30 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	// A socket that fails to open closes the ones opened before it, so
-	// that a failed start leaves nothing bound. TFTP goes last: it is
-	// the one without a Close.
+	var opened closers
+	defer opened.close()
 	if err := dsrv.Listen(); err != nil {
 		return err
 	}
-	hl, err := net.Listen("tcp", cfg.Server.HTTPListen)
+	opened.add(dsrv.Close)
+	bl, err := listenBoot(cfg.Server, bootAddr)
 	if err != nil {
-		dsrv.Close()
-		return fmt.Errorf("server.http_listen: %w", err)
-	}
-	tsrv, err := tftp.New(ipxeDir, log.With("component", "tftp"), reg)
-	if err == nil {
-		err = tsrv.Listen(cfg.Server.TFTPListen)
-	}
-	if err != nil {
-		dsrv.Close()
-		hl.Close()
 		return err
 	}
+	opened.add(func() { bl.Close() })
+	al, adminLoopback, err := listenAdmin(cfg.Server.AdminListen, tc)
+	if err != nil {
+		return err
+	}
+	opened.add(func() { al.Close() })
+	tsrv, err := tftp.New(ipxeDir, log.With("component", "tftp"), reg)
+	if err != nil {
+		return err
+	}
+	if err := tsrv.Listen(cfg.Server.TFTPListen); err != nil {
+		return err
+	}
+	opened.add(tsrv.Close)
 
 	rl := &reloader{
 		load: func() (*profiles.Config, error) { return loadServeConfig(&f) },
@@ -283,24 +277,40 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		running: cfg,
 	}
 
-	hsrv := httpboot.New(httpboot.Config{
-		BaseURL:  baseURL,
-		Images:   func() map[string]httpboot.Image { return *current.Load() },
-		IPXEDir:  ipxeDir,
-		APIToken: apiToken,
-		Log:      log.With("component", "http"),
-		Metrics:  reg,
-		Reload:   rl.reload,
-	}, prov, prov)
+	// Two HTTP sides on two listeners: what booting machines need on
+	// the provisioning address, what operators need on admin_listen.
+	sides := []struct {
+		l net.Listener
+		h http.Handler
+	}{
+		{bl, httpboot.New(httpboot.Config{
+			BaseURL: baseURL,
+			Images:  func() map[string]httpboot.Image { return *current.Load() },
+			IPXEDir: ipxeDir,
+			Log:     log.With("component", "http"),
+			Metrics: reg,
+		}, prov)},
+		{al, admin.New(admin.Config{
+			APIToken:     apiToken,
+			RequireLogin: !adminLoopback,
+			Log:          log.With("component", "admin"),
+			Metrics:      reg,
+			Reload:       rl.reload,
+		}, prov)},
+	}
 
 	log.Info("serving",
 		"interfaces", cfg.Server.Interfaces, "dhcp_mode", cfg.DHCP.Mode, "advertise", advertise,
-		"http", hl.Addr().String(), "tftp", tsrv.Addr().String(), "ipxe_dir", ipxeSrc, "ipxe_files", staged,
+		"http", bl.Addr().String(), "admin", al.Addr().String(), "admin_tls", tc != nil, "admin_login", !adminLoopback,
+		"tftp", tsrv.Addr().String(), "ipxe_dir", ipxeSrc, "ipxe_files", staged,
 		"machines", len(cfg.Machines), "unknown_machines", cfg.Server.UnknownMachines)
+	warnExposure(log, bl.Addr(), al.Addr(), adminLoopback, tc != nil)
 
 	g.Go(func() error { return dsrv.Serve(gctx) })
 	g.Go(func() error { return tsrv.Serve(gctx) })
-	g.Go(func() error { return hsrv.Serve(gctx, hl) })
+	for _, side := range sides {
+		g.Go(func() error { return httpserve.Serve(gctx, side.l, side.h, log) })
+	}
 	g.Go(func() error {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
@@ -321,146 +331,6 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return nil
 	}
 	return err
-}
-
-// reloader applies the config file again to the running server, on
-// SIGHUP and POST /api/v1/config/reload.
-type reloader struct {
-	// mu makes reloads take turns: two at once could end in the older
-	// one's config, if it was the slower to prepare its images.
-	mu      sync.Mutex
-	load    func() (*profiles.Config, error)
-	prepare func(ctx context.Context, cfg *profiles.Config) (map[string]httpboot.Image, error)
-	images  *imageSet
-	prov    configTaker
-	dhcp    reservationTaker
-	log     *slog.Logger
-	running *profiles.Config // the config in force; mu guards it
-}
-
-// configTaker is what takes the inventory of a reloaded config:
-// provision.
-type configTaker interface {
-	Reload(ctx context.Context, cfg *profiles.Config) error
-}
-
-// reservationTaker is what hands out the machines' reserved addresses:
-// the DHCP server.
-type reservationTaker interface {
-	SetReservations(res map[string]netip.Addr) error
-}
-
-// reload applies the config file, or refuses it and keeps the running
-// config whole.
-func (r *reloader) reload(ctx context.Context) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	next, err := r.apply(ctx)
-	if err != nil {
-		r.log.Error("config reload refused; the running config stays", "err", err)
-		return err
-	}
-	r.running = next
-	r.log.Info("config reloaded", "images", len(next.Images), "profiles", len(next.Profiles), "machines", len(next.Machines))
-	return nil
-}
-
-func (r *reloader) apply(ctx context.Context) (*profiles.Config, error) {
-	next, err := r.load()
-	if err != nil {
-		return nil, err
-	}
-	if !sameServing(r.running, next) {
-		return nil, errors.New("server, interface and DHCP settings change only with a restart; reload refused")
-	}
-	imgs, err := r.prepare(ctx, next)
-	if err != nil {
-		return nil, err
-	}
-	// While the profiles change, both configs' images are served: the
-	// old profiles may name an image that the new config drops, and the
-	// new ones an image that only it has.
-	old := r.images.Load()
-	both := maps.Clone(*old)
-	maps.Copy(both, imgs)
-	r.images.Store(&both)
-	if err := r.dhcp.SetReservations(reservations(next)); err != nil {
-		r.images.Store(old)
-		return nil, err
-	}
-	if err := r.prov.Reload(ctx, next); err != nil {
-		r.images.Store(old)
-		if rerr := r.dhcp.SetReservations(reservations(r.running)); rerr != nil {
-			r.log.Error("restoring the DHCP reservations of the running config failed", "err", rerr)
-		}
-		return nil, err
-	}
-	r.images.Store(&imgs)
-	return next, nil
-}
-
-// reservations are the machines' `ip:` addresses, which only an
-// authoritative server hands out.
-func reservations(cfg *profiles.Config) map[string]netip.Addr {
-	if cfg.DHCP.Mode != profiles.DHCPAuthoritative {
-		return nil
-	}
-	res := map[string]netip.Addr{}
-	for _, m := range cfg.Machines {
-		if m.IP.IsValid() {
-			res[m.MAC.String()] = m.IP
-		}
-	}
-	return res
-}
-
-// sameServing reports whether two configs serve the same sockets: those
-// settings need a restart, the inventory does not.
-func sameServing(a, b *profiles.Config) bool {
-	return fmt.Sprint(a.Server) == fmt.Sprint(b.Server) && fmt.Sprint(a.DHCP) == fmt.Sprint(b.DHCP)
-}
-
-func dhcpConfig(cfg *profiles.Config, advertise netip.Addr, baseURL string, reg prometheus.Registerer) dhcp.Config {
-	d := dhcp.Config{
-		Interfaces: cfg.Server.Interfaces,
-		Mode:       dhcp.Proxy,
-		ServerIP:   advertise,
-		ScriptURL: func(mac net.HardwareAddr) string {
-			return baseURL + "/boot/" + strings.ReplaceAll(mac.String(), ":", "-") + ".ipxe"
-		},
-		HTTPBootURL: func(m dhcp.Machine) string {
-			name := cfg.DHCP.EFIx64Boot
-			if m.Firmware.Arch == dhcp.ArchEFIarm64 {
-				name = cfg.DHCP.ARM64Boot
-			}
-			if name == "" {
-				// No offer at all: a URL without a file would 404 only
-				// after the firmware has taken the offer.
-				return ""
-			}
-			return baseURL + "/ipxe/" + name
-		},
-		BootFiles: map[dhcp.Arch]string{
-			dhcp.ArchBIOS:   "undionly.kpxe",
-			dhcp.ArchEFIx64: cfg.DHCP.EFIx64Boot,
-		},
-		Metrics: reg,
-	}
-	if cfg.DHCP.ARM64Boot != "" {
-		d.BootFiles[dhcp.ArchEFIarm64] = cfg.DHCP.ARM64Boot
-	}
-	if cfg.DHCP.Mode == profiles.DHCPAuthoritative {
-		d.Mode = dhcp.Authoritative
-		d.Subnet = cfg.DHCP.Subnet
-		d.RangeStart, d.RangeEnd = cfg.DHCP.RangeStart, cfg.DHCP.RangeEnd
-		d.Router = cfg.DHCP.Router
-		d.DNS = cfg.DHCP.DNS
-		d.Domain = cfg.DHCP.Domain
-		d.LeaseTime = cfg.DHCP.LeaseTime
-		d.LeaseFile = filepath.Join(cfg.Server.StateDir, "leases.json")
-		d.Reservations = reservations(cfg)
-	}
-	return d
 }
 
 // prepareImages fetches and unpacks every image the config names and

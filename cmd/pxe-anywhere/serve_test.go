@@ -354,7 +354,8 @@ func (bootAll) Decide(context.Context, dhcp.Machine) dhcp.Decision { return dhcp
 
 // TestHTTPBootWithoutARM64Binary: without dhcp.arm64_boot, an arm64 UEFI
 // HTTP Boot client gets no offer, not a URL that would 404 after the
-// firmware took it; x64 still gets its binary.
+// firmware took it; x64 still gets its binary. The URLs come from the
+// one table of iPXE binaries per firmware.
 func TestHTTPBootWithoutARM64Binary(t *testing.T) {
 	cfg, err := profiles.Parse("config.yaml", []byte("server:\n  interfaces: [lo]\n"))
 	if err != nil {
@@ -376,6 +377,10 @@ func TestHTTPBootWithoutARM64Binary(t *testing.T) {
 	}{
 		{"arm64", "HTTPClient:Arch:00019:UNDI:003000", 19, ""},
 		{"x64", "HTTPClient:Arch:00016:UNDI:003000", 16, "http://10.83.0.1:8080/ipxe/ipxe.efi"},
+		// HTTP Boot is UEFI's: a client that names no architecture
+		// is taken as x64, not given the BIOS binary.
+		{"no arch named", "HTTPClient", 0, "http://10.83.0.1:8080/ipxe/ipxe.efi"},
+		{"ia32, which has no binary", "HTTPClient:Arch:00015:UNDI:003000", 15, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			req, err := dhcpv4.New(dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover), dhcpv4.WithHwAddr(hw),

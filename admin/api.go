@@ -1,49 +1,39 @@
-package httpboot
+package admin
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/macaddr"
 )
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
-func writeError(w http.ResponseWriter, code int, err error) {
-	writeJSON(w, code, map[string]string{"error": err.Error()})
-}
 
 // inventoryError maps an Inventory error to a status.
 func (s *Server) inventoryError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrNotFound):
-		writeError(w, http.StatusNotFound, err)
+		httpserve.WriteError(w, http.StatusNotFound, err)
 	case errors.Is(err, ErrConflict):
-		writeError(w, http.StatusConflict, err)
+		httpserve.WriteError(w, http.StatusConflict, err)
 	default:
 		s.cfg.Log.Error("API request failed", "err", err)
-		writeError(w, http.StatusInternalServerError, errors.New("internal error"))
+		httpserve.WriteError(w, http.StatusInternalServerError, errors.New("internal error"))
 	}
 }
 
 // macParam returns the {mac} of the route in the store's form
 // (lower-case, colons), or answers 400.
 func macParam(w http.ResponseWriter, r *http.Request) (string, bool) {
-	mac, err := ParseMAC(chi.URLParam(r, "mac"))
+	mac, err := macaddr.Parse(chi.URLParam(r, "mac"))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err)
+		httpserve.WriteError(w, http.StatusBadRequest, err)
 		return "", false
 	}
-	noteMAC(r, mac.String())
+	httpserve.NoteMAC(r, mac.String())
 	return mac.String(), true
 }
 
@@ -54,7 +44,7 @@ func afterParam(w http.ResponseWriter, r *http.Request) (int64, bool) {
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || n < 0 {
-		writeError(w, http.StatusBadRequest, errors.New("after: want a non-negative integer"))
+		httpserve.WriteError(w, http.StatusBadRequest, errors.New("after: want a non-negative integer"))
 		return 0, false
 	}
 	return n, true
@@ -69,7 +59,7 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request) {
 	if ms == nil {
 		ms = []MachineView{}
 	}
-	writeJSON(w, http.StatusOK, ms)
+	httpserve.WriteJSON(w, http.StatusOK, ms)
 }
 
 func (s *Server) showMachine(w http.ResponseWriter, r *http.Request) {
@@ -82,7 +72,7 @@ func (s *Server) showMachine(w http.ResponseWriter, r *http.Request) {
 		s.inventoryError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, m)
+	httpserve.WriteJSON(w, http.StatusOK, m)
 }
 
 func (s *Server) machineEvents(w http.ResponseWriter, r *http.Request) {
@@ -114,7 +104,7 @@ func listAfter[T any](s *Server, w http.ResponseWriter, r *http.Request, list fu
 	if items == nil {
 		items = []T{}
 	}
-	writeJSON(w, http.StatusOK, items)
+	httpserve.WriteJSON(w, http.StatusOK, items)
 }
 
 func (s *Server) reinstall(w http.ResponseWriter, r *http.Request) {
@@ -126,7 +116,7 @@ func (s *Server) reinstall(w http.ResponseWriter, r *http.Request) {
 		s.inventoryError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "reinstall requested: the next PXE boot installs again"})
+	httpserve.WriteJSON(w, http.StatusOK, map[string]string{"status": "reinstall requested: the next PXE boot installs again"})
 }
 
 func (s *Server) forget(w http.ResponseWriter, r *http.Request) {
@@ -138,17 +128,17 @@ func (s *Server) forget(w http.ResponseWriter, r *http.Request) {
 		s.inventoryError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "forgotten"})
+	httpserve.WriteJSON(w, http.StatusOK, map[string]string{"status": "forgotten"})
 }
 
 func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Reload == nil {
-		writeError(w, http.StatusNotImplemented, errors.New("this server cannot reload"))
+		httpserve.WriteError(w, http.StatusNotImplemented, errors.New("this server cannot reload"))
 		return
 	}
 	if err := s.cfg.Reload(r.Context()); err != nil {
-		writeError(w, http.StatusUnprocessableEntity, err)
+		httpserve.WriteError(w, http.StatusUnprocessableEntity, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "reloaded"})
+	httpserve.WriteJSON(w, http.StatusOK, map[string]string{"status": "reloaded"})
 }

@@ -1,4 +1,4 @@
-package httpboot
+package admin
 
 import (
 	"encoding/json"
@@ -8,11 +8,13 @@ import (
 	"strings"
 )
 
-// The status page is read-only and needs no token: it shows what a rack
-// label shows (MACs, hostnames, profiles, states) and a one-line summary
-// of a failure. The full error quotes the failing command and its last
-// output, which can hold anything an install printed, so it stays behind
-// the API token with the log; so does everything that changes a machine.
+// The status page is read-only and, on loopback, needs no token: it
+// shows what a rack label shows (MACs, hostnames, profiles, states) and a
+// one-line summary of a failure. Off loopback it is behind the login
+// (Config.RequireLogin). Either way the full error, which quotes the
+// failing command and its last output (anything an install printed),
+// stays behind the API token with the log; so does everything that
+// changes a machine.
 var statusTmpl = template.Must(template.New("status").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pxe-anywhere</title>
 <style>
@@ -24,10 +26,11 @@ th{background:#f4f4f4}
 #live,#note{color:#888;font-size:12px}
 </style></head><body>
 <h1>pxe-anywhere</h1>
-<p id="live">{{len .}} machines · live updates off</p>
+{{if .Logout}}<form method="post" action="/logout"><button type="submit">Log out</button></form>{{end}}
+<p id="live">{{len .Machines}} machines · live updates off</p>
 <table><thead><tr><th>MAC</th><th>Hostname</th><th>Profile</th><th>State</th><th>Phase</th><th>Error</th><th>Updated</th></tr></thead>
 <tbody id="machines">
-{{range .}}<tr id="m-{{.MAC}}"><td>{{.MAC}}</td><td>{{.Hostname}}</td><td>{{.Profile}}</td><td class="{{.State}}">{{.State}}</td><td>{{.Phase}}</td><td>{{.Error}}</td><td>{{if not .UpdatedAt.IsZero}}{{.UpdatedAt.Format "2006-01-02 15:04:05"}}{{end}}</td></tr>
+{{range .Machines}}<tr id="m-{{.MAC}}"><td>{{.MAC}}</td><td>{{.Hostname}}</td><td>{{.Profile}}</td><td class="{{.State}}">{{.State}}</td><td>{{.Phase}}</td><td>{{.Error}}</td><td>{{if not .UpdatedAt.IsZero}}{{.UpdatedAt.Format "2006-01-02 15:04:05"}}{{end}}</td></tr>
 {{end}}</tbody></table>
 <p id="note">Errors are cut to one line here. The full error and the install log: <code>pxe-anywhere machines show MAC</code> and <code>pxe-anywhere machines logs MAC</code>.</p>
 <script>
@@ -61,7 +64,12 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 		shown[i] = statusView(m)
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := statusTmpl.Execute(w, shown); err != nil {
+	w.Header().Set("Cache-Control", "no-store")
+	data := struct {
+		Machines []MachineView
+		Logout   bool
+	}{shown, s.cfg.RequireLogin}
+	if err := statusTmpl.Execute(w, data); err != nil {
 		s.cfg.Log.Warn("status page", "err", err)
 	}
 }

@@ -1,0 +1,166 @@
+// Package admin is the operator's side of the HTTP server: the JSON API
+// under /api/v1 (machines, their events and logs, reinstall, forget,
+// config reload), the status page with its live event stream, /metrics,
+// and the login that guards the page when the listener is not on
+// loopback. What the inventory holds is asked of one small interface,
+// Inventory. It serves nothing a booting machine needs: that is
+// httpboot's, on its own listener.
+package admin
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
+)
+
+// Errors that Inventory returns to get a specific status.
+var (
+	ErrNotFound = errors.New("not found") // 404
+	ErrConflict = errors.New("conflict")  // 409
+)
+
+// MachineView is a machine as the API shows it.
+type MachineView struct {
+	MAC       string    `json:"mac"`
+	Hostname  string    `json:"hostname"`
+	Profile   string    `json:"profile"`
+	State     string    `json:"state"`
+	Phase     string    `json:"phase,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	IP        string    `json:"ip,omitempty"`
+	Reinstall bool      `json:"reinstall"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// EventView is one event of a machine.
+type EventView struct {
+	ID      int64     `json:"id"`
+	Time    time.Time `json:"time"`
+	State   string    `json:"state"`
+	Phase   string    `json:"phase,omitempty"`
+	Message string    `json:"message"`
+}
+
+// LogView is one line of a machine's install log.
+type LogView struct {
+	Seq  int64     `json:"seq"`
+	Time time.Time `json:"time"`
+	Line string    `json:"line"`
+}
+
+// Inventory is the operator's view of the machines. provision
+// implements it.
+type Inventory interface {
+	Machines(ctx context.Context) ([]MachineView, error)
+	Machine(ctx context.Context, mac string) (MachineView, error)
+	Events(ctx context.Context, mac string, after int64) ([]EventView, error)
+	Log(ctx context.Context, mac string, after int64) ([]LogView, error)
+	Reinstall(ctx context.Context, mac string) error
+	Forget(ctx context.Context, mac string) error
+	Subscribe(ctx context.Context) <-chan MachineView
+}
+
+// Config configures a Server.
+type Config struct {
+	// APIToken is the bearer token of the API, and what the login form
+	// asks for.
+	APIToken string
+	// RequireLogin puts the status page, its event stream and /metrics
+	// behind the API token too: a browser logs in once with a form that
+	// sets a cookie, a scraper sends the bearer token. cmd sets it when
+	// the listener is not on loopback; on loopback, whoever can connect
+	// is already on the server.
+	RequireLogin bool
+	Log          *slog.Logger
+	// Metrics is served at /metrics and counts this side's requests;
+	// it may be nil.
+	Metrics *prometheus.Registry
+	// Reload, if set, is what POST /api/v1/config/reload runs.
+	Reload func(ctx context.Context) error
+}
+
+// Server is the operator's HTTP handler.
+type Server struct {
+	cfg    Config
+	inv    Inventory
+	router chi.Router
+	// session is the login cookie's value: an HMAC of the API token, so
+	// that a cookie that leaks opens the status page but not the API,
+	// and a new token voids every cookie.
+	session string
+}
+
+// New builds the router.
+func New(cfg Config, inv Inventory) *Server {
+	mac := hmac.New(sha256.New, []byte(cfg.APIToken))
+	mac.Write([]byte("pxe-anywhere status page session"))
+	s := &Server{cfg: cfg, inv: inv, session: hex.EncodeToString(mac.Sum(nil))}
+	r := chi.NewRouter()
+	var metrics prometheus.Registerer
+	if cfg.Metrics != nil {
+		metrics = cfg.Metrics
+	}
+	r.Use(httpserve.Observe(httpserve.ObserveConfig{
+		Listener: "admin", Log: cfg.Log, Metrics: metrics, Quiet: []string{"/metrics", "/events"},
+	}))
+	r.Route("/api/v1", func(r chi.Router) {
+		r.Use(s.requireToken)
+		r.Get("/machines", s.listMachines)
+		r.Get("/machines/{mac}", s.showMachine)
+		r.Get("/machines/{mac}/events", s.machineEvents)
+		r.Get("/machines/{mac}/log", s.machineLog)
+		r.Post("/machines/{mac}/reinstall", s.reinstall)
+		r.Delete("/machines/{mac}", s.forget)
+		r.Post("/config/reload", s.reload)
+	})
+	r.Group(func(r chi.Router) {
+		if cfg.RequireLogin {
+			r.Use(s.requireLogin)
+		}
+		r.Get("/", s.statusPage)
+		r.Get("/events", s.statusEvents)
+		if cfg.Metrics != nil {
+			r.Handle("/metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{}))
+		}
+	})
+	if cfg.RequireLogin {
+		r.Get("/login", s.loginForm)
+		r.Post("/login", s.login)
+		r.Post("/logout", s.logout)
+	}
+	s.router = r
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+// bearerOK reports whether r carries the API token as a bearer token.
+func (s *Server) bearerOK(r *http.Request) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && s.cfg.APIToken != "" && subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.APIToken)) == 1
+}
+
+func (s *Server) requireToken(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.bearerOK(r) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="pxe-anywhere"`)
+			httpserve.WriteError(w, http.StatusUnauthorized, errors.New("missing or wrong API token"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,187 @@
+// Package httpserve is what the boot and the admin HTTP handlers share:
+// the request log and its metrics, JSON answers, and the server loop that
+// shuts down with its context. It owns no routes and decides nothing
+// about a request; httpboot and admin do.
+package httpserve
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Serve serves h on l until ctx is done, then shuts down gracefully:
+// requests in flight get a few seconds, and streams that follow the
+// request's context (the status page's events) end at once.
+func Serve(ctx context.Context, l net.Listener, h http.Handler, log *slog.Logger) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		// TLS handshakes that fail and recovered panics go to the
+		// server log rather than to stderr unformatted.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("http serve on %s: %w", l.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	return nil
+}
+
+// WriteJSON answers v as indented JSON with status code.
+func WriteJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// WriteError answers {"error": err} with status code.
+func WriteError(w http.ResponseWriter, code int, err error) {
+	WriteJSON(w, code, map[string]string{"error": err.Error()})
+}
+
+// ObserveConfig configures Observe.
+type ObserveConfig struct {
+	// Listener names the handler in the metrics ("boot" or "admin"):
+	// both count into the same metric names, told apart by this label.
+	Listener string
+	Log      *slog.Logger
+	// Metrics registers the request counters; nil counts nothing.
+	Metrics prometheus.Registerer
+	// Quiet route patterns are logged at debug level: probes, scrapes
+	// and streams that would bury the requests that tell a story.
+	Quiet []string
+	// Redact, if set, is what the log shows of a request path.
+	Redact func(path string) string
+}
+
+// Observe returns chi middleware that logs every request (with the MAC
+// that a handler noted, see NoteMAC) and counts it by route pattern and
+// status, and the bytes of its body by route.
+func Observe(cfg ObserveConfig) func(http.Handler) http.Handler {
+	labels := prometheus.Labels{"listener": cfg.Listener}
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pxe_anywhere_http_requests_total", Help: "HTTP requests, by listener, route and status code.", ConstLabels: labels,
+	}, []string{"route", "code"})
+	sent := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pxe_anywhere_http_bytes_sent_total", Help: "Bytes of response bodies sent, by listener and route.", ConstLabels: labels,
+	}, []string{"route"})
+	if cfg.Metrics != nil {
+		cfg.Metrics.MustRegister(requests, sent)
+	}
+	quiet := map[string]bool{}
+	for _, q := range cfg.Quiet {
+		quiet[q] = true
+	}
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			rec := &statusRecorder{ResponseWriter: w}
+			note := &requestNote{}
+			next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), requestNoteKey{}, note)))
+			route := "unmatched"
+			if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+				route = rc.RoutePattern()
+			}
+			if rec.status == 0 {
+				rec.status = http.StatusOK
+			}
+			requests.WithLabelValues(route, fmt.Sprint(rec.status)).Inc()
+			sent.WithLabelValues(route).Add(float64(rec.n))
+			level := slog.LevelInfo
+			if quiet[route] {
+				level = slog.LevelDebug
+			}
+			path := r.URL.Path
+			if cfg.Redact != nil {
+				path = cfg.Redact(path)
+			}
+			attrs := []any{"method", r.Method, "path", path, "status", rec.status,
+				"bytes", rec.n, "remote", r.RemoteAddr, "duration", time.Since(start).Round(time.Millisecond)}
+			if note.mac != "" {
+				attrs = append(attrs, "mac", note.mac)
+			}
+			cfg.Log.Log(r.Context(), level, "http", attrs...)
+		})
+	}
+}
+
+// requestNote carries what a handler learnt about a request (the MAC)
+// back to the request log.
+type requestNote struct{ mac string }
+
+type requestNoteKey struct{}
+
+// NoteMAC puts mac on the request's log line.
+func NoteMAC(r *http.Request, mac string) {
+	if n, ok := r.Context().Value(requestNoteKey{}).(*requestNote); ok {
+		n.mac = mac
+	}
+}
+
+// statusRecorder remembers the status and body size of a response. It
+// forwards ReadFrom so that file bodies still go out with sendfile.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	n      int64
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(b)
+	r.n += int64(n)
+	return n, err
+}
+
+func (r *statusRecorder) ReadFrom(src io.Reader) (int64, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	var n int64
+	var err error
+	if rf, ok := r.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(r.ResponseWriter, src)
+	}
+	r.n += n
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
