@@ -34,14 +34,17 @@ var (
 
 // MachineView is a machine as the API shows it.
 type MachineView struct {
-	MAC       string    `json:"mac"`
-	Hostname  string    `json:"hostname"`
-	Profile   string    `json:"profile"`
-	State     string    `json:"state"`
-	Phase     string    `json:"phase,omitempty"`
-	Error     string    `json:"error,omitempty"`
-	IP        string    `json:"ip,omitempty"`
-	Reinstall bool      `json:"reinstall"`
+	MAC       string `json:"mac"`
+	Hostname  string `json:"hostname"`
+	Profile   string `json:"profile"`
+	State     string `json:"state"`
+	Phase     string `json:"phase,omitempty"`
+	Error     string `json:"error,omitempty"`
+	IP        string `json:"ip,omitempty"`
+	Reinstall bool   `json:"reinstall"`
+	// Held: a security event (a boot's secrets asked for twice) holds
+	// the machine until a reinstall is requested.
+	Held      bool      `json:"held,omitempty"`
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
@@ -90,6 +93,10 @@ type Config struct {
 	Metrics *prometheus.Registry
 	// Reload, if set, is what POST /api/v1/config/reload runs.
 	Reload func(ctx context.Context) error
+	// Warnings, if set, are shown above the machines on the status
+	// page: settings that weaken what the server promises, such as
+	// boots trusted on the MAC alone. Called per page view.
+	Warnings func() []string
 }
 
 // Server is the operator's HTTP handler.

@@ -50,6 +50,7 @@ var machines = []MachineView{
 	{MAC: "52:54:00:00:00:01", Hostname: "web-01", Profile: "web", State: "installing", Phase: "disko", UpdatedAt: time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)},
 	{MAC: "52:54:00:00:00:02", Hostname: "web-02", Profile: "web", State: "installed", UpdatedAt: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)},
 	{MAC: "52:54:00:00:00:03", Hostname: "web-03", Profile: "web", State: "failed", Phase: "disko", Error: failedError, UpdatedAt: time.Date(2026, 11, 28, 8, 0, 0, 0, time.UTC)},
+	{MAC: "52:54:00:00:00:04", Hostname: "web-04", Profile: "web", State: "failed", Error: "boot secrets requested twice: install withheld", Held: true, UpdatedAt: time.Date(2026, 11, 28, 7, 0, 0, 0, time.UTC)},
 }
 
 func (f *fakeInventory) Machines(ctx context.Context) ([]MachineView, error) { return machines, nil }
@@ -142,6 +143,7 @@ type harness struct {
 // or behind the login, over plain HTTP or TLS.
 type harnessMode struct {
 	requireLogin, tls bool
+	warnings          []string
 }
 
 // newHarness serves the admin side as it is on loopback: the page open.
@@ -156,6 +158,7 @@ func newHarnessMode(t *testing.T, mode harnessMode) *harness {
 		Log:          slog.New(slog.NewTextHandler(h.logs, nil)),
 		Metrics:      prometheus.NewRegistry(),
 		Reload:       func(context.Context) error { return errors.New("config.yaml:3: bad") },
+		Warnings:     func() []string { return mode.warnings },
 	}, h.inv)
 	if mode.tls {
 		h.srv = httptest.NewTLSServer(s)
@@ -462,5 +465,27 @@ func TestServeShutsDownWithOpenStream(t *testing.T) {
 	}
 	if _, err := io.ReadAll(resp.Body); err != nil {
 		t.Fatalf("stream did not end cleanly: %v", err)
+	}
+}
+
+// TestStatusWarnsAndShowsHeld: a weakening setting is named above the
+// machines, and a held machine says so.
+func TestStatusWarnsAndShowsHeld(t *testing.T) {
+	h := newHarnessMode(t, harnessMode{warnings: []string{"profiles.web say trust: mac & co"}})
+	_, body := h.get(t, "/")
+	for _, want := range []string{
+		`<p class="warning" role="alert">profiles.web say trust: mac &amp; co</p>`,
+		`<td class="failed">failed (held)</td>`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("status page lacks %q", want)
+		}
+	}
+	if strings.Count(string(body), " (held)</td>") != 1 {
+		t.Errorf("only the held machine may say held:\n%s", body)
+	}
+	_, body = newHarness(t).get(t, "/")
+	if strings.Contains(string(body), `class="warning"`) {
+		t.Error("a warning without one configured")
 	}
 }

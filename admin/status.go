@@ -24,13 +24,15 @@ th,td{padding:.35em .8em;border-bottom:1px solid #ddd;text-align:left}
 th{background:#f4f4f4}
 .installed{color:#18794e}.failed{color:#c62828}.installing,.installer-up,.booting{color:#b26a00}
 #live,#note{color:#888;font-size:12px}
+.warning{background:#fff4e5;border-left:4px solid #b26a00;padding:.5em 1em;margin:1em 0}
 </style></head><body>
 <h1>pxe-anywhere</h1>
 {{if .Logout}}<form method="post" action="/logout"><button type="submit">Log out</button></form>{{end}}
-<p id="live">{{len .Machines}} machines · live updates off</p>
+{{range .Warnings}}<p class="warning" role="alert">{{.}}</p>
+{{end}}<p id="live">{{len .Machines}} machines · live updates off</p>
 <table><thead><tr><th>MAC</th><th>Hostname</th><th>Profile</th><th>State</th><th>Phase</th><th>Error</th><th>Updated</th></tr></thead>
 <tbody id="machines">
-{{range .Machines}}<tr id="m-{{.MAC}}"><td>{{.MAC}}</td><td>{{.Hostname}}</td><td>{{.Profile}}</td><td class="{{.State}}">{{.State}}</td><td>{{.Phase}}</td><td>{{.Error}}</td><td>{{if not .UpdatedAt.IsZero}}{{.UpdatedAt.Format "2006-01-02 15:04:05"}}{{end}}</td></tr>
+{{range .Machines}}<tr id="m-{{.MAC}}"><td>{{.MAC}}</td><td>{{.Hostname}}</td><td>{{.Profile}}</td><td class="{{.State}}">{{.State}}{{if .Held}} (held){{end}}</td><td>{{.Phase}}</td><td>{{.Error}}</td><td>{{if not .UpdatedAt.IsZero}}{{.UpdatedAt.Format "2006-01-02 15:04:05"}}{{end}}</td></tr>
 {{end}}</tbody></table>
 <p id="note">Errors are cut to one line here. The full error and the install log: <code>pxe-anywhere machines show MAC</code> and <code>pxe-anywhere machines logs MAC</code>.</p>
 <script>
@@ -44,9 +46,9 @@ th{background:#f4f4f4}
     var m=JSON.parse(e.data), id="m-"+m.mac, row=document.getElementById(id);
     if(m.state==="forgotten"){ if(row){row.remove()} return }
     if(!row){row=document.createElement("tr");row.id=id;document.getElementById("machines").appendChild(row)}
-    var cells=[m.mac,m.hostname,m.profile,m.state,m.phase||"",m.error||"",(m.updated_at&&m.updated_at.indexOf("0001-")!==0)?m.updated_at.replace("T"," ").slice(0,19):""];
+    var cells=[m.mac,m.hostname,m.profile,m.state+(m.held?" (held)":""),m.phase||"",m.error||"",(m.updated_at&&m.updated_at.indexOf("0001-")!==0)?m.updated_at.replace("T"," ").slice(0,19):""];
     row.textContent="";
-    cells.forEach(function(c,i){var td=document.createElement("td");td.textContent=c;if(i===3){td.className=c}row.appendChild(td)});
+    cells.forEach(function(c,i){var td=document.createElement("td");td.textContent=c;if(i===3){td.className=m.state}row.appendChild(td)});
   };
 })();
 </script>
@@ -65,10 +67,15 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
+	var warnings []string
+	if s.cfg.Warnings != nil {
+		warnings = s.cfg.Warnings()
+	}
 	data := struct {
 		Machines []MachineView
 		Logout   bool
-	}{shown, s.cfg.RequireLogin}
+		Warnings []string
+	}{shown, s.cfg.RequireLogin, warnings}
 	if err := statusTmpl.Execute(w, data); err != nil {
 		s.cfg.Log.Warn("status page", "err", err)
 	}

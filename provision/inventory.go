@@ -13,7 +13,7 @@ import (
 func view(r profiles.MachineRecord) admin.MachineView {
 	return admin.MachineView{
 		MAC: r.MAC, Hostname: r.Hostname, Profile: r.Profile, State: string(r.State),
-		Phase: r.Phase, Error: r.Error, IP: r.IP, Reinstall: r.Reinstall, UpdatedAt: r.UpdatedAt,
+		Phase: r.Phase, Error: r.Error, IP: r.IP, Reinstall: r.Reinstall, Held: r.Held, UpdatedAt: r.UpdatedAt,
 	}
 }
 

@@ -36,8 +36,8 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		fmt.Fprintf(stdout, "%s: ok (%d images, %d profiles, %d machines, DHCP %s on %s)\n", fs.Arg(0),
 			len(cfg.Images), len(cfg.Profiles), len(cfg.Machines), cfg.DHCP.Mode, strings.Join(cfg.Server.Interfaces, ", "))
-		if weak := cfg.WeakTrust(); len(weak) > 0 {
-			fmt.Fprintf(stdout, "warning: %s: trust: mac: boots are bound to the MAC alone, not to an address that DHCP gave; any host that reaches the boot listener can ask for those machines' boots (see docs/security.md)\n", strings.Join(weak, ", "))
+		if w := weakTrustWarning(cfg); w != "" {
+			fmt.Fprintln(stdout, "warning: "+w)
 		}
 		return nil
 	case "reload":
@@ -58,4 +58,14 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return nil
 	}
 	return fmt.Errorf("config: unknown subcommand %q (want check or reload)", args[0])
+}
+
+// weakTrustWarning says which parts of cfg bind boots to the MAC alone,
+// or is "" when none does.
+func weakTrustWarning(cfg *profiles.Config) string {
+	weak := cfg.WeakTrust()
+	if len(weak) == 0 {
+		return ""
+	}
+	return strings.Join(weak, ", ") + " say trust: mac: those boots are bound to the MAC alone, not to an address that DHCP gave, so any host that reaches the boot listener can ask for them (see docs/security.md)"
 }

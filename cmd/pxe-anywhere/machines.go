@@ -287,9 +287,12 @@ func when(t time.Time) string {
 	return t.Local().Format("2006-01-02 15:04:05")
 }
 
-// stateText is the state as an operator reads it: a pending reinstall
-// matters as much as the state itself.
+// stateText is the state as an operator reads it: a pending reinstall,
+// or a hold after a security event, matters as much as the state itself.
 func stateText(m admin.MachineView) string {
+	if m.Held {
+		return m.State + " (held: security event; reinstall to arm)"
+	}
 	if m.Reinstall {
 		return m.State + " (reinstall pending)"
 	}

@@ -398,3 +398,22 @@ func TestAPIClientFlags(t *testing.T) {
 		t.Fatal("an extra argument was accepted")
 	}
 }
+
+func TestStateText(t *testing.T) {
+	tests := []struct {
+		name string
+		m    admin.MachineView
+		want string
+	}{
+		{"plain", admin.MachineView{State: "installed"}, "installed"},
+		{"reinstall", admin.MachineView{State: "installed", Reinstall: true}, "installed (reinstall pending)"},
+		{"held", admin.MachineView{State: "failed", Held: true}, "failed (held: security event; reinstall to arm)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := stateText(tt.m); got != tt.want {
+				t.Fatalf("stateText = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

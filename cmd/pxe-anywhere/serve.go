@@ -296,6 +296,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			Log:          log.With("component", "admin"),
 			Metrics:      reg,
 			Reload:       rl.reload,
+			Warnings: func() []string {
+				if w := weakTrustWarning(prov.Config()); w != "" {
+					return []string{w}
+				}
+				return nil
+			},
 		}, prov)},
 	}
 

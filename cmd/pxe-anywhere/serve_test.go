@@ -80,8 +80,18 @@ func TestConfigCheck(t *testing.T) {
 	if err := run(context.Background(), []string{"config", "check", "../../profiles/testdata/full.yaml"}, &out, &out); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	if !strings.Contains(out.String(), "ok (") {
+	if !strings.Contains(out.String(), "ok (") || strings.Contains(out.String(), "warning") {
 		t.Fatalf("output %q", out.String())
+	}
+	// trust: mac is valid, and named.
+	weak := filepath.Join(t.TempDir(), "weak.yaml")
+	os.WriteFile(weak, []byte("server:\n  interfaces: [br0]\n  trust: mac\n"), 0o644)
+	out.Reset()
+	if err := run(context.Background(), []string{"config", "check", weak}, &out, &out); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "warning: server say trust: mac: those boots are bound to the MAC alone") {
+		t.Fatalf("no trust warning: %q", out.String())
 	}
 	p := filepath.Join(t.TempDir(), "bad.yaml")
 	os.WriteFile(p, []byte("machines:\n  - mac: nope\n"), 0o644)
