@@ -730,9 +730,10 @@ func TestHandoffAttacker(t *testing.T) {
 }
 
 // TestHandoffSecretsTwice: a second request for a boot's extra initrd,
-// even from the machine's own address, voids the boot and holds the
-// machine; its callback is refused and nothing is installed, until an
-// operator asks for a reinstall.
+// here from another host that learnt the token, voids the boot and
+// holds the machine; its callback is refused and nothing is installed,
+// until an operator asks for a reinstall. (The unit tests ask twice from
+// the machine's own address.)
 func TestHandoffSecretsTwice(t *testing.T) {
 	h := newHandoff(t)
 	if h == nil {
@@ -741,7 +742,8 @@ func TestHandoffSecretsTwice(t *testing.T) {
 	ctx := context.Background()
 	_, token, urls := h.askScript(t)
 	hostKey, authKeys := h.fetchFiles(t, urls)
-	if c := h.code(t, h.client, urls[len(urls)-1]); c != "403" {
+	h.dhcpAs(t, h.attacker) // a lease of its own
+	if c := h.code(t, h.attacker, urls[len(urls)-1]); c != "403" {
 		t.Fatalf("second fetch of the extra initrd: %s, want 403", c)
 	}
 	r := h.waitFor(t, profiles.StateFailed)

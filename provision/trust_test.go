@@ -226,3 +226,53 @@ func TestBindingLimits(t *testing.T) {
 		t.Fatalf("an unknown MAC's binding was kept: %+v", saved)
 	}
 }
+
+// TestSecretsTwiceFromTheMachine: iPXE fetches each file once, so even
+// the machine's own second request voids the boot and holds it; an
+// expired token opens nothing either.
+func TestSecretsTwiceFromTheMachine(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, testConfig(t, "ignore"), "")
+	plan := f.boot(t, macA)
+	f.initrd(t, macA, plan.Token)
+	if _, err := f.p.ExtraInitrd(ctx, plan.Token, machineIP); !errors.Is(err, httpboot.ErrForbidden) {
+		t.Fatalf("second fetch: %v", err)
+	}
+	r := f.state(t, macA)
+	if r.State != profiles.StateFailed || !r.Held {
+		t.Fatalf("after the second fetch: %+v", r)
+	}
+	if err := f.p.Callback(ctx, plan.Token, machineIP, netip.Addr{}); !errors.Is(err, httpboot.ErrForbidden) {
+		t.Fatalf("callback of the voided boot: %v", err)
+	}
+	if p := f.boot(t, macA); p.Action != httpboot.ActionLocal {
+		t.Fatalf("held machine got %v", p.Action)
+	}
+	f.p.Wait()
+	if len(f.engine.runs) != 0 {
+		t.Fatal("an engine ran for a voided boot")
+	}
+	if err := f.p.Reinstall(ctx, macA); err != nil {
+		t.Fatal(err)
+	}
+	if p := f.boot(t, macA); p.Action != httpboot.ActionInstall {
+		t.Fatalf("after reinstall got %v", p.Action)
+	}
+
+	// An expired boot: no initrd, no callback.
+	old := profiles.Boot{Token: "expired-b", MAC: macB, IP: ipOf(macB).String(), HostKeyPublic: "ssh-ed25519 AAAA",
+		HostKeyPrivate: []byte("x"), CreatedAt: time.Now().Add(-tokenLifetime - time.Second)}
+	if err := f.store.CreateBoot(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	f.bind(t, macB, ipOf(macB))
+	if _, err := f.p.ExtraInitrd(ctx, old.Token, ipOf(macB)); !errors.Is(err, httpboot.ErrForbidden) {
+		t.Fatalf("expired initrd: %v", err)
+	}
+	if err := f.p.Callback(ctx, old.Token, ipOf(macB), netip.Addr{}); !errors.Is(err, httpboot.ErrForbidden) {
+		t.Fatalf("expired callback: %v", err)
+	}
+	if ev := f.events(t, macB); !strings.Contains(ev, "boot token expired") {
+		t.Fatalf("events:\n%s", ev)
+	}
+}
