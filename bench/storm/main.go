@@ -22,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,7 +74,6 @@ func run(o options) error {
 	d := newDispatcher(conn)
 	go d.read()
 
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}, Timeout: 5 * time.Minute}
 	var (
 		rec loadstat.Recorder
 		wg  sync.WaitGroup
@@ -89,7 +89,7 @@ func run(o options) error {
 			defer wg.Done()
 			time.Sleep(time.Duration(i) * o.spread / time.Duration(o.n))
 			t0 := time.Now()
-			n, err := machine(d, client, mac, o)
+			n, err := machine(d, mac, o)
 			rec.Add(time.Since(t0), n, err)
 		}(i)
 	}
@@ -231,8 +231,19 @@ func dora(d *dispatcher, mac net.HardwareAddr, ipxe bool, timeout time.Duration)
 	return d.exchange(req, dhcpv4.MessageTypeAck, timeout)
 }
 
+// fromAddr takes the address DHCP gave a machine onto the interface and
+// returns an HTTP client whose connections come from it: the server
+// answers a machine's boot only to an address that DHCP gave that MAC.
+func fromAddr(iface string, ip net.IP) (*http.Client, error) {
+	if out, err := exec.Command("ip", "addr", "add", ip.String()+"/32", "dev", iface).CombinedOutput(); err != nil && !strings.Contains(string(out), "File exists") {
+		return nil, fmt.Errorf("adding %s to %s: %v: %s", ip, iface, err, out)
+	}
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 30 * time.Second}
+	return &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext, MaxIdleConnsPerHost: 4, DisableCompression: true}, Timeout: 5 * time.Minute}, nil
+}
+
 // machine walks the whole chain for one MAC and returns bytes fetched.
-func machine(d *dispatcher, c *http.Client, mac net.HardwareAddr, o options) (int64, error) {
+func machine(d *dispatcher, mac net.HardwareAddr, o options) (int64, error) {
 	ack, err := dora(d, mac, false, o.timeout)
 	if err != nil {
 		return 0, fmt.Errorf("PXE DHCP: %w", err)
@@ -248,6 +259,11 @@ func machine(d *dispatcher, c *http.Client, mac net.HardwareAddr, o options) (in
 	if !strings.HasPrefix(script, "http://") {
 		return 0, fmt.Errorf("%s: iPXE ACK boot file %q, want the script URL", mac, script)
 	}
+	c, err := fromAddr(o.iface, ack.YourIPAddr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.CloseIdleConnections()
 	body, err := getAll(c, script)
 	if err != nil {
 		return 0, err
