@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
 )
 
 type fakeInventory struct {
@@ -133,7 +134,7 @@ const testAPIToken = "sekrit-token-0123456789"
 
 type harness struct {
 	srv  *httptest.Server
-	logs *syncBuffer
+	logs *syncbuf.Buffer
 	inv  *fakeInventory
 	// client keeps the cookies a browser would.
 	client *http.Client
@@ -151,7 +152,7 @@ func newHarness(t *testing.T) *harness { return newHarnessMode(t, harnessMode{})
 
 func newHarnessMode(t *testing.T, mode harnessMode) *harness {
 	t.Helper()
-	h := &harness{inv: &fakeInventory{}, logs: &syncBuffer{}}
+	h := &harness{inv: &fakeInventory{}, logs: &syncbuf.Buffer{}}
 	s := New(Config{
 		APIToken:     testAPIToken,
 		RequireLogin: mode.requireLogin,
@@ -176,25 +177,6 @@ func newHarnessMode(t *testing.T, mode harnessMode) *harness {
 	// Redirects are looked at, not followed.
 	h.client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return h
-}
-
-// syncBuffer is the server log; handlers write it from their own
-// goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func (h *harness) get(t *testing.T, path string, hdr ...string) (*http.Response, []byte) {

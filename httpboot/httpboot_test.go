@@ -20,6 +20,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -89,7 +91,7 @@ func (b *fakeBooter) Fetched(ctx context.Context, f Fetch) error {
 
 type harness struct {
 	srv     *httptest.Server
-	logs    *syncBuffer
+	logs    *syncbuf.Buffer
 	booter  *fakeBooter
 	metrics *prometheus.Registry
 	kernel  []byte
@@ -107,7 +109,7 @@ func newHarness(t *testing.T) *harness {
 	img := Image{Name: "nixos", Kernel: filepath.Join(dir, "bzImage"), Initrds: []string{filepath.Join(dir, "initrd")},
 		Init: "/nix/store/aaaa-nixos-system/init", Params: []string{"loglevel=4"}}
 	multi := Image{Name: "multi", Kernel: img.Kernel, Initrds: []string{img.Initrds[0], img.Initrds[0]}}
-	h.logs = &syncBuffer{}
+	h.logs = &syncbuf.Buffer{}
 	s := New(Config{
 		BaseURL: "http://10.77.0.1:8080/",
 		Images:  func() map[string]Image { return map[string]Image{"nixos": img, "multi": multi} },
@@ -118,25 +120,6 @@ func newHarness(t *testing.T) *harness {
 	h.srv = httptest.NewServer(s)
 	t.Cleanup(h.srv.Close)
 	return h
-}
-
-// syncBuffer is the server log; handlers write it from their own
-// goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func (h *harness) get(t *testing.T, path string, hdr ...string) (*http.Response, []byte) {

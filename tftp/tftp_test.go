@@ -15,13 +15,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
 )
 
 // startServer serves a root holding a real iPXE binary (when installed),
@@ -205,23 +206,12 @@ func TestRefusals(t *testing.T) {
 }
 
 // lockedBuffer collects the server's JSON log lines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
+type lockedBuffer struct{ syncbuf.Buffer }
 
 // refused says whether the server logged a refusal of exactly name.
 func (b *lockedBuffer) refused(t *testing.T, name string) bool {
 	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, l := range strings.Split(b.buf.String(), "\n") {
+	for _, l := range strings.Split(b.String(), "\n") {
 		if l == "" {
 			continue
 		}

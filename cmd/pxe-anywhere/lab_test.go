@@ -10,12 +10,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
 )
 
 // TestServeBinaryInLab runs the real binary inside a lab namespace, as
@@ -63,7 +63,7 @@ machines:
 `
 	cfg := fmt.Sprintf(cfgTmpl, dir, "10.83.0.10")
 	os.WriteFile(cfgPath, []byte(cfg), 0o644)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	srv := lab.Command(lab.Server, bin, "serve", "--config", cfgPath)
 	srv.Stdout, srv.Stderr = &logs, &logs
 	if err := srv.Start(); err != nil {
@@ -175,25 +175,6 @@ machines:
 	case <-time.After(30 * time.Second):
 		t.Fatal("serve did not stop on SIGTERM")
 	}
-}
-
-// syncBuffer is a bytes.Buffer that the server's output and the test
-// may use at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestFailedStartClosesSockets: when a socket cannot be opened, serve

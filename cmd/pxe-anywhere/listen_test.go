@@ -26,6 +26,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/admin"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 )
 
@@ -222,7 +223,7 @@ func TestServeAdminOffLoopback(t *testing.T) {
   tls_key: %[2]s
   state_dir: %[3]s/state
 `, cert, key, dir)), 0o644)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	srv := lab.Command(lab.Server, bin, "serve", "--config", cfgPath, "--ipxe-dir", ipxe)
 	srv.Stdout, srv.Stderr = &logs, &logs
 	if err := srv.Start(); err != nil {

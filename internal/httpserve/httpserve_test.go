@@ -1,36 +1,19 @@
 package httpserve
 
 import (
-	"bytes"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 // TestObserveTwoListenersOneRegistry: serve registers the boot and the
 // admin side's counters in one registry; they share the metric names
@@ -38,7 +21,7 @@ func (b *syncBuffer) String() string {
 // with the MAC a handler noted, its path redacted, quiet routes at debug.
 func TestObserveTwoListenersOneRegistry(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	router := func(listener string, quiet ...string) *httptest.Server {
 		r := chi.NewRouter()
