@@ -3,9 +3,12 @@
 // boots and what, issues the per-boot token and host key, accepts the
 // installer's callback (or notices the installer on its own), and drives
 // the install engine to the end, recording every step in the state store.
+// It binds every boot to the addresses DHCP saw the machine take, and
+// answers a boot's secrets only to them (docs/security.md).
 //
-// It owns no sockets. dhcp asks it through dhcp.Decider, httpboot through
-// httpboot.Booter, admin through admin.Inventory; cmd/pxe-anywhere wires them.
+// It owns no sockets. dhcp asks it through dhcp.Decider and tells it of
+// addresses through dhcp.Binder, httpboot asks through httpboot.Booter,
+// admin through admin.Inventory; cmd/pxe-anywhere wires them.
 package provision
 
 import (
@@ -50,7 +53,7 @@ const ownerWindow = 5 * time.Minute
 // expired DHCP bindings are dropped from the store.
 const sweepEvery = time.Minute
 
-// Provisioner implements dhcp.Decider, httpboot.Booter and
+// Provisioner implements dhcp.Decider, dhcp.Binder, httpboot.Booter and
 // admin.Inventory over one state store and one engine.
 type Provisioner struct {
 	store   *profiles.Store
