@@ -187,7 +187,13 @@ func OpenStore(ctx context.Context, path string) (*Store, error) {
 	if err := os.Chmod(path, 0o600); err != nil {
 		return nil, fmt.Errorf("state database: %w", err)
 	}
-	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+	// auto_vacuum takes effect only in a database that has no tables
+	// yet, so it comes first: a fresh database hands the pages that
+	// Prune frees back to the file system (see Prune). One made before
+	// keeps auto_vacuum off and reuses its free pages instead.
+	// journal_size_limit truncates the WAL after a checkpoint, so that
+	// a burst of writes does not leave a large WAL behind for good.
+	dsn := "file:" + path + "?_pragma=auto_vacuum(INCREMENTAL)&_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=journal_size_limit(16777216)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("state database %s: %w", path, err)
@@ -609,6 +615,79 @@ func (s *Store) EraseExpiredKeys(ctx context.Context, cutoff time.Time) (int, er
 	}
 	n, _ := res.RowsAffected()
 	return int(n), nil
+}
+
+// Pruned counts what one Prune deleted.
+type Pruned struct {
+	Boots  int
+	Events int
+}
+
+// Prune bounds what the store keeps per machine: of a machine's boots,
+// those beyond the newest keepBoots that have ended (used, voided, or
+// created before expiredBefore) are deleted, and of its events, those
+// beyond the newest keepEvents. Strangers can make boots and events
+// (every refused request leaves one), so without this the database
+// grows with every request. A live boot is never deleted: it is its
+// machine's newest, and keepBoots is at least 1. Install logs are not
+// touched here. In a database with auto_vacuum on, the freed pages go
+// back to the file system.
+func (s *Store) Prune(ctx context.Context, keepBoots, keepEvents int, expiredBefore time.Time) (Pruned, error) {
+	var p Pruned
+	keepBoots, keepEvents = max(keepBoots, 1), max(keepEvents, 1)
+	macs, err := s.macsOver(ctx, "boots", keepBoots)
+	if err != nil {
+		return p, err
+	}
+	for _, mac := range macs {
+		res, err := s.db.ExecContext(ctx, `DELETE FROM boots WHERE rowid IN (
+			SELECT rowid FROM boots WHERE mac = ? ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?)
+			AND (used_at IS NOT NULL OR voided_at IS NOT NULL OR created_at < ?)`, mac, keepBoots, unix(expiredBefore))
+		if err != nil {
+			return p, fmt.Errorf("prune boots of %s: %w", mac, err)
+		}
+		n, _ := res.RowsAffected()
+		p.Boots += int(n)
+	}
+	if macs, err = s.macsOver(ctx, "events", keepEvents); err != nil {
+		return p, err
+	}
+	for _, mac := range macs {
+		// Events ids only grow: everything up to the first one past
+		// the newest keepEvents goes.
+		res, err := s.db.ExecContext(ctx, `DELETE FROM events WHERE mac = ? AND id <= (
+			SELECT id FROM events WHERE mac = ? ORDER BY id DESC LIMIT 1 OFFSET ?)`, mac, mac, keepEvents)
+		if err != nil {
+			return p, fmt.Errorf("prune events of %s: %w", mac, err)
+		}
+		n, _ := res.RowsAffected()
+		p.Events += int(n)
+	}
+	if p.Boots+p.Events > 0 {
+		// A no-op unless the database was made with auto_vacuum.
+		if _, err := s.db.ExecContext(ctx, `PRAGMA incremental_vacuum`); err != nil {
+			return p, fmt.Errorf("incremental vacuum: %w", err)
+		}
+	}
+	return p, nil
+}
+
+// macsOver lists the machines with more than keep rows in table.
+func (s *Store) macsOver(ctx context.Context, table string, keep int) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT mac FROM `+table+` GROUP BY mac HAVING count(*) > ?`, keep)
+	if err != nil {
+		return nil, fmt.Errorf("prune %s: %w", table, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var mac string
+		if err := rows.Scan(&mac); err != nil {
+			return nil, err
+		}
+		out = append(out, mac)
+	}
+	return out, rows.Err()
 }
 
 // Hold fails a machine after a security event and holds it there: it
