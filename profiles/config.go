@@ -67,7 +67,30 @@ type Server struct {
 	// Trust is how boots are bound to machines, for profiles that do
 	// not say and for discovered machines.
 	Trust Trust
+
+	// limits (issue 11: state): what strangers can make the server
+	// keep is bounded.
+
+	// KeepBoots is how many ended boots (used, voided or expired) the
+	// store keeps per machine, for the record; older ones are pruned.
+	KeepBoots int
+	// KeepEvents is how many events the store keeps per machine.
+	KeepEvents int
+	// MaxUnknownMACs is how many ignored unknown MACs the server
+	// remembers, so that each is counted once in the log.
+	MaxUnknownMACs int
+	// MaxDiscovered is how many machines unknown_machines: discover
+	// may record; past it, discovery of another MAC is refused.
+	MaxDiscovered int
 }
+
+// The defaults of the limits (issue 11: state).
+const (
+	DefaultKeepBoots      = 20
+	DefaultKeepEvents     = 1000
+	DefaultMaxUnknownMACs = 4096
+	DefaultMaxDiscovered  = 256
+)
 
 // Trust says what a machine must show before the boot side hands it
 // its boot's secrets.

@@ -240,6 +240,8 @@ func (d *decoder) config(root *yaml.Node) *Config {
 		Server: Server{
 			AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere",
 			MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP,
+			KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents,
+			MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered,
 		},
 		DHCP:     DHCP{Mode: DHCPProxy, EFIx64Boot: "ipxe.efi", LeaseTime: time.Hour},
 		Images:   map[string]*Image{},
@@ -284,7 +286,9 @@ func (d *decoder) named(n *yaml.Node, section string) []entry {
 func (d *decoder) server(s *Server, n *yaml.Node) {
 	const w = "server"
 	f := d.fields(n, w, "interfaces", "advertise", "http_listen", "admin_listen", "tls_cert", "tls_key", "tftp_listen",
-		"state_dir", "ipxe_dir", "api_token_file", "ssh_key", "max_installs", "unknown_machines", "discover_image", "trust")
+		"state_dir", "ipxe_dir", "api_token_file", "ssh_key", "max_installs", "unknown_machines", "discover_image", "trust",
+		// limits (issue 11: state)
+		"keep_boots", "keep_events", "max_unknown_macs", "max_discovered")
 	s.Interfaces = d.strList(f["interfaces"], w+".interfaces")
 	for i, ifc := range s.Interfaces {
 		if ifc == "" || len(ifc) > 15 || strings.ContainsAny(ifc, "/ \t") {
@@ -316,6 +320,11 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	if v, ok := d.enum(f["trust"], w+".trust", string(TrustDHCP), string(TrustMAC)); ok {
 		s.Trust = Trust(v)
 	}
+	// limits (issue 11: state)
+	d.setInt(&s.KeepBoots, f["keep_boots"], w+".keep_boots", 1, 100000)
+	d.setInt(&s.KeepEvents, f["keep_events"], w+".keep_events", 10, 10000000)
+	d.setInt(&s.MaxUnknownMACs, f["max_unknown_macs"], w+".max_unknown_macs", 1, 1<<20)
+	d.setInt(&s.MaxDiscovered, f["max_discovered"], w+".max_discovered", 1, 1<<20)
 }
 
 func (d *decoder) setListen(dst *string, n *yaml.Node, where string) {

@@ -46,6 +46,8 @@ func TestLoadFull(t *testing.T) {
 			MaxInstalls:     2,
 			UnknownMachines: UnknownDiscover, Trust: TrustDHCP,
 			DiscoverImage: "nixos",
+			// limits (issue 11: state)
+			KeepBoots: 5, KeepEvents: 200, MaxUnknownMACs: 100, MaxDiscovered: 10,
 		},
 		DHCP: DHCP{
 			Mode:       DHCPAuthoritative,
@@ -151,7 +153,8 @@ func TestDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
-			wantServer := Server{AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere", MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP}
+			wantServer := Server{AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere", MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP,
+				KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents, MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered}
 			if !reflect.DeepEqual(c.Server, wantServer) {
 				t.Errorf("Server = %+v, want %+v", c.Server, wantServer)
 			}

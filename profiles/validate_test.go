@@ -174,6 +174,16 @@ func TestParseErrors(t *testing.T) {
 			},
 		},
 		{
+			name: "limits (issue 11: state)",
+			in:   "server:\n  keep_boots: 0\n  keep_events: 5\n  max_unknown_macs: many\n  max_discovered: -1\n",
+			want: []string{
+				`pxe.yaml:2: server.keep_boots: bad number "0" (a whole number from 1 to 100000)`,
+				`pxe.yaml:3: server.keep_events: bad number "5" (a whole number from 10 to 10000000)`,
+				`pxe.yaml:4: server.max_unknown_macs: bad number "many" (a whole number from 1 to 1048576)`,
+				`pxe.yaml:5: server.max_discovered: bad number "-1" (a whole number from 1 to 1048576)`,
+			},
+		},
+		{
 			name: "unknown and repeated phases",
 			in:   base + "    phases: [disko, instal, disko, format]\n",
 			want: []string{
