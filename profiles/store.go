@@ -322,6 +322,37 @@ func (s *Store) UpsertMachine(ctx context.Context, mac, hostname, profile string
 	return s.Machine(ctx, mac)
 }
 
+// ErrLimit is returned when a configured limit refuses another row.
+var ErrLimit = errors.New("limit reached")
+
+// Discover registers an unknown machine, with no profile, as
+// UpsertMachine does, unless the store already holds limit machines
+// without a profile: then it returns ErrLimit. A machine the store
+// knows is never refused. The count and the insert are one statement,
+// so concurrent discoveries cannot pass the limit together.
+func (s *Store) Discover(ctx context.Context, mac string, limit int) (MachineRecord, error) {
+	mac = normMAC(mac)
+	if _, err := s.Machine(ctx, mac); err == nil {
+		return s.UpsertMachine(ctx, mac, "", "")
+	} else if !errors.Is(err, ErrNotFound) {
+		return MachineRecord{}, err
+	}
+	now := unix(time.Now())
+	res, err := s.db.ExecContext(ctx, `INSERT INTO machines (mac, state, created_at, updated_at)
+		SELECT ?, ?, ?, ? WHERE (SELECT count(*) FROM machines WHERE profile = '') < ?
+		ON CONFLICT(mac) DO NOTHING`, mac, StateDiscovered, now, now, limit)
+	if err != nil {
+		return MachineRecord{}, fmt.Errorf("register machine %s: %w", mac, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		if _, err := s.Machine(ctx, mac); err == nil {
+			return s.UpsertMachine(ctx, mac, "", "") // registered meanwhile
+		}
+		return MachineRecord{}, fmt.Errorf("register machine %s: %d machines without a profile recorded: %w", mac, limit, ErrLimit)
+	}
+	return s.Machine(ctx, mac)
+}
+
 // Machine returns one machine.
 func (s *Store) Machine(ctx context.Context, mac string) (MachineRecord, error) {
 	m, err := scanMachine(s.db.QueryRowContext(ctx, `SELECT `+machineCols+` FROM machines WHERE mac = ?`, normMAC(mac)))

@@ -68,10 +68,10 @@ type Provisioner struct {
 	slots chan struct{} // at most server.max_installs engines at once
 
 	bindings *bindingTable
+	unknown  *unknownMACs // unknown MACs ignored, for the log
 
 	mu       sync.Mutex
 	logged   map[string]time.Time          // rate limit of logLimited, by key
-	unknown  map[string]bool               // MACs already logged as unknown
 	polling  map[string]context.CancelFunc // token → SSH poller of a machine without callback
 	running  map[string]bool               // MAC → an install is running
 	subs     map[chan admin.MachineView]struct{}
@@ -125,7 +125,7 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		slots:    make(chan struct{}, max(cfg.Server.MaxInstalls, 1)),
 		bindings: newBindingTable(),
 		logged:   map[string]time.Time{},
-		unknown:  map[string]bool{},
+		unknown:  newUnknownMACs(),
 		polling:  map[string]context.CancelFunc{},
 		running:  map[string]bool{},
 		subs:     map[chan admin.MachineView]struct{}{},
@@ -169,16 +169,28 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 	return p, nil
 }
 
-// sweep erases the private keys of expired boots and drops expired
-// bindings from the store.
+// sweep erases the private keys of expired boots, drops expired
+// bindings from the store, prunes old boots and events beyond the
+// configured limits, and logs how many unknown MACs were ignored since
+// the last line about them.
 func (p *Provisioner) sweep(ctx context.Context) {
-	if n, err := p.store.EraseExpiredKeys(ctx, time.Now().Add(-tokenLifetime)); err != nil {
+	cfg := p.cfg.Load()
+	cutoff := time.Now().Add(-tokenLifetime)
+	if n, err := p.store.EraseExpiredKeys(ctx, cutoff); err != nil {
 		p.log.Warn("erasing expired boot keys failed", "err", err)
 	} else if n > 0 {
 		p.log.Info("expired boots: private host keys erased", "count", n)
 	}
 	if _, err := p.store.Bindings(ctx, time.Now()); err != nil {
 		p.log.Warn("pruning DHCP bindings failed", "err", err)
+	}
+	if n, err := p.store.Prune(ctx, cfg.Server.KeepBoots, cfg.Server.KeepEvents, cutoff); err != nil {
+		p.log.Warn("pruning old boots and events failed", "err", err)
+	} else if n.Boots+n.Events > 0 {
+		p.log.Info("pruned old boots and events (server.keep_boots, server.keep_events)", "boots", n.Boots, "events", n.Events)
+	}
+	if n := p.unknown.due(); n > 0 {
+		p.log.Info("ignored unknown machines (server.unknown_machines: ignore), not logged one by one", "count", n)
 	}
 }
 
@@ -245,7 +257,8 @@ func (p *Provisioner) Wait() {
 }
 
 // Decide answers dhcp: boot the machines the config knows, and unknown
-// ones only when the policy says so. An unknown MAC is logged once.
+// ones only when the policy says so. Ignored unknown MACs are logged at
+// most a line a minute (see unknownMACs).
 func (p *Provisioner) Decide(ctx context.Context, m dhcp.Machine) dhcp.Decision {
 	cfg := p.cfg.Load()
 	mac := m.MAC.String()
@@ -254,12 +267,12 @@ func (p *Provisioner) Decide(ctx context.Context, m dhcp.Machine) dhcp.Decision 
 		return dhcp.Boot
 	}
 	if cfg.Server.UnknownMachines == profiles.UnknownIgnore {
-		p.mu.Lock()
-		first := !p.unknown[mac]
-		p.unknown[mac] = true
-		p.mu.Unlock()
-		if first {
-			p.log.Info("ignoring unknown machine (server.unknown_machines: ignore)", "mac", mac, "firmware", m.Firmware, "interface", m.Interface)
+		if logNow, others := p.unknown.seen(mac, cfg.Server.MaxUnknownMACs); logNow {
+			args := []any{"mac", mac, "firmware", m.Firmware, "interface", m.Interface}
+			if others > 0 {
+				args = append(args, "also_ignored", others)
+			}
+			p.log.Info("ignoring unknown machine (server.unknown_machines: ignore)", args...)
 		}
 		p.metrics.dhcpDecisions.WithLabelValues("ignored").Inc()
 		return dhcp.Ignore
@@ -343,7 +356,14 @@ func (p *Provisioner) discover(ctx context.Context, cfg *profiles.Config, mac st
 	if err := p.checkSource(ctx, mac, r.RemoteAddr, cfg.TrustOf(nil), "boot script"); err != nil {
 		return httpboot.BootPlan{}, err
 	}
-	rec, err := p.store.UpsertMachine(ctx, mac, "", "")
+	// Every discovered MAC is a row that stays until an operator
+	// forgets it, and a host can invent MACs: their number is bounded.
+	rec, err := p.store.Discover(ctx, mac, cfg.Server.MaxDiscovered)
+	if errors.Is(err, profiles.ErrLimit) {
+		p.metrics.boots.WithLabelValues("discover-refused").Inc()
+		p.logLimited("discover-limit", "discovery refused: server.max_discovered machines without a profile are recorded already; `pxe-anywhere machines forget MAC` makes room, or raise the limit", "mac", mac, "limit", cfg.Server.MaxDiscovered)
+		return httpboot.BootPlan{Action: httpboot.ActionIgnore}, nil
+	}
 	if err != nil {
 		return httpboot.BootPlan{}, err
 	}
