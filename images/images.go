@@ -78,6 +78,45 @@ func (c *Cache) Prepare(ctx context.Context, src Source, progress func(done, tot
 	return nil, errors.New("image names none of kexec_tarball, netboot_dir, kernel")
 }
 
+// Check tells, without downloading, unpacking or caching anything,
+// whether Prepare could find src's local files: the kernel and initrds
+// of explicit files, a netboot build, or a local kexec tarball (with
+// its sha256, when one is given). A URL is not fetched, and a local
+// tarball's contents are not unpacked; Prepare checks those.
+func Check(src Source) error {
+	switch {
+	case src.KexecTarball != "":
+		if IsURL(src.KexecTarball) {
+			return nil
+		}
+		st, err := os.Stat(src.KexecTarball)
+		if err != nil {
+			return fmt.Errorf("kexec tarball: %w", err)
+		}
+		if !st.Mode().IsRegular() {
+			return fmt.Errorf("kexec tarball %s is not a file", src.KexecTarball)
+		}
+		if src.SHA256 == "" {
+			return nil
+		}
+		got, err := fileSHA256(src.KexecTarball)
+		if err != nil {
+			return fmt.Errorf("kexec tarball: %w", err)
+		}
+		if want := strings.ToLower(src.SHA256); got != want {
+			return fmt.Errorf("kexec tarball %s: sha256 is %s, the config says %s", src.KexecTarball, got, want)
+		}
+		return nil
+	case src.NetbootDir != "":
+		_, err := netboot(src)
+		return err
+	case src.Kernel != "":
+		_, err := files(src)
+		return err
+	}
+	return errors.New("image names none of kexec_tarball, netboot_dir, kernel")
+}
+
 // IsURL says whether an image source is downloaded rather than read
 // from a local path: an http or https URL with a host, the scheme in any
 // case, as URLs allow.
@@ -452,14 +491,17 @@ func files(src Source) (*Image, error) {
 	return img, checkFiles(img)
 }
 
+// checkFiles checks that an image's kernel and initrds are files. The
+// error names the file, not the image: the caller, which knows the
+// image by its config name, says that once.
 func checkFiles(img *Image) error {
 	for _, p := range append([]string{img.Kernel}, img.Initrds...) {
 		st, err := os.Stat(p)
 		if err != nil {
-			return fmt.Errorf("image %q: %w", img.Name, err)
+			return err
 		}
 		if !st.Mode().IsRegular() {
-			return fmt.Errorf("image %q: %s is not a file", img.Name, p)
+			return fmt.Errorf("%s is not a file", p)
 		}
 	}
 	return nil
