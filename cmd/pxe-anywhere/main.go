@@ -24,7 +24,7 @@ Usage:
   pxe-anywhere serve [flags]              netboot and install machines (DHCP, TFTP, HTTP)
   pxe-anywhere install [flags] [user@]host install NixOS on a running Linux host over SSH
   pxe-anywhere machines list|show|logs|reinstall|forget   operate a running server
-  pxe-anywhere config check FILE          validate a config file
+  pxe-anywhere config check [--here] FILE validate a config file and what serve checks at start
   pxe-anywhere config reload              make a running server reload its config
   pxe-anywhere image fetch|inspect ...    download and cache, or look into, an installer image
   pxe-anywhere version

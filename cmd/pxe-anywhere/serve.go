@@ -113,10 +113,19 @@ func loadServeConfig(f *serveFlags) (*profiles.Config, error) {
 	if f.tftpListen != "" {
 		cfg.Server.TFTPListen = f.tftpListen
 	}
-	if len(cfg.Server.Interfaces) == 0 {
-		return nil, fmt.Errorf("%s: server.interfaces is empty: name the interfaces to serve DHCP on (DHCP never binds anywhere else)", f.config)
+	if err := requireInterfaces(f.config, cfg); err != nil {
+		return nil, err
 	}
 	return cfg, nil
+}
+
+// requireInterfaces refuses a config that names no interface: serve
+// needs one, and config check says so too.
+func requireInterfaces(file string, cfg *profiles.Config) error {
+	if len(cfg.Server.Interfaces) == 0 {
+		return fmt.Errorf("%s: server.interfaces is empty: name the interfaces to serve DHCP on (DHCP never binds anywhere else)", file)
+	}
+	return nil
 }
 
 // checkInterfaces fails on an interface that does not exist here, and
@@ -344,12 +353,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 func prepareImages(ctx context.Context, cache *images.Cache, cfg *profiles.Config, log *slog.Logger) (map[string]httpboot.Image, error) {
 	out := map[string]httpboot.Image{}
 	for name, img := range cfg.Images {
-		src := images.Source{
-			Name: name, KexecTarball: img.KexecTarball, SHA256: img.SHA256, NetbootDir: img.NetbootDir,
-			Kernel: img.Kernel, Initrd: img.Initrd, Cmdline: img.Cmdline,
-		}
 		var last int64
-		prepared, err := cache.Prepare(ctx, src, func(done, total int64) {
+		prepared, err := cache.Prepare(ctx, imageSource(name, img), func(done, total int64) {
 			if total > 0 && done*10/total != last {
 				last = done * 10 / total
 				log.Info("downloading image", "image", name, "done_mb", done>>20, "total_mb", total>>20)
@@ -364,6 +369,14 @@ func prepareImages(ctx context.Context, cache *images.Cache, cfg *profiles.Confi
 		out[name] = httpboot.Image{Name: name, Kernel: prepared.Kernel, Initrds: prepared.Initrds, Init: prepared.Init, Params: prepared.Params}
 	}
 	return out, nil
+}
+
+// imageSource is what the images package needs of a config image.
+func imageSource(name string, img *profiles.Image) images.Source {
+	return images.Source{
+		Name: name, KexecTarball: img.KexecTarball, SHA256: img.SHA256, NetbootDir: img.NetbootDir,
+		Kernel: img.Kernel, Initrd: img.Initrd, Cmdline: img.Cmdline,
+	}
 }
 
 func installKeyPath(cfg *profiles.Config) string {

@@ -47,6 +47,7 @@ func TestServeRefusesBadStarts(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, body string) string {
 		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
 		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -61,6 +62,9 @@ func TestServeRefusesBadStarts(t *testing.T) {
 		{"config error names the line", []string{"--config", write("typo.yaml", "server:\n  interfaces: [lo]\nprofiles:\n  web:\n    flak: x\n")}, `typo.yaml:5`},
 		{"no interfaces", []string{"--config", write("noif.yaml", "server:\n  max_installs: 2\n")}, "server.interfaces is empty"},
 		{"interface that does not exist", []string{"--config", write("badif.yaml", "server:\n  interfaces: [pxe-nope0]\n  state_dir: "+dir+"/state\n")}, `interface "pxe-nope0" does not exist`},
+		// Names the image once (it used to say image "custom": twice).
+		{"missing image file", []string{"--ipxe-dir", filepath.Dir(write("ipxe/undionly.kpxe", "undionly")), "--config", write("noimg.yaml", "server:\n  interfaces: [lo]\n  state_dir: "+dir+"/state\nimages:\n  custom: {kernel: "+dir+"/nope, initrd: ["+dir+"/nope]}\n")},
+			`image "custom": stat ` + dir + `/nope: no such file or directory`},
 		{"stray argument", []string{"extra"}, `unexpected argument "extra"`},
 		{"bad log level", []string{"--log-level", "loud"}, "--log-level"},
 	}
@@ -71,31 +75,112 @@ func TestServeRefusesBadStarts(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want it to mention %q", err, tt.want)
 			}
+			if strings.Count(err.Error(), `image "`) > 1 {
+				t.Fatalf("err = %v: names the image more than once", err)
+			}
 		})
 	}
 }
 
+// TestConfigCheck: config check refuses what serve would refuse at
+// start, each with one clear error, and says what it cannot check
+// away from the server.
 func TestConfigCheck(t *testing.T) {
-	var out bytes.Buffer
-	if err := run(context.Background(), []string{"config", "check", "../../profiles/testdata/full.yaml"}, &out, &out); err != nil {
-		t.Fatalf("%v\n%s", err, out.String())
+	dir := t.TempDir()
+	write := func(name, body string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(body), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
 	}
-	if !strings.Contains(out.String(), "ok (") || strings.Contains(out.String(), "warning") {
-		t.Fatalf("output %q", out.String())
+	write("img/bzImage", "kernel", 0o644)
+	write("img/initrd", "initrd", 0o644)
+	write("ipxe/undionly.kpxe", "undionly", 0o644)
+	os.MkdirAll(filepath.Join(dir, "empty"), 0o755)
+	worldKey := write("keys/open", "key", 0o644)
+	// A config that serve accepts here, with one server line and one
+	// images line left to each case.
+	cfg := func(server, image string) string {
+		if !strings.Contains(server, "ipxe_dir:") {
+			server += "\n  ipxe_dir: " + dir + "/ipxe"
+		}
+		return write("c.yaml", fmt.Sprintf(`server:
+%[2]s
+images:
+  custom: {kernel: %[1]s/img/bzImage, initrd: [%[1]s/img/initrd]}
+%[3]s
+`, dir, server, image), 0o644)
 	}
-	// trust: mac is valid, and named.
-	weak := filepath.Join(t.TempDir(), "weak.yaml")
-	os.WriteFile(weak, []byte("server:\n  interfaces: [br0]\n  trust: mac\n"), 0o644)
-	out.Reset()
-	if err := run(context.Background(), []string{"config", "check", weak}, &out, &out); err != nil {
-		t.Fatalf("%v\n%s", err, out.String())
+	const notChecked = `warning: server.interfaces (br0) not checked: whether they exist, and the address to advertise, can only be told on the server (config check --here)`
+	tests := []struct {
+		name     string
+		server   string
+		image    string
+		here     bool
+		want     string // in the error; "" means ok
+		wantOut  string // in the output
+		wantOnce string // in the error exactly once
+	}{
+		{name: "ok away from the server", server: "  interfaces: [br0]", wantOut: notChecked},
+		{name: "ok here", server: "  interfaces: [lo]", here: true},
+		{name: "no interfaces", server: "  max_installs: 2", want: "server.interfaces is empty"},
+		{name: "interface missing here", server: "  interfaces: [pxe-nope0]", here: true, want: `interface "pxe-nope0" does not exist on this machine`},
+		{name: "interface not checked away", server: "  interfaces: [pxe-nope0]", wantOut: "warning: server.interfaces (pxe-nope0) not checked"},
+		{name: "missing kernel", server: "  interfaces: [br0]", image: "  gone: {kernel: " + dir + "/img/nope, initrd: [" + dir + "/img/initrd]}",
+			want: `image "gone": stat ` + dir + `/img/nope: no such file or directory`, wantOnce: `image "gone"`},
+		{name: "missing initrd", server: "  interfaces: [br0]", image: "  gone: {kernel: " + dir + "/img/bzImage, initrd: [" + dir + "/img/nope]}",
+			want: `image "gone": stat ` + dir + `/img/nope: no such file or directory`, wantOnce: `image "gone"`},
+		{name: "initrd is a directory", server: "  interfaces: [br0]", image: "  gone: {kernel: " + dir + "/img/bzImage, initrd: [" + dir + "/img]}",
+			want: `image "gone": ` + dir + `/img is not a file`, wantOnce: `image "gone"`},
+		{name: "missing netboot dir", server: "  interfaces: [br0]", image: "  nb: {netboot_dir: " + dir + "/nope}",
+			want: `image "nb": netboot dir ` + dir + `/nope`, wantOnce: `image "nb"`},
+		{name: "missing kexec tarball", server: "  interfaces: [br0]", image: "  kx: {kexec_tarball: " + dir + "/nope.tar.gz}",
+			want: `image "kx": kexec tarball: stat ` + dir + `/nope.tar.gz: no such file or directory`, wantOnce: `image "kx"`},
+		{name: "kexec tarball with another sha256", server: "  interfaces: [br0]", image: "  kx: {kexec_tarball: " + dir + "/img/initrd, sha256: \"" + strings.Repeat("0", 64) + "\"}",
+			want: `image "kx": kexec tarball ` + dir + `/img/initrd: sha256 is`, wantOnce: `image "kx"`},
+		{name: "URL tarball is not fetched", server: "  interfaces: [br0]", image: "  kx: {kexec_tarball: \"http://192.0.2.1/x.tar.gz\", sha256: \"" + strings.Repeat("0", 64) + "\"}", wantOut: "ok ("},
+		{name: "TLS files missing", server: "  interfaces: [br0]\n  tls_cert: " + dir + "/nope.crt\n  tls_key: " + dir + "/nope.key", want: "server.tls_cert and server.tls_key"},
+		{name: "tls_cert without tls_key", server: "  interfaces: [br0]\n  tls_cert: " + dir + "/nope.crt", want: "tls_key is missing"},
+		{name: "ipxe_dir without binaries", server: "  interfaces: [br0]\n  ipxe_dir: " + dir + "/empty", want: "holds neither undionly.kpxe nor ipxe.efi"},
+		{name: "install key readable by others", server: "  interfaces: [br0]\n  ssh_key: " + worldKey, want: "readable by others"},
+		{name: "API token readable by others", server: "  interfaces: [br0]\n  api_token_file: " + worldKey, want: "readable by others"},
+		{name: "trust mac is named", server: "  interfaces: [br0]\n  trust: mac", wantOut: "warning: server say trust: mac: those boots are bound to the MAC alone"},
 	}
-	if !strings.Contains(out.String(), "warning: server say trust: mac: those boots are bound to the MAC alone") {
-		t.Fatalf("no trust warning: %q", out.String())
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := cfg(tt.server, tt.image)
+			args := []string{"config", "check"}
+			if tt.here {
+				args = append(args, "--here")
+			}
+			var out bytes.Buffer
+			err := run(context.Background(), append(args, p), &out, &out)
+			if tt.want == "" {
+				if err != nil || !strings.Contains(out.String(), "ok (") {
+					t.Fatalf("err = %v, want ok\n%s", err, out.String())
+				}
+				if tt.wantOut == "" && strings.Contains(out.String(), "warning") {
+					t.Fatalf("warning where none was due:\n%s", out.String())
+				}
+			} else if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to say %q\n%s", err, tt.want, out.String())
+			}
+			if !strings.Contains(out.String(), tt.wantOut) {
+				t.Fatalf("output lacks %q:\n%s", tt.wantOut, out.String())
+			}
+			if tt.wantOnce != "" {
+				if n := strings.Count(err.Error(), tt.wantOnce); n != 1 {
+					t.Fatalf("error names %s %d times, want once: %v", tt.wantOnce, n, err)
+				}
+			}
+		})
 	}
+	// A syntax or validation error still names the file and line.
 	p := filepath.Join(t.TempDir(), "bad.yaml")
 	os.WriteFile(p, []byte("machines:\n  - mac: nope\n"), 0o644)
-	err := run(context.Background(), []string{"config", "check", p}, &out, &out)
+	err := run(context.Background(), []string{"config", "check", p}, &bytes.Buffer{}, &bytes.Buffer{})
 	if err == nil || !strings.Contains(err.Error(), "bad.yaml:2") {
 		t.Fatalf("err = %v", err)
 	}
