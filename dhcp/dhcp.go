@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
-	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/ipv4"
 )
@@ -259,9 +258,9 @@ func (s *Server) listen() error {
 			return fmt.Errorf("dhcp: interface %q: %w (server.interfaces must name interfaces of this machine)", name, err)
 		}
 		s.ifaces[ifi.Index] = name
-		conn, err := server4.NewIPv4UDPConn(name, &net.UDPAddr{IP: net.IPv4zero, Port: dhcpv4.ServerPort})
+		conn, err := listenOnDevice(name, dhcpv4.ServerPort)
 		if err != nil {
-			return fmt.Errorf("dhcp: listen on %s port 67: %w (is another DHCP server running there?)", name, err)
+			return fmt.Errorf("dhcp: listen on %s port 67: %w", name, err)
 		}
 		s.conns = append(s.conns, listener{conn: conn, iface: name, port: dhcpv4.ServerPort})
 	}
