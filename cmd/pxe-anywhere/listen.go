@@ -2,10 +2,13 @@ package main
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 )
@@ -34,6 +37,16 @@ func listenBoot(s profiles.Server, addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("server.http_listen: %w", err)
 	}
 	return l, nil
+}
+
+// privilegeHint names, in a permission error from opening a socket,
+// the capability an unprivileged serve most likely lacks. Errors that
+// name one already (the DHCP socket's) pass as they are.
+func privilegeHint(err error) error {
+	if err == nil || !errors.Is(err, os.ErrPermission) || strings.Contains(err.Error(), "CAP_") {
+		return err
+	}
+	return fmt.Errorf("%w: ports below 1024 need CAP_NET_BIND_SERVICE; run serve as root or grant it (docs/operations.md, \"Running as a service\")", err)
 }
 
 // adminTLS loads server.tls_cert and server.tls_key; nil when the

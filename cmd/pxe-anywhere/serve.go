@@ -252,17 +252,17 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var opened closers
 	defer opened.close()
 	if err := dsrv.Listen(); err != nil {
-		return err
+		return privilegeHint(err)
 	}
 	opened.add(dsrv.Close)
 	bl, err := listenBoot(cfg.Server, bootAddr)
 	if err != nil {
-		return err
+		return privilegeHint(err)
 	}
 	opened.add(func() { bl.Close() })
 	al, adminLoopback, err := listenAdmin(cfg.Server.AdminListen, tc)
 	if err != nil {
-		return err
+		return privilegeHint(err)
 	}
 	opened.add(func() { al.Close() })
 	tsrv, err := tftp.New(ipxeDir, log.With("component", "tftp"), reg)
@@ -270,7 +270,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if err := tsrv.Listen(cfg.Server.TFTPListen); err != nil {
-		return err
+		return privilegeHint(err)
 	}
 	opened.add(tsrv.Close)
 
