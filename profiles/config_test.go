@@ -46,6 +46,7 @@ func TestLoadFull(t *testing.T) {
 			MaxInstalls:     2,
 			UnknownMachines: UnknownDiscover, Trust: TrustDHCP,
 			DiscoverImage: "nixos",
+			Limits:        DefaultLimits(),
 		},
 		DHCP: DHCP{
 			Mode:       DHCPAuthoritative,
@@ -151,7 +152,7 @@ func TestDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
-			wantServer := Server{AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere", MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP}
+			wantServer := Server{AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere", MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP, Limits: DefaultLimits()}
 			if !reflect.DeepEqual(c.Server, wantServer) {
 				t.Errorf("Server = %+v, want %+v", c.Server, wantServer)
 			}
