@@ -42,6 +42,7 @@ type sourceTable struct {
 
 	mu      sync.Mutex
 	sources map[netip.Addr]*source
+	swept   time.Time // last sweep of a full table
 }
 
 type source struct {
@@ -78,16 +79,19 @@ func (t *sourceTable) acquire(ip netip.Addr, script bool) (done func(), retry ti
 	defer t.mu.Unlock()
 	src := t.sources[ip]
 	if src == nil {
-		if len(t.sources) >= maxSources {
+		if len(t.sources) >= maxSources && now.Sub(t.swept) >= time.Second {
+			// A sweep walks the whole table: at most one a second, so
+			// that new addresses cannot make every request pay for one.
+			t.swept = now
 			for a, s := range t.sources {
 				t.refill(s, now)
 				if t.idle(s) {
 					delete(t.sources, a)
 				}
 			}
-			if len(t.sources) >= maxSources {
-				return nil, time.Second, "too many sources at once"
-			}
+		}
+		if len(t.sources) >= maxSources {
+			return nil, time.Second, "too many sources at once"
 		}
 		src = &source{tokens: float64(t.lim.ScriptsPerMinute), at: now}
 		t.sources[ip] = src
