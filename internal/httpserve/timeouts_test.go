@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -197,4 +198,47 @@ func TestProgressWriter(t *testing.T) {
 			t.Fatal("the handler is still writing to a client that reads nothing")
 		}
 	})
+}
+
+// readerFromRecorder records what ReadFrom is handed.
+type readerFromRecorder struct {
+	http.ResponseWriter
+	srcs []io.Reader
+	n    int64
+}
+
+func (r *readerFromRecorder) ReadFrom(src io.Reader) (int64, error) {
+	r.srcs = append(r.srcs, src)
+	n, err := io.Copy(io.Discard, src)
+	r.n += n
+	return n, err
+}
+
+// TestProgressWriterKeepsSendfile: ServeContent's body reaches the
+// connection as io.LimitedReaders directly over the *os.File, the one
+// form that net's sendfile takes, one block at a time.
+func TestProgressWriterKeepsSendfile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	size := 3*progressBlock + 17
+	os.WriteFile(path, make([]byte, size), 0o644)
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rec := &readerFromRecorder{ResponseWriter: httptest.NewRecorder()}
+	st, _ := f.Stat()
+	http.ServeContent(ProgressWriter(rec, time.Second), httptest.NewRequest("GET", "/f", nil), "f", st.ModTime(), f)
+	if rec.n != int64(size) || len(rec.srcs) != 4 {
+		t.Fatalf("%d bytes in %d blocks, want %d in 4", rec.n, len(rec.srcs), size)
+	}
+	for i, src := range rec.srcs {
+		lr, ok := src.(*io.LimitedReader)
+		if !ok {
+			t.Fatalf("block %d: %T, want *io.LimitedReader", i, src)
+		}
+		if _, ok := lr.R.(*os.File); !ok {
+			t.Fatalf("block %d reads from %T, want *os.File (sendfile)", i, lr.R)
+		}
+	}
 }
