@@ -48,6 +48,8 @@ func TestServeBinaryInLab(t *testing.T) {
 	cfgTmpl := `server:
   interfaces: [br0]
   state_dir: %[1]s/state
+  boot_scripts_per_minute: 1
+  http_header_timeout: 1s
 dhcp:
   mode: authoritative
   subnet: 10.83.0.0/24
@@ -112,6 +114,27 @@ machines:
 	body, err := lab.Command(cl, "curl", "-sSf", "--max-time", "30", ipxe[2]).Output()
 	if err != nil || !bytes.Contains(body, []byte("pxe_anywhere.token=")) || !bytes.Contains(body, []byte("initrd --name extra http://10.83.0.1:8080/boot/")) {
 		t.Fatalf("script: %v\n%s", err, body)
+	}
+	// The limits of the config reach the servers: a second script in
+	// the minute is refused with the wait, and headers that never end
+	// are cut.
+	out, _ := lab.Command(cl, "curl", "-sS", "-D", "-", "-o", "/dev/null", "--max-time", "30", ipxe[2]).Output()
+	if !bytes.Contains(out, []byte("HTTP/1.1 429")) || !bytes.Contains(out, []byte("Retry-After: 60")) {
+		t.Fatalf("second script within boot_scripts_per_minute: 1:\n%s", out)
+	}
+	if err := netlab.Do(cl, func() error {
+		c, err := net.Dial("tcp4", "10.83.0.1:8080")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n")
+		// The deadline only ends a broken run: the server closes first.
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		_, err = io.Copy(io.Discard, c)
+		return err
+	}); err != nil {
+		t.Fatalf("unfinished headers past http_header_timeout: %v", err)
 	}
 	// The machine's network reaches the boot side only: the operator
 	// routes are not on its port, and the admin port is not on its
