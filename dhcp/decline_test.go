@@ -3,17 +3,21 @@ package dhcp
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/pxe-anywhere/pxe-anywhere/internal/lograte"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
 )
 
 // declineFor crafts a DECLINE of ip from mac, as a client (or anyone
@@ -149,6 +153,8 @@ func TestDeclinedSetPruned(t *testing.T) {
 func TestDeclineFlood(t *testing.T) {
 	ctx := context.Background()
 	s, _ := newTestServer(t, testConfig(Authoritative, ""))
+	var logs syncbuf.Buffer
+	s.limited = &lograte.Limiter{Log: slog.New(slog.NewTextHandler(&logs, nil)), Every: time.Minute}
 	heap := func() uint64 {
 		runtime.GC()
 		var m runtime.MemStats
@@ -179,6 +185,9 @@ func TestDeclineFlood(t *testing.T) {
 		t.Fatalf("heap grew by %d bytes over %d spoofed DECLINEs", grown, n)
 	}
 	t.Logf("heap after %d spoofed DECLINEs: %+d bytes", n, grown)
+	if lines := strings.Count(logs.String(), "DECLINE ignored"); lines != 1 {
+		t.Fatalf("%d log lines for %d ignored DECLINEs, want 1 (rate-limited)", lines, n)
+	}
 	for i := 0; i < 11; i++ {
 		if _, ok := s.pool.offer(fmt.Sprintf("52:54:00:00:03:%02x", i), netip.Addr{}); !ok {
 			t.Fatalf("pool empty after the flood, at client %d of the 11 the range holds", i)
