@@ -74,19 +74,67 @@ func ServeTimeouts(ctx context.Context, l net.Listener, h http.Handler, log *slo
 }
 
 // WriteDeadline returns middleware that gives each response d to be
-// written; a client that does not read its answer in that time loses
-// the connection. Zero sets none.
+// written, counted from when the handler starts writing it (a reload
+// may take minutes to prepare its answer); a client that does not read
+// its answer in that time loses the connection. A handler that sets a
+// deadline itself (ProgressWriter) keeps its own. Zero sets none.
 func WriteDeadline(d time.Duration) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		if d <= 0 {
 			return next
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(d))
-			next.ServeHTTP(w, r)
+			next.ServeHTTP(&deadlineWriter{ResponseWriter: w, d: d}, r)
 		})
 	}
 }
+
+// deadlineWriter sets the write deadline at the first write.
+type deadlineWriter struct {
+	http.ResponseWriter
+	d     time.Duration
+	armed bool // a deadline is set, by the first write or by the handler
+}
+
+func (w *deadlineWriter) arm() {
+	if !w.armed {
+		w.armed = true
+		_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Now().Add(w.d))
+	}
+}
+
+func (w *deadlineWriter) WriteHeader(code int) {
+	w.arm()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *deadlineWriter) Write(b []byte) (int, error) {
+	w.arm()
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *deadlineWriter) ReadFrom(src io.Reader) (int64, error) {
+	w.arm()
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(src)
+	}
+	return io.Copy(w.ResponseWriter, src)
+}
+
+func (w *deadlineWriter) FlushError() error {
+	w.arm()
+	return http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// SetWriteDeadline is what http.ResponseController calls: a handler's
+// own deadline replaces this one.
+func (w *deadlineWriter) SetWriteDeadline(t time.Time) error {
+	w.armed = true
+	return http.NewResponseController(w.ResponseWriter).SetWriteDeadline(t)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // progressBlock is the N of "at least N bytes per T" for files: each
 // block of a file body must be taken by the client within the write

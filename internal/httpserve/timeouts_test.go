@@ -131,6 +131,24 @@ func TestSmallResponseWriteDeadline(t *testing.T) {
 	closedByServer(t, c)
 }
 
+// TestSlowHandlerAnswers: the write timeout counts from the first
+// write, so a handler that takes longer than it to prepare a small
+// answer (a reload that fetches an image) still gets it out.
+func TestSlowHandlerAnswers(t *testing.T) {
+	addr := serveTest(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(3 * short.Write)
+		io.WriteString(w, "done")
+	}), Timeouts{Header: time.Second, Read: 5 * time.Second, Idle: time.Second, Write: short.Write})
+	resp, err := http.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if b, err := io.ReadAll(resp.Body); err != nil || string(b) != "done" {
+		t.Fatalf("slow handler's answer: %q %v", b, err)
+	}
+}
+
 // TestProgressWriter serves a file through ProgressWriter: a client
 // that keeps reading, slowly, gets all of it although the whole takes
 // far longer than the write and the read timeout, with its request's
