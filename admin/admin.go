@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -24,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/lograte"
 )
 
 // Errors that Inventory returns to get a specific status.
@@ -97,6 +99,12 @@ type Config struct {
 	// page: settings that weaken what the server promises, such as
 	// boots trusted on the MAC alone. Called per page view.
 	Warnings func() []string
+	// SSEWriteTimeout is how long an event-stream client may take to
+	// accept one event (or keepalive) before it is dropped; zero: 10 s.
+	SSEWriteTimeout time.Duration
+	// SSEMaxSubscribers caps the event streams open at once; past it
+	// /events answers 503. Zero: 32.
+	SSEMaxSubscribers int
 }
 
 // Server is the operator's HTTP handler.
@@ -108,13 +116,23 @@ type Server struct {
 	// that a cookie that leaks opens the status page but not the API,
 	// and a new token voids every cookie.
 	session string
+	// streams counts the open event streams, against SSEMaxSubscribers.
+	streams atomic.Int64
+	limited *lograte.Limiter
 }
 
 // New builds the router.
 func New(cfg Config, inv Inventory) *Server {
 	mac := hmac.New(sha256.New, []byte(cfg.APIToken))
 	mac.Write([]byte("pxe-anywhere status page session"))
-	s := &Server{cfg: cfg, inv: inv, session: hex.EncodeToString(mac.Sum(nil))}
+	if cfg.SSEWriteTimeout <= 0 {
+		cfg.SSEWriteTimeout = 10 * time.Second
+	}
+	if cfg.SSEMaxSubscribers <= 0 {
+		cfg.SSEMaxSubscribers = 32
+	}
+	s := &Server{cfg: cfg, inv: inv, session: hex.EncodeToString(mac.Sum(nil)),
+		limited: &lograte.Limiter{Log: cfg.Log, Every: time.Minute}}
 	r := chi.NewRouter()
 	var metrics prometheus.Registerer
 	if cfg.Metrics != nil {

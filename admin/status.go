@@ -1,11 +1,15 @@
 package admin
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"html/template"
 	"net/http"
 	"strings"
+	"time"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
 )
 
 // The status page is read-only and, on loopback, needs no token: it
@@ -81,29 +85,63 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// statusEvents streams machine changes as server-sent events.
+// sseKeepalive is how often an idle event stream gets a comment line:
+// a client that stopped reading is then found (its write times out)
+// even when no machine changes.
+const sseKeepalive = 30 * time.Second
+
+// statusEvents streams machine changes as server-sent events. Each
+// event must be taken within SSEWriteTimeout, or the client is dropped
+// and its subscription ends; at most SSEMaxSubscribers streams are open.
 func (s *Server) statusEvents(w http.ResponseWriter, r *http.Request) {
-	flusher, ok := w.(http.Flusher)
-	if !ok {
-		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+	if n := s.streams.Add(1); n > int64(s.cfg.SSEMaxSubscribers) {
+		s.streams.Add(-1)
+		s.limited.Warn("sse-full", "event stream refused: too many open (server.sse_max_subscribers)",
+			"remote", r.RemoteAddr, "max", s.cfg.SSEMaxSubscribers)
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "too many event streams open; retry later", http.StatusServiceUnavailable)
 		return
 	}
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
+	defer s.streams.Add(-1)
+	pw := httpserve.ProgressWriter(w, s.cfg.SSEWriteTimeout)
+	flusher := pw.(interface{ FlushError() error })
+	pw.Header().Set("Content-Type", "text/event-stream")
+	pw.Header().Set("Cache-Control", "no-store")
+	pw.WriteHeader(http.StatusOK)
 	// retry: a restarted server is back within seconds; browsers
 	// would otherwise wait their own default before reconnecting.
-	fmt.Fprint(w, ": pxe-anywhere machine updates\nretry: 2000\n\n")
-	flusher.Flush()
-	for m := range s.inv.Subscribe(r.Context()) {
-		b, err := json.Marshal(statusView(m))
-		if err != nil {
-			continue
+	fmt.Fprint(pw, ": pxe-anywhere machine updates\nretry: 2000\n\n")
+	if flusher.FlushError() != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel() // ends the subscription when the client is dropped
+	events := s.inv.Subscribe(ctx)
+	tick := time.NewTicker(sseKeepalive)
+	defer tick.Stop()
+	for {
+		var err error
+		select {
+		case m, ok := <-events:
+			if !ok {
+				return
+			}
+			b, jerr := json.Marshal(statusView(m))
+			if jerr != nil {
+				continue
+			}
+			_, err = fmt.Fprintf(pw, "data: %s\n\n", b)
+		case <-tick.C:
+			_, err = fmt.Fprint(pw, ": keepalive\n\n")
 		}
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
+		if err == nil {
+			err = flusher.FlushError()
+		}
+		if err != nil {
+			s.limited.Warn("sse-drop", "event stream client dropped: it did not take an event in time (server.sse_write_timeout)",
+				"remote", r.RemoteAddr, "err", err)
 			return
 		}
-		flusher.Flush()
 	}
 }
 

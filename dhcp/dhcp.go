@@ -20,6 +20,8 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/ipv4"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/lograte"
 )
 
 // Mode is how the server takes part in DHCP.
@@ -114,6 +116,9 @@ type Server struct {
 	// port 4011, whose socket is not bound to one.
 	ifaces map[int]string
 
+	// limited logs what strangers can send as often as they like.
+	limited *lograte.Limiter
+
 	mu     sync.Mutex
 	warned map[string]bool // firmware kinds already logged as having no boot file
 }
@@ -146,6 +151,7 @@ func New(cfg Config, d Decider, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, decider: d, log: log, warned: map[string]bool{},
+		limited: &lograte.Limiter{Log: log, Every: time.Minute},
 		packets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pxe_anywhere_dhcp_requests_total", Help: "DHCP packets received, by message type and what was done.",
 		}, []string{"type", "result"}),

@@ -66,6 +66,10 @@ func (s *Server) Handle(ctx context.Context, req *dhcpv4.DHCPv4, iface string, p
 	case dhcpv4.MessageTypeDiscover, dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeInform:
 		boot = pxe && s.decider.Decide(ctx, m) == Boot
 	}
+	if mt == dhcpv4.MessageTypeDecline {
+		count(s.decline(ctx, req, m))
+		return nil, nil
+	}
 	resp, err := s.authoritativeReply(ctx, req, m, boot)
 	switch {
 	case err != nil:
@@ -164,14 +168,6 @@ func (s *Server) authoritativeReply(ctx context.Context, req *dhcpv4.DHCPv4, m M
 			s.cfg.Binder.Bound(ctx, s.binding(req, m.Interface, want, s.cfg.LeaseTime))
 		}
 		return s.lease(req, m, dhcpv4.MessageTypeAck, want, boot)
-	case dhcpv4.MessageTypeDecline:
-		if sidOK() {
-			ip := addrOf(req.RequestedIPAddress())
-			s.log.Warn("client declined an address: something else uses it", "mac", mac, "ip", ip)
-			s.released(ctx, req, ip)
-			return nil, s.pool.decline(mac, ip)
-		}
-		return nil, nil
 	case dhcpv4.MessageTypeRelease:
 		if sidOK() {
 			s.released(ctx, req, addrOf(req.ClientIPAddr))
@@ -192,6 +188,30 @@ func (s *Server) authoritativeReply(ctx context.Context, req *dhcpv4.DHCPv4, m M
 		return resp, nil
 	}
 	return nil, nil
+}
+
+// decline handles a client's DECLINE (it found its address in use) and
+// returns the result to count: "declined" when the address leaves the
+// pool for a while, "decline-ignored" when the DECLINE does not come
+// from the address's holder (see pool.decline). Ignored ones are logged
+// at most once a minute: a flood of them must not flood the log.
+func (s *Server) decline(ctx context.Context, req *dhcpv4.DHCPv4, m Machine) string {
+	mac := macKey(m.MAC)
+	ip := addrOf(req.RequestedIPAddress())
+	if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(s.cfg.ServerIP.AsSlice()) {
+		return "not-ours"
+	}
+	ok, err := s.pool.decline(mac, ip)
+	if err != nil {
+		s.log.Error("saving leases failed", "err", err)
+	}
+	if !ok {
+		s.limited.Warn("decline-ignored", "DHCP DECLINE ignored: the address is not one this MAC was offered or holds", "mac", mac, "ip", ip)
+		return "decline-ignored"
+	}
+	s.log.Warn("client declined an address: something else uses it; it rests out of the pool", "mac", mac, "ip", ip, "for", declineHold)
+	s.released(ctx, req, ip)
+	return "declined"
 }
 
 // released tells the Binder that a lease of this server ended early.

@@ -205,16 +205,36 @@ func (p *pool) release(mac string, ip netip.Addr) error {
 	return p.persist()
 }
 
-// decline takes ip out of the pool for a while.
-func (p *pool) decline(mac string, ip netip.Addr) error {
+// decline takes ip out of the pool for declineHold, if mac may say
+// that it is in use: ip is in the range and is the address this MAC was
+// offered or holds now. Anything else is a stranger's claim (anyone can
+// send a DECLINE with any MAC and any address) and changes nothing, so
+// spoofed DECLINEs can neither empty the pool nor grow the declined set,
+// which never holds more than the range and is pruned here.
+func (p *pool) decline(mac string, ip netip.Addr) (bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.declined[ip] = p.now().Add(declineHold)
-	if l := p.byMAC[mac]; l != nil && l.IP == ip {
-		delete(p.byMAC, mac)
-		delete(p.byIP, ip)
+	now := p.now()
+	l := p.byMAC[mac]
+	if !p.inRange(ip) || l == nil || l.IP != ip || !now.Before(l.Expiry) {
+		return false, nil
 	}
-	return p.persist()
+	for a, until := range p.declined {
+		if !now.Before(until) {
+			delete(p.declined, a)
+		}
+	}
+	p.declined[ip] = now.Add(declineHold)
+	delete(p.byMAC, mac)
+	delete(p.byIP, ip)
+	return true, p.persist()
+}
+
+// declinedCount is the size of the declined set, for tests.
+func (p *pool) declinedCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.declined)
 }
 
 // lookup returns mac's current lease.

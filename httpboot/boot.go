@@ -17,6 +17,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/macaddr"
 )
 
@@ -191,7 +192,9 @@ func (s *Server) imageFile(w http.ResponseWriter, r *http.Request) {
 	// Size and mtime change whenever an image is replaced, which is all
 	// a cache needs; hashing gigabytes per request would not pay.
 	w.Header().Set("ETag", fmt.Sprintf(`"%x-%x"`, st.Size(), st.ModTime().UnixNano()))
-	http.ServeContent(w, r, filepath.Base(path), st.ModTime(), f)
+	// An initrd of hundreds of MB on a slow link takes longer than any
+	// fixed write timeout: the deadline moves as blocks go out.
+	http.ServeContent(httpserve.ProgressWriter(w, s.cfg.WriteTimeout), r, filepath.Base(path), st.ModTime(), f)
 }
 
 // extraInitrd serves the per-boot initrd: once, to the machine.
@@ -251,7 +254,7 @@ func (s *Server) ipxeBinary(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/efi")
-	http.ServeContent(w, r, name, st.ModTime(), f)
+	http.ServeContent(httpserve.ProgressWriter(w, s.cfg.WriteTimeout), r, name, st.ModTime(), f)
 }
 
 // CallbackBody is what the installer posts when it is up.

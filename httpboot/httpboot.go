@@ -17,11 +17,13 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/lograte"
 )
 
 // Errors that Booter returns to get a specific status.
@@ -122,35 +124,50 @@ type Config struct {
 	// Metrics counts this side's requests; it may be nil. The admin
 	// side serves it.
 	Metrics prometheus.Registerer
+	// Limits bound what one source address may ask at once; the zero
+	// value sets none.
+	Limits SourceLimits
+	// WriteTimeout is how long a client may take to accept each block
+	// of an image file (httpserve.ProgressWriter); zero: the default
+	// httpserve.DefaultTimeouts.Write.
+	WriteTimeout time.Duration
 }
 
 // Server is the boot side's HTTP handler.
 type Server struct {
-	cfg    Config
-	booter Booter
-	router chi.Router
+	cfg     Config
+	booter  Booter
+	router  chi.Router
+	sources *sourceTable
 }
 
 // New builds the router. ScriptURL and IPXEBinaryURL below make the
 // URLs of its routes that DHCP hands out.
 func New(cfg Config, b Booter) *Server {
 	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
-	s := &Server{cfg: cfg, booter: b}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = httpserve.DefaultTimeouts.Write
+	}
+	s := &Server{cfg: cfg, booter: b, sources: newSourceTable(cfg.Limits, &lograte.Limiter{Log: cfg.Log, Every: time.Minute})}
 	r := chi.NewRouter()
 	r.Use(httpserve.Observe(httpserve.ObserveConfig{
 		Listener: "boot", Log: cfg.Log, Metrics: cfg.Metrics, Quiet: []string{"/healthz"}, Redact: redactPath,
 	}))
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
-	r.Get("/boot/{file}", s.script)
-	r.Get("/boot/{token}/extra.cpio.gz", s.extraInitrd)
-	r.Get("/images/{name}/kernel", s.imageFile)
-	r.Head("/images/{name}/kernel", s.imageFile)
-	r.Get("/images/{name}/initrd", s.imageFile)
-	r.Head("/images/{name}/initrd", s.imageFile)
-	r.Get("/images/{name}/initrd/{i}", s.imageFile)
-	r.Head("/images/{name}/initrd/{i}", s.imageFile)
-	r.Get("/ipxe/{file}", s.ipxeBinary)
-	r.Head("/ipxe/{file}", s.ipxeBinary)
+	// What a booting machine fetches is limited per source address.
+	r.With(s.sources.limit(true)).Get("/boot/{file}", s.script)
+	r.Group(func(r chi.Router) {
+		r.Use(s.sources.limit(false))
+		r.Get("/boot/{token}/extra.cpio.gz", s.extraInitrd)
+		r.Get("/images/{name}/kernel", s.imageFile)
+		r.Head("/images/{name}/kernel", s.imageFile)
+		r.Get("/images/{name}/initrd", s.imageFile)
+		r.Head("/images/{name}/initrd", s.imageFile)
+		r.Get("/images/{name}/initrd/{i}", s.imageFile)
+		r.Head("/images/{name}/initrd/{i}", s.imageFile)
+		r.Get("/ipxe/{file}", s.ipxeBinary)
+		r.Head("/ipxe/{file}", s.ipxeBinary)
+	})
 	r.Post("/api/v1/callback", s.callback)
 	s.router = r
 	return s

@@ -82,6 +82,50 @@ type Server struct {
 	// MaxDiscovered is how many machines unknown_machines: discover
 	// may record; past it, discovery of another MAC is refused.
 	MaxDiscovered int
+	// limits (issue 11: protocol bounds)
+	Limits Limits
+}
+
+// Limits bound what a client of the protocol servers can hold: time,
+// concurrent transfers, requests per source, event subscribers. Each
+// has a default (DefaultLimits) and a key in `server:`.
+type Limits struct {
+	// TFTPMaxTransfers caps TFTP transfers under way at once.
+	TFTPMaxTransfers int
+	// HTTPHeaderTimeout and HTTPReadTimeout bound reading a request's
+	// headers and the whole request; HTTPIdleTimeout a keep-alive
+	// connection between requests.
+	HTTPHeaderTimeout time.Duration
+	HTTPReadTimeout   time.Duration
+	HTTPIdleTimeout   time.Duration
+	// HTTPWriteTimeout bounds writing a small response, and, for image
+	// files, each block of the body: a client that takes longer to
+	// accept the next block is cut.
+	HTTPWriteTimeout time.Duration
+	// BootMaxPerSource caps the boot-side requests one source address
+	// has in flight; BootScriptsPerMinute the iPXE scripts it may ask
+	// for per minute.
+	BootMaxPerSource     int
+	BootScriptsPerMinute int
+	// SSEWriteTimeout drops an event-stream client that does not take
+	// an event in time; SSEMaxSubscribers caps the streams open at once.
+	SSEWriteTimeout   time.Duration
+	SSEMaxSubscribers int
+}
+
+// DefaultLimits are the limits of a config that sets none.
+func DefaultLimits() Limits {
+	return Limits{
+		TFTPMaxTransfers:     256,
+		HTTPHeaderTimeout:    10 * time.Second,
+		HTTPReadTimeout:      30 * time.Second,
+		HTTPIdleTimeout:      60 * time.Second,
+		HTTPWriteTimeout:     30 * time.Second,
+		BootMaxPerSource:     8,
+		BootScriptsPerMinute: 60,
+		SSEWriteTimeout:      10 * time.Second,
+		SSEMaxSubscribers:    32,
+	}
 }
 
 // The defaults of the limits (issue 11: state).

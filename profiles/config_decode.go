@@ -242,6 +242,7 @@ func (d *decoder) config(root *yaml.Node) *Config {
 			MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP,
 			KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents,
 			MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered,
+			Limits: DefaultLimits(),
 		},
 		DHCP:     DHCP{Mode: DHCPProxy, EFIx64Boot: "ipxe.efi", LeaseTime: time.Hour},
 		Images:   map[string]*Image{},
@@ -288,7 +289,11 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	f := d.fields(n, w, "interfaces", "advertise", "http_listen", "admin_listen", "tls_cert", "tls_key", "tftp_listen",
 		"state_dir", "ipxe_dir", "api_token_file", "ssh_key", "max_installs", "unknown_machines", "discover_image", "trust",
 		// limits (issue 11: state)
-		"keep_boots", "keep_events", "max_unknown_macs", "max_discovered")
+		"keep_boots", "keep_events", "max_unknown_macs", "max_discovered",
+		// limits (issue 11: protocol bounds)
+		"tftp_max_transfers", "http_header_timeout", "http_read_timeout", "http_idle_timeout", "http_write_timeout",
+		"boot_max_per_source", "boot_scripts_per_minute", "sse_write_timeout", "sse_max_subscribers",
+	)
 	s.Interfaces = d.strList(f["interfaces"], w+".interfaces")
 	for i, ifc := range s.Interfaces {
 		if ifc == "" || len(ifc) > 15 || strings.ContainsAny(ifc, "/ \t") {
@@ -325,6 +330,34 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	d.setInt(&s.KeepEvents, f["keep_events"], w+".keep_events", 10, 10000000)
 	d.setInt(&s.MaxUnknownMACs, f["max_unknown_macs"], w+".max_unknown_macs", 1, 1<<20)
 	d.setInt(&s.MaxDiscovered, f["max_discovered"], w+".max_discovered", 1, 1<<20)
+	d.limits(&s.Limits, f, w)
+}
+
+// limits decodes the protocol bounds of `server:` (issue 11).
+func (d *decoder) limits(l *Limits, f map[string]*yaml.Node, w string) {
+	d.setInt(&l.TFTPMaxTransfers, f["tftp_max_transfers"], w+".tftp_max_transfers", 1, 65535)
+	d.setDuration(&l.HTTPHeaderTimeout, f["http_header_timeout"], w+".http_header_timeout", time.Second, time.Hour)
+	d.setDuration(&l.HTTPReadTimeout, f["http_read_timeout"], w+".http_read_timeout", time.Second, time.Hour)
+	d.setDuration(&l.HTTPIdleTimeout, f["http_idle_timeout"], w+".http_idle_timeout", time.Second, time.Hour)
+	d.setDuration(&l.HTTPWriteTimeout, f["http_write_timeout"], w+".http_write_timeout", time.Second, time.Hour)
+	d.setInt(&l.BootMaxPerSource, f["boot_max_per_source"], w+".boot_max_per_source", 1, 10000)
+	d.setInt(&l.BootScriptsPerMinute, f["boot_scripts_per_minute"], w+".boot_scripts_per_minute", 1, 100000)
+	d.setDuration(&l.SSEWriteTimeout, f["sse_write_timeout"], w+".sse_write_timeout", time.Second, time.Hour)
+	d.setInt(&l.SSEMaxSubscribers, f["sse_max_subscribers"], w+".sse_max_subscribers", 1, 10000)
+}
+
+// setDuration reads a Go duration ("30s", "2m") from min to max.
+func (d *decoder) setDuration(dst *time.Duration, n *yaml.Node, where string, min, max time.Duration) {
+	s, ok := d.str(n, where)
+	if !ok {
+		return
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < min || v > max {
+		d.errf(n, where, fmt.Sprintf("a duration from %s to %s, like \"30s\" or \"2m\"", min, max), "bad duration %q", s)
+		return
+	}
+	*dst = v
 }
 
 func (d *decoder) setListen(dst *string, n *yaml.Node, where string) {

@@ -48,6 +48,7 @@ func TestLoadFull(t *testing.T) {
 			DiscoverImage: "nixos",
 			// limits (issue 11: state)
 			KeepBoots: 5, KeepEvents: 200, MaxUnknownMACs: 100, MaxDiscovered: 10,
+			Limits: DefaultLimits(),
 		},
 		DHCP: DHCP{
 			Mode:       DHCPAuthoritative,
@@ -154,7 +155,7 @@ func TestDefaults(t *testing.T) {
 				t.Fatalf("Load: %v", err)
 			}
 			wantServer := Server{AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere", MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP,
-				KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents, MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered}
+				KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents, MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered, Limits: DefaultLimits()}
 			if !reflect.DeepEqual(c.Server, wantServer) {
 				t.Errorf("Server = %+v, want %+v", c.Server, wantServer)
 			}

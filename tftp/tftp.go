@@ -17,11 +17,14 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	tftplib "github.com/pin/tftp/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/ipv4"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/lograte"
 )
 
 // Server is a read-only TFTP server over one directory.
@@ -32,6 +35,13 @@ type Server struct {
 	conn      net.PacketConn
 	transfers *prometheus.CounterVec
 	bytes     prometheus.Counter
+	active    prometheus.Gauge
+	limited   *lograte.Limiter
+
+	// running counts the transfers under way; past maxTransfers a new
+	// request is refused with an ERROR packet.
+	running      atomic.Int64
+	maxTransfers atomic.Int64
 
 	mu     sync.Mutex
 	cache  map[string]cachedFile // resolved path → contents
@@ -55,6 +65,17 @@ const (
 	maxCache  = 64 << 20
 )
 
+// DefaultMaxTransfers is the cap on concurrent transfers when
+// SetMaxTransfers is not called: a rack booting at once is a few dozen,
+// and each transfer holds a socket and a goroutine until its client
+// finishes or times out.
+const DefaultMaxTransfers = 256
+
+// errBusy is what a client past the cap reads in its ERROR packet. PXE
+// ROMs and iPXE retry a failed download; with an answer they do it at
+// once instead of after their own timeouts.
+var errBusy = errors.New("server busy: too many transfers, try again")
+
 // New serves root, which must be a directory. reg may be nil.
 func New(root string, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
 	abs, err := filepath.Abs(root)
@@ -69,14 +90,19 @@ func New(root string, log *slog.Logger, reg prometheus.Registerer) (*Server, err
 		log:   log,
 		cache: map[string]cachedFile{},
 		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pxe_anywhere_tftp_transfers_total", Help: "TFTP read requests, by result (ok, failed, refused, not-found).",
+			Name: "pxe_anywhere_tftp_transfers_total", Help: "TFTP read requests, by result (ok, failed, refused, not-found, busy).",
 		}, []string{"result"}),
 		bytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pxe_anywhere_tftp_bytes_sent_total", Help: "Bytes of files sent over TFTP.",
 		}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pxe_anywhere_tftp_transfers_active", Help: "TFTP transfers under way.",
+		}),
+		limited: &lograte.Limiter{Log: log, Every: time.Minute},
 	}
+	s.maxTransfers.Store(DefaultMaxTransfers)
 	if reg != nil {
-		reg.MustRegister(s.transfers, s.bytes)
+		reg.MustRegister(s.transfers, s.bytes, s.active)
 	}
 	// A nil write handler makes pin/tftp refuse every write request.
 	s.srv = tftplib.NewServer(s.read, nil)
@@ -85,6 +111,15 @@ func New(root string, log *slog.Logger, reg prometheus.Registerer) (*Server, err
 	s.srv.SetTimeout(5 * time.Second)
 	s.srv.SetRetries(5)
 	return s, nil
+}
+
+// SetMaxTransfers caps the transfers under way at once (n >= 1); a
+// request past the cap gets an ERROR packet, counted as "busy".
+func (s *Server) SetMaxTransfers(n int) {
+	if n < 1 {
+		n = 1
+	}
+	s.maxTransfers.Store(int64(n))
 }
 
 // Listen opens the server's socket on addr (":69" in production).
@@ -149,6 +184,18 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		addr := ot.RemoteAddr()
 		client = addr.String()
 	}
+	if s.running.Add(1) > s.maxTransfers.Load() {
+		s.running.Add(-1)
+		s.transfers.WithLabelValues("busy").Inc()
+		s.limited.Warn("busy", "tftp request refused: too many transfers under way (server.tftp_max_transfers)",
+			"file", name, "client", client, "max", s.maxTransfers.Load())
+		return errBusy
+	}
+	s.active.Inc()
+	defer func() {
+		s.running.Add(-1)
+		s.active.Dec()
+	}()
 	log := s.log.With("file", name, "client", client)
 	// refuse counts and logs err; the client is told toClient.
 	refuse := func(err, toClient error) error {

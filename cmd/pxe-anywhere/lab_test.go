@@ -27,7 +27,7 @@ import (
 // with a broken config is refused, SIGHUP with a new reservation gives
 // the machine its new address, and SIGTERM stops it cleanly.
 func TestServeBinaryInLab(t *testing.T) {
-	netlab.Require(t, "udhcpc", "curl")
+	netlab.Require(t, "udhcpc", "curl", "tftp")
 	if _, err := os.Stat("/usr/lib/ipxe/undionly.kpxe"); err != nil {
 		if os.Getenv("PXE_LAB_REQUIRED") == "1" {
 			t.Fatal("ipxe package missing")
@@ -48,6 +48,10 @@ func TestServeBinaryInLab(t *testing.T) {
 	cfgTmpl := `server:
   interfaces: [br0]
   state_dir: %[1]s/state
+  boot_scripts_per_minute: 1
+  http_header_timeout: 1s
+  tftp_max_transfers: 1
+  sse_max_subscribers: 1
 dhcp:
   mode: authoritative
   subnet: 10.83.0.0/24
@@ -105,6 +109,27 @@ machines:
 			t.Fatalf("TFTP download of %s differs from the iPXE binary", name)
 		}
 	}
+	// tftp_max_transfers: 1 reaches TFTP: with a transfer held open
+	// by a client that never ACKs, tftp-hpa reads the server's refusal.
+	var held *net.UDPConn
+	if err := netlab.Do(cl, func() (err error) {
+		held, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("10.83.0.10")})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	held.WriteTo([]byte("\x00\x01undionly.kpxe\x00octet\x00"), &net.UDPAddr{IP: net.ParseIP("10.83.0.1"), Port: 69})
+	held.SetReadDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 1500)
+	n, tid, err := held.ReadFrom(buf)
+	if err != nil || n < 4 || buf[1] != 3 {
+		t.Fatalf("held transfer: no first DATA packet: %v %q", err, buf[:n])
+	}
+	if b, err := lab.Command(cl, "tftp", "10.83.0.1", "-m", "binary", "-c", "get", "undionly.kpxe", filepath.Join(dir, "busy")).CombinedOutput(); !bytes.Contains(b, []byte("busy")) {
+		t.Fatalf("TFTP past tftp_max_transfers: 1: %v %s", err, b)
+	}
+	held.WriteTo([]byte("\x00\x05\x00\x00gave up\x00"), tid)
 	ipxe := dhcpAs(filepath.Join(dir, "ipxe"), "-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x4d:69505845")
 	if len(ipxe) != 3 || ipxe[2] != "http://10.83.0.1:8080/boot/52-54-00-83-00-01.ipxe" {
 		t.Fatalf("iPXE DHCP: %q", ipxe)
@@ -112,6 +137,27 @@ machines:
 	body, err := lab.Command(cl, "curl", "-sSf", "--max-time", "30", ipxe[2]).Output()
 	if err != nil || !bytes.Contains(body, []byte("pxe_anywhere.token=")) || !bytes.Contains(body, []byte("initrd --name extra http://10.83.0.1:8080/boot/")) {
 		t.Fatalf("script: %v\n%s", err, body)
+	}
+	// The limits of the config reach the servers: a second script in
+	// the minute is refused with the wait, and headers that never end
+	// are cut.
+	out, _ := lab.Command(cl, "curl", "-sS", "-D", "-", "-o", "/dev/null", "--max-time", "30", ipxe[2]).Output()
+	if !bytes.Contains(out, []byte("HTTP/1.1 429")) || !bytes.Contains(out, []byte("Retry-After: 60")) {
+		t.Fatalf("second script within boot_scripts_per_minute: 1:\n%s", out)
+	}
+	if err := netlab.Do(cl, func() error {
+		c, err := net.Dial("tcp4", "10.83.0.1:8080")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n")
+		// The deadline only ends a broken run: the server closes first.
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		_, err = io.Copy(io.Discard, c)
+		return err
+	}); err != nil {
+		t.Fatalf("unfinished headers past http_header_timeout: %v", err)
 	}
 	// The machine's network reaches the boot side only: the operator
 	// routes are not on its port, and the admin port is not on its
@@ -131,6 +177,23 @@ machines:
 	if b, _ := lab.Command(lab.Server, "curl", "-sS", "--max-time", "10", "http://127.0.0.1:8081/metrics").Output(); !bytes.Contains(b, []byte("pxe_anywhere_tftp_transfers_total")) || !bytes.Contains(b, []byte("pxe_anywhere_dhcp_requests_total")) || !bytes.Contains(b, []byte(`listener="boot",route="/boot/{file}"`)) {
 		t.Fatalf("admin metrics lack the DHCP, TFTP and boot HTTP counters:\n%.2000s", b)
 	}
+	// sse_max_subscribers: 1 reaches the admin side: with one stream
+	// open, the next is refused with 503.
+	stream := lab.Command(lab.Server, "curl", "-sSN", "--max-time", "60", "-o", "/dev/null", "http://127.0.0.1:8081/events")
+	if err := stream.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stream.Process.Kill(); stream.Wait() }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, _ := lab.Command(lab.Server, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "http://127.0.0.1:8081/events").Output()
+		if string(code) == "503" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("second event stream with sse_max_subscribers: 1: HTTP %s, want 503", code)
+		}
+	}
 	// The CLI's default server is the admin side on loopback.
 	if out, err := lab.Command(lab.Server, bin, "machines", "list", "--token-file", filepath.Join(dir, "state", "api-token")).CombinedOutput(); err != nil || !bytes.Contains(out, []byte("lab-01")) {
 		t.Fatalf("machines list against the default server: %v\n%s", err, out)
@@ -138,7 +201,7 @@ machines:
 	// A broken config on SIGHUP is refused; the server keeps serving.
 	os.WriteFile(cfgPath, []byte(cfg+"bogus: 1\n"), 0o644)
 	srv.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(20 * time.Second)
+	deadline = time.Now().Add(20 * time.Second)
 	for !strings.Contains(logs.String(), "config reload refused") {
 		if time.Now().After(deadline) {
 			t.Fatal("SIGHUP with a broken config was not refused")

@@ -269,6 +269,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	lim := cfg.Server.Limits // read at start; a reload does not change them
+	tsrv.SetMaxTransfers(lim.TFTPMaxTransfers)
 	if err := tsrv.Listen(cfg.Server.TFTPListen); err != nil {
 		return privilegeHint(err)
 	}
@@ -298,13 +300,20 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			IPXEDir: ipxeDir,
 			Log:     log.With("component", "http"),
 			Metrics: reg,
+			Limits: httpboot.SourceLimits{
+				MaxInFlight:      lim.BootMaxPerSource,
+				ScriptsPerMinute: lim.BootScriptsPerMinute,
+			},
+			WriteTimeout: lim.HTTPWriteTimeout,
 		}, prov)},
 		{al, admin.New(admin.Config{
-			APIToken:     apiToken,
-			RequireLogin: !adminLoopback,
-			Log:          log.With("component", "admin"),
-			Metrics:      reg,
-			Reload:       rl.reload,
+			APIToken:          apiToken,
+			RequireLogin:      !adminLoopback,
+			Log:               log.With("component", "admin"),
+			Metrics:           reg,
+			Reload:            rl.reload,
+			SSEWriteTimeout:   lim.SSEWriteTimeout,
+			SSEMaxSubscribers: lim.SSEMaxSubscribers,
 			Warnings: func() []string {
 				if w := weakTrustWarning(prov.Config()); w != "" {
 					return []string{w}
@@ -324,7 +333,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	g.Go(func() error { return dsrv.Serve(gctx) })
 	g.Go(func() error { return tsrv.Serve(gctx) })
 	for _, side := range sides {
-		g.Go(func() error { return httpserve.Serve(gctx, side.l, side.h, log) })
+		g.Go(func() error {
+			return httpserve.ServeTimeouts(gctx, side.l, side.h, log, httpserve.Timeouts{
+				Header: lim.HTTPHeaderTimeout, Read: lim.HTTPReadTimeout, Idle: lim.HTTPIdleTimeout, Write: lim.HTTPWriteTimeout,
+			})
+		})
 	}
 	g.Go(func() error {
 		hup := make(chan os.Signal, 1)

@@ -18,13 +18,41 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Serve serves h on l until ctx is done, then shuts down gracefully:
-// requests in flight get a few seconds, and streams that follow the
-// request's context (the status page's events) end at once.
+// Timeouts bound how long a client may hold a connection without
+// making progress. There is no http.Server.WriteTimeout: it would cut a
+// 300 MB initrd on a slow link. Writes are bounded per request instead
+// (WriteDeadline, and ProgressWriter for files and streams).
+type Timeouts struct {
+	// Header bounds reading a request's headers (slowloris).
+	Header time.Duration
+	// Read bounds reading the whole request, body included.
+	Read time.Duration
+	// Idle bounds a keep-alive connection between requests.
+	Idle time.Duration
+	// Write bounds writing a small response (WriteDeadline), and each
+	// block of a file or each event of a stream (ProgressWriter).
+	Write time.Duration
+}
+
+// DefaultTimeouts are the timeouts when the config sets none.
+var DefaultTimeouts = Timeouts{Header: 10 * time.Second, Read: 30 * time.Second, Idle: 60 * time.Second, Write: 30 * time.Second}
+
+// Serve serves h on l with DefaultTimeouts; see ServeTimeouts.
 func Serve(ctx context.Context, l net.Listener, h http.Handler, log *slog.Logger) error {
+	return ServeTimeouts(ctx, l, h, log, DefaultTimeouts)
+}
+
+// ServeTimeouts serves h on l until ctx is done, then shuts down
+// gracefully: requests in flight get a few seconds, and streams that
+// follow the request's context (the status page's events) end at once.
+// Every request gets the write deadline t.Write (WriteDeadline); the
+// handlers of long responses replace it with their own.
+func ServeTimeouts(ctx context.Context, l net.Listener, h http.Handler, log *slog.Logger, t Timeouts) error {
 	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler:           WriteDeadline(t.Write)(h),
+		ReadHeaderTimeout: t.Header,
+		ReadTimeout:       t.Read,
+		IdleTimeout:       t.Idle,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		// TLS handshakes that fail and recovered panics go to the
 		// server log rather than to stderr unformatted.
@@ -44,6 +72,154 @@ func Serve(ctx context.Context, l net.Listener, h http.Handler, log *slog.Logger
 	}
 	return nil
 }
+
+// WriteDeadline returns middleware that gives each response d to be
+// written, counted from when the handler starts writing it (a reload
+// may take minutes to prepare its answer); a client that does not read
+// its answer in that time loses the connection. A handler that sets a
+// deadline itself (ProgressWriter) keeps its own. Zero sets none.
+func WriteDeadline(d time.Duration) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		if d <= 0 {
+			return next
+		}
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			next.ServeHTTP(&deadlineWriter{ResponseWriter: w, d: d}, r)
+		})
+	}
+}
+
+// deadlineWriter sets the write deadline at the first write.
+type deadlineWriter struct {
+	http.ResponseWriter
+	d     time.Duration
+	armed bool // a deadline is set, by the first write or by the handler
+}
+
+func (w *deadlineWriter) arm() {
+	if !w.armed {
+		w.armed = true
+		_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Now().Add(w.d))
+	}
+}
+
+func (w *deadlineWriter) WriteHeader(code int) {
+	w.arm()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *deadlineWriter) Write(b []byte) (int, error) {
+	w.arm()
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *deadlineWriter) ReadFrom(src io.Reader) (int64, error) {
+	w.arm()
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(src)
+	}
+	return io.Copy(w.ResponseWriter, src)
+}
+
+func (w *deadlineWriter) FlushError() error {
+	w.arm()
+	return http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// SetWriteDeadline is what http.ResponseController calls: a handler's
+// own deadline replaces this one.
+func (w *deadlineWriter) SetWriteDeadline(t time.Time) error {
+	w.armed = true
+	return http.NewResponseController(w.ResponseWriter).SetWriteDeadline(t)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// progressBlock is the N of "at least N bytes per T" for files: each
+// block of a file body must be taken by the client within the write
+// timeout. 256 KiB per 30 s is 8.7 kB/s, far below any link that can
+// boot a 300 MB initrd in reasonable time, and far above a client
+// that stopped reading.
+const progressBlock = 256 << 10
+
+// ProgressWriter wraps w for a long response (an image file, an event
+// stream): before each block of at most progressBlock bytes, or each
+// Write, the write deadline moves to d from now, so a response of any
+// length goes through as long as the client keeps taking it, and a
+// client that stops is cut after d. (http.Server.ReadTimeout does not
+// cut such a response: net/http lifts the read deadline once the
+// request body is read.) File bodies still go out with sendfile: each
+// block is handed to the connection as an io.LimitedReader over the
+// file.
+func ProgressWriter(w http.ResponseWriter, d time.Duration) http.ResponseWriter {
+	return &progressWriter{ResponseWriter: w, rc: http.NewResponseController(w), d: d}
+}
+
+type progressWriter struct {
+	http.ResponseWriter
+	rc *http.ResponseController
+	d  time.Duration
+}
+
+func (p *progressWriter) extend() { _ = p.rc.SetWriteDeadline(time.Now().Add(p.d)) }
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	p.extend()
+	return p.ResponseWriter.Write(b)
+}
+
+func (p *progressWriter) ReadFrom(src io.Reader) (int64, error) {
+	// ServeContent hands over the file as an io.LimitedReader (the
+	// range); the block keeps the file one level down, where sendfile
+	// finds it.
+	inner, limit := src, int64(-1)
+	if lr, ok := src.(*io.LimitedReader); ok {
+		inner, limit = lr.R, lr.N
+		defer func() { lr.N = limit }()
+	}
+	var total int64
+	for limit != 0 {
+		n := int64(progressBlock)
+		if limit > 0 && limit < n {
+			n = limit
+		}
+		p.extend()
+		var got int64
+		var err error
+		if rf, ok := p.ResponseWriter.(io.ReaderFrom); ok {
+			got, err = rf.ReadFrom(&io.LimitedReader{R: inner, N: n})
+		} else {
+			got, err = io.Copy(p.ResponseWriter, &io.LimitedReader{R: inner, N: n})
+		}
+		total += got
+		if limit > 0 {
+			limit -= got
+		}
+		if err != nil {
+			return total, err
+		}
+		if got < n {
+			return total, nil // the source ended
+		}
+	}
+	return total, nil
+}
+
+// Flush sends what is buffered, under the same deadline as a write.
+func (p *progressWriter) Flush() {
+	p.extend()
+	_ = p.rc.Flush()
+}
+
+// FlushError is Flush that says whether the client took it.
+func (p *progressWriter) FlushError() error {
+	p.extend()
+	return p.rc.Flush()
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (p *progressWriter) Unwrap() http.ResponseWriter { return p.ResponseWriter }
 
 // WriteJSON answers v as indented JSON with status code.
 func WriteJSON(w http.ResponseWriter, code int, v any) {
@@ -180,8 +356,10 @@ func (r *statusRecorder) ReadFrom(src io.Reader) (int64, error) {
 // Unwrap lets http.ResponseController reach the connection.
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
-func (r *statusRecorder) Flush() {
-	if f, ok := r.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
+func (r *statusRecorder) Flush() { _ = r.FlushError() }
+
+// FlushError is Flush that reports a client that did not take it, for
+// http.ResponseController.
+func (r *statusRecorder) FlushError() error {
+	return http.NewResponseController(r.ResponseWriter).Flush()
 }
