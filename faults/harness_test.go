@@ -82,7 +82,7 @@ type fixture struct {
 	state   string
 	cfgPath string
 	fakeNix string // FAKE_NIX_DIR
-	stall   string // while this file exists, nix copy stalls on the wire
+	stall   string // while this file exists, a nix copy of the store path it names stalls on the wire
 	bin     string
 
 	srv    *exec.Cmd
@@ -161,10 +161,13 @@ func newFixture(t *testing.T, o options) *fixture {
 	binDir := filepath.Join(f.dir, "bin")
 	os.Mkdir(binDir, 0o755)
 	wrapper := `#!/bin/sh
+# A copy of the store path named in the stall file stalls on the wire.
 if [ "$1" = copy ] && [ -f ` + f.stall + ` ]; then
-  for a; do case $a in ssh://*) dest=${a#ssh://}; dest=${dest%%\?*};; esac; done
-  # shellcheck disable=SC2086
-  ssh $NIX_SSHOPTS "$dest" 'touch "$PXE_TARGET_DIR/copying"; sleep 600'
+  case "$*" in *"$(cat ` + f.stall + `)"*)
+    for a; do case $a in ssh://*) dest=${a#ssh://}; dest=${dest%%\?*};; esac; done
+    # shellcheck disable=SC2086
+    ssh $NIX_SSHOPTS "$dest" 'touch "$PXE_TARGET_DIR/copying"; sleep 600' ;;
+  esac
 fi
 exec ` + fake + ` "$@"
 `
