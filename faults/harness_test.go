@@ -71,6 +71,7 @@ type options struct {
 	sshOptions string // appended inside profiles.web.ssh.options
 	top        string // extra top-level sections
 	stateDir   string // "": a directory of the test's own
+	tmpfs      string // when set, the state directory is a tmpfs of this size (mount -o size=)
 }
 
 // fixture is one server, its machine and its flooder.
@@ -148,6 +149,13 @@ func newFixture(t *testing.T, o options) *fixture {
 	f.state = o.stateDir
 	if f.state == "" {
 		f.state = filepath.Join(f.dir, "state")
+	}
+	if o.tmpfs != "" {
+		// The child runs under ip netns exec, in a mount namespace of
+		// its own: the mount is seen by serve and by nothing else.
+		os.MkdirAll(f.state, 0o700)
+		f.lab.Run(nil, "mount", "-t", "tmpfs", "-o", "size="+o.tmpfs+",mode=700", "tmpfs", f.state)
+		t.Cleanup(func() { _ = exec.Command("umount", f.state).Run() })
 	}
 	f.fakeNix = t.TempDir()
 	f.stall = filepath.Join(f.dir, "stall-copy")
