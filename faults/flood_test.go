@@ -124,7 +124,7 @@ func (f *fixture) dhcpFlood(t *testing.T, n int, build func(i int) *dhcpv4.DHCPv
 // Needs part A: a DECLINE counts only for an in-range address that
 // this MAC was offered or holds; the declined set is bounded.
 func TestFloodDecline(t *testing.T) {
-	f := newFixture(t, options{})
+	f := newFixture(t, options{server: floodServer, top: floodTop})
 	if f == nil {
 		return
 	}
@@ -159,7 +159,7 @@ func TestFloodDecline(t *testing.T) {
 //
 // Needs part C: unknown-MAC tracking capped.
 func TestFloodDiscover(t *testing.T) {
-	f := newFixture(t, options{})
+	f := newFixture(t, options{server: floodServer, top: floodTop})
 	if f == nil {
 		return
 	}
@@ -187,7 +187,7 @@ func TestFloodDiscover(t *testing.T) {
 // Needs parts A (per-source limit on /boot) and C (events pruned to the
 // last N per machine) for the database bound.
 func TestFloodBootRequests(t *testing.T) {
-	f := newFixture(t, options{})
+	f := newFixture(t, options{server: floodServer, top: floodTop})
 	if f == nil {
 		return
 	}
