@@ -195,7 +195,7 @@ func TestFloodBootRequests(t *testing.T) {
 	cfg := filepath.Join(f.dir, "flood.curl")
 	var b strings.Builder
 	for range bootFlood {
-		fmt.Fprintf(&b, "url = \"%s%s\"\noutput = \"/dev/null\"\n", bootBase, scriptPath)
+		fmt.Fprintf(&b, "url = \"%s%s\"\noutput = \"/dev/null\"\n", bootBase, scriptOf(macA))
 	}
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)

@@ -40,14 +40,15 @@ import (
 )
 
 const (
-	labPrefix  = "10.86.0.0/24"
-	serverIP   = "10.86.0.1"
-	macA       = "52:54:00:86:00:01"
-	ipA        = "10.86.0.10" // the machine's reservation
-	bootBase   = "http://" + serverIP + ":8080"
-	adminBase  = "http://127.0.0.1:8081"
-	scriptPath = "/boot/52-54-00-86-00-01.ipxe"
-	sshPort    = 2222 // where sshtarget listens inside a namespace
+	labPrefix = "10.86.0.0/24"
+	serverIP  = "10.86.0.1"
+	macA      = "52:54:00:86:00:01"
+	ipA       = "10.86.0.10" // the machine's reservation
+	macB      = "52:54:00:86:00:02"
+	ipB       = "10.86.0.11"
+	bootBase  = "http://" + serverIP + ":8080"
+	adminBase = "http://127.0.0.1:8081"
+	sshPort   = 2222 // where sshtarget listens inside a namespace
 )
 
 // Config that the other parts of issue 11 add. Each is here, in one
@@ -85,14 +86,19 @@ type options struct {
 
 // fixture is one server, its machine and its flooder.
 type fixture struct {
-	lab     *netlab.Lab
-	machine *netlab.NS // the machine to install (macA)
-	other   *netlab.NS // a second host on the bridge: flooder, attacker
+	lab *netlab.Lab
+	// The machine that the methods below drive: macA at ipA in its
+	// namespace, unless forMachine made a view of another.
+	machine *netlab.NS
+	mac, ip string
+	second  *netlab.NS // the namespace of a second machine, macB at ipB
+	other   *netlab.NS // a host on the bridge that is no machine: flooder, attacker
 	dir     string
 	state   string
 	cfgPath string
 	fakeNix string // FAKE_NIX_DIR
 	stall   string // while this file exists, a nix copy of the store path it names stalls on the wire
+	engines string // disko's lock and its record of overlaps
 	bin     string
 
 	srv    *exec.Cmd
@@ -151,10 +157,10 @@ func newFixture(t *testing.T, o options) *fixture {
 	if lab == nil {
 		t.Setenv(binEnv, serveBinary(t))
 		lab = netlab.New(t, labPrefix)
-		lab.RunInServer(t, lab.Client(macA), lab.Client("52:54:00:86:66:66"))
+		lab.RunInServer(t, lab.Client(macA), lab.Client(macB), lab.Client("52:54:00:86:66:66"))
 		return nil
 	}
-	f := &fixture{lab: lab, machine: clients[0], other: clients[1], dir: t.TempDir(), bin: os.Getenv(binEnv)}
+	f := &fixture{lab: lab, machine: clients[0], mac: macA, ip: ipA, second: clients[1], other: clients[2], dir: t.TempDir(), bin: os.Getenv(binEnv)}
 	f.state = filepath.Join(f.dir, "state")
 	if o.tmpfs != "" {
 		// The child runs under ip netns exec, in a mount namespace of
@@ -188,8 +194,22 @@ exec ` + fake + ` "$@"
 	if err := os.WriteFile(filepath.Join(binDir, "nix"), []byte(wrapper), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	disko := addToStore(t, "pxe-faults-disko", "#!/bin/sh\necho disko >> \"$PXE_TARGET_DIR/calls\"\n"+
-		"if [ -f \"$PXE_TARGET_DIR/hang\" ]; then sleep 600; fi\n"+sshtarget.DiskoScriptStandIn)
+	// disko holds a lock shared by every target of the test while it
+	// runs, and records when it finds the lock taken: two engines at
+	// once, seen from the targets. It waits while the target's "hang"
+	// exists, as a long format does, and fails once if "fail-once"
+	// exists.
+	f.engines = filepath.Join(f.dir, "engines")
+	os.Mkdir(f.engines, 0o755)
+	disko := addToStore(t, "pxe-faults-disko", `#!/bin/sh
+echo disko >> "$PXE_TARGET_DIR/calls"
+mkdir `+f.engines+`/lock 2>/dev/null || echo "overlap $PXE_TARGET_DIR" >> `+f.engines+`/overlaps
+while [ -f "$PXE_TARGET_DIR/hang" ]; do sleep 0.1; done
+rmdir `+f.engines+`/lock
+if [ -f "$PXE_TARGET_DIR/fail-once" ]; then
+  rm -f "$PXE_TARGET_DIR/fail-once"; echo "disko: failing once, as the test asked" >&2; exit 1
+fi
+`+sshtarget.DiskoScriptStandIn)
 	system := addToStore(t, "pxe-faults-system", "#!/bin/sh\n# init\n")
 	for _, name := range []string{"bzImage", "initrd"} {
 		os.WriteFile(filepath.Join(f.dir, name), []byte("image file "+name+strings.Repeat(".", 5000)), 0o644)
@@ -214,7 +234,8 @@ profiles:
     after_install: reboot
 %[10]smachines:
   - {mac: "%[11]s", profile: web, hostname: web-01, ip: %[12]s}
-%[13]s`, serverIP, f.state, o.server, labPrefix, f.dir, disko, system, sshPort, o.sshOptions, o.profile, macA, ipA, o.top)
+  - {mac: "%[14]s", profile: web, hostname: web-02, ip: %[15]s}
+%[13]s`, serverIP, f.state, o.server, labPrefix, f.dir, disko, system, sshPort, o.sshOptions, o.profile, macA, ipA, o.top, macB, ipB)
 	f.cfgPath = filepath.Join(f.dir, "config.yaml")
 	if err := os.WriteFile(f.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -356,7 +377,7 @@ type event struct {
 func (f *fixture) machineState(t *testing.T) machineView {
 	t.Helper()
 	var m machineView
-	f.api(t, "GET", "/api/v1/machines/"+macA, &m)
+	f.api(t, "GET", "/api/v1/machines/"+f.mac, &m)
 	return m
 }
 
@@ -366,7 +387,7 @@ func (f *fixture) events(t *testing.T) []event {
 	var all []event
 	for {
 		var page []event
-		f.api(t, "GET", fmt.Sprintf("/api/v1/machines/%s/events?after=%d", macA, lastID(all)), &page)
+		f.api(t, "GET", fmt.Sprintf("/api/v1/machines/%s/events?after=%d", f.mac, lastID(all)), &page)
 		if len(page) == 0 {
 			return all
 		}
@@ -401,6 +422,19 @@ func eventsKept(t *testing.T, before, after []event) {
 			t.Fatalf("event %d changed across the fault: %+v, now %+v", i, before[i], after[i])
 		}
 	}
+}
+
+// forMachine is a view of the fixture that drives the machine mac at
+// ip in namespace ns; the server and its state are shared.
+func (f *fixture) forMachine(ns *netlab.NS, mac, ip string) *fixture {
+	g := *f
+	g.machine, g.mac, g.ip = ns, mac, ip
+	return &g
+}
+
+// scriptOf is the path of a machine's boot script, as DHCP names it.
+func scriptOf(mac string) string {
+	return "/boot/" + strings.ReplaceAll(mac, ":", "-") + ".ipxe"
 }
 
 // waitState waits for the machine to reach want and returns it.
@@ -458,8 +492,8 @@ func (f *fixture) askScript(t *testing.T) (code int, body string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ip != ipA || bootFile != bootBase+scriptPath {
-		t.Fatalf("DHCP as iPXE got %s %s, want %s %s", ip, bootFile, ipA, bootBase+scriptPath)
+	if want := bootBase + scriptOf(f.mac); ip != f.ip || bootFile != want {
+		t.Fatalf("DHCP as iPXE got %s %s, want %s %s", ip, bootFile, f.ip, want)
 	}
 	out, err := f.curl(f.machine, "-o", "-", "-w", "\n%{http_code}", bootFile)
 	if err != nil {
@@ -526,7 +560,7 @@ func (f *fixture) boot(t *testing.T) (token string, hostKey, authKeys []byte) {
 // address with the keys from its extra initrd.
 func (f *fixture) installerUp(t *testing.T, hostKey, authKeys []byte) *sshtarget.Target {
 	t.Helper()
-	return sshtarget.Start(t, sshtarget.Options{HostKeyPEM: hostKey, AuthorizedKeys: authKeys, NetNS: f.machine.Name, ListenAddr: ipA})
+	return sshtarget.Start(t, sshtarget.Options{HostKeyPEM: hostKey, AuthorizedKeys: authKeys, NetNS: f.machine.Name, ListenAddr: f.ip})
 }
 
 // callback is the installer calling back; it fails the test unless the
@@ -534,7 +568,7 @@ func (f *fixture) installerUp(t *testing.T, hostKey, authKeys []byte) *sshtarget
 func (f *fixture) callback(t *testing.T, token string) {
 	t.Helper()
 	code, _ := f.curl(f.machine, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json",
-		"-d", `{"token":"`+token+`","address":"`+ipA+`"}`, bootBase+"/api/v1/callback")
+		"-d", `{"token":"`+token+`","address":"`+f.ip+`"}`, bootBase+"/api/v1/callback")
 	if code != "200" {
 		t.Fatalf("callback: HTTP %s", code)
 	}
@@ -565,7 +599,7 @@ func (f *fixture) install(t *testing.T) *sshtarget.Target {
 // reinstall asks, as an operator, for the machine to install again.
 func (f *fixture) reinstall(t *testing.T) {
 	t.Helper()
-	f.api(t, "POST", "/api/v1/machines/"+macA+"/reinstall", nil)
+	f.api(t, "POST", "/api/v1/machines/"+f.mac+"/reinstall", nil)
 }
 
 // waitFile waits for path to exist (a stand-in says where it is).
