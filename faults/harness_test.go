@@ -101,10 +101,11 @@ type fixture struct {
 	engines string // disko's lock and its record of overlaps
 	bin     string
 
-	srv    *exec.Cmd
-	logs   *syncbuf.Buffer
-	exited chan error
-	token  string
+	srv     *exec.Cmd
+	logs    *syncbuf.Buffer
+	exited  chan struct{} // closed when serve has ended; waitErr is then set
+	waitErr error
+	token   string
 }
 
 // binEnv carries the binary that the parent built into the child.
@@ -269,11 +270,13 @@ func (f *fixture) start(t *testing.T) {
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- srv.Wait() }()
+	exited := make(chan struct{})
 	f.srv, f.logs, f.exited = srv, logs, exited
+	go func() { f.waitErr = srv.Wait(); close(exited) }()
 	t.Cleanup(func() {
-		if srv.ProcessState == nil {
+		select {
+		case <-exited:
+		default:
 			_ = srv.Process.Kill()
 			<-exited
 		}
@@ -285,9 +288,8 @@ func (f *fixture) start(t *testing.T) {
 	deadline := time.Now().Add(time.Minute)
 	for {
 		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("serve exited at start: %v\n%s", err, logs.String())
+		case <-exited:
+			t.Fatalf("serve exited at start: %v\n%s", f.waitErr, logs.String())
 		default:
 		}
 		if code, _ := httpGet(bootBase + "/healthz"); code != 0 {
@@ -312,9 +314,9 @@ func (f *fixture) stop(t *testing.T, sig syscall.Signal) {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-f.exited:
-		if sig == syscall.SIGTERM && err != nil {
-			t.Fatalf("serve exited with %v on SIGTERM", err)
+	case <-f.exited:
+		if sig == syscall.SIGTERM && f.waitErr != nil {
+			t.Fatalf("serve exited with %v on SIGTERM", f.waitErr)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("serve did not stop on %v", sig)
@@ -425,7 +427,8 @@ func eventsKept(t *testing.T, before, after []event) {
 }
 
 // forMachine is a view of the fixture that drives the machine mac at
-// ip in namespace ns; the server and its state are shared.
+// ip in namespace ns; the server and its state are shared. Start, stop
+// and integrity stay with the fixture itself.
 func (f *fixture) forMachine(ns *netlab.NS, mac, ip string) *fixture {
 	g := *f
 	g.machine, g.mac, g.ip = ns, mac, ip
@@ -621,7 +624,9 @@ func waitFile(t *testing.T, path string, within time.Duration) {
 // the state database, opened read-only.
 func (f *fixture) integrity(t *testing.T) {
 	t.Helper()
-	if f.srv.ProcessState == nil {
+	select {
+	case <-f.exited:
+	default:
 		f.stop(t, syscall.SIGTERM)
 	}
 	db, err := sql.Open("sqlite", "file:"+filepath.Join(f.state, "state.db")+"?mode=ro")
