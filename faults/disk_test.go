@@ -61,10 +61,11 @@ func TestFaultStateDirFull(t *testing.T) {
 	}
 	code, body := f.askScript(t)
 	if (code != http.StatusInternalServerError && code != http.StatusServiceUnavailable) || !saysStorage(body) {
-		t.Fatalf("boot script with the state directory full: HTTP %d %q, want 500 or 503 with a message that names the state store", code, body)
+		t.Errorf("boot script with the state directory full: HTTP %d %q, want 500 or 503 with a message that names the state store", code, body)
 	}
+	// Both are checked, and the recovery measured, whatever they say.
 	if c, b := httpGet(bootBase + "/healthz"); c != http.StatusServiceUnavailable {
-		t.Fatalf("/healthz with the state directory full: HTTP %d %q, want 503", c, b)
+		t.Errorf("/healthz with the state directory full: HTTP %d %q, want 503", c, b)
 	}
 
 	if err := os.Remove(filler); err != nil {
