@@ -84,7 +84,7 @@ type options struct {
 	tmpfs      string // when set, the state directory is a tmpfs of this size (mount -o size=)
 }
 
-// fixture is one server, its machine and its flooder.
+// fixture is one server, the machines it installs and a flooder.
 type fixture struct {
 	lab *netlab.Lab
 	// The machine that the methods below drive: macA at ipA in its
