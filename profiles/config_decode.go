@@ -240,6 +240,8 @@ func (d *decoder) config(root *yaml.Node) *Config {
 		Server: Server{
 			AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere",
 			MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP,
+			// limits (issue 11: engine)
+			TargetLineBytes: 64 << 10, TargetOutputBytes: 16 << 20, InstallLogHead: 2000, InstallLogTail: 3000,
 		},
 		DHCP:     DHCP{Mode: DHCPProxy, EFIx64Boot: "ipxe.efi", LeaseTime: time.Hour},
 		Images:   map[string]*Image{},
@@ -284,7 +286,9 @@ func (d *decoder) named(n *yaml.Node, section string) []entry {
 func (d *decoder) server(s *Server, n *yaml.Node) {
 	const w = "server"
 	f := d.fields(n, w, "interfaces", "advertise", "http_listen", "admin_listen", "tls_cert", "tls_key", "tftp_listen",
-		"state_dir", "ipxe_dir", "api_token_file", "ssh_key", "max_installs", "unknown_machines", "discover_image", "trust")
+		"state_dir", "ipxe_dir", "api_token_file", "ssh_key", "max_installs", "unknown_machines", "discover_image", "trust",
+		// limits (issue 11: engine)
+		"target_line_bytes", "target_output_bytes", "install_log_head", "install_log_tail")
 	s.Interfaces = d.strList(f["interfaces"], w+".interfaces")
 	for i, ifc := range s.Interfaces {
 		if ifc == "" || len(ifc) > 15 || strings.ContainsAny(ifc, "/ \t") {
@@ -309,6 +313,11 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	d.setPath(&s.APITokenFile, f["api_token_file"], w+".api_token_file")
 	d.setPath(&s.SSHKey, f["ssh_key"], w+".ssh_key")
 	d.setInt(&s.MaxInstalls, f["max_installs"], w+".max_installs", 1, 1024)
+	// limits (issue 11: engine)
+	d.setInt(&s.TargetLineBytes, f["target_line_bytes"], w+".target_line_bytes", 256, 64<<20)
+	d.setInt(&s.TargetOutputBytes, f["target_output_bytes"], w+".target_output_bytes", 4096, 1<<30)
+	d.setInt(&s.InstallLogHead, f["install_log_head"], w+".install_log_head", 10, 1000000)
+	d.setInt(&s.InstallLogTail, f["install_log_tail"], w+".install_log_tail", 10, 1000000)
 	if v, ok := d.enum(f["unknown_machines"], w+".unknown_machines", string(UnknownIgnore), string(UnknownLocalBoot), string(UnknownDiscover)); ok {
 		s.UnknownMachines = UnknownPolicy(v)
 	}
@@ -316,6 +325,21 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	if v, ok := d.enum(f["trust"], w+".trust", string(TrustDHCP), string(TrustMAC)); ok {
 		s.Trust = Trust(v)
 	}
+}
+
+// setDuration parses a duration like "45m" between min and max.
+func (d *decoder) setDuration(dst *time.Duration, n *yaml.Node, where string, min, max time.Duration) bool {
+	s, ok := d.str(n, where)
+	if !ok {
+		return false
+	}
+	t, err := time.ParseDuration(s)
+	if err != nil || t < min || t > max {
+		d.errf(n, where, fmt.Sprintf(`a duration from %s to %s, like "45m" or "2h"`, min, max), "bad duration %q", s)
+		return false
+	}
+	*dst = t
+	return true
 }
 
 func (d *decoder) setListen(dst *string, n *yaml.Node, where string) {
@@ -473,12 +497,13 @@ var phases = []string{PhaseKexec, PhaseDisko, PhaseInstall, PhaseReboot}
 func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 	p := &Profile{
 		Name:         name,
-		SSH:          SSHSettings{User: "root", Port: 22},
+		SSH:          SSHSettings{User: "root", Port: 22, KeepaliveInterval: 15 * time.Second, KeepaliveCountMax: 3},
 		AfterInstall: AfterReboot,
 		Phases:       []string{PhaseDisko, PhaseInstall, PhaseReboot},
 	}
 	f := d.fields(n, w, "image", "flake", "store_paths", "disk_encryption_keys", "extra_files",
-		"chown", "kernel_params", "ssh", "after_install", "retries", "phases", "trust")
+		"chown", "kernel_params", "ssh", "after_install", "retries", "phases", "trust",
+		"timeouts") // limits (issue 11: engine)
 	d.setStr(&p.Image, f["image"], w+".image")
 	if p.Image == "" {
 		d.errAt(d.lines[w], w, "name one of the images: entries", "missing image")
@@ -552,7 +577,10 @@ func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 	}
 	p.KernelParams = d.strList(f["kernel_params"], w+".kernel_params")
 	if f["ssh"] != nil {
-		sf := d.fields(f["ssh"], w+".ssh", "user", "port", "options")
+		sf := d.fields(f["ssh"], w+".ssh", "user", "port", "options", "keepalive_interval", "keepalive_count_max")
+		// limits (issue 11: engine)
+		d.setDuration(&p.SSH.KeepaliveInterval, sf["keepalive_interval"], w+".ssh.keepalive_interval", time.Second, time.Hour)
+		d.setInt(&p.SSH.KeepaliveCountMax, sf["keepalive_count_max"], w+".ssh.keepalive_count_max", 1, 1000)
 		d.setStr(&p.SSH.User, sf["user"], w+".ssh.user")
 		if p.SSH.User == "" || strings.ContainsAny(p.SSH.User, " \t@:/") {
 			d.errf(sf["user"], w+".ssh.user", "a login name like root", "bad user %q", p.SSH.User)
@@ -577,6 +605,21 @@ func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 		p.AfterInstall = v
 	}
 	d.setInt(&p.Retries, f["retries"], w+".retries", 0, 100)
+	// limits (issue 11: engine)
+	for _, e := range d.entries(f["timeouts"], w+".timeouts") {
+		where := w + ".timeouts." + e.key
+		if e.key != "probe" && !contains(phases, e.key) {
+			d.errf(e.kn, where, suggest(e.key, append([]string{"probe"}, phases...), "valid: probe, "+strings.Join(phases, ", ")), "unknown phase %q", e.key)
+			continue
+		}
+		var t time.Duration
+		if d.setDuration(&t, e.v, where, 10*time.Second, 7*24*time.Hour) {
+			if p.Timeouts == nil {
+				p.Timeouts = map[string]time.Duration{}
+			}
+			p.Timeouts[e.key] = t
+		}
+	}
 	if v, ok := d.enum(f["trust"], w+".trust", string(TrustDHCP), string(TrustMAC)); ok {
 		p.Trust = Trust(v)
 	}
