@@ -122,6 +122,9 @@ type Config struct {
 	// Metrics counts this side's requests; it may be nil. The admin
 	// side serves it.
 	Metrics prometheus.Registerer
+	// Health, when set, is asked by /healthz: an error answers 503
+	// with its text (state writes failing, say).
+	Health func(ctx context.Context) error
 }
 
 // Server is the boot side's HTTP handler.
@@ -140,7 +143,7 @@ func New(cfg Config, b Booter) *Server {
 	r.Use(httpserve.Observe(httpserve.ObserveConfig{
 		Listener: "boot", Log: cfg.Log, Metrics: cfg.Metrics, Quiet: []string{"/healthz"}, Redact: redactPath,
 	}))
-	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	r.Get("/healthz", s.healthz)
 	r.Get("/boot/{file}", s.script)
 	r.Get("/boot/{token}/extra.cpio.gz", s.extraInitrd)
 	r.Get("/images/{name}/kernel", s.imageFile)
@@ -154,6 +157,18 @@ func New(cfg Config, b Booter) *Server {
 	r.Post("/api/v1/callback", s.callback)
 	s.router = r
 	return s
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Health != nil {
+		if err := s.cfg.Health(r.Context()); err != nil {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "unhealthy: %v\n", err)
+			return
+		}
+	}
+	fmt.Fprintln(w, "ok")
 }
 
 // ScriptURL is where iPXE fetches mac's script (the route /boot/{file}):

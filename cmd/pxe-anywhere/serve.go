@@ -289,6 +289,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			IPXEDir: ipxeDir,
 			Log:     log.With("component", "http"),
 			Metrics: reg,
+			Health:  prov.Health,
 		}, prov)},
 		{al, admin.New(admin.Config{
 			APIToken:     apiToken,
