@@ -59,9 +59,9 @@ type Server struct {
 	IPXEDir    string
 	// APITokenFile and SSHKey are "" when unset: the caller derives them
 	// from StateDir, because only then may it create them.
-	APITokenFile    string
-	SSHKey          string
-	MaxInstalls     int
+	APITokenFile string
+	SSHKey       string
+	MaxInstalls  int
 
 	// limits (issue 11: engine): bounds on what a target feeds the
 	// engine. A line longer than TargetLineBytes is cut; command output
@@ -73,8 +73,8 @@ type Server struct {
 	TargetOutputBytes int
 	InstallLogHead    int
 	InstallLogTail    int
-	UnknownMachines UnknownPolicy
-	DiscoverImage   string
+	UnknownMachines   UnknownPolicy
+	DiscoverImage     string
 	// Trust is how boots are bound to machines, for profiles that do
 	// not say and for discovered machines.
 	Trust Trust
@@ -216,7 +216,7 @@ type Profile struct {
 	// limits (issue 11: engine): the timeout of each phase (and of
 	// "probe") that differs from the engine's default.
 	Timeouts map[string]time.Duration
-	Trust              Trust // "" means server.trust
+	Trust    Trust // "" means server.trust
 }
 
 // TrustOf is the trust in force for machines of profile p (nil: a

@@ -187,14 +187,14 @@ func (p *Provisioner) engineOptions(b profiles.Boot, prof *profiles.Profile, ip 
 		MaxLineBytes:      srv.TargetLineBytes,
 		MaxOutputBytes:    int64(srv.TargetOutputBytes),
 		Target:            installer.Target{Host: ip, Port: prof.SSH.Port, User: prof.SSH.User},
-		Signers:      []ssh.Signer{p.signer},
-		IdentityFile: p.keyFile,
-		HostKey:      hostKey,
-		SSHOptions:   prof.SSH.Options,
-		Phases:       prof.Phases,
-		Flake:        prof.Flake,
-		ExtraFiles:   prof.ExtraFiles,
-		AfterInstall: prof.AfterInstall,
+		Signers:           []ssh.Signer{p.signer},
+		IdentityFile:      p.keyFile,
+		HostKey:           hostKey,
+		SSHOptions:        prof.SSH.Options,
+		Phases:            prof.Phases,
+		Flake:             prof.Flake,
+		ExtraFiles:        prof.ExtraFiles,
+		AfterInstall:      prof.AfterInstall,
 	}
 	if sp := prof.StorePaths; sp != nil {
 		o.StorePaths = &installer.StorePaths{Disko: sp.Disko, System: sp.System}
