@@ -613,7 +613,7 @@ func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 			continue
 		}
 		var t time.Duration
-		if d.setDuration(&t, e.v, where, 10*time.Second, 7*24*time.Hour) {
+		if d.setDuration(&t, e.v, where, time.Second, 7*24*time.Hour) {
 			if p.Timeouts == nil {
 				p.Timeouts = map[string]time.Duration{}
 			}
