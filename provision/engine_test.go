@@ -149,7 +149,7 @@ func (l *engineLab) wait(t *testing.T, i int, want profiles.State) profiles.Mach
 		if r.State == want {
 			return r
 		}
-		if time.Now().After(deadline) {
+		if r.State == profiles.StateFailed || r.State == profiles.StateInstalled || time.Now().After(deadline) {
 			t.Fatalf("machine %d is %s (%s), want %s", i, r.State, r.Error, want)
 		}
 		time.Sleep(20 * time.Millisecond)

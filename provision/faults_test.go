@@ -204,4 +204,3 @@ func TestStaleInstallingBootsAgain(t *testing.T) {
 		t.Errorf("no event says why:\n%s", ev)
 	}
 }
-
