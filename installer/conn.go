@@ -421,7 +421,7 @@ func (c *Conn) run(ctx context.Context, cmd, shown string, stdin io.Reader, out 
 		s.Close()
 		// sshd keeps the channel open until the command ends and will not
 		// signal a root login's command: only closing the connection ends
-		// the wait, and the command dies when it next writes.
+		// the wait, and then the guard (see wrap) kills the command.
 		c.client.Close()
 	})
 	defer stop()
