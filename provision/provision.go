@@ -84,6 +84,7 @@ type Provisioner struct {
 	// worked), writeMAC on which machine; pending holds final states
 	// that could not be written at all, until writes work again.
 	writeMu  sync.Mutex
+	flushMu  sync.Mutex // one flushPending at a time: each state once
 	writeErr string
 	writeMAC string
 	pending  map[string]pendingState
@@ -842,6 +843,8 @@ func (p *Provisioner) Health(ctx context.Context) error {
 
 // flushPending writes the final states kept in memory.
 func (p *Provisioner) flushPending(ctx context.Context) {
+	p.flushMu.Lock()
+	defer p.flushMu.Unlock()
 	p.writeMu.Lock()
 	pending := make(map[string]pendingState, len(p.pending))
 	for mac, ps := range p.pending {
