@@ -157,3 +157,12 @@ cat <<'NIX'
 		})
 	}
 }
+
+func TestEndlessProbeOutputIsStopped(t *testing.T) {
+	// The probe prints what sed finds in /proc/meminfo: a target whose
+	// sed never stops printing must not fill the engine's memory.
+	sed := `exec yes memkb=1` + "\n"
+	e := start(t, sshtarget.Options{StandIns: map[string]string{"sed": sed}})
+	err, _ := runDisko(t, e, func(o *installer.Options) { o.MaxOutputBytes = 64 << 10 }, nil)
+	wantPhaseError(t, err, "probe", `"probe script"`, "its output exceeds 65536 bytes: stopped")
+}
