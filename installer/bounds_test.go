@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -165,4 +166,50 @@ func TestEndlessProbeOutputIsStopped(t *testing.T) {
 	e := start(t, sshtarget.Options{StandIns: map[string]string{"sed": sed}})
 	err, _ := runDisko(t, e, func(o *installer.Options) { o.MaxOutputBytes = 64 << 10 }, nil)
 	wantPhaseError(t, err, "probe", `"probe script"`, "its output exceeds 65536 bytes: stopped")
+}
+
+// procsWith are the processes of target tg whose command line holds s.
+func procsWith(tg *sshtarget.Target, s string) []string {
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		c, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || !strings.Contains(string(c), s) {
+			continue
+		}
+		env, _ := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if strings.Contains("\x00"+string(env)+"\x00", "\x00PXE_TARGET_DIR="+tg.Dir+"\x00") {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// TestNixCopyNoticesAStoppedTarget: the ssh that nix copy starts gets
+// the keepalive settings, so a target that stalls in the middle of a
+// copy fails the phase instead of holding it.
+func TestNixCopyNoticesAStoppedTarget(t *testing.T) {
+	e := start(t, sshtarget.Options{StandIns: map[string]string{"disko-script": sshtarget.DiskoScriptStandIn}})
+	// The fake nix copy ends by writing to "received" on the target: a
+	// FIFO without a reader holds it there.
+	if err := syscall.Mkfifo(filepath.Join(e.tg.Dir, "received"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err, _ := runDisko(t, e, func(o *installer.Options) {
+		o.KeepaliveInterval = time.Second
+		o.KeepaliveCountMax = 2
+	}, func() {
+		waitFor(t, func() bool { return len(procsWith(e.tg, "received")) > 0 })
+		e.tg.Freeze(t)
+	})
+	wantPhaseError(t, err, "disko", "nix copy", "not responding")
+}
+
+func waitFor(t *testing.T, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("gave up waiting after 30s")
+		}
+	}
 }
