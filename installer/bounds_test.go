@@ -3,6 +3,7 @@ package installer_test
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -192,9 +193,21 @@ func TestNixCopyNoticesAStoppedTarget(t *testing.T) {
 	e := start(t, sshtarget.Options{StandIns: map[string]string{"disko-script": sshtarget.DiskoScriptStandIn}})
 	// The fake nix copy ends by writing to "received" on the target: a
 	// FIFO without a reader holds it there.
-	if err := syscall.Mkfifo(filepath.Join(e.tg.Dir, "received"), 0o644); err != nil {
+	fifo := filepath.Join(e.tg.Dir, "received")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The remote command outlives the session (nix's ssh runs it
+	// unguarded): a reader lets it finish.
+	t.Cleanup(func() {
+		if f, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0); err == nil {
+			for end := time.Now().Add(10 * time.Second); len(procsWith(e.tg, "received")) > 0 && time.Now().Before(end); {
+				io.Copy(io.Discard, f)
+				time.Sleep(20 * time.Millisecond)
+			}
+			f.Close()
+		}
+	})
 	err, _ := runDisko(t, e, func(o *installer.Options) {
 		o.KeepaliveInterval = time.Second
 		o.KeepaliveCountMax = 2
