@@ -17,7 +17,7 @@ import (
 
 // runDisko runs the disko phase with a stand-in disko script and
 // returns the error and what the sink got.
-func runDisko(t *testing.T, e env, set func(o *installer.Options), during func()) (error, *recSink) {
+func runDisko(t *testing.T, e env, set func(o *installer.Options), during func()) (*recSink, error) {
 	t.Helper()
 	nix, _ := fakeNix(t, nil)
 	o := e.opts()
@@ -35,7 +35,7 @@ func runDisko(t *testing.T, e env, set func(o *installer.Options), during func()
 	}
 	select {
 	case err := <-errc:
-		return err, sink
+		return sink, err
 	case <-time.After(60 * time.Second):
 		// The stand-ins wait 600 s: only the bound under test ends
 		// the run this soon.
@@ -59,7 +59,7 @@ func wantPhaseError(t *testing.T, err error, phase string, says ...string) {
 
 func TestPhaseTimeout(t *testing.T) {
 	e := start(t, sshtarget.Options{StandIns: map[string]string{"disko-script": blocking("disko")}})
-	err, _ := runDisko(t, e, func(o *installer.Options) {
+	_, err := runDisko(t, e, func(o *installer.Options) {
 		o.Timeouts = map[string]time.Duration{"disko": 2 * time.Second}
 		o.TimeoutHint = func(p string) string { return "raise timeouts." + p }
 	}, nil)
@@ -74,7 +74,7 @@ func TestPhaseTimeout(t *testing.T) {
 
 func TestKeepaliveNoticesAStoppedTarget(t *testing.T) {
 	e := start(t, sshtarget.Options{StandIns: map[string]string{"disko-script": blocking("disko")}})
-	err, _ := runDisko(t, e, func(o *installer.Options) {
+	_, err := runDisko(t, e, func(o *installer.Options) {
 		o.KeepaliveInterval = 200 * time.Millisecond
 		o.KeepaliveCountMax = 3
 	}, func() {
@@ -91,7 +91,7 @@ func TestLongLineIsCut(t *testing.T) {
 	// 50 MB without a newline, then a normal line.
 	script := `head -c 50000000 /dev/zero | tr '\0' x; echo; echo after-the-long-line` + "\n"
 	e := start(t, sshtarget.Options{StandIns: map[string]string{"disko-script": script}})
-	err, sink := runDisko(t, e, func(o *installer.Options) { o.MaxLineBytes = 1000 }, nil)
+	sink, err := runDisko(t, e, func(o *installer.Options) { o.MaxLineBytes = 1000 }, nil)
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -113,7 +113,7 @@ func TestEndlessCapturedOutputIsStopped(t *testing.T) {
 	facter := `echo $$ > "$PXE_TARGET_DIR/facter-running"; exec yes '{"endless":"report"}'` + "\n"
 	e := start(t, sshtarget.Options{StandIns: map[string]string{"nixos-facter": facter, "disko-script": sshtarget.DiskoScriptStandIn}})
 	hw := filepath.Join(t.TempDir(), "facter.json")
-	err, _ := runDisko(t, e, func(o *installer.Options) {
+	_, err := runDisko(t, e, func(o *installer.Options) {
 		o.MaxOutputBytes = 1 << 20
 		o.GenerateHardwareConfig = "nixos-facter"
 		o.HardwareConfigPath = hw
@@ -142,7 +142,7 @@ cat <<'NIX'
 		t.Run(tc.name, func(t *testing.T) {
 			e := start(t, sshtarget.Options{StandIns: map[string]string{tc.gen: tc.standIn + "\n", "disko-script": sshtarget.DiskoScriptStandIn}})
 			hw := filepath.Join(t.TempDir(), "sub", "hardware")
-			err, _ := runDisko(t, e, func(o *installer.Options) {
+			_, err := runDisko(t, e, func(o *installer.Options) {
 				o.GenerateHardwareConfig = tc.gen
 				o.HardwareConfigPath = hw
 			}, nil)
@@ -165,7 +165,7 @@ func TestEndlessProbeOutputIsStopped(t *testing.T) {
 	// sed never stops printing must not fill the engine's memory.
 	sed := `exec yes memkb=1` + "\n"
 	e := start(t, sshtarget.Options{StandIns: map[string]string{"sed": sed}})
-	err, _ := runDisko(t, e, func(o *installer.Options) { o.MaxOutputBytes = 64 << 10 }, nil)
+	_, err := runDisko(t, e, func(o *installer.Options) { o.MaxOutputBytes = 64 << 10 }, nil)
 	wantPhaseError(t, err, "probe", `"probe script"`, "its output exceeds 65536 bytes: stopped")
 }
 
@@ -208,7 +208,7 @@ func TestNixCopyNoticesAStoppedTarget(t *testing.T) {
 			f.Close()
 		}
 	})
-	err, _ := runDisko(t, e, func(o *installer.Options) {
+	_, err := runDisko(t, e, func(o *installer.Options) {
 		o.KeepaliveInterval = time.Second
 		o.KeepaliveCountMax = 2
 	}, func() {
