@@ -74,6 +74,9 @@ type Inventory interface {
 	Events(ctx context.Context, mac string, after int64) ([]EventView, error)
 	Log(ctx context.Context, mac string, after int64) ([]LogView, error)
 	Reinstall(ctx context.Context, mac string) error
+	// Cancel stops the install of mac that is queued or running; the
+	// machine becomes failed. ErrConflict when none runs.
+	Cancel(ctx context.Context, mac string) error
 	Forget(ctx context.Context, mac string) error
 	Subscribe(ctx context.Context) <-chan MachineView
 }
@@ -148,6 +151,7 @@ func New(cfg Config, inv Inventory) *Server {
 		r.Get("/machines/{mac}/events", s.machineEvents)
 		r.Get("/machines/{mac}/log", s.machineLog)
 		r.Post("/machines/{mac}/reinstall", s.reinstall)
+		r.Post("/machines/{mac}/cancel", s.cancel)
 		r.Delete("/machines/{mac}", s.forget)
 		r.Post("/config/reload", s.reload)
 	})

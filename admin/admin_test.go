@@ -91,6 +91,15 @@ func (f *fakeInventory) Reinstall(ctx context.Context, mac string) error {
 	f.done = append(f.done, "reinstall "+mac)
 	return nil
 }
+func (f *fakeInventory) Cancel(ctx context.Context, mac string) error {
+	if mac != "52:54:00:00:00:01" {
+		return fmt.Errorf("%w: machine %s has no install running or queued: nothing to cancel", ErrConflict, mac)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.done = append(f.done, "cancel "+mac)
+	return nil
+}
 func (f *fakeInventory) Forget(ctx context.Context, mac string) error {
 	if mac == "52:54:00:00:00:01" {
 		return fmt.Errorf("%w: installing", ErrConflict)
@@ -246,6 +255,8 @@ func TestAPIAuthAndRoutes(t *testing.T) {
 		{"GET", "/api/v1/machines/52:54:00:00:00:01/log", 200, "formatting"},
 		{"POST", "/api/v1/machines/52:54:00:00:00:02/reinstall", 200, "reinstall requested"},
 		{"DELETE", "/api/v1/machines/52:54:00:00:00:01", 409, "installing"},
+		{"POST", "/api/v1/machines/52:54:00:00:00:02/cancel", 409, "nothing to cancel"},
+		{"POST", "/api/v1/machines/52:54:00:00:00:01/cancel", 200, "cancelled by operator"},
 		{"POST", "/api/v1/config/reload", 422, "config.yaml:3: bad"},
 	}
 	for _, tt := range tests {
@@ -259,8 +270,11 @@ func TestAPIAuthAndRoutes(t *testing.T) {
 	if resp, _ := h.do(t, http.MethodPost, "/api/v1/machines/52:54:00:00:00:01/reinstall", "", "Authorization", "Bearer "); resp.StatusCode != 401 {
 		t.Fatalf("reinstall without token: %d", resp.StatusCode)
 	}
-	if strings.Join(h.inv.done, ",") != "reinstall 52:54:00:00:00:02" {
-		t.Fatalf("inventory changes %v: want exactly the one authorised reinstall", h.inv.done)
+	if resp, _ := h.do(t, http.MethodPost, "/api/v1/machines/52:54:00:00:00:01/cancel", "", "Authorization", "Bearer wrong"); resp.StatusCode != 401 {
+		t.Fatalf("cancel without the token: %d", resp.StatusCode)
+	}
+	if strings.Join(h.inv.done, ",") != "reinstall 52:54:00:00:00:02,cancel 52:54:00:00:00:01" {
+		t.Fatalf("inventory changes %v: want exactly the authorised reinstall and cancel", h.inv.done)
 	}
 	if resp, b := h.get(t, "/metrics"); resp.StatusCode != 200 || !strings.Contains(string(b), `pxe_anywhere_http_requests_total{code="401",listener="admin",route="/api/v1/*"}`) {
 		t.Fatalf("metrics: %d\n%s", resp.StatusCode, b)

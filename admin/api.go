@@ -119,6 +119,18 @@ func (s *Server) reinstall(w http.ResponseWriter, r *http.Request) {
 	httpserve.WriteJSON(w, http.StatusOK, map[string]string{"status": "reinstall requested: the next PXE boot installs again"})
 }
 
+func (s *Server) cancel(w http.ResponseWriter, r *http.Request) {
+	mac, ok := macParam(w, r)
+	if !ok {
+		return
+	}
+	if err := s.inv.Cancel(r.Context(), mac); err != nil {
+		s.inventoryError(w, err)
+		return
+	}
+	httpserve.WriteJSON(w, http.StatusOK, map[string]string{"status": "install cancelled: the machine is failed (cancelled by operator)"})
+}
+
 func (s *Server) forget(w http.ResponseWriter, r *http.Request) {
 	mac, ok := macParam(w, r)
 	if !ok {

@@ -131,6 +131,9 @@ type Config struct {
 	// of an image file (httpserve.ProgressWriter); zero: the default
 	// httpserve.DefaultTimeouts.Write.
 	WriteTimeout time.Duration
+	// Health, when set, is asked by /healthz: an error answers 503
+	// with its text (state writes failing, say).
+	Health func(ctx context.Context) error
 }
 
 // Server is the boot side's HTTP handler.
@@ -153,7 +156,7 @@ func New(cfg Config, b Booter) *Server {
 	r.Use(httpserve.Observe(httpserve.ObserveConfig{
 		Listener: "boot", Log: cfg.Log, Metrics: cfg.Metrics, Quiet: []string{"/healthz"}, Redact: redactPath,
 	}))
-	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	r.Get("/healthz", s.healthz)
 	// What a booting machine fetches is limited per source address.
 	r.With(s.sources.limit(true)).Get("/boot/{file}", s.script)
 	r.Group(func(r chi.Router) {
@@ -171,6 +174,18 @@ func New(cfg Config, b Booter) *Server {
 	r.Post("/api/v1/callback", s.callback)
 	s.router = r
 	return s
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Health != nil {
+		if err := s.cfg.Health(r.Context()); err != nil {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "unhealthy: %v\n", err)
+			return
+		}
+	}
+	fmt.Fprintln(w, "ok")
 }
 
 // ScriptURL is where iPXE fetches mac's script (the route /boot/{file}):

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -477,5 +478,49 @@ func TestWriteCPIO(t *testing.T) {
 				t.Fatalf("listing:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
 			}
 		})
+	}
+}
+
+// TestHealthzReportsHealth: /healthz answers 503 with the reason while
+// Health says the server is unwell (state writes failing), 200 again
+// once it is not.
+func TestHealthzReportsHealth(t *testing.T) {
+	var mu sync.Mutex
+	var health error
+	s := New(Config{
+		BaseURL: "http://10.77.0.1:8080/",
+		Images:  func() map[string]Image { return nil },
+		Log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Health: func(context.Context) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return health
+		},
+	}, &fakeBooter{})
+	srv := httptest.NewServer(s)
+	t.Cleanup(srv.Close)
+	get := func() (int, string) {
+		resp, err := http.Get(srv.URL + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get(); code != 200 || body != "ok\n" {
+		t.Fatalf("healthy: %d %q", code, body)
+	}
+	mu.Lock()
+	health = errors.New("state writes fail: database or disk is full")
+	mu.Unlock()
+	if code, body := get(); code != 503 || body != "unhealthy: state writes fail: database or disk is full\n" {
+		t.Fatalf("unhealthy: %d %q", code, body)
+	}
+	mu.Lock()
+	health = nil
+	mu.Unlock()
+	if code, body := get(); code != 200 || body != "ok\n" {
+		t.Fatalf("healthy again: %d %q", code, body)
 	}
 }

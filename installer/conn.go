@@ -33,6 +33,12 @@ type Conn struct {
 	sudo    string
 	sink    Sink
 	phase   string
+
+	maxLine   int   // longest line passed on whole
+	maxOutput int64 // most output kept in memory for one command
+	// stalled is set when keepalives went unanswered and the
+	// connection was closed for it; it says why commands failed.
+	stalled atomic.Pointer[string]
 }
 
 // tailLines is how much command output a PhaseError keeps.
@@ -227,7 +233,9 @@ func (r *run) connect(ctx context.Context, port int) error {
 	if r.conn != nil {
 		r.conn.client.Close()
 	}
-	r.conn = &Conn{client: c, addr: addr, sink: r.sink, sudo: r.facts.Sudo, hostKey: r.known[len(r.known)-1]}
+	r.conn = &Conn{client: c, addr: addr, sink: r.sink, sudo: r.facts.Sudo, hostKey: r.known[len(r.known)-1],
+		maxLine: r.opts.MaxLineBytes, maxOutput: r.opts.MaxOutputBytes}
+	go r.conn.keepalive(r.opts.KeepaliveInterval, r.opts.KeepaliveCountMax)
 	if r.opts.Password != "" && len(r.opts.Signers) == 0 {
 		if err := r.installGeneratedKey(ctx); err != nil {
 			return err
@@ -267,11 +275,76 @@ func quote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-func (c *Conn) wrap(cmd string) string {
-	if c.sudo == "" {
-		return cmd
+// keepalive asks the target for a reply every interval, as ssh's
+// ServerAliveInterval does; after max intervals without one it closes
+// the connection, which ends every command waiting on it. A target
+// that stalls with its TCP connection open (a stopped sshd, a frozen
+// kernel) would otherwise hold the install forever.
+func (c *Conn) keepalive(interval time.Duration, max int) {
+	closed := make(chan struct{})
+	go func() { _ = c.client.Wait(); close(closed) }()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-closed:
+			return
+		case <-t.C:
+		}
+		reply := make(chan error, 1)
+		go func() {
+			// OpenSSH answers this request with a failure: any answer
+			// means the other side lives.
+			_, _, err := c.client.SendRequest("keepalive@openssh.com", true, nil)
+			reply <- err
+		}()
+		for missed := 0; ; {
+			select {
+			case <-closed:
+				return
+			case err := <-reply:
+				if err != nil {
+					return
+				}
+			case <-t.C:
+				if missed++; missed >= max {
+					why := fmt.Sprintf("no answer to %d SSH keepalives sent %s apart; connection closed", max, interval)
+					c.stalled.Store(&why)
+					c.client.Close()
+					return
+				}
+				continue
+			}
+			break
+		}
 	}
-	return c.sudo + " sh -c " + quote(cmd)
+}
+
+// guard runs a command so that it dies with the SSH session: sshd
+// neither signals a root session's command nor kills it when the
+// connection drops, so the command runs in a process group of its own
+// (setsid) beside a watchdog that kills the group once the sshd
+// process that started the shell ($PPID of the login shell, passed as
+// $1) is gone. Its stdin stays the session's.
+const guard = `w=$1; c=
+exec 3<&0
+if command -v setsid >/dev/null 2>&1; then setsid sh -c "$2" <&3 & c=$!; else sh -c "$2" <&3 & c=$!; fi
+exec 3<&-
+( while kill -0 "$w" 2>/dev/null; do sleep 1; done
+  kill -s TERM -- -$c 2>/dev/null || kill -s TERM $c 2>/dev/null; sleep 2
+  kill -s KILL -- -$c 2>/dev/null || kill -s KILL $c 2>/dev/null ) </dev/null >/dev/null 2>&1 &
+g=$!
+wait $c; rc=$?
+kill $g 2>/dev/null
+exit $rc`
+
+// wrap makes cmd run as root, guarded so that it ends with the session.
+func (c *Conn) wrap(cmd string) string {
+	g := "sh -c " + quote(guard) + ` pxe-anywhere-guard "$PPID" ` + quote(cmd)
+	if c.sudo == "" {
+		return g
+	}
+	return c.sudo + " " + g
 }
 
 // runPlain runs cmd as the login user and ignores its output.
@@ -280,13 +353,38 @@ func (c *Conn) runPlain(ctx context.Context, cmd string, stdin io.Reader) error 
 }
 
 // output runs cmd as the login user and returns its stdout; errors
-// show the command as shown.
+// show the command as shown. Output beyond maxOutput fails the command
+// and closes the connection, which ends a command that prints forever.
 func (c *Conn) output(ctx context.Context, cmd, shown string, stdin io.Reader) ([]byte, error) {
-	var out bytes.Buffer
-	if err := c.run(ctx, cmd, shown, stdin, &out); err != nil {
+	out := &capWriter{max: c.maxOutput, over: func() { c.client.Close() }}
+	err := c.run(ctx, cmd, shown, stdin, out)
+	if out.exceeded {
+		return nil, &cmdError{Command: shown, ExitCode: -1, Err: fmt.Errorf("its output exceeds %d bytes: stopped", c.maxOutput)}
+	}
+	if err != nil {
 		return nil, err
 	}
-	return out.Bytes(), nil
+	return out.buf.Bytes(), nil
+}
+
+// capWriter keeps up to max bytes and calls over once when more come.
+type capWriter struct {
+	buf      bytes.Buffer
+	max      int64
+	exceeded bool
+	over     func()
+}
+
+func (w *capWriter) Write(p []byte) (int, error) {
+	if w.exceeded {
+		return len(p), nil
+	}
+	if int64(w.buf.Len()+len(p)) > w.max {
+		w.exceeded = true
+		w.over()
+		return len(p), nil
+	}
+	return w.buf.Write(p)
 }
 
 // exec runs cmd as root, streaming its output lines to the sink, and
@@ -309,8 +407,8 @@ func (c *Conn) run(ctx context.Context, cmd, shown string, stdin io.Reader, out 
 		return fail(-1, nil, fmt.Errorf("opening a session on %s: %w", c.addr, err))
 	}
 	defer s.Close()
-	tail := &tailWriter{sink: c.sink, phase: c.phase, stream: "stdout"}
-	etail := &tailWriter{sink: c.sink, phase: c.phase, stream: "stderr", shared: tail}
+	tail := &tailWriter{sink: c.sink, phase: c.phase, stream: "stdout", max: c.maxLine}
+	etail := &tailWriter{sink: c.sink, phase: c.phase, stream: "stderr", shared: tail, max: c.maxLine}
 	s.Stdout, s.Stderr = tail, etail
 	if out != nil {
 		s.Stdout = out
@@ -323,7 +421,7 @@ func (c *Conn) run(ctx context.Context, cmd, shown string, stdin io.Reader, out 
 		s.Close()
 		// sshd keeps the channel open until the command ends and will not
 		// signal a root login's command: only closing the connection ends
-		// the wait, and the command dies when it next writes.
+		// the wait, and then the guard (see wrap) kills the command.
 		c.client.Close()
 	})
 	defer stop()
@@ -334,7 +432,10 @@ func (c *Conn) run(ctx context.Context, cmd, shown string, stdin io.Reader, out 
 		return nil
 	}
 	if ctx.Err() != nil {
-		return fail(-1, tail.lines(), fmt.Errorf("interrupted: %w", ctx.Err()))
+		return fail(-1, tail.lines(), fmt.Errorf("interrupted: %w", context.Cause(ctx)))
+	}
+	if why := c.stalled.Load(); why != nil {
+		return fail(-1, tail.lines(), fmt.Errorf("%w: %s", ErrTargetStalled, *why))
 	}
 	var ee *ssh.ExitError
 	if errors.As(err, &ee) {
@@ -371,29 +472,58 @@ func (c *Conn) inPhase(err error) error {
 
 // tailWriter splits output into lines for the sink and keeps the last
 // few for errors. stdout and stderr share one tail.
+// A line longer than max is cut there: its first max bytes are kept,
+// the rest counted and dropped, so a target that prints without a
+// newline cannot fill memory.
 type tailWriter struct {
-	sink   Sink
-	phase  string
-	stream string
-	shared *tailWriter
-	mu     sync.Mutex
-	buf    []byte
-	last   []string
+	sink    Sink
+	phase   string
+	stream  string
+	shared  *tailWriter
+	max     int // 0: 64 KiB
+	mu      sync.Mutex
+	buf     []byte
+	dropped int64 // bytes of the current line dropped beyond max
+	last    []string
 }
 
 func (w *tailWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.buf = append(w.buf, p...)
-	for {
-		i := bytes.IndexByte(w.buf, '\n')
+	max := w.max
+	if max <= 0 {
+		max = 64 << 10
+	}
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		chunk := p
+		if i >= 0 {
+			chunk = p[:i]
+		}
+		room := max - len(w.buf)
+		if room > len(chunk) {
+			room = len(chunk)
+		}
+		w.buf = append(w.buf, chunk[:room]...)
+		w.dropped += int64(len(chunk) - room)
 		if i < 0 {
 			break
 		}
-		w.emit(string(w.buf[:i]))
-		w.buf = w.buf[i+1:]
+		w.endLine()
+		p = p[i+1:]
 	}
-	return len(p), nil
+	return n, nil
+}
+
+// endLine passes the line collected so far on, marked if it was cut.
+func (w *tailWriter) endLine() {
+	line := string(w.buf)
+	if w.dropped > 0 {
+		line += fmt.Sprintf(" … [line cut: %d more bytes dropped]", w.dropped)
+	}
+	w.buf, w.dropped = w.buf[:0], 0
+	w.emit(line)
 }
 
 func (w *tailWriter) emit(line string) {
@@ -414,9 +544,8 @@ func (w *tailWriter) emit(line string) {
 func (w *tailWriter) flush() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.buf) > 0 {
-		w.emit(string(w.buf))
-		w.buf = nil
+	if len(w.buf) > 0 || w.dropped > 0 {
+		w.endLine()
 	}
 }
 
@@ -563,7 +692,9 @@ func (r *run) sshEnv() (string, error) {
 		_, port, _ = net.SplitHostPort(r.conn.addr)
 	}
 	opts := []string{"-p", port, "-o", "UserKnownHostsFile=" + kh, "-o", "GlobalKnownHostsFile=/dev/null",
-		"-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"}
+		"-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+		"-o", fmt.Sprintf("ServerAliveInterval=%d", max(1, int(r.opts.KeepaliveInterval/time.Second))),
+		"-o", fmt.Sprintf("ServerAliveCountMax=%d", r.opts.KeepaliveCountMax)}
 	if r.opts.IdentityFile != "" {
 		opts = append(opts, "-i", r.opts.IdentityFile)
 	}

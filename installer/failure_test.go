@@ -332,6 +332,7 @@ func TestPhaseFailures(t *testing.T) {
 				waitFile(t, filepath.Join(tg.Dir, "disko-running"))
 				cancel()
 			},
+			stopped: "disko", // silent: the guard, not a write, ends it
 			wantErr: []string{"interrupted during disko"},
 			phase:   "disko", code: -1,
 		},

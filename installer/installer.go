@@ -104,6 +104,66 @@ type Options struct {
 	AfterInstall string        // reboot (default) | poweroff | stay
 	WaitTimeout  time.Duration // default 10 minutes
 	LocalNix     string        // default "nix" from PATH
+
+	// Timeouts bound each phase and the probe ("probe"); a phase not in
+	// the map gets DefaultTimeouts. TimeoutHint, when set, says in a
+	// phase's timeout error what raises it (a config key, a flag).
+	Timeouts    map[string]time.Duration
+	TimeoutHint func(phase string) string
+	// KeepaliveInterval and KeepaliveCountMax: a keepalive goes to the
+	// target every interval, and after CountMax unanswered ones the
+	// connection is closed, as ssh's ServerAliveInterval and
+	// ServerAliveCountMax (which the ssh that nix copy starts gets too).
+	// Defaults 15s and 3.
+	KeepaliveInterval time.Duration
+	KeepaliveCountMax int
+	// MaxLineBytes cuts a line of output longer than this (default 64
+	// KiB); MaxOutputBytes bounds the output the engine keeps in memory
+	// (probe, hardware config; default 16 MiB): more fails the command.
+	MaxLineBytes   int
+	MaxOutputBytes int64
+}
+
+// DefaultTimeouts are the phase timeouts when Options.Timeouts says
+// nothing: generous, since a slow disk or link is no fault; they only
+// make sure that no wait lasts forever.
+var DefaultTimeouts = map[string]time.Duration{
+	"probe":      5 * time.Minute,
+	PhaseKexec:   20 * time.Minute,
+	PhaseDisko:   30 * time.Minute,
+	PhaseInstall: 2 * time.Hour,
+	PhaseReboot:  15 * time.Minute,
+}
+
+// TimeoutError is a phase that ran out of time.
+type TimeoutError struct {
+	Phase string
+	After time.Duration
+	Hint  string // what raises it; may be ""
+}
+
+func (e *TimeoutError) Error() string {
+	s := fmt.Sprintf("phase %s timed out after %s", e.Phase, e.After)
+	if e.Hint != "" {
+		s += " (" + e.Hint + ")"
+	}
+	return s
+}
+
+// ErrTargetStalled is returned (wrapped) when the target stopped
+// answering keepalives and the engine closed the connection.
+var ErrTargetStalled = errors.New("target stopped answering")
+
+func (o *Options) timeout(phase string) *TimeoutError {
+	d, ok := o.Timeouts[phase]
+	if !ok || d <= 0 {
+		d = DefaultTimeouts[phase]
+	}
+	e := &TimeoutError{Phase: phase, After: d}
+	if o.TimeoutHint != nil {
+		e.Hint = o.TimeoutHint(phase)
+	}
+	return e
 }
 
 // Sink receives progress. Lines are what the target's commands and the
@@ -187,6 +247,18 @@ func (o *Options) defaults() {
 	if o.BuildOn == "" {
 		o.BuildOn = "auto"
 	}
+	if o.KeepaliveInterval <= 0 {
+		o.KeepaliveInterval = 15 * time.Second
+	}
+	if o.KeepaliveCountMax <= 0 {
+		o.KeepaliveCountMax = 3
+	}
+	if o.MaxLineBytes <= 0 {
+		o.MaxLineBytes = 64 << 10
+	}
+	if o.MaxOutputBytes <= 0 {
+		o.MaxOutputBytes = 16 << 20
+	}
 }
 
 func (o *Options) validate() error {
@@ -242,19 +314,20 @@ func Run(ctx context.Context, opts Options, sink Sink) error {
 		return &PhaseError{Phase: "connect", ExitCode: -1, Err: err}
 	}
 	r.setPhase("probe")
-	facts, err := Probe(ctx, r.conn)
+	facts, err := withTimeout(ctx, &r.opts, "probe", func(ctx context.Context) (Facts, error) { return Probe(ctx, r.conn) })
+	var pe *PhaseError
+	if err != nil && !errors.As(err, &pe) {
+		err = &PhaseError{Phase: "probe", ExitCode: -1, Err: err}
+	}
 	if err != nil {
-		return &PhaseError{Phase: "probe", ExitCode: -1, Err: err}
+		return err
 	}
 	r.facts = facts
 	total := len(opts.Phases)
 	for i, p := range opts.Phases {
 		sink.PhaseStarted(p, i+1, total)
 		start := time.Now()
-		err := r.phase(ctx, p)
-		if err != nil && ctx.Err() != nil {
-			err = &PhaseError{Phase: p, ExitCode: -1, Err: fmt.Errorf("interrupted during %s: %w", p, ctx.Err())}
-		}
+		_, err := withTimeout(ctx, &r.opts, p, func(ctx context.Context) (struct{}, error) { return struct{}{}, r.phase(ctx, p) })
 		var pe *PhaseError
 		if err != nil && !errors.As(err, &pe) {
 			err = &PhaseError{Phase: p, ExitCode: -1, Err: err}
@@ -265,6 +338,29 @@ func Run(ctx context.Context, opts Options, sink Sink) error {
 		}
 	}
 	return nil
+}
+
+// withTimeout runs f under the timeout of phase. An error after the
+// timeout or an interrupt says so, naming the phase, whatever f
+// returned: the command's own error is only the symptom.
+func withTimeout[T any](ctx context.Context, o *Options, phase string, f func(context.Context) (T, error)) (T, error) {
+	te := o.timeout(phase)
+	pctx, cancel := context.WithTimeoutCause(ctx, te.After, te)
+	defer cancel()
+	v, err := f(pctx)
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		err = &PhaseError{Phase: phase, ExitCode: -1, Err: fmt.Errorf("interrupted during %s: %w", phase, context.Cause(ctx))}
+	case pctx.Err() != nil:
+		var pe *PhaseError
+		if errors.As(err, &pe) {
+			err = &PhaseError{Phase: phase, Command: pe.Command, ExitCode: -1, Tail: pe.Tail, Err: te}
+		} else {
+			err = &PhaseError{Phase: phase, ExitCode: -1, Err: te}
+		}
+	}
+	return v, err
 }
 
 func (r *run) phase(ctx context.Context, p string) error {

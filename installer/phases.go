@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 	"unicode"
 
@@ -570,7 +571,12 @@ func (r *run) localNix(ctx context.Context, phase string, args []string) ([]byte
 	cmd := exec.CommandContext(ctx, r.opts.LocalNix, args...)
 	cmd.Env = append(os.Environ(), "NIX_SSHOPTS="+sshOpts)
 	cmd.WaitDelay = 5 * time.Second
-	tw := &tailWriter{sink: r.sink, phase: phase, stream: "stderr"}
+	// nix and the ssh it starts share a process group of their own, and
+	// an interrupt or timeout ends the group: killing nix alone would
+	// leave its ssh to the target running.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	tw := &tailWriter{sink: r.sink, phase: phase, stream: "stderr", max: r.opts.MaxLineBytes}
 	cmd.Stderr = tw
 	out, err := cmd.Output()
 	tw.flush()
@@ -581,7 +587,7 @@ func (r *run) localNix(ctx context.Context, phase string, args []string) ([]byte
 			err = nil
 		}
 		if ctx.Err() != nil {
-			err = fmt.Errorf("interrupted during %s: %w", phase, ctx.Err())
+			err = fmt.Errorf("interrupted during %s: %w", phase, context.Cause(ctx))
 		}
 		return nil, &PhaseError{Phase: phase, Command: shown, ExitCode: code, Tail: tw.lines(), Err: err}
 	}

@@ -59,11 +59,22 @@ type Server struct {
 	IPXEDir    string
 	// APITokenFile and SSHKey are "" when unset: the caller derives them
 	// from StateDir, because only then may it create them.
-	APITokenFile    string
-	SSHKey          string
-	MaxInstalls     int
-	UnknownMachines UnknownPolicy
-	DiscoverImage   string
+	APITokenFile string
+	SSHKey       string
+	MaxInstalls  int
+
+	// limits (issue 11: engine): bounds on what a target feeds the
+	// engine. A line longer than TargetLineBytes is cut; command output
+	// kept in memory (probe, hardware config) beyond TargetOutputBytes
+	// fails the command; an install's log keeps its first
+	// InstallLogHead and last InstallLogTail lines, with one line in
+	// between that says how many were dropped.
+	TargetLineBytes   int
+	TargetOutputBytes int
+	InstallLogHead    int
+	InstallLogTail    int
+	UnknownMachines   UnknownPolicy
+	DiscoverImage     string
 	// Trust is how boots are bound to machines, for profiles that do
 	// not say and for discovered machines.
 	Trust Trust
@@ -232,6 +243,11 @@ type SSHSettings struct {
 	User    string
 	Port    int
 	Options map[string]string
+	// limits (issue 11: engine): a keepalive every KeepaliveInterval;
+	// after KeepaliveCountMax unanswered the connection is closed and
+	// the phase fails.
+	KeepaliveInterval time.Duration
+	KeepaliveCountMax int
 }
 
 // The profile after_install values.
@@ -264,7 +280,10 @@ type Profile struct {
 	AfterInstall       string
 	Retries            int
 	Phases             []string
-	Trust              Trust // "" means server.trust
+	// limits (issue 11: engine): the timeout of each phase (and of
+	// "probe") that differs from the engine's default.
+	Timeouts map[string]time.Duration
+	Trust    Trust // "" means server.trust
 }
 
 // TrustOf is the trust in force for machines of profile p (nil: a

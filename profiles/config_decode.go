@@ -243,6 +243,8 @@ func (d *decoder) config(root *yaml.Node) *Config {
 			KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents,
 			MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered,
 			Limits: DefaultLimits(),
+			// limits (issue 11: engine)
+			TargetLineBytes: 64 << 10, TargetOutputBytes: 16 << 20, InstallLogHead: 2000, InstallLogTail: 3000,
 		},
 		DHCP:     DHCP{Mode: DHCPProxy, EFIx64Boot: "ipxe.efi", LeaseTime: time.Hour},
 		Images:   map[string]*Image{},
@@ -293,7 +295,8 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 		// limits (issue 11: protocol bounds)
 		"tftp_max_transfers", "http_header_timeout", "http_read_timeout", "http_idle_timeout", "http_write_timeout",
 		"boot_max_per_source", "boot_scripts_per_minute", "sse_write_timeout", "sse_max_subscribers",
-	)
+		// limits (issue 11: engine)
+		"target_line_bytes", "target_output_bytes", "install_log_head", "install_log_tail")
 	s.Interfaces = d.strList(f["interfaces"], w+".interfaces")
 	for i, ifc := range s.Interfaces {
 		if ifc == "" || len(ifc) > 15 || strings.ContainsAny(ifc, "/ \t") {
@@ -318,6 +321,11 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	d.setPath(&s.APITokenFile, f["api_token_file"], w+".api_token_file")
 	d.setPath(&s.SSHKey, f["ssh_key"], w+".ssh_key")
 	d.setInt(&s.MaxInstalls, f["max_installs"], w+".max_installs", 1, 1024)
+	// limits (issue 11: engine)
+	d.setInt(&s.TargetLineBytes, f["target_line_bytes"], w+".target_line_bytes", 256, 64<<20)
+	d.setInt(&s.TargetOutputBytes, f["target_output_bytes"], w+".target_output_bytes", 4096, 1<<30)
+	d.setInt(&s.InstallLogHead, f["install_log_head"], w+".install_log_head", 10, 1000000)
+	d.setInt(&s.InstallLogTail, f["install_log_tail"], w+".install_log_tail", 10, 1000000)
 	if v, ok := d.enum(f["unknown_machines"], w+".unknown_machines", string(UnknownIgnore), string(UnknownLocalBoot), string(UnknownDiscover)); ok {
 		s.UnknownMachines = UnknownPolicy(v)
 	}
@@ -346,18 +354,19 @@ func (d *decoder) limits(l *Limits, f map[string]*yaml.Node, w string) {
 	d.setInt(&l.SSEMaxSubscribers, f["sse_max_subscribers"], w+".sse_max_subscribers", 1, 10000)
 }
 
-// setDuration reads a Go duration ("30s", "2m") from min to max.
-func (d *decoder) setDuration(dst *time.Duration, n *yaml.Node, where string, min, max time.Duration) {
+// setDuration parses a duration like "45m" between min and max.
+func (d *decoder) setDuration(dst *time.Duration, n *yaml.Node, where string, min, max time.Duration) bool {
 	s, ok := d.str(n, where)
 	if !ok {
-		return
+		return false
 	}
-	v, err := time.ParseDuration(s)
-	if err != nil || v < min || v > max {
-		d.errf(n, where, fmt.Sprintf("a duration from %s to %s, like \"30s\" or \"2m\"", min, max), "bad duration %q", s)
-		return
+	t, err := time.ParseDuration(s)
+	if err != nil || t < min || t > max {
+		d.errf(n, where, fmt.Sprintf(`a duration from %s to %s, like "45m" or "2h"`, min, max), "bad duration %q", s)
+		return false
 	}
-	*dst = v
+	*dst = t
+	return true
 }
 
 func (d *decoder) setListen(dst *string, n *yaml.Node, where string) {
@@ -515,12 +524,13 @@ var phases = []string{PhaseKexec, PhaseDisko, PhaseInstall, PhaseReboot}
 func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 	p := &Profile{
 		Name:         name,
-		SSH:          SSHSettings{User: "root", Port: 22},
+		SSH:          SSHSettings{User: "root", Port: 22, KeepaliveInterval: 15 * time.Second, KeepaliveCountMax: 3},
 		AfterInstall: AfterReboot,
 		Phases:       []string{PhaseDisko, PhaseInstall, PhaseReboot},
 	}
 	f := d.fields(n, w, "image", "flake", "store_paths", "disk_encryption_keys", "extra_files",
-		"chown", "kernel_params", "ssh", "after_install", "retries", "phases", "trust")
+		"chown", "kernel_params", "ssh", "after_install", "retries", "phases", "trust",
+		"timeouts") // limits (issue 11: engine)
 	d.setStr(&p.Image, f["image"], w+".image")
 	if p.Image == "" {
 		d.errAt(d.lines[w], w, "name one of the images: entries", "missing image")
@@ -594,7 +604,10 @@ func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 	}
 	p.KernelParams = d.strList(f["kernel_params"], w+".kernel_params")
 	if f["ssh"] != nil {
-		sf := d.fields(f["ssh"], w+".ssh", "user", "port", "options")
+		sf := d.fields(f["ssh"], w+".ssh", "user", "port", "options", "keepalive_interval", "keepalive_count_max")
+		// limits (issue 11: engine)
+		d.setDuration(&p.SSH.KeepaliveInterval, sf["keepalive_interval"], w+".ssh.keepalive_interval", time.Second, time.Hour)
+		d.setInt(&p.SSH.KeepaliveCountMax, sf["keepalive_count_max"], w+".ssh.keepalive_count_max", 1, 1000)
 		d.setStr(&p.SSH.User, sf["user"], w+".ssh.user")
 		if p.SSH.User == "" || strings.ContainsAny(p.SSH.User, " \t@:/") {
 			d.errf(sf["user"], w+".ssh.user", "a login name like root", "bad user %q", p.SSH.User)
@@ -619,6 +632,21 @@ func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 		p.AfterInstall = v
 	}
 	d.setInt(&p.Retries, f["retries"], w+".retries", 0, 100)
+	// limits (issue 11: engine)
+	for _, e := range d.entries(f["timeouts"], w+".timeouts") {
+		where := w + ".timeouts." + e.key
+		if e.key != "probe" && !contains(phases, e.key) {
+			d.errf(e.kn, where, suggest(e.key, append([]string{"probe"}, phases...), "valid: probe, "+strings.Join(phases, ", ")), "unknown phase %q", e.key)
+			continue
+		}
+		var t time.Duration
+		if d.setDuration(&t, e.v, where, time.Second, 7*24*time.Hour) {
+			if p.Timeouts == nil {
+				p.Timeouts = map[string]time.Duration{}
+			}
+			p.Timeouts[e.key] = t
+		}
+	}
 	if v, ok := d.enum(f["trust"], w+".trust", string(TrustDHCP), string(TrustMAC)); ok {
 		p.Trust = Trust(v)
 	}

@@ -44,6 +44,7 @@ func TestLoadFull(t *testing.T) {
 			APITokenFile:    "/etc/pxe-anywhere/api-token",
 			SSHKey:          filepath.Join(dir, "keys/id_ed25519"),
 			MaxInstalls:     2,
+			TargetLineBytes: 4096, TargetOutputBytes: 1 << 20, InstallLogHead: 100, InstallLogTail: 200,
 			UnknownMachines: UnknownDiscover, Trust: TrustDHCP,
 			DiscoverImage: "nixos",
 			// limits (issue 11: state)
@@ -89,7 +90,8 @@ func TestLoadFull(t *testing.T) {
 				ExtraFiles:   filepath.Join(dir, "extra/web"),
 				Chown:        []Chown{{Path: "/home/alice", UID: 1000, GID: 100}, {Path: "/var/lib/app"}},
 				KernelParams: []string{"console=ttyS0", "115200", "quiet"},
-				SSH:          SSHSettings{User: "admin", Port: 2222, Options: map[string]string{"ConnectTimeout": "10", "StrictHostKeyChecking": "no"}},
+				SSH:          SSHSettings{User: "admin", Port: 2222, Options: map[string]string{"ConnectTimeout": "10", "StrictHostKeyChecking": "no"}, KeepaliveInterval: 5 * time.Second, KeepaliveCountMax: 4},
+				Timeouts:     map[string]time.Duration{"disko": 45 * time.Minute, "probe": time.Minute},
 				AfterInstall: AfterPoweroff,
 				Retries:      2,
 				Phases:       []string{PhaseKexec, PhaseDisko, PhaseInstall},
@@ -101,7 +103,7 @@ func TestLoadFull(t *testing.T) {
 					Disko:  "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-disko",
 					System: "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-db",
 				},
-				SSH:          SSHSettings{User: "root", Port: 22},
+				SSH:          SSHSettings{User: "root", Port: 22, KeepaliveInterval: 15 * time.Second, KeepaliveCountMax: 3},
 				AfterInstall: AfterReboot,
 				Phases:       []string{PhaseDisko, PhaseInstall, PhaseReboot},
 			},
@@ -155,7 +157,9 @@ func TestDefaults(t *testing.T) {
 				t.Fatalf("Load: %v", err)
 			}
 			wantServer := Server{AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere", MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP,
-				KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents, MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered, Limits: DefaultLimits()}
+				KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents, MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered, Limits: DefaultLimits(),
+
+				TargetLineBytes: 64 << 10, TargetOutputBytes: 16 << 20, InstallLogHead: 2000, InstallLogTail: 3000}
 			if !reflect.DeepEqual(c.Server, wantServer) {
 				t.Errorf("Server = %+v, want %+v", c.Server, wantServer)
 			}
@@ -170,7 +174,7 @@ func TestDefaults(t *testing.T) {
 				return
 			}
 			p := c.Profile("web")
-			want := &Profile{Name: "web", Image: "nixos", Flake: ".#web", SSH: SSHSettings{User: "root", Port: 22}, AfterInstall: AfterReboot, Phases: []string{"disko", "install", "reboot"}}
+			want := &Profile{Name: "web", Image: "nixos", Flake: ".#web", SSH: SSHSettings{User: "root", Port: 22, KeepaliveInterval: 15 * time.Second, KeepaliveCountMax: 3}, AfterInstall: AfterReboot, Phases: []string{"disko", "install", "reboot"}}
 			if !reflect.DeepEqual(p, want) {
 				t.Errorf("Profile(web) = %+v, want %+v", p, want)
 			}

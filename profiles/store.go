@@ -16,6 +16,11 @@ import (
 // ErrNotFound is returned for a machine or boot the store does not know.
 var ErrNotFound = errors.New("not found")
 
+// ErrNoTransition is returned (wrapped) for a state change that the
+// state graph does not allow: a mistake of the caller, which retrying
+// does not mend.
+var ErrNoTransition = errors.New("no transition")
+
 // ErrTokenUsed is returned when a boot token is presented a second time.
 var ErrTokenUsed = errors.New("boot token already used")
 
@@ -399,7 +404,7 @@ func (s *Store) Transition(ctx context.Context, mac string, to State, phase, err
 		return err
 	}
 	if !canMove(from, to) {
-		return fmt.Errorf("machine %s: no transition from %s to %s", mac, from, to)
+		return fmt.Errorf("machine %s: %w from %s to %s", mac, ErrNoTransition, from, to)
 	}
 	now := unix(time.Now())
 	q := `UPDATE machines SET state = ?, phase = ?, error = ?, updated_at = ? WHERE mac = ?`
@@ -474,6 +479,44 @@ func (s *Store) AppendLog(ctx context.Context, mac string, lines ...string) erro
 		if _, err := tx.ExecContext(ctx, `INSERT INTO logs (mac, time, line) VALUES (?, ?, ?)`, normMAC(mac), now, l); err != nil {
 			return err
 		}
+	}
+	return tx.Commit()
+}
+
+// LastLogSeq is the seq of a machine's latest log line, 0 if none: an
+// install's lines are those after it.
+func (s *Store) LastLogSeq(ctx context.Context, mac string) (int64, error) {
+	var seq sql.NullInt64
+	err := s.db.QueryRowContext(ctx, `SELECT MAX(seq) FROM logs WHERE mac = ?`, normMAC(mac)).Scan(&seq)
+	return seq.Int64, err
+}
+
+// TrimLog bounds the log lines of a machine after seq after: it keeps
+// the first head and the last tail of them, and the line after the
+// first head becomes marker, standing for all the lines between.
+func (s *Store) TrimLog(ctx context.Context, mac string, after int64, head, tail int, marker string) error {
+	mac = normMAC(mac)
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var markerSeq, tailStart int64
+	err = tx.QueryRowContext(ctx, `SELECT seq FROM logs WHERE mac = ? AND seq > ? ORDER BY seq LIMIT 1 OFFSET ?`, mac, after, head).Scan(&markerSeq)
+	if err == nil {
+		err = tx.QueryRowContext(ctx, `SELECT seq FROM logs WHERE mac = ? AND seq > ? ORDER BY seq DESC LIMIT 1 OFFSET ?`, mac, after, max(tail-1, 0)).Scan(&tailStart)
+	}
+	if errors.Is(err, sql.ErrNoRows) || err == nil && markerSeq >= tailStart {
+		return nil // not more than head + tail lines
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM logs WHERE mac = ? AND seq > ? AND seq < ?`, mac, markerSeq, tailStart); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE logs SET line = ? WHERE seq = ?`, marker, markerSeq); err != nil {
+		return err
 	}
 	return tx.Commit()
 }

@@ -184,6 +184,18 @@ func TestParseErrors(t *testing.T) {
 			},
 		},
 		{
+			name: "engine limits",
+			in:   base + "    timeouts: {disko: 45, instal: 1h, reboot: 0.5s}\n    ssh: {keepalive_interval: 0s, keepalive_count_max: 0}\nserver:\n  install_log_tail: 5\n",
+			want: []string{
+				`pxe.yaml:8: profiles.web.timeouts.disko: bad duration "45" (a duration from 1s to 168h0m0s, like "45m" or "2h")`,
+				`pxe.yaml:8: profiles.web.timeouts.instal: unknown phase "instal" (did you mean "install"?)`,
+				`pxe.yaml:8: profiles.web.timeouts.reboot: bad duration "0.5s" (a duration from 1s to 168h0m0s, like "45m" or "2h")`,
+				`pxe.yaml:9: profiles.web.ssh.keepalive_interval: bad duration "0s" (a duration from 1s to 1h0m0s, like "45m" or "2h")`,
+				`pxe.yaml:9: profiles.web.ssh.keepalive_count_max: bad number "0" (a whole number from 1 to 1000)`,
+				`pxe.yaml:11: server.install_log_tail: bad number "5" (a whole number from 10 to 1000000)`,
+			},
+		},
+		{
 			name: "unknown and repeated phases",
 			in:   base + "    phases: [disko, instal, disko, format]\n",
 			want: []string{

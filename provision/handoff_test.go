@@ -775,3 +775,71 @@ func TestHandoffSecretsTwice(t *testing.T) {
 		t.Fatalf("after reinstall: token %q", tok)
 	}
 }
+
+// targetProcs are the processes of target tg whose command line is
+// cmdline (NUL-separated words).
+func targetProcs(tg *sshtarget.Target, cmdline string) []string {
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		c, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || string(c) != cmdline {
+			continue
+		}
+		env, _ := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if strings.Contains("\x00"+string(env)+"\x00", "\x00PXE_TARGET_DIR="+tg.Dir+"\x00") {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// TestHandoffCancelDuringInstall: an operator cancels, over the admin
+// API, an install whose disko hangs. The command on the target is
+// killed, the machine is failed "cancelled by operator", an event names
+// who did it, and a second cancel finds nothing to cancel.
+func TestHandoffCancelDuringInstall(t *testing.T) {
+	h := newHandoff(t)
+	if h == nil {
+		return
+	}
+	_, token, hostKey, authKeys := h.pxeBoot(t)
+	tg := h.installerUp(t, hostKey, authKeys)
+	tg.WriteFile(t, "hang", "")
+	if code := h.callback(t, token); code != "200" {
+		t.Fatalf("callback: %s", code)
+	}
+	const hung = "sleep\x00600\x00"
+	deadline := time.Now().Add(time.Minute)
+	for len(targetProcs(tg, hung)) == 0 {
+		if time.Now().After(deadline) {
+			r, _ := h.store.Machine(context.Background(), macA)
+			t.Fatalf("disko never hung: %+v", r)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	url := h.admin + "/api/v1/machines/" + macA + "/cancel"
+	if out, _ := h.adminCurl(t, "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Authorization: Bearer wrong", url); out != "401" {
+		t.Fatalf("cancel with a wrong token: %s", out)
+	}
+	out, err := h.adminCurl(t, "-f", "-X", "POST", "-H", "Authorization: Bearer "+h.apiToken, url)
+	if err != nil || !strings.Contains(out, "cancelled by operator") {
+		t.Fatalf("cancel: %v %s", err, out)
+	}
+	r, _ := h.store.Machine(context.Background(), macA)
+	if r.State != profiles.StateFailed || r.Error != "cancelled by operator" || r.Phase != "disko" {
+		t.Fatalf("after cancel: %+v", r)
+	}
+	if ev := h.events(t); !strings.Contains(ev, "install cancelled by operator (API) during disko") {
+		t.Errorf("no event names who cancelled:\n%s", ev)
+	}
+	for deadline := time.Now().Add(15 * time.Second); len(targetProcs(tg, hung)) > 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("disko's sleep still runs on the target after the cancel: pids %v", targetProcs(tg, hung))
+		}
+	}
+	out, _ = h.adminCurl(t, "-X", "POST", "-H", "Authorization: Bearer "+h.apiToken, "-w", " %{http_code}", url)
+	if !strings.HasSuffix(out, " 409") || !strings.Contains(out, "nothing to cancel") {
+		t.Fatalf("second cancel: %s", out)
+	}
+}

@@ -7,38 +7,96 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/pxe-anywhere/pxe-anywhere/admin"
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 )
 
+// installRun is an install that has been started: queued for a slot
+// or running. cancel stops it; done is closed once it has ended, its
+// state is recorded and its slot is free.
+type installRun struct {
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+}
+
+// cancelled is the cause of an install that an operator stopped.
+type cancelled struct{ by string }
+
+func (c *cancelled) Error() string { return "cancelled by " + c.by }
+
 // startInstall queues the install of a machine whose installer is up.
 // The install runs under the server's context, not the callback's.
 func (p *Provisioner) startInstall(b profiles.Boot, m *profiles.Machine, ip string) {
+	ctx, cancel := context.WithCancelCause(p.baseCtx)
+	run := &installRun{cancel: cancel, done: make(chan struct{})}
 	p.mu.Lock()
-	p.running[b.MAC] = true
+	p.running[b.MAC] = run
 	p.mu.Unlock()
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
+		defer close(run.done)
 		defer func() {
 			p.mu.Lock()
 			delete(p.running, b.MAC)
 			p.mu.Unlock()
+			cancel(nil)
 		}()
-		ctx := p.baseCtx
 		select {
 		case p.slots <- struct{}{}:
 		case <-ctx.Done():
-			p.interrupted(b.MAC, "queued")
+			p.stopped(ctx, b.MAC, "queued")
 			return
 		}
 		defer func() { <-p.slots }()
 		p.install(ctx, b, m, ip)
 	}()
+}
+
+// Cancel stops the install of mac, queued or running: the engine's
+// connection closes, which ends the remote command, the machine becomes
+// failed ("cancelled by operator") and its slot goes to the next one.
+// It returns once all that is done. A machine with no install running
+// is a conflict.
+func (p *Provisioner) Cancel(ctx context.Context, mac string) error {
+	if _, err := p.store.Machine(ctx, mac); err != nil {
+		return notFound(err)
+	}
+	p.mu.Lock()
+	run := p.running[mac]
+	p.mu.Unlock()
+	if run == nil {
+		return fmt.Errorf("%w: machine %s has no install running or queued: nothing to cancel", admin.ErrConflict, mac)
+	}
+	run.cancel(&cancelled{by: "operator (API)"})
+	select {
+	case <-run.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// stopped records why an install ended under its context: an operator
+// cancelled it, or the server stopped. It uses a fresh context: the
+// install's own is done.
+func (p *Provisioner) stopped(ctx context.Context, mac, phase string) {
+	var c *cancelled
+	if errors.As(context.Cause(ctx), &c) {
+		p.metrics.installs.WithLabelValues("cancelled").Inc()
+		wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		p.finalFail(wctx, mac, phase, "cancelled by operator",
+			fmt.Sprintf("install cancelled by %s during %s; the slot is free", c.by, phaseName(phase)))
+		return
+	}
+	p.interrupted(mac, phase)
 }
 
 // interrupted records that the server stopped under an install. It uses
@@ -55,7 +113,7 @@ func (p *Provisioner) install(ctx context.Context, b profiles.Boot, m *profiles.
 	prof := cfg.Profile(m.Profile)
 	fail := func(phase string, err error) {
 		p.metrics.installs.WithLabelValues("failed").Inc()
-		_ = p.transition(context.WithoutCancel(ctx), b.MAC, profiles.StateFailed, phase, err.Error(),
+		p.finalFail(context.WithoutCancel(ctx), b.MAC, phase, err.Error(),
 			fmt.Sprintf("install failed in %s: %v", phaseName(phase), err))
 	}
 	if prof == nil {
@@ -67,7 +125,8 @@ func (p *Provisioner) install(ctx context.Context, b profiles.Boot, m *profiles.
 		fail("", err)
 		return
 	}
-	s := &machineSink{p: p, ctx: context.WithoutCancel(ctx), mac: b.MAC}
+	s := p.newSink(context.WithoutCancel(ctx), b.MAC)
+	defer s.finish()
 	attempts := prof.Retries + 1
 	for attempt := 1; attempt <= attempts; attempt++ {
 		if attempt > 1 {
@@ -79,7 +138,7 @@ func (p *Provisioner) install(ctx context.Context, b profiles.Boot, m *profiles.
 	}
 	switch {
 	case ctx.Err() != nil:
-		p.interrupted(b.MAC, s.phase)
+		p.stopped(ctx, b.MAC, s.phase)
 	case err != nil:
 		phase := s.phase
 		var pe *installer.PhaseError
@@ -89,8 +148,14 @@ func (p *Provisioner) install(ctx context.Context, b profiles.Boot, m *profiles.
 		fail(phase, err)
 	default:
 		p.metrics.installs.WithLabelValues("installed").Inc()
-		_ = p.transition(s.ctx, b.MAC, profiles.StateInstalled, "", "",
+		err := p.transition(s.ctx, b.MAC, profiles.StateInstalled, "", "",
 			fmt.Sprintf("installed with profile %s; next PXE boot goes to the local disk", prof.Name))
+		if err != nil && !permanent(err) {
+			// Unrecorded, the install cannot count: failed is the state
+			// that never boots a machine from a disk nobody vouched for.
+			p.finalFail(s.ctx, b.MAC, "", "the install ended but recording it failed: "+err.Error(),
+				"install ended, but recording it as installed failed: "+err.Error())
+		}
 	}
 }
 
@@ -111,16 +176,25 @@ func (p *Provisioner) engineOptions(b profiles.Boot, prof *profiles.Profile, ip 
 	if _, err := netip.ParseAddr(ip); err != nil {
 		return installer.Options{}, fmt.Errorf("installer address %q: %w", ip, err)
 	}
+	srv := p.cfg.Load().Server
 	o := installer.Options{
-		Target:       installer.Target{Host: ip, Port: prof.SSH.Port, User: prof.SSH.User},
-		Signers:      []ssh.Signer{p.signer},
-		IdentityFile: p.keyFile,
-		HostKey:      hostKey,
-		SSHOptions:   prof.SSH.Options,
-		Phases:       prof.Phases,
-		Flake:        prof.Flake,
-		ExtraFiles:   prof.ExtraFiles,
-		AfterInstall: prof.AfterInstall,
+		Timeouts: prof.Timeouts,
+		TimeoutHint: func(phase string) string {
+			return fmt.Sprintf("raise profiles.%s.timeouts.%s in the config", prof.Name, phase)
+		},
+		KeepaliveInterval: prof.SSH.KeepaliveInterval,
+		KeepaliveCountMax: prof.SSH.KeepaliveCountMax,
+		MaxLineBytes:      srv.TargetLineBytes,
+		MaxOutputBytes:    int64(srv.TargetOutputBytes),
+		Target:            installer.Target{Host: ip, Port: prof.SSH.Port, User: prof.SSH.User},
+		Signers:           []ssh.Signer{p.signer},
+		IdentityFile:      p.keyFile,
+		HostKey:           hostKey,
+		SSHOptions:        prof.SSH.Options,
+		Phases:            prof.Phases,
+		Flake:             prof.Flake,
+		ExtraFiles:        prof.ExtraFiles,
+		AfterInstall:      prof.AfterInstall,
 	}
 	if sp := prof.StorePaths; sp != nil {
 		o.StorePaths = &installer.StorePaths{Disko: sp.Disko, System: sp.System}
@@ -135,13 +209,53 @@ func (p *Provisioner) engineOptions(b profiles.Boot, prof *profiles.Profile, ip 
 }
 
 // machineSink writes the engine's steps into the machine's state,
-// events and log.
+// events and log. The log of one install keeps its first head and last
+// tail lines; the lines between become one line that counts them.
 type machineSink struct {
 	p     *Provisioner
 	ctx   context.Context
 	mac   string
 	phase string
 	start time.Time
+
+	mu         sync.Mutex
+	base       int64 // the machine's last log line before this install
+	head, tail int
+	lines      int // lines of this install so far
+	untrimmed  int // lines since the last trim
+}
+
+func (p *Provisioner) newSink(ctx context.Context, mac string) *machineSink {
+	srv := p.cfg.Load().Server
+	s := &machineSink{p: p, ctx: ctx, mac: mac, head: max(srv.InstallLogHead, 1), tail: max(srv.InstallLogTail, 1)}
+	if seq, err := p.store.LastLogSeq(ctx, mac); err == nil {
+		s.base = seq
+	} else {
+		p.log.Warn("reading the install log failed", "mac", mac, "err", err)
+	}
+	return s
+}
+
+// trim drops the middle of the install's log once it has grown by a
+// quarter of its tail since the last time, so that the store holds at
+// most head + 1 + 1.25 tail lines of it.
+func (s *machineSink) trim(force bool) {
+	dropped := s.lines - s.head - s.tail
+	if dropped <= 0 || !force && s.untrimmed < s.tail/4+1 {
+		return
+	}
+	s.untrimmed = 0
+	marker := fmt.Sprintf("[… %d lines dropped: the install log keeps the first %d and the last %d lines (server.install_log_head, server.install_log_tail) …]", dropped, s.head, s.tail)
+	if err := s.p.store.TrimLog(s.ctx, s.mac, s.base, s.head, s.tail, marker); err != nil {
+		s.p.storeFailed(s.mac, "trimming the install log", err)
+	}
+}
+
+// finish trims the log to its exact bounds once the install ended.
+func (s *machineSink) finish() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.trim(true)
 }
 
 func (s *machineSink) PhaseStarted(phase string, index, total int) {
@@ -164,9 +278,16 @@ func (s *machineSink) PhaseDone(phase string, elapsed time.Duration, err error) 
 }
 
 func (s *machineSink) Line(phase, stream, line string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if err := s.p.store.AppendLog(s.ctx, s.mac, fmt.Sprintf("[%s] %s", phase, line)); err != nil {
-		s.p.log.Warn("appending install log failed", "mac", s.mac, "err", err)
+		s.p.storeFailed(s.mac, "appending to the install log", err)
+		return
 	}
+	s.p.storeOK()
+	s.lines++
+	s.untrimmed++
+	s.trim(false)
 }
 
 func (s *machineSink) Progress(phase string, done, total int64) {}

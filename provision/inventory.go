@@ -100,7 +100,7 @@ func (p *Provisioner) Reinstall(ctx context.Context, mac string) error {
 // running cannot be forgotten.
 func (p *Provisioner) Forget(ctx context.Context, mac string) error {
 	p.mu.Lock()
-	busy := p.running[mac]
+	busy := p.running[mac] != nil
 	p.mu.Unlock()
 	if busy {
 		return fmt.Errorf("%w: machine %s is being installed; wait for it to end", admin.ErrConflict, mac)

@@ -73,12 +73,27 @@ type Provisioner struct {
 	mu       sync.Mutex
 	logged   map[string]time.Time          // rate limit of logLimited, by key
 	polling  map[string]context.CancelFunc // token → SSH poller of a machine without callback
-	running  map[string]bool               // MAC → an install is running
+	running  map[string]*installRun        // MAC → its install, queued or running
 	subs     map[chan admin.MachineView]struct{}
 	wg       sync.WaitGroup // installs and pollers
 	bg       sync.WaitGroup // the sweeper, which runs until ctx ends
 	baseCtx  context.Context
 	pollWait time.Duration
+
+	// State writes: writeErr says why the last one failed ("" when it
+	// worked), writeMAC on which machine; pending holds final states
+	// that could not be written at all, until writes work again.
+	writeMu  sync.Mutex
+	flushMu  sync.Mutex // one flushPending at a time: each state once
+	writeErr string
+	writeMAC string
+	pending  map[string]pendingState
+}
+
+// pendingState is a machine's final state kept in memory because the
+// store refused it.
+type pendingState struct {
+	phase, errMsg, msg string
 }
 
 // Engine runs one install; installer.Run in production.
@@ -127,7 +142,8 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		logged:   map[string]time.Time{},
 		unknown:  newUnknownMACs(),
 		polling:  map[string]context.CancelFunc{},
-		running:  map[string]bool{},
+		running:  map[string]*installRun{},
+		pending:  map[string]pendingState{},
 		subs:     map[chan admin.MachineView]struct{}{},
 		baseCtx:  ctx,
 		pollWait: o.PollDelay,
@@ -323,8 +339,15 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 		return httpboot.BootPlan{Action: httpboot.ActionLocal, Hostname: m.Hostname}, nil
 	}
 	p.mu.Lock()
-	busy := p.running[mac]
+	busy := p.running[mac] != nil
 	p.mu.Unlock()
+	if !busy && rec.State == profiles.StateInstalling {
+		// No engine runs for it: a state write failed when its install
+		// ended. It must not stay unbootable until a restart.
+		if err := p.settleStale(ctx, rec); err != nil {
+			return httpboot.BootPlan{}, err
+		}
+	}
 	if busy {
 		// The machine rebooted in the middle of its own install, or
 		// another host speaks for it: booting the installer again would
@@ -721,15 +744,161 @@ func mustMAC(s string) net.HardwareAddr {
 	return mac
 }
 
-// transition records a state change and tells the subscribers.
+// transition records a state change and tells the subscribers. A
+// write that fails is tried again a few times (a busy or briefly full
+// disk), then the failure shows on Health.
 func (p *Provisioner) transition(ctx context.Context, mac string, to profiles.State, phase, errMsg, msg string) error {
-	if err := p.store.Transition(ctx, mac, to, phase, errMsg, msg); err != nil {
-		p.log.Error("state transition refused", "mac", mac, "to", to, "err", err)
+	err := retryWrite(ctx, func() error { return p.store.Transition(ctx, mac, to, phase, errMsg, msg) })
+	if err != nil {
+		if permanent(err) {
+			p.log.Error("state transition refused", "mac", mac, "to", to, "err", err)
+		} else {
+			p.storeFailed(mac, fmt.Sprintf("recording state %s", to), err)
+		}
 		return err
 	}
+	p.storeOK()
 	p.log.Info(msg, "mac", mac, "state", to, "phase", phase)
 	p.publish(ctx, mac)
 	return nil
+}
+
+// writeBackoff are the pauses between the tries of a state write.
+var writeBackoff = []time.Duration{100 * time.Millisecond, 400 * time.Millisecond, 1600 * time.Millisecond}
+
+// retryWrite runs write until it works, fails for good, or the tries
+// run out.
+func retryWrite(ctx context.Context, write func() error) error {
+	err := write()
+	for _, d := range writeBackoff {
+		if err == nil || permanent(err) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(d):
+		}
+		err = write()
+	}
+	return err
+}
+
+// permanent errors are answers, not faults: trying again changes
+// nothing.
+func permanent(err error) bool {
+	return errors.Is(err, profiles.ErrNoTransition) || errors.Is(err, profiles.ErrNotFound)
+}
+
+// finalFail records that an install ended in failure. If even that
+// write fails, the machine's state stays in memory until writes work
+// again (Health and the machine's next PXE boot write it), and the log
+// says so.
+func (p *Provisioner) finalFail(ctx context.Context, mac, phase, errMsg, msg string) {
+	err := p.transition(ctx, mac, profiles.StateFailed, phase, errMsg, msg)
+	if err == nil || permanent(err) {
+		return
+	}
+	p.writeMu.Lock()
+	p.pending[mac] = pendingState{phase: phase, errMsg: errMsg, msg: msg}
+	p.writeMu.Unlock()
+	p.log.Error("the machine's final state cannot be written: kept in memory until state writes work again; /healthz reports it",
+		"mac", mac, "state", profiles.StateFailed, "error", errMsg, "err", err)
+}
+
+// storeFailed notes a failed state write for Health.
+func (p *Provisioner) storeFailed(mac, what string, err error) {
+	p.writeMu.Lock()
+	p.writeErr = fmt.Sprintf("state writes fail: %s of %s: %v", what, mac, err)
+	p.writeMAC = mac
+	p.writeMu.Unlock()
+	p.logLimited("state-write", "state write failed", "mac", mac, "what", what, "err", err)
+}
+
+// storeOK notes a state write that worked.
+func (p *Provisioner) storeOK() {
+	p.writeMu.Lock()
+	was := p.writeErr
+	p.writeErr = ""
+	p.writeMu.Unlock()
+	if was != "" {
+		p.log.Info("state writes work again", "was", was)
+	}
+}
+
+// Health is nil while state writes work. While they fail it tries one
+// (the final states kept in memory, or a note on the machine whose
+// write failed) and, if that fails too, says why: the boot side
+// answers /healthz with 503 and the reason.
+func (p *Provisioner) Health(ctx context.Context) error {
+	p.writeMu.Lock()
+	failing, mac := p.writeErr != "", p.writeMAC
+	pend := len(p.pending) > 0
+	p.writeMu.Unlock()
+	if !failing && !pend {
+		return nil
+	}
+	p.flushPending(ctx)
+	p.writeMu.Lock()
+	failing, pend = p.writeErr != "", len(p.pending) > 0
+	p.writeMu.Unlock()
+	if failing && !pend {
+		err := p.store.AddEvent(ctx, mac, "", "state writes work again")
+		if err == nil || errors.Is(err, profiles.ErrNotFound) {
+			p.storeOK()
+		} else {
+			p.storeFailed(mac, "a note", err)
+		}
+	}
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
+	switch {
+	case p.writeErr != "" && len(p.pending) > 0:
+		return fmt.Errorf("%s; the final state of %d machine(s) is kept in memory only", p.writeErr, len(p.pending))
+	case p.writeErr != "":
+		return errors.New(p.writeErr)
+	}
+	return nil
+}
+
+// flushPending writes the final states kept in memory.
+func (p *Provisioner) flushPending(ctx context.Context) {
+	p.flushMu.Lock()
+	defer p.flushMu.Unlock()
+	p.writeMu.Lock()
+	pending := make(map[string]pendingState, len(p.pending))
+	for mac, ps := range p.pending {
+		pending[mac] = ps
+	}
+	p.writeMu.Unlock()
+	for mac, ps := range pending {
+		err := p.store.Transition(ctx, mac, profiles.StateFailed, ps.phase, ps.errMsg, ps.msg+" (written late: state writes failed when the install ended)")
+		if err != nil && !permanent(err) {
+			p.storeFailed(mac, "recording state failed", err)
+			return
+		}
+		p.writeMu.Lock()
+		delete(p.pending, mac)
+		p.writeMu.Unlock()
+		if err == nil {
+			p.storeOK()
+			p.publish(ctx, mac)
+		}
+	}
+}
+
+// settleStale fails a machine recorded as installing with no engine
+// running for it, so that its PXE boot is served: with the final state
+// kept in memory if there is one, else with a note of its own.
+func (p *Provisioner) settleStale(ctx context.Context, rec profiles.MachineRecord) error {
+	p.flushPending(ctx)
+	cur, err := p.store.Machine(ctx, rec.MAC)
+	if err != nil || cur.State != profiles.StateInstalling {
+		return err
+	}
+	const why = "install left unfinished: no engine runs for it (a state write failed when it ended)"
+	return p.transition(ctx, rec.MAC, profiles.StateFailed, rec.Phase, why,
+		"PXE boot of a machine recorded as installing with no engine running for it: "+why+"; marked failed, booting it again")
 }
 
 // securityEvent records a refusal or a conflict on a machine, when the

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
@@ -29,7 +30,10 @@ Install NixOS on a Linux host over SSH (kexec into an installer when needed).
   -i <identity>                     SSH private key to log in with (besides the agent)
   -p, --ssh-port <port>             SSH port (default 22)
   --target-host <[user@]host>       the host, instead of the positional argument
-  --ssh-option <KEY=VALUE>          ssh option (ConnectTimeout, StrictHostKeyChecking); repeatable
+  --ssh-option <KEY=VALUE>          ssh option (ConnectTimeout, StrictHostKeyChecking, ServerAliveInterval,
+                                    ServerAliveCountMax: keepalives, default 15 s and 3); repeatable
+  --phase-timeout <PHASE=DURATION>  timeout of a phase or of the probe (defaults: probe 5m, kexec 20m,
+                                    disko 30m, install 2h, reboot 15m); repeatable
   --env-password                    log in with the password in $SSHPASS once, then with a generated key
   --kexec <path|url>                kexec installer tarball (default: nixos-images release)
   --kexec-extract-path <path>       where the tarball is unpacked on the host (default /root/kexec)
@@ -143,6 +147,10 @@ func parseInstallArgs(args []string) (*installArgs, error) {
 				} else {
 					o.SSHOptions[k] = val
 				}
+			}
+		case "--phase-timeout":
+			if v, err = one(); err == nil {
+				err = parsePhaseTimeout(o, v)
 			}
 		case "--env-password":
 			a.envPass = true
@@ -291,7 +299,41 @@ func parseInstallArgs(args []string) (*installArgs, error) {
 	if p, ok := o.SSHOptions["Port"]; ok && o.Target.Port == 0 {
 		o.Target.Port, _ = strconv.Atoi(p)
 	}
+	// Keepalives as ssh takes them: ServerAliveInterval in seconds.
+	for key, dst := range map[string]*int{"ServerAliveInterval": nil, "ServerAliveCountMax": &o.KeepaliveCountMax} {
+		v, ok := o.SSHOptions[key]
+		if !ok {
+			continue
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("--ssh-option %s=%s: want a whole number of at least 1", key, v)
+		}
+		if dst == nil {
+			o.KeepaliveInterval = time.Duration(n) * time.Second
+		} else {
+			*dst = n
+		}
+	}
+	o.TimeoutHint = func(phase string) string { return "raise it with --phase-timeout " + phase + "=DURATION" }
 	return a, nil
+}
+
+// parsePhaseTimeout reads PHASE=DURATION into o.Timeouts.
+func parsePhaseTimeout(o *installer.Options, v string) error {
+	phase, d, ok := strings.Cut(v, "=")
+	if _, known := installer.DefaultTimeouts[phase]; !ok || !known {
+		return fmt.Errorf("--phase-timeout %q: use PHASE=DURATION with PHASE one of probe, kexec, disko, install, reboot", v)
+	}
+	t, err := time.ParseDuration(d)
+	if err != nil || t <= 0 {
+		return fmt.Errorf("--phase-timeout %q: bad duration %q (like 45m or 3h)", v, d)
+	}
+	if o.Timeouts == nil {
+		o.Timeouts = map[string]time.Duration{}
+	}
+	o.Timeouts[phase] = t
+	return nil
 }
 
 // runInstall is `pxe-anywhere install`.

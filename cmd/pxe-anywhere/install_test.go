@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseInstallArgs(t *testing.T) {
@@ -54,6 +55,18 @@ func TestParseInstallArgs(t *testing.T) {
 			}
 		}},
 		{name: "download locally needs a URL", args: []string{"-f", ".#a", "--kexec-download-locally", "--kexec", "/tmp/k.tar.gz", "h"}, wantErr: "needs --kexec URL"},
+		{name: "timeouts and keepalives", args: []string{"-f", ".#a", "--phase-timeout", "disko=45m", "--phase-timeout=probe=1m", "--ssh-option", "ServerAliveInterval=5", "--ssh-option", "ServerAliveCountMax=2", "h"}, check: func(t *testing.T, a *installArgs) {
+			o := a.opts
+			if o.Timeouts["disko"] != 45*time.Minute || o.Timeouts["probe"] != time.Minute || len(o.Timeouts) != 2 || o.KeepaliveInterval != 5*time.Second || o.KeepaliveCountMax != 2 {
+				t.Errorf("timeouts %v, keepalive %s x %d", o.Timeouts, o.KeepaliveInterval, o.KeepaliveCountMax)
+			}
+			if h := o.TimeoutHint("disko"); h != "raise it with --phase-timeout disko=DURATION" {
+				t.Errorf("hint %q", h)
+			}
+		}},
+		{name: "unknown phase timeout", args: []string{"-f", ".#a", "--phase-timeout", "format=1h", "h"}, wantErr: "PHASE one of probe, kexec, disko, install, reboot"},
+		{name: "bad phase timeout", args: []string{"-f", ".#a", "--phase-timeout", "disko=soon", "h"}, wantErr: `bad duration "soon"`},
+		{name: "bad keepalive", args: []string{"-f", ".#a", "--ssh-option", "ServerAliveInterval=0", "h"}, wantErr: "ServerAliveInterval=0: want a whole number of at least 1"},
 		{name: "unknown flag", args: []string{"--flak", ".#a", "h"}, wantErr: "unknown flag"},
 		{name: "missing target", args: []string{"-f", ".#a"}, wantErr: "no target host"},
 		{name: "flake without name", args: []string{"-f", ".", "h"}, wantErr: "FLAKE#NAME"},

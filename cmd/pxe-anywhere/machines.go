@@ -26,6 +26,7 @@ const machinesUsage = `Usage:
   pxe-anywhere machines show [--json] MAC      one machine and all its events
   pxe-anywhere machines logs [-f] MAC          the whole install log; -f follows it until the install ends
   pxe-anywhere machines reinstall MAC          make the next PXE boot of MAC install again
+  pxe-anywhere machines cancel MAC             stop MAC's running or queued install; MAC becomes failed
   pxe-anywhere machines forget MAC             drop MAC's state and history
 
 Flags (all subcommands):
@@ -175,7 +176,7 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, machinesUsage)
-		return errors.New("machines: want a subcommand: list, show, logs, reinstall or forget")
+		return errors.New("machines: want a subcommand: list, show, logs, reinstall, cancel or forget")
 	}
 	sub := args[0]
 	fs := flag.NewFlagSet("machines "+sub, flag.ContinueOnError)
@@ -188,7 +189,7 @@ func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		asJSON = fs.Bool("json", false, "print JSON instead of a table")
 	case "logs":
 		follow = fs.Bool("f", false, "follow the log until the install ends (Ctrl-C stops)")
-	case "reinstall", "forget":
+	case "reinstall", "cancel", "forget":
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, machinesUsage)
 		fs.SetOutput(stdout)
@@ -196,7 +197,7 @@ func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return nil
 	default:
 		fmt.Fprint(stderr, machinesUsage)
-		return fmt.Errorf("machines: unknown subcommand %q (want list, show, logs, reinstall or forget)", sub)
+		return fmt.Errorf("machines: unknown subcommand %q (want list, show, logs, reinstall, cancel or forget)", sub)
 	}
 	pos, err := parseInterspersed(fs, args[1:])
 	if err != nil {
@@ -250,9 +251,9 @@ func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return printMachine(stdout, m, evs)
 	case "logs":
 		return machineLogs(ctx, c, stdout, machinePath, *follow)
-	case "reinstall", "forget":
+	case "reinstall", "cancel", "forget":
 		method := http.MethodPost
-		path := machinePath + "/reinstall"
+		path := machinePath + "/" + sub
 		if sub == "forget" {
 			method, path = http.MethodDelete, machinePath
 		}

@@ -128,6 +128,19 @@ func (f *fakeInventory) Reinstall(ctx context.Context, mac string) error {
 	return nil
 }
 
+func (f *fakeInventory) Cancel(ctx context.Context, mac string) error {
+	if mac != "52:54:00:00:00:01" {
+		if _, err := machineByMAC(mac); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: machine %s has no install running or queued: nothing to cancel", admin.ErrConflict, mac)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.done = append(f.done, "cancel "+mac)
+	return nil
+}
+
 func (f *fakeInventory) Forget(ctx context.Context, mac string) error {
 	if mac == "52:54:00:00:00:01" {
 		return fmt.Errorf("%w: machine %s is being installed; wait for it to end", admin.ErrConflict, mac)
@@ -191,6 +204,8 @@ func TestRunMachines(t *testing.T) {
 		{name: "logs follow to the end", args: []string{"logs", "-f", "52:54:00:00:00:01"},
 			want: []string{"[probe] disks", "[disko] formatting /dev/vda", "[nixos-install] done", "-- 52:54:00:00:00:01 installed --"}},
 		{name: "reinstall", args: []string{"reinstall", "52:54:00:00:00:02"}, want: []string{"52:54:00:00:00:02: reinstall requested"}, done: "reinstall 52:54:00:00:00:02"},
+		{name: "cancel", args: []string{"cancel", "52:54:00:00:00:01"}, want: []string{"52:54:00:00:00:01: install cancelled: the machine is failed (cancelled by operator)"}, done: "cancel 52:54:00:00:00:01"},
+		{name: "cancel without install", args: []string{"cancel", "52:54:00:00:00:02"}, wantErr: "has no install running or queued: nothing to cancel (HTTP 409)"},
 		{name: "forget", args: []string{"forget", "52-54-00-00-00-02"}, want: []string{"52:54:00:00:00:02: forgotten"}, done: "forget 52:54:00:00:00:02"},
 		{name: "forget refused while installing", args: []string{"forget", "52:54:00:00:00:01"}, wantErr: "is being installed"},
 		{name: "bad mac", args: []string{"show", "web-01"}, wantErr: "not an Ethernet MAC"},

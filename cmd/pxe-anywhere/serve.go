@@ -305,6 +305,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				ScriptsPerMinute: lim.BootScriptsPerMinute,
 			},
 			WriteTimeout: lim.HTTPWriteTimeout,
+			Health:       prov.Health,
 		}, prov)},
 		{al, admin.New(admin.Config{
 			APIToken:          apiToken,

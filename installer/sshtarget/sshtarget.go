@@ -403,6 +403,38 @@ func (tg *Target) Stop() {
 	})
 }
 
+// Freeze stops (SIGSTOP) every sshd process of the target, the
+// listener and each connection's, as a machine whose kernel hangs with
+// its TCP connections open: nothing answers, nothing closes. The
+// commands sshd started go on. It returns the function that thaws them
+// again, which also runs on t.Cleanup.
+func (tg *Target) Freeze(t testing.TB) (thaw func()) {
+	t.Helper()
+	var frozen []int
+	for _, p := range descendants(tg.cmd.Process.Pid) {
+		comm, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/comm")
+		if err != nil || strings.TrimSpace(string(comm)) != "sshd" {
+			continue
+		}
+		if err := syscall.Kill(p, syscall.SIGSTOP); err == nil {
+			frozen = append(frozen, p)
+		}
+	}
+	if len(frozen) == 0 {
+		t.Fatal("sshtarget: no sshd process to freeze")
+	}
+	var once sync.Once
+	thaw = func() {
+		once.Do(func() {
+			for _, p := range frozen {
+				_ = syscall.Kill(p, syscall.SIGCONT)
+			}
+		})
+	}
+	t.Cleanup(thaw)
+	return thaw
+}
+
 // descendants lists the processes below pid, so that per-connection
 // sshd processes (which leave the process group) die too.
 func descendants(pid int) []int {
