@@ -51,8 +51,7 @@ const (
 	sshPort   = 2222 // where sshtarget listens inside a namespace
 )
 
-// Config that the other parts of issue 11 add. Each is here, in one
-// place, so that the key names can be adjusted when they land.
+// The limits the fault tests set, each in one place.
 
 // phaseTimeout is the per-profile timeout of one install phase (part B:
 // `timeouts: {PHASE: DURATION}` under a profile).
@@ -60,10 +59,9 @@ func phaseTimeout(phase, d string) string {
 	return fmt.Sprintf("    timeouts: {%s: %s}\n", phase, d)
 }
 
-// keepaliveOptions are the ssh options that make the engine's SSH
-// keepalives notice a dead target within seconds (part B); they are the
-// OpenSSH names that the profile's ssh.options already takes.
-const keepaliveOptions = `, ServerAliveInterval: "1", ServerAliveCountMax: "3"`
+// keepaliveOptions make the engine's SSH keepalives (and those of the
+// ssh that nix copy starts) notice a dead target within seconds.
+const keepaliveOptions = `, keepalive_interval: 1s, keepalive_count_max: 3`
 
 // floodServer and floodTop are the limits of parts A and C (server
 // lines; top-level sections such as retention) that the flood tests run
@@ -79,7 +77,7 @@ const (
 type options struct {
 	server     string // extra lines under server:, indented two spaces
 	profile    string // extra lines under profiles.web, indented four spaces
-	sshOptions string // appended inside profiles.web.ssh.options
+	sshOptions string // appended inside profiles.web.ssh
 	top        string // extra top-level sections
 	tmpfs      string // when set, the state directory is a tmpfs of this size (mount -o size=)
 }
@@ -231,7 +229,7 @@ profiles:
   web:
     image: test
     store_paths: {disko: %[6]s, system: %[7]s}
-    ssh: {port: %[8]d, options: {ConnectTimeout: "5"%[9]s}}
+    ssh: {port: %[8]d, options: {ConnectTimeout: "5"}%[9]s}
     after_install: reboot
 %[10]smachines:
   - {mac: "%[11]s", profile: web, hostname: web-01, ip: %[12]s}

@@ -40,6 +40,13 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "refused: this address may not boot "+mac.String(), http.StatusForbidden)
 		return
 	}
+	if errors.Is(err, ErrUnavailable) {
+		// iPXE retries a failed script fetch; the text says why to
+		// whoever reads the console, /healthz says it to the operator.
+		w.Header().Set("Retry-After", "10")
+		http.Error(w, "unavailable: the server's state store cannot write (disk full?); try again later", http.StatusServiceUnavailable)
+		return
+	}
 	if err != nil {
 		s.cfg.Log.Error("choosing a boot script failed", "mac", mac.String(), "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)

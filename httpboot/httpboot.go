@@ -30,6 +30,9 @@ import (
 var (
 	ErrUnknownToken = errors.New("unknown or expired boot token") // 404
 	ErrForbidden    = errors.New("forbidden")                     // 403
+	// ErrUnavailable: the server cannot record the boot now (its state
+	// store fails to write); the machine may try again later.
+	ErrUnavailable = errors.New("state store cannot write") // 503
 )
 
 // Action is what a machine's iPXE script makes it do.

@@ -361,7 +361,7 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 	}
 	token, err := p.newBoot(ctx, mac, r, "install")
 	if err != nil {
-		return httpboot.BootPlan{}, err
+		return httpboot.BootPlan{}, p.unavailable(mac, "recording a boot", err)
 	}
 	p.metrics.boots.WithLabelValues("install").Inc()
 	return httpboot.BootPlan{
@@ -399,7 +399,7 @@ func (p *Provisioner) discover(ctx context.Context, cfg *profiles.Config, mac st
 	}
 	token, err := p.newBoot(ctx, mac, r, "discover")
 	if err != nil {
-		return httpboot.BootPlan{}, err
+		return httpboot.BootPlan{}, p.unavailable(mac, "recording a boot", err)
 	}
 	p.metrics.boots.WithLabelValues("discover").Inc()
 	return httpboot.BootPlan{Action: httpboot.ActionInstall, Image: cfg.Server.DiscoverImage, Token: token}, nil
@@ -813,6 +813,17 @@ func (p *Provisioner) storeFailed(mac, what string, err error) {
 	p.writeMAC = mac
 	p.writeMu.Unlock()
 	p.logLimited("state-write", "state write failed", "mac", mac, "what", what, "err", err)
+}
+
+// unavailable turns a failed write of a boot into the boot side's 503
+// and tells Health; answers such as a refused transition pass as they
+// are.
+func (p *Provisioner) unavailable(mac, what string, err error) error {
+	if permanent(err) {
+		return err
+	}
+	p.storeFailed(mac, what, err)
+	return fmt.Errorf("%w: %s of %s: %v", httpboot.ErrUnavailable, what, mac, err)
 }
 
 // storeOK notes a state write that worked.
