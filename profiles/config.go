@@ -63,7 +63,7 @@ type Server struct {
 	SSHKey       string
 	MaxInstalls  int
 
-	// limits (issue 11: engine): bounds on what a target feeds the
+	// limits (engine): bounds on what a target feeds the
 	// engine. A line longer than TargetLineBytes is cut; command output
 	// kept in memory (probe, hardware config) beyond TargetOutputBytes
 	// fails the command; an install's log keeps its first
@@ -79,7 +79,7 @@ type Server struct {
 	// not say and for discovered machines.
 	Trust Trust
 
-	// limits (issue 11: state): what strangers can make the server
+	// limits (state): what strangers can make the server
 	// keep is bounded.
 
 	// KeepBoots is how many ended boots (used, voided or expired) the
@@ -93,7 +93,7 @@ type Server struct {
 	// MaxDiscovered is how many machines unknown_machines: discover
 	// may record; past it, discovery of another MAC is refused.
 	MaxDiscovered int
-	// limits (issue 11: protocol bounds)
+	// limits (protocol bounds)
 	Limits Limits
 }
 
@@ -139,7 +139,7 @@ func DefaultLimits() Limits {
 	}
 }
 
-// The defaults of the limits (issue 11: state).
+// The defaults of the limits (state).
 const (
 	DefaultKeepBoots      = 20
 	DefaultKeepEvents     = 1000
@@ -243,7 +243,7 @@ type SSHSettings struct {
 	User    string
 	Port    int
 	Options map[string]string
-	// limits (issue 11: engine): a keepalive every KeepaliveInterval;
+	// limits (engine): a keepalive every KeepaliveInterval;
 	// after KeepaliveCountMax unanswered the connection is closed and
 	// the phase fails.
 	KeepaliveInterval time.Duration
@@ -280,7 +280,7 @@ type Profile struct {
 	AfterInstall       string
 	Retries            int
 	Phases             []string
-	// limits (issue 11: engine): the timeout of each phase (and of
+	// limits (engine): the timeout of each phase (and of
 	// "probe") that differs from the engine's default.
 	Timeouts map[string]time.Duration
 	Trust    Trust // "" means server.trust

@@ -243,7 +243,7 @@ func (d *decoder) config(root *yaml.Node) *Config {
 			KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents,
 			MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered,
 			Limits: DefaultLimits(),
-			// limits (issue 11: engine)
+			// limits (engine)
 			TargetLineBytes: 64 << 10, TargetOutputBytes: 16 << 20, InstallLogHead: 2000, InstallLogTail: 3000,
 		},
 		DHCP:     DHCP{Mode: DHCPProxy, EFIx64Boot: "ipxe.efi", LeaseTime: time.Hour},
@@ -290,12 +290,12 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	const w = "server"
 	f := d.fields(n, w, "interfaces", "advertise", "http_listen", "admin_listen", "tls_cert", "tls_key", "tftp_listen",
 		"state_dir", "ipxe_dir", "api_token_file", "ssh_key", "max_installs", "unknown_machines", "discover_image", "trust",
-		// limits (issue 11: state)
+		// limits (state)
 		"keep_boots", "keep_events", "max_unknown_macs", "max_discovered",
-		// limits (issue 11: protocol bounds)
+		// limits (protocol bounds)
 		"tftp_max_transfers", "http_header_timeout", "http_read_timeout", "http_idle_timeout", "http_write_timeout",
 		"boot_max_per_source", "boot_scripts_per_minute", "sse_write_timeout", "sse_max_subscribers",
-		// limits (issue 11: engine)
+		// limits (engine)
 		"target_line_bytes", "target_output_bytes", "install_log_head", "install_log_tail")
 	s.Interfaces = d.strList(f["interfaces"], w+".interfaces")
 	for i, ifc := range s.Interfaces {
@@ -321,7 +321,7 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	d.setPath(&s.APITokenFile, f["api_token_file"], w+".api_token_file")
 	d.setPath(&s.SSHKey, f["ssh_key"], w+".ssh_key")
 	d.setInt(&s.MaxInstalls, f["max_installs"], w+".max_installs", 1, 1024)
-	// limits (issue 11: engine)
+	// limits (engine)
 	d.setInt(&s.TargetLineBytes, f["target_line_bytes"], w+".target_line_bytes", 256, 64<<20)
 	d.setInt(&s.TargetOutputBytes, f["target_output_bytes"], w+".target_output_bytes", 4096, 1<<30)
 	d.setInt(&s.InstallLogHead, f["install_log_head"], w+".install_log_head", 10, 1000000)
@@ -333,7 +333,7 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	if v, ok := d.enum(f["trust"], w+".trust", string(TrustDHCP), string(TrustMAC)); ok {
 		s.Trust = Trust(v)
 	}
-	// limits (issue 11: state)
+	// limits (state)
 	d.setInt(&s.KeepBoots, f["keep_boots"], w+".keep_boots", 1, 100000)
 	d.setInt(&s.KeepEvents, f["keep_events"], w+".keep_events", 10, 10000000)
 	d.setInt(&s.MaxUnknownMACs, f["max_unknown_macs"], w+".max_unknown_macs", 1, 1<<20)
@@ -341,7 +341,7 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	d.limits(&s.Limits, f, w)
 }
 
-// limits decodes the protocol bounds of `server:` (issue 11).
+// limits decodes the protocol bounds of `server:`.
 func (d *decoder) limits(l *Limits, f map[string]*yaml.Node, w string) {
 	d.setInt(&l.TFTPMaxTransfers, f["tftp_max_transfers"], w+".tftp_max_transfers", 1, 65535)
 	d.setDuration(&l.HTTPHeaderTimeout, f["http_header_timeout"], w+".http_header_timeout", time.Second, time.Hour)
@@ -530,7 +530,7 @@ func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 	}
 	f := d.fields(n, w, "image", "flake", "store_paths", "disk_encryption_keys", "extra_files",
 		"chown", "kernel_params", "ssh", "after_install", "retries", "phases", "trust",
-		"timeouts") // limits (issue 11: engine)
+		"timeouts") // limits (engine)
 	d.setStr(&p.Image, f["image"], w+".image")
 	if p.Image == "" {
 		d.errAt(d.lines[w], w, "name one of the images: entries", "missing image")
@@ -605,7 +605,7 @@ func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 	p.KernelParams = d.strList(f["kernel_params"], w+".kernel_params")
 	if f["ssh"] != nil {
 		sf := d.fields(f["ssh"], w+".ssh", "user", "port", "options", "keepalive_interval", "keepalive_count_max")
-		// limits (issue 11: engine)
+		// limits (engine)
 		d.setDuration(&p.SSH.KeepaliveInterval, sf["keepalive_interval"], w+".ssh.keepalive_interval", time.Second, time.Hour)
 		d.setInt(&p.SSH.KeepaliveCountMax, sf["keepalive_count_max"], w+".ssh.keepalive_count_max", 1, 1000)
 		d.setStr(&p.SSH.User, sf["user"], w+".ssh.user")
@@ -632,7 +632,7 @@ func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 		p.AfterInstall = v
 	}
 	d.setInt(&p.Retries, f["retries"], w+".retries", 0, 100)
-	// limits (issue 11: engine)
+	// limits (engine)
 	for _, e := range d.entries(f["timeouts"], w+".timeouts") {
 		where := w + ".timeouts." + e.key
 		if e.key != "probe" && !contains(phases, e.key) {

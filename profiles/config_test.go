@@ -47,7 +47,7 @@ func TestLoadFull(t *testing.T) {
 			TargetLineBytes: 4096, TargetOutputBytes: 1 << 20, InstallLogHead: 100, InstallLogTail: 200,
 			UnknownMachines: UnknownDiscover, Trust: TrustDHCP,
 			DiscoverImage: "nixos",
-			// limits (issue 11: state)
+			// limits (state)
 			KeepBoots: 5, KeepEvents: 200, MaxUnknownMACs: 100, MaxDiscovered: 10,
 			Limits: DefaultLimits(),
 		},

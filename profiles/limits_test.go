@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// TestLimits: the protocol bounds (issue 11) have defaults, take
+// TestLimits: the protocol bounds have defaults, take
 // values, and refuse values that would disable them.
 func TestLimits(t *testing.T) {
 	set := base + `server:

@@ -174,7 +174,7 @@ func TestParseErrors(t *testing.T) {
 			},
 		},
 		{
-			name: "limits (issue 11: state)",
+			name: "limits (state)",
 			in:   "server:\n  keep_boots: 0\n  keep_events: 5\n  max_unknown_macs: many\n  max_discovered: -1\n",
 			want: []string{
 				`pxe.yaml:2: server.keep_boots: bad number "0" (a whole number from 1 to 100000)`,
