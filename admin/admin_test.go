@@ -25,7 +25,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/testhttp"
 )
 
 type fakeInventory struct {
@@ -198,39 +200,7 @@ func (h *harness) get(t *testing.T, path string, hdr ...string) (*http.Response,
 // is what arrived within a few seconds.
 func (h *harness) do(t *testing.T, method, path, body string, hdr ...string) (*http.Response, []byte) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, h.srv.URL+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := h.client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp, b
-}
-
-// requireTools skips unless the tools are installed, or fails when the
-// lab is required (CI), like netlab.Require without the need for root.
-func requireTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("PXE_LAB_REQUIRED") == "1" {
-				t.Fatalf("%s missing (PXE_LAB_REQUIRED=1): install it", tool)
-			}
-			t.Skipf("%s missing", tool)
-		}
-	}
+	return testhttp.Do(t, h.client, method, h.srv.URL+path, body, hdr...)
 }
 
 func TestAPIAuthAndRoutes(t *testing.T) {
@@ -391,7 +361,7 @@ func TestErrorSummary(t *testing.T) {
 // the machine rows in the live DOM after an update arrives over SSE, and
 // keeps a screenshot.
 func TestStatusPageInChromium(t *testing.T) {
-	requireTools(t, "chromium")
+	netlab.RequireTools(t, "chromium")
 	h := newHarness(t)
 	h.inv.mu.Lock()
 	h.inv.oneShot = &MachineView{MAC: "52:54:00:00:00:42", Hostname: "late-arrival", Profile: "web", State: "failed", Phase: "disko", Error: failedError}

@@ -22,7 +22,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/testhttp"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -132,23 +134,7 @@ func (h *harness) get(t *testing.T, path string, hdr ...string) (*http.Response,
 // response with its whole body.
 func (h *harness) do(t *testing.T, method, path, body string, hdr ...string) (*http.Response, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, h.srv.URL+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp, b
+	return testhttp.Do(t, http.DefaultClient, method, h.srv.URL+path, body, hdr...)
 }
 
 func TestScriptsGolden(t *testing.T) {
@@ -210,7 +196,7 @@ func TestImageRangeAndHead(t *testing.T) {
 		t.Fatal("range body differs")
 	}
 	t.Run("curl", func(t *testing.T) {
-		requireTools(t, "curl")
+		netlab.RequireTools(t, "curl")
 		out := filepath.Join(t.TempDir(), "k")
 		if b, err := exec.Command("curl", "-sSf", "-r", "0-99", "-o", out, h.srv.URL+"/images/nixos/kernel").CombinedOutput(); err != nil {
 			t.Fatalf("curl: %v %s", err, b)
@@ -252,22 +238,8 @@ func TestImageRangeAndHead(t *testing.T) {
 	}
 }
 
-// requireTools skips unless the tools are installed, or fails when the
-// lab is required (CI), like netlab.Require without the need for root.
-func requireTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("PXE_LAB_REQUIRED") == "1" {
-				t.Fatalf("%s missing (PXE_LAB_REQUIRED=1): install it", tool)
-			}
-			t.Skipf("%s missing", tool)
-		}
-	}
-}
-
 func TestExtraInitrdUnpacksWithGNUCpio(t *testing.T) {
-	requireTools(t, "cpio", "gzip")
+	netlab.RequireTools(t, "cpio", "gzip")
 	h := newHarness(t)
 	resp, body := h.get(t, "/boot/"+testToken+"/extra.cpio.gz")
 	if resp.StatusCode != 200 || resp.Header.Get("Cache-Control") != "no-store" {
@@ -429,7 +401,7 @@ func FuzzCallbackBody(f *testing.F) {
 }
 
 func TestWriteCPIO(t *testing.T) {
-	requireTools(t, "cpio")
+	netlab.RequireTools(t, "cpio")
 	tests := []struct {
 		name  string
 		files []ExtraFile

@@ -30,15 +30,34 @@ func Require(t testing.TB, tools ...string) {
 	if os.Geteuid() != 0 {
 		missing = append(missing, "root")
 	}
-	for _, tool := range append([]string{"ip"}, tools...) {
+	skipOrFail(t, "network lab unavailable", append(missing, missingTools(append([]string{"ip"}, tools...))...))
+}
+
+// RequireTools is Require for a test that needs the tools but no
+// namespace (and so no root).
+func RequireTools(t testing.TB, tools ...string) {
+	t.Helper()
+	skipOrFail(t, "test tools", missingTools(tools))
+}
+
+func missingTools(tools []string) []string {
+	var missing []string
+	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = append(missing, tool)
 		}
 	}
+	return missing
+}
+
+// skipOrFail skips t when something is missing, or fails it under
+// PXE_LAB_REQUIRED=1 (CI), where a skip would hide a missing package.
+func skipOrFail(t testing.TB, what string, missing []string) {
+	t.Helper()
 	if len(missing) == 0 {
 		return
 	}
-	msg := "network lab unavailable, missing: " + strings.Join(missing, ", ")
+	msg := what + ": missing " + strings.Join(missing, ", ")
 	if os.Getenv("PXE_LAB_REQUIRED") == "1" {
 		t.Fatal(msg + " (PXE_LAB_REQUIRED=1)")
 	}
