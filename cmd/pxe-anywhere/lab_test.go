@@ -178,14 +178,29 @@ machines:
 		t.Fatalf("admin metrics lack the DHCP, TFTP and boot HTTP counters:\n%.2000s", b)
 	}
 	// sse_max_subscribers: 1 reaches the admin side: with one stream
-	// open, the next is refused with 503.
-	stream := lab.Command(lab.Server, "curl", "-sSN", "--max-time", "60", "-o", "/dev/null", "http://127.0.0.1:8081/events")
-	if err := stream.Start(); err != nil {
-		t.Fatal(err)
+	// open, the next is refused with 503. A probe that connects before
+	// the held stream does takes the slot itself and the held one is
+	// refused; then the held stream is started again.
+	var stream *exec.Cmd
+	var ended chan struct{}
+	hold := func() {
+		stream = lab.Command(lab.Server, "curl", "-sSN", "--max-time", "60", "-o", "/dev/null", "http://127.0.0.1:8081/events")
+		if err := stream.Start(); err != nil {
+			t.Fatal(err)
+		}
+		ended = make(chan struct{})
+		go func(c *exec.Cmd, done chan struct{}) { c.Wait(); close(done) }(stream, ended)
 	}
-	defer func() { stream.Process.Kill(); stream.Wait() }()
-	deadline := time.Now().Add(20 * time.Second)
+	hold()
+	defer func() { stream.Process.Kill(); <-ended }()
+	deadline := time.Now().Add(30 * time.Second)
 	for {
+		select {
+		case <-ended:
+			hold()
+		default:
+		}
+		time.Sleep(200 * time.Millisecond)
 		code, _ := lab.Command(lab.Server, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "http://127.0.0.1:8081/events").Output()
 		if string(code) == "503" {
 			break
