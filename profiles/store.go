@@ -878,3 +878,61 @@ func (s *Store) MarkInterrupted(ctx context.Context) (int, error) {
 	}
 	return n, nil
 }
+
+// LastEvents returns each machine's latest event, by MAC.
+func (s *Store) LastEvents(ctx context.Context) (map[string]Event, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, mac, time, state, phase, message FROM events
+		WHERE id IN (SELECT MAX(id) FROM events GROUP BY mac)`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]Event{}
+	for rows.Next() {
+		var e Event
+		var t int64
+		if err := rows.Scan(&e.ID, &e.MAC, &t, &e.State, &e.Phase, &e.Message); err != nil {
+			return nil, err
+		}
+		e.Time = fromUnix(t)
+		out[e.MAC] = e
+	}
+	return out, rows.Err()
+}
+
+// PhaseDoneMessages returns the latest limit events that record a phase
+// that ended well ("phase X done in D", written by provision), newest
+// first: the history that the status page's progress estimate is
+// drawn from.
+func (s *Store) PhaseDoneMessages(ctx context.Context, limit int) ([]Event, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, mac, time, state, phase, message FROM events
+		WHERE phase != '' AND message LIKE 'phase % done in %' ORDER BY id DESC LIMIT ?`, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Event
+	for rows.Next() {
+		var e Event
+		var t int64
+		if err := rows.Scan(&e.ID, &e.MAC, &t, &e.State, &e.Phase, &e.Message); err != nil {
+			return nil, err
+		}
+		e.Time = fromUnix(t)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// LastEvent returns a machine's latest event; ErrNotFound when it has none.
+func (s *Store) LastEvent(ctx context.Context, mac string) (Event, error) {
+	var e Event
+	var t int64
+	err := s.db.QueryRowContext(ctx, `SELECT id, mac, time, state, phase, message FROM events
+		WHERE mac = ? ORDER BY id DESC LIMIT 1`, normMAC(mac)).Scan(&e.ID, &e.MAC, &t, &e.State, &e.Phase, &e.Message)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Event{}, fmt.Errorf("machine %s has no events: %w", mac, ErrNotFound)
+	}
+	e.Time = fromUnix(t)
+	return e, err
+}
