@@ -36,18 +36,36 @@ var (
 
 // MachineView is a machine as the API shows it.
 type MachineView struct {
-	MAC       string `json:"mac"`
-	Hostname  string `json:"hostname"`
-	Profile   string `json:"profile"`
-	State     string `json:"state"`
-	Phase     string `json:"phase,omitempty"`
-	Error     string `json:"error,omitempty"`
-	IP        string `json:"ip,omitempty"`
+	MAC      string `json:"mac"`
+	Hostname string `json:"hostname"`
+	Profile  string `json:"profile"`
+	State    string `json:"state"`
+	Phase    string `json:"phase,omitempty"`
+	Error    string `json:"error,omitempty"`
+	IP       string `json:"ip,omitempty"`
+	// Firmware is what the machine's last boot told of itself (iPXE's
+	// build architecture, when the boot URL carried it); often empty.
+	Firmware  string `json:"firmware,omitempty"`
 	Reinstall bool   `json:"reinstall"`
 	// Held: a security event (a boot's secrets asked for twice) holds
 	// the machine until a reinstall is requested.
 	Held      bool      `json:"held,omitempty"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// LastEvent is the machine's latest event, if any.
+	LastEvent *EventView `json:"last_event,omitempty"`
+}
+
+// BootView is a machine's latest boot as the operator may see it: never
+// its token, only a fingerprint of it.
+type BootView struct {
+	TokenFingerprint string     `json:"token_fingerprint"` // first 8 hex digits of sha256(token)
+	HostKey          string     `json:"host_key"`          // SHA256:... of the boot's SSH host key
+	IP               string     `json:"ip,omitempty"`
+	Firmware         string     `json:"firmware,omitempty"`
+	CreatedAt        time.Time  `json:"created_at"`
+	UsedAt           *time.Time `json:"used_at,omitempty"`
+	VoidedAt         *time.Time `json:"voided_at,omitempty"`
+	VoidReason       string     `json:"void_reason,omitempty"`
 }
 
 // EventView is one event of a machine.
@@ -73,11 +91,19 @@ type Inventory interface {
 	Machine(ctx context.Context, mac string) (MachineView, error)
 	Events(ctx context.Context, mac string, after int64) ([]EventView, error)
 	Log(ctx context.Context, mac string, after int64) ([]LogView, error)
-	Reinstall(ctx context.Context, mac string) error
+	// LatestBoot is the machine's latest boot; ErrNotFound when it has none.
+	LatestBoot(ctx context.Context, mac string) (BootView, error)
+	// PhaseHistory is how long each install phase took when it ended
+	// well, over the recent past: what the page's progress is drawn
+	// from. Empty when nothing was installed yet.
+	PhaseHistory(ctx context.Context) (map[string][]time.Duration, error)
+	// The actions: by names who asked, "operator (API)" or
+	// "operator (web, 192.0.2.1)", and goes into the machine's events.
+	Reinstall(ctx context.Context, mac, by string) error
 	// Cancel stops the install of mac that is queued or running; the
 	// machine becomes failed. ErrConflict when none runs.
-	Cancel(ctx context.Context, mac string) error
-	Forget(ctx context.Context, mac string) error
+	Cancel(ctx context.Context, mac, by string) error
+	Forget(ctx context.Context, mac, by string) error
 	Subscribe(ctx context.Context) <-chan MachineView
 }
 
@@ -160,16 +186,21 @@ func New(cfg Config, inv Inventory) *Server {
 			r.Use(s.requireLogin)
 		}
 		r.Get("/", s.statusPage)
+		r.Get("/machines/{mac}", s.machinePage)
+		r.Get("/machines/{mac}/row", s.machineRow)
+		r.Get("/machines/{mac}/log", s.pageLog)
+		r.Get("/machines/{mac}/{action}", s.confirmAction)
+		r.Post("/machines/{mac}/{action}", s.doAction)
 		r.Get("/events", s.statusEvents)
 		if cfg.Metrics != nil {
 			r.Handle("/metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{}))
 		}
 	})
-	if cfg.RequireLogin {
-		r.Get("/login", s.loginForm)
-		r.Post("/login", s.login)
-		r.Post("/logout", s.logout)
-	}
+	// The login is there on loopback too: the pages can be read there
+	// without it, but every action asks for it.
+	r.Get("/login", s.loginForm)
+	r.Post("/login", s.login)
+	r.Post("/logout", s.logout)
 	s.router = r
 	return s
 }

@@ -12,6 +12,10 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/internal/macaddr"
 )
 
+// byAPI names who asked for an action through the API: the bearer
+// token is one secret shared by every operator, so no more can be said.
+const byAPI = "operator (API)"
+
 // inventoryError maps an Inventory error to a status.
 func (s *Server) inventoryError(w http.ResponseWriter, err error) {
 	switch {
@@ -112,7 +116,7 @@ func (s *Server) reinstall(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if err := s.inv.Reinstall(r.Context(), mac); err != nil {
+	if err := s.inv.Reinstall(r.Context(), mac, byAPI); err != nil {
 		s.inventoryError(w, err)
 		return
 	}
@@ -124,7 +128,7 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if err := s.inv.Cancel(r.Context(), mac); err != nil {
+	if err := s.inv.Cancel(r.Context(), mac, byAPI); err != nil {
 		s.inventoryError(w, err)
 		return
 	}
@@ -136,7 +140,7 @@ func (s *Server) forget(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if err := s.inv.Forget(r.Context(), mac); err != nil {
+	if err := s.inv.Forget(r.Context(), mac, byAPI); err != nil {
 		s.inventoryError(w, err)
 		return
 	}

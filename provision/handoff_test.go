@@ -768,7 +768,7 @@ func TestHandoffSecretsTwice(t *testing.T) {
 	if !strings.Contains(h.events(t), "SECURITY: boot secrets requested twice") {
 		t.Fatalf("no security event:\n%s", h.events(t))
 	}
-	if err := h.p.Reinstall(ctx, macA); err != nil {
+	if err := h.p.Reinstall(ctx, macA, "operator (API)"); err != nil {
 		t.Fatal(err)
 	}
 	if _, tok, _ := h.askScript(t); tok == "" || tok == token {

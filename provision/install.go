@@ -64,7 +64,7 @@ func (p *Provisioner) startInstall(b profiles.Boot, m *profiles.Machine, ip stri
 // failed ("cancelled by operator") and its slot goes to the next one.
 // It returns once all that is done. A machine with no install running
 // is a conflict.
-func (p *Provisioner) Cancel(ctx context.Context, mac string) error {
+func (p *Provisioner) Cancel(ctx context.Context, mac, by string) error {
 	if _, err := p.store.Machine(ctx, mac); err != nil {
 		return notFound(err)
 	}
@@ -74,7 +74,7 @@ func (p *Provisioner) Cancel(ctx context.Context, mac string) error {
 	if run == nil {
 		return fmt.Errorf("%w: machine %s has no install running or queued: nothing to cancel", admin.ErrConflict, mac)
 	}
-	run.cancel(&cancelled{by: "operator (API)"})
+	run.cancel(&cancelled{by: by})
 	select {
 	case <-run.done:
 		return nil

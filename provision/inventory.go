@@ -2,9 +2,15 @@ package provision
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/pxe-anywhere/pxe-anywhere/admin"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
@@ -13,7 +19,7 @@ import (
 func view(r profiles.MachineRecord) admin.MachineView {
 	return admin.MachineView{
 		MAC: r.MAC, Hostname: r.Hostname, Profile: r.Profile, State: string(r.State),
-		Phase: r.Phase, Error: r.Error, IP: r.IP, Reinstall: r.Reinstall, Held: r.Held, UpdatedAt: r.UpdatedAt,
+		Phase: r.Phase, Error: r.Error, IP: r.IP, Firmware: r.Firmware, Reinstall: r.Reinstall, Held: r.Held, UpdatedAt: r.UpdatedAt,
 	}
 }
 
@@ -30,9 +36,68 @@ func (p *Provisioner) Machines(ctx context.Context) ([]admin.MachineView, error)
 	if err != nil {
 		return nil, err
 	}
+	last, err := p.store.LastEvents(ctx)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]admin.MachineView, 0, len(recs))
 	for _, r := range recs {
-		out = append(out, view(r))
+		v := view(r)
+		if e, ok := last[r.MAC]; ok {
+			v.LastEvent = eventView(e)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func eventView(e profiles.Event) *admin.EventView {
+	return &admin.EventView{ID: e.ID, Time: e.Time, State: string(e.State), Phase: e.Phase, Message: e.Message}
+}
+
+// withLastEvent adds the machine's latest event to v, if it has one.
+func (p *Provisioner) withLastEvent(ctx context.Context, v admin.MachineView) admin.MachineView {
+	if e, err := p.store.LastEvent(ctx, v.MAC); err == nil {
+		v.LastEvent = eventView(e)
+	}
+	return v
+}
+
+// LatestBoot is the machine's latest boot, its token reduced to a fingerprint.
+func (p *Provisioner) LatestBoot(ctx context.Context, mac string) (admin.BootView, error) {
+	b, err := p.store.LatestBoot(ctx, mac)
+	if err != nil {
+		return admin.BootView{}, notFound(err)
+	}
+	sum := sha256.Sum256([]byte(b.Token))
+	v := admin.BootView{TokenFingerprint: hex.EncodeToString(sum[:4]), IP: b.IP, Firmware: b.Firmware,
+		CreatedAt: b.CreatedAt, UsedAt: b.UsedAt, VoidedAt: b.VoidedAt, VoidReason: b.VoidReason}
+	if k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(b.HostKeyPublic)); err == nil {
+		v.HostKey = ssh.FingerprintSHA256(k)
+	}
+	return v, nil
+}
+
+// phaseHistoryEvents bounds the history PhaseHistory reads: enough for
+// a median per phase over the last hundred or so installs.
+const phaseHistoryEvents = 500
+
+// PhaseHistory is how long phases that ended well took, from the
+// "phase X done in D" events of the recent past.
+func (p *Provisioner) PhaseHistory(ctx context.Context) (map[string][]time.Duration, error) {
+	evs, err := p.store.PhaseDoneMessages(ctx, phaseHistoryEvents)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]time.Duration{}
+	for _, e := range evs {
+		_, d, ok := strings.Cut(e.Message, " done in ")
+		if !ok {
+			continue
+		}
+		if dur, err := time.ParseDuration(d); err == nil && dur >= 0 {
+			out[e.Phase] = append(out[e.Phase], dur)
+		}
 	}
 	return out, nil
 }
@@ -43,7 +108,7 @@ func (p *Provisioner) Machine(ctx context.Context, mac string) (admin.MachineVie
 	if err != nil {
 		return admin.MachineView{}, notFound(err)
 	}
-	return view(r), nil
+	return p.withLastEvent(ctx, view(r)), nil
 }
 
 // Events are a machine's state changes and notes after ID after.
@@ -80,7 +145,7 @@ func (p *Provisioner) Log(ctx context.Context, mac string, after int64) ([]admin
 
 // Reinstall makes the machine's next PXE boot install again. It is the
 // only way an installed machine is ever installed again.
-func (p *Provisioner) Reinstall(ctx context.Context, mac string) error {
+func (p *Provisioner) Reinstall(ctx context.Context, mac, by string) error {
 	if err := p.store.RequestReinstall(ctx, mac); err != nil {
 		return notFound(err)
 	}
@@ -89,16 +154,18 @@ func (p *Provisioner) Reinstall(ctx context.Context, mac string) error {
 	if n, err := p.store.VoidBoots(ctx, mac, "reinstall requested"); err != nil {
 		return err
 	} else if n > 0 {
-		p.event(ctx, mac, "", "reinstall requested: the unused boot handed out before it is voided")
+		p.event(ctx, mac, "", "reinstall requested by "+by+": the unused boot handed out before it is voided")
 	}
-	p.event(ctx, mac, "", "reinstall requested: the next PXE boot installs again")
+	p.event(ctx, mac, "", "reinstall requested by "+by+": the next PXE boot installs again")
 	p.publish(ctx, mac)
 	return nil
 }
 
 // Forget removes a machine and its history; a machine whose install is
 // running cannot be forgotten.
-func (p *Provisioner) Forget(ctx context.Context, mac string) error {
+// The machine's events go with it, so who forgot it is in the server's
+// log.
+func (p *Provisioner) Forget(ctx context.Context, mac, by string) error {
 	p.mu.Lock()
 	busy := p.running[mac] != nil
 	p.mu.Unlock()
@@ -115,7 +182,7 @@ func (p *Provisioner) Forget(ctx context.Context, mac string) error {
 		return notFound(err)
 	}
 	p.bindings.forget(mac)
-	p.log.Info("machine forgotten", "mac", mac)
+	p.log.Info("machine forgotten", "mac", mac, "by", by)
 	p.mu.Lock()
 	for ch := range p.subs {
 		select {
@@ -149,7 +216,7 @@ func (p *Provisioner) publish(ctx context.Context, mac string) {
 	if err != nil {
 		return
 	}
-	v := view(r)
+	v := p.withLastEvent(ctx, view(r))
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for ch := range p.subs {

@@ -122,7 +122,7 @@ func TestDiscoverLimit(t *testing.T) {
 	if plan := boot(1); plan.Action != httpboot.ActionInstall {
 		t.Fatalf("recorded machine at the limit: action %v, want install", plan.Action)
 	}
-	if err := f.p.Forget(ctx, inventedMAC(0).String()); err != nil {
+	if err := f.p.Forget(ctx, inventedMAC(0).String(), "operator (API)"); err != nil {
 		t.Fatal(err)
 	}
 	if plan := boot(10); plan.Action != httpboot.ActionInstall {

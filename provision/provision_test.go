@@ -324,7 +324,7 @@ func TestTokensAndCallback(t *testing.T) {
 	if plan := f.boot(t, macA); plan.Action != httpboot.ActionLocal {
 		t.Fatalf("installed machine got %v", plan.Action)
 	}
-	if err := f.p.Reinstall(ctx, macA); err != nil {
+	if err := f.p.Reinstall(ctx, macA, "operator (API)"); err != nil {
 		t.Fatal(err)
 	}
 	if plan := f.boot(t, macA); plan.Action != httpboot.ActionInstall {
@@ -392,12 +392,12 @@ func TestRestartMarksInterrupted(t *testing.T) {
 func TestForgetRefusesConfiguredMachines(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, testConfig(t, "discover"), "")
-	err := f.p.Forget(ctx, macA)
+	err := f.p.Forget(ctx, macA, "operator (API)")
 	if !errors.Is(err, admin.ErrConflict) || !strings.Contains(err.Error(), "still in the config") {
 		t.Fatalf("forgetting a configured machine: %v", err)
 	}
 	f.boot(t, macX) // discovered, not in the config
-	if err := f.p.Forget(ctx, macX); err != nil {
+	if err := f.p.Forget(ctx, macX, "operator (API)"); err != nil {
 		t.Fatalf("forgetting a discovered machine: %v", err)
 	}
 	if _, err := f.store.Machine(ctx, macX); !errors.Is(err, profiles.ErrNotFound) {

@@ -139,7 +139,7 @@ func TestOwnerOfALiveBoot(t *testing.T) {
 	}
 	// Reinstall voids the live boot: the next request, from anywhere
 	// bound, starts a new one.
-	if err := f.p.Reinstall(ctx, macA); err != nil {
+	if err := f.p.Reinstall(ctx, macA, "operator (API)"); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := f.store.BootByToken(ctx, second.Token); b.VoidedAt == nil || b.VoidReason != "reinstall requested" || len(b.HostKeyPrivate) != 0 {
@@ -252,7 +252,7 @@ func TestSecretsTwiceFromTheMachine(t *testing.T) {
 	if len(f.engine.runs) != 0 {
 		t.Fatal("an engine ran for a voided boot")
 	}
-	if err := f.p.Reinstall(ctx, macA); err != nil {
+	if err := f.p.Reinstall(ctx, macA, "operator (API)"); err != nil {
 		t.Fatal(err)
 	}
 	if p := f.boot(t, macA); p.Action != httpboot.ActionInstall {

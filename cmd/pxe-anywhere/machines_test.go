@@ -118,7 +118,10 @@ func (f *fakeInventory) Log(ctx context.Context, mac string, after int64) ([]adm
 	return page(f.log, after, f.pageSize, func(l admin.LogView) int64 { return l.Seq }), nil
 }
 
-func (f *fakeInventory) Reinstall(ctx context.Context, mac string) error {
+func (f *fakeInventory) Reinstall(ctx context.Context, mac, by string) error {
+	if by != "operator (API)" {
+		return fmt.Errorf("reinstall by %q: the API must name itself", by)
+	}
 	if _, err := machineByMAC(mac); err != nil {
 		return err
 	}
@@ -128,7 +131,10 @@ func (f *fakeInventory) Reinstall(ctx context.Context, mac string) error {
 	return nil
 }
 
-func (f *fakeInventory) Cancel(ctx context.Context, mac string) error {
+func (f *fakeInventory) Cancel(ctx context.Context, mac, by string) error {
+	if by != "operator (API)" {
+		return fmt.Errorf("cancel by %q: the API must name itself", by)
+	}
 	if mac != "52:54:00:00:00:01" {
 		if _, err := machineByMAC(mac); err != nil {
 			return err
@@ -141,7 +147,10 @@ func (f *fakeInventory) Cancel(ctx context.Context, mac string) error {
 	return nil
 }
 
-func (f *fakeInventory) Forget(ctx context.Context, mac string) error {
+func (f *fakeInventory) Forget(ctx context.Context, mac, by string) error {
+	if by != "operator (API)" {
+		return fmt.Errorf("forget by %q: the API must name itself", by)
+	}
 	if mac == "52:54:00:00:00:01" {
 		return fmt.Errorf("%w: machine %s is being installed; wait for it to end", admin.ErrConflict, mac)
 	}
@@ -152,6 +161,14 @@ func (f *fakeInventory) Forget(ctx context.Context, mac string) error {
 	defer f.mu.Unlock()
 	f.done = append(f.done, "forget "+mac)
 	return nil
+}
+
+func (f *fakeInventory) LatestBoot(ctx context.Context, mac string) (admin.BootView, error) {
+	return admin.BootView{}, fmt.Errorf("%w: no boot", admin.ErrNotFound)
+}
+
+func (f *fakeInventory) PhaseHistory(ctx context.Context) (map[string][]time.Duration, error) {
+	return nil, nil
 }
 
 func (f *fakeInventory) Subscribe(ctx context.Context) <-chan admin.MachineView {
