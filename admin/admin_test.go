@@ -58,6 +58,12 @@ var machines = []MachineView{
 
 func (f *fakeInventory) Machines(ctx context.Context) ([]MachineView, error) { return machines, nil }
 func (f *fakeInventory) Machine(ctx context.Context, mac string) (MachineView, error) {
+	f.mu.Lock()
+	late := f.oneShot
+	f.mu.Unlock()
+	if late != nil && late.MAC == mac {
+		return *late, nil
+	}
 	for _, m := range machines {
 		if m.MAC == mac {
 			return m, nil
@@ -84,29 +90,55 @@ func (f *fakeInventory) Log(ctx context.Context, mac string, after int64) ([]Log
 	}
 	return []LogView{{Seq: 1, Line: "[disko] formatting"}}, nil
 }
-func (f *fakeInventory) Reinstall(ctx context.Context, mac string) error {
+// record notes an action; the API must name itself "operator (API)",
+// and the page "operator (web, <address>)".
+func (f *fakeInventory) record(action, mac, by string) error {
+	if by != byAPI && !strings.HasPrefix(by, "operator (web, ") {
+		return fmt.Errorf("%s %s by %q: who asked is not named as it should be", action, mac, by)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if by == byAPI {
+		f.done = append(f.done, action+" "+mac)
+	} else {
+		f.done = append(f.done, action+" "+mac+" by "+by)
+	}
+	return nil
+}
+func (f *fakeInventory) Reinstall(ctx context.Context, mac, by string) error {
 	if _, err := f.Machine(ctx, mac); err != nil {
 		return err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.done = append(f.done, "reinstall "+mac)
-	return nil
+	return f.record("reinstall", mac, by)
 }
-func (f *fakeInventory) Cancel(ctx context.Context, mac string) error {
+func (f *fakeInventory) Cancel(ctx context.Context, mac, by string) error {
 	if mac != "52:54:00:00:00:01" {
 		return fmt.Errorf("%w: machine %s has no install running or queued: nothing to cancel", ErrConflict, mac)
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.done = append(f.done, "cancel "+mac)
-	return nil
+	return f.record("cancel", mac, by)
 }
-func (f *fakeInventory) Forget(ctx context.Context, mac string) error {
+func (f *fakeInventory) Forget(ctx context.Context, mac, by string) error {
 	if mac == "52:54:00:00:00:01" {
 		return fmt.Errorf("%w: installing", ErrConflict)
 	}
-	return f.Reinstall(ctx, mac)
+	if _, err := f.Machine(ctx, mac); err != nil {
+		return err
+	}
+	return f.record("forget", mac, by)
+}
+
+// bootToken is the fake's boot token: no page may ever show it.
+const bootToken = "b00770ce2b00770ce2b00770ce2b00770ce2"
+
+func (f *fakeInventory) LatestBoot(ctx context.Context, mac string) (BootView, error) {
+	if mac != "52:54:00:00:00:03" {
+		return BootView{}, fmt.Errorf("%w: machine %s has no boot", ErrNotFound, mac)
+	}
+	return BootView{TokenFingerprint: "3f2a9c01", HostKey: "SHA256:abcdefFAKEhostKEY", IP: "10.0.0.13", Firmware: "x86_64",
+		CreatedAt: time.Date(2026, 11, 28, 7, 50, 0, 0, time.UTC)}, nil
+}
+func (f *fakeInventory) PhaseHistory(ctx context.Context) (map[string][]time.Duration, error) {
+	return map[string][]time.Duration{"kexec": {time.Minute}, "install": {8 * time.Minute, 12 * time.Minute}}, nil
 }
 func (f *fakeInventory) Subscribe(ctx context.Context) <-chan MachineView {
 	ch := make(chan MachineView, 8)
@@ -249,8 +281,9 @@ func TestAPIAuthAndRoutes(t *testing.T) {
 	if resp, b := h.get(t, "/metrics"); resp.StatusCode != 200 || !strings.Contains(string(b), `pxe_anywhere_http_requests_total{code="401",listener="admin",route="/api/v1/*"}`) {
 		t.Fatalf("metrics: %d\n%s", resp.StatusCode, b)
 	}
-	// The admin side serves nothing a booting machine needs.
-	for _, p := range []string{"/healthz", "/boot/52-54-00-00-00-01.ipxe", "/ipxe/ipxe.efi", "/images/nixos/kernel", "/login"} {
+	// The admin side serves nothing a booting machine needs. (The login
+	// is there on loopback too: the page's actions ask for it.)
+	for _, p := range []string{"/healthz", "/boot/52-54-00-00-00-01.ipxe", "/ipxe/ipxe.efi", "/images/nixos/kernel"} {
 		if resp, _ := h.get(t, p); resp.StatusCode != 404 {
 			t.Errorf("%s: %d, want 404 on the admin side", p, resp.StatusCode)
 		}

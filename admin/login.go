@@ -21,8 +21,9 @@ input{font:inherit;padding:.3em}
 .refused{color:#c62828}
 </style></head><body>
 <h1>pxe-anywhere</h1>
-{{if .}}<p class="refused">{{.}}</p>{{end}}
+{{if .Msg}}<p class="refused" role="alert">{{.Msg}}</p>{{end}}
 <form method="post" action="/login">
+<input type="hidden" name="next" value="{{.Next}}">
 <label>API token <input type="password" name="token" autocomplete="current-password" autofocus required size="40"></label>
 <button type="submit">Log in</button>
 </form>
@@ -40,8 +41,8 @@ func (s *Server) requireLogin(next http.Handler) http.Handler {
 			return
 		}
 		w.Header().Set("Cache-Control", "no-store")
-		if r.URL.Path == "/" {
-			s.writeLogin(w, http.StatusUnauthorized, "")
+		if r.Method == http.MethodGet && isPage(r.URL.Path) {
+			s.writeLogin(w, http.StatusUnauthorized, r.URL.Path, "")
 			return
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="pxe-anywhere"`)
@@ -54,16 +55,34 @@ func (s *Server) sessionOK(r *http.Request) bool {
 	return err == nil && s.cfg.APIToken != "" && subtle.ConstantTimeCompare([]byte(c.Value), []byte(s.session)) == 1
 }
 
-func (s *Server) writeLogin(w http.ResponseWriter, code int, msg string) {
+// isPage reports whether path is a page a browser opens (the overview,
+// a machine's page), which answers with the login form when it needs
+// one.
+func isPage(path string) bool {
+	rest, ok := strings.CutPrefix(path, "/machines/")
+	return path == "/" || ok && rest != "" && !strings.Contains(rest, "/")
+}
+
+// nextPage is where the login goes on to: a path of this server only,
+// never another site's ("//host" or a scheme).
+func nextPage(next string) string {
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.ContainsAny(next, "\\\r\n") {
+		return "/"
+	}
+	return next
+}
+
+func (s *Server) writeLogin(w http.ResponseWriter, code int, next, msg string) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
-	if err := loginTmpl.Execute(w, msg); err != nil {
+	if err := loginTmpl.Execute(w, struct{ Next, Msg string }{nextPage(next), msg}); err != nil {
 		s.cfg.Log.Warn("login page", "err", err)
 	}
 }
 
 func (s *Server) loginForm(w http.ResponseWriter, r *http.Request) {
-	s.writeLogin(w, http.StatusOK, "")
+	s.writeLogin(w, http.StatusOK, r.URL.Query().Get("next"), "")
 }
 
 // login checks the posted token and sets the session cookie: HttpOnly
@@ -74,14 +93,14 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	tok := strings.TrimSpace(r.PostFormValue("token"))
 	if s.cfg.APIToken == "" || subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.APIToken)) != 1 {
 		s.cfg.Log.Warn("status page login refused: wrong API token", "remote", r.RemoteAddr)
-		s.writeLogin(w, http.StatusUnauthorized, "Wrong token.")
+		s.writeLogin(w, http.StatusUnauthorized, r.PostFormValue("next"), "Wrong token.")
 		return
 	}
 	http.SetCookie(w, &http.Cookie{
 		Name: sessionCookie, Value: s.session, Path: "/",
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
 	})
-	http.Redirect(w, r, "/", http.StatusSeeOther)
+	http.Redirect(w, r, nextPage(r.PostFormValue("next")), http.StatusSeeOther)
 }
 
 func (s *Server) logout(w http.ResponseWriter, r *http.Request) {

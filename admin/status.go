@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"html/template"
 	"net/http"
 	"strings"
 	"time"
@@ -12,78 +11,12 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
 )
 
-// The status page is read-only and, on loopback, needs no token: it
-// shows what a rack label shows (MACs, hostnames, profiles, states) and a
-// one-line summary of a failure. Off loopback it is behind the login
+// The status pages are server-rendered (pages.go); on loopback they
+// need no login to be read, off loopback they are behind it
 // (Config.RequireLogin). Either way the full error, which quotes the
 // failing command and its last output (anything an install printed),
-// stays behind the API token with the log; so does everything that
-// changes a machine.
-var statusTmpl = template.Must(template.New("status").Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>pxe-anywhere</title>
-<style>
-body{font:14px system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;min-width:60%}
-th,td{padding:.35em .8em;border-bottom:1px solid #ddd;text-align:left}
-th{background:#f4f4f4}
-.installed{color:#18794e}.failed{color:#c62828}.installing,.installer-up,.booting{color:#b26a00}
-#live,#note{color:#888;font-size:12px}
-.warning{background:#fff4e5;border-left:4px solid #b26a00;padding:.5em 1em;margin:1em 0}
-</style></head><body>
-<h1>pxe-anywhere</h1>
-{{if .Logout}}<form method="post" action="/logout"><button type="submit">Log out</button></form>{{end}}
-{{range .Warnings}}<p class="warning" role="alert">{{.}}</p>
-{{end}}<p id="live">{{len .Machines}} machines · live updates off</p>
-<table><thead><tr><th>MAC</th><th>Hostname</th><th>Profile</th><th>State</th><th>Phase</th><th>Error</th><th>Updated</th></tr></thead>
-<tbody id="machines">
-{{range .Machines}}<tr id="m-{{.MAC}}"><td>{{.MAC}}</td><td>{{.Hostname}}</td><td>{{.Profile}}</td><td class="{{.State}}">{{.State}}{{if .Held}} (held){{end}}</td><td>{{.Phase}}</td><td>{{.Error}}</td><td>{{if not .UpdatedAt.IsZero}}{{.UpdatedAt.Format "2006-01-02 15:04:05"}}{{end}}</td></tr>
-{{end}}</tbody></table>
-<p id="note">Errors are cut to one line here. The full error and the install log: <code>pxe-anywhere machines show MAC</code> and <code>pxe-anywhere machines logs MAC</code>.</p>
-<script>
-(function(){
-  var live=document.getElementById("live");
-  if(!window.EventSource){return}
-  var es=new EventSource("/events");
-  es.onopen=function(){live.textContent="live"};
-  es.onerror=function(){live.textContent="reconnecting…"};
-  es.onmessage=function(e){
-    var m=JSON.parse(e.data), id="m-"+m.mac, row=document.getElementById(id);
-    if(m.state==="forgotten"){ if(row){row.remove()} return }
-    if(!row){row=document.createElement("tr");row.id=id;document.getElementById("machines").appendChild(row)}
-    var cells=[m.mac,m.hostname,m.profile,m.state+(m.held?" (held)":""),m.phase||"",m.error||"",(m.updated_at&&m.updated_at.indexOf("0001-")!==0)?m.updated_at.replace("T"," ").slice(0,19):""];
-    row.textContent="";
-    cells.forEach(function(c,i){var td=document.createElement("td");td.textContent=c;if(i===3){td.className=m.state}row.appendChild(td)});
-  };
-})();
-</script>
-</body></html>
-`))
-
-func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
-	ms, err := s.inv.Machines(r.Context())
-	if err != nil {
-		s.inventoryError(w, err)
-		return
-	}
-	shown := make([]MachineView, len(ms))
-	for i, m := range ms {
-		shown[i] = statusView(m)
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	var warnings []string
-	if s.cfg.Warnings != nil {
-		warnings = s.cfg.Warnings()
-	}
-	data := struct {
-		Machines []MachineView
-		Logout   bool
-		Warnings []string
-	}{shown, s.cfg.RequireLogin, warnings}
-	if err := statusTmpl.Execute(w, data); err != nil {
-		s.cfg.Log.Warn("status page", "err", err)
-	}
-}
+// and the install log are shown only to a logged-in operator, and every
+// action needs a login (see doAction).
 
 // sseKeepalive is how often an idle event stream gets a comment line:
 // a client that stopped reading is then found (its write times out)
@@ -152,6 +85,11 @@ const statusErrorMax = 120
 // it: the error cut to a summary.
 func statusView(m MachineView) MachineView {
 	m.Error = errorSummary(m.Error)
+	if m.LastEvent != nil {
+		e := *m.LastEvent
+		e.Message = errorSummary(e.Message)
+		m.LastEvent = &e
+	}
 	return m
 }
 
