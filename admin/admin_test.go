@@ -90,6 +90,7 @@ func (f *fakeInventory) Log(ctx context.Context, mac string, after int64) ([]Log
 	}
 	return []LogView{{Seq: 1, Line: "[disko] formatting"}}, nil
 }
+
 // record notes an action; the API must name itself "operator (API)",
 // and the page "operator (web, <address>)".
 func (f *fakeInventory) record(action, mac, by string) error {
