@@ -45,8 +45,15 @@ func TestOperatorViews(t *testing.T) {
 	}
 
 	by := "operator (web, 192.0.2.7)"
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	updates := f.p.Subscribe(sctx)
 	if err := f.p.Reinstall(ctx, macA, by); err != nil {
 		t.Fatal(err)
+	}
+	// The status page's stream carries the new last event too.
+	if u := <-updates; u.MAC != macA || u.LastEvent == nil || !strings.Contains(u.LastEvent.Message, by) {
+		t.Fatalf("published %+v: want %s with the reinstall as its last event", u, macA)
 	}
 	if evs := f.events(t, macA); !strings.Contains(evs, "reinstall requested by "+by+": the next PXE boot installs again") {
 		t.Fatalf("events do not name who asked:\n%s", evs)
