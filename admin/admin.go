@@ -1,10 +1,11 @@
 // Package admin is the operator's side of the HTTP server: the JSON API
 // under /api/v1 (machines, their events and logs, reinstall, forget,
-// config reload), the status page with its live event stream, /metrics,
-// and the login that guards the page when the listener is not on
-// loopback. What the inventory holds is asked of one small interface,
-// Inventory. It serves nothing a booting machine needs: that is
-// httpboot's, on its own listener.
+// config reload), the status pages (an overview and a page a machine,
+// with its actions) with their live event stream, /metrics, and the
+// login that guards the pages when the listener is not on loopback and
+// every page action everywhere. What the inventory holds is asked of
+// one small interface, Inventory. It serves nothing a booting machine
+// needs: that is httpboot's, on its own listener.
 package admin
 
 import (

@@ -513,7 +513,7 @@ func TestScreenshots(t *testing.T) {
 	r := fillRack(time.Now())
 	r.endStreams = true
 	p := servePages(t, r, false)
-	chromium(t, p.URL+"/", filepath.Join(dir, "status-overview.png"), "1400,560")
+	chromium(t, p.URL+"/", filepath.Join(dir, "status-overview.png"), "1400,640")
 	chromium(t, driverURL(p, "/machines/"+macFailed, testAPIToken), filepath.Join(dir, "status-machine.png"), "1100,1300")
 }
 
