@@ -66,17 +66,25 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request) {
 	httpserve.WriteJSON(w, http.StatusOK, ms)
 }
 
-func (s *Server) showMachine(w http.ResponseWriter, r *http.Request) {
+// machineParam is the machine the route's {mac} names, or answers 400
+// or 404.
+func (s *Server) machineParam(w http.ResponseWriter, r *http.Request) (MachineView, bool) {
 	mac, ok := macParam(w, r)
 	if !ok {
-		return
+		return MachineView{}, false
 	}
 	m, err := s.inv.Machine(r.Context(), mac)
 	if err != nil {
 		s.inventoryError(w, err)
-		return
+		return MachineView{}, false
 	}
-	httpserve.WriteJSON(w, http.StatusOK, m)
+	return m, true
+}
+
+func (s *Server) showMachine(w http.ResponseWriter, r *http.Request) {
+	if m, ok := s.machineParam(w, r); ok {
+		httpserve.WriteJSON(w, http.StatusOK, m)
+	}
 }
 
 func (s *Server) machineEvents(w http.ResponseWriter, r *http.Request) {

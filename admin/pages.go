@@ -314,13 +314,8 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 // machineRow is one overview row, for the script to swap in when the
 // machine changes; 404 once it is forgotten.
 func (s *Server) machineRow(w http.ResponseWriter, r *http.Request) {
-	mac, ok := macParam(w, r)
+	m, ok := s.machineParam(w, r)
 	if !ok {
-		return
-	}
-	m, err := s.inv.Machine(r.Context(), mac)
-	if err != nil {
-		s.inventoryError(w, err)
 		return
 	}
 	s.render(w, http.StatusOK, "row", s.row(s.typical(r), m, time.Now()))
@@ -330,16 +325,11 @@ func (s *Server) machineRow(w http.ResponseWriter, r *http.Request) {
 // and the log are for a logged-in operator only: they quote whatever
 // the install printed.
 func (s *Server) machinePage(w http.ResponseWriter, r *http.Request) {
-	mac, ok := macParam(w, r)
+	m, ok := s.machineParam(w, r)
 	if !ok {
 		return
 	}
-	m, err := s.inv.Machine(r.Context(), mac)
-	if err != nil {
-		s.inventoryError(w, err)
-		return
-	}
-	b := s.base(r)
+	mac, b := m.MAC, s.base(r)
 	data := struct {
 		pageBase
 		Row      row
@@ -435,13 +425,8 @@ func (s *Server) confirmAction(w http.ResponseWriter, r *http.Request) {
 	if !ok || !s.needSession(w, r) {
 		return
 	}
-	mac, ok := macParam(w, r)
+	m, ok := s.machineParam(w, r)
 	if !ok {
-		return
-	}
-	m, err := s.inv.Machine(r.Context(), mac)
-	if err != nil {
-		s.inventoryError(w, err)
 		return
 	}
 	s.render(w, http.StatusOK, "confirm", struct {

@@ -448,8 +448,13 @@ func (s *Store) AddEvent(ctx context.Context, mac, phase, message string) error 
 
 // Events returns up to limit events of a machine with ID above afterID.
 func (s *Store) Events(ctx context.Context, mac string, afterID int64, limit int) ([]Event, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, mac, time, state, phase, message FROM events
-		WHERE mac = ? AND id > ? ORDER BY id LIMIT ?`, normMAC(mac), afterID, limit)
+	return s.queryEvents(ctx, `WHERE mac = ? AND id > ? ORDER BY id LIMIT ?`, normMAC(mac), afterID, limit)
+}
+
+// queryEvents returns the events that where (a WHERE clause with its
+// ORDER and LIMIT) selects.
+func (s *Store) queryEvents(ctx context.Context, where string, args ...any) ([]Event, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, mac, time, state, phase, message FROM events `+where, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -881,23 +886,15 @@ func (s *Store) MarkInterrupted(ctx context.Context) (int, error) {
 
 // LastEvents returns each machine's latest event, by MAC.
 func (s *Store) LastEvents(ctx context.Context) (map[string]Event, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, mac, time, state, phase, message FROM events
-		WHERE id IN (SELECT MAX(id) FROM events GROUP BY mac)`)
+	evs, err := s.queryEvents(ctx, `WHERE id IN (SELECT MAX(id) FROM events GROUP BY mac)`)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	out := map[string]Event{}
-	for rows.Next() {
-		var e Event
-		var t int64
-		if err := rows.Scan(&e.ID, &e.MAC, &t, &e.State, &e.Phase, &e.Message); err != nil {
-			return nil, err
-		}
-		e.Time = fromUnix(t)
+	out := make(map[string]Event, len(evs))
+	for _, e := range evs {
 		out[e.MAC] = e
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // PhaseDoneMessages returns the latest limit events that record a phase
@@ -905,34 +902,17 @@ func (s *Store) LastEvents(ctx context.Context) (map[string]Event, error) {
 // first: the history that the status page's progress estimate is
 // drawn from.
 func (s *Store) PhaseDoneMessages(ctx context.Context, limit int) ([]Event, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, mac, time, state, phase, message FROM events
-		WHERE phase != '' AND message LIKE 'phase % done in %' ORDER BY id DESC LIMIT ?`, limit)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []Event
-	for rows.Next() {
-		var e Event
-		var t int64
-		if err := rows.Scan(&e.ID, &e.MAC, &t, &e.State, &e.Phase, &e.Message); err != nil {
-			return nil, err
-		}
-		e.Time = fromUnix(t)
-		out = append(out, e)
-	}
-	return out, rows.Err()
+	return s.queryEvents(ctx, `WHERE phase != '' AND message LIKE 'phase % done in %' ORDER BY id DESC LIMIT ?`, limit)
 }
 
 // LastEvent returns a machine's latest event; ErrNotFound when it has none.
 func (s *Store) LastEvent(ctx context.Context, mac string) (Event, error) {
-	var e Event
-	var t int64
-	err := s.db.QueryRowContext(ctx, `SELECT id, mac, time, state, phase, message FROM events
-		WHERE mac = ? ORDER BY id DESC LIMIT 1`, normMAC(mac)).Scan(&e.ID, &e.MAC, &t, &e.State, &e.Phase, &e.Message)
-	if errors.Is(err, sql.ErrNoRows) {
+	evs, err := s.queryEvents(ctx, `WHERE mac = ? ORDER BY id DESC LIMIT 1`, normMAC(mac))
+	if err != nil {
+		return Event{}, err
+	}
+	if len(evs) == 0 {
 		return Event{}, fmt.Errorf("machine %s has no events: %w", mac, ErrNotFound)
 	}
-	e.Time = fromUnix(t)
-	return e, err
+	return evs[0], nil
 }
