@@ -354,7 +354,11 @@ func TestStatusShowsOnlyErrorSummary(t *testing.T) {
 		t.Fatalf("API with the token lost the full error: %d %s", resp.StatusCode, b)
 	}
 
-	_, got := streamUpdate(t, h, machines[2])
+	// Its last event, "install failed in disko: <the full error>", is cut
+	// the same way.
+	failed := machines[2]
+	failed.LastEvent = &EventView{ID: 9, State: "failed", Phase: "disko", Message: "install failed in disko: " + failedError}
+	_, got := streamUpdate(t, h, failed)
 	_, data, _ := bytes.Cut(got, []byte("data: "))
 	var m MachineView
 	if err := json.Unmarshal(bytes.TrimSpace(data), &m); err != nil {
