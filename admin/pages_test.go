@@ -419,6 +419,15 @@ func TestOverviewUpdatesLive(t *testing.T) {
 	if !strings.Contains(string(dom), `data-count="installed"><b>3</b>`) || !strings.Contains(string(dom), `data-count="installing"><b>3</b>`) {
 		t.Fatalf("counts did not follow the change:\n%s", dom)
 	}
+	// An installing machine: its phase as a progress bar with the time
+	// in it and the phase's share (disko: 22.5 s of a typical 10 m 2.5 s),
+	// its address and firmware, its last event.
+	row = rowOf(t, dom, "52:54:00:12:00:04")
+	for _, want := range []string{`<progress max="100" value="`, "disko (2/4) for ", "disko is ~4% of a typical install", "<td>10.20.0.14</td><td>UEFI</td>", "phase 2/4: disko"} {
+		if !strings.Contains(row, want) {
+			t.Fatalf("installing row lacks %q:\n%s", want, row)
+		}
+	}
 	if !slices.Contains(p.requests(), "GET /machines/"+macInstalling+"/row") {
 		t.Fatalf("the page did not fetch the changed row: %v", p.requests())
 	}
@@ -435,6 +444,12 @@ func TestFailedMachineInBrowser(t *testing.T) {
 	row := rowOf(t, dom, macFailed)
 	if !strings.Contains(row, "exited with code 1") || strings.Contains(string(dom), tailMarker) {
 		t.Fatalf("overview must show the error's first line and never its output:\n%s", row)
+	}
+	if strings.Count(row, "exited with code 1") != 1 {
+		t.Fatalf("the last event repeats the error the row shows:\n%s", row)
+	}
+	if row := rowOf(t, dom, macInstalling); !strings.Contains(row, "phase 3/4: install") {
+		t.Fatalf("an installing machine's row lacks its last event:\n%s", row)
 	}
 	dom = chromium(t, driverURL(p, "/machines/"+macFailed, testAPIToken), "", "1200,900")
 	log := string(dom)
