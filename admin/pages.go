@@ -81,7 +81,7 @@ var pageTmpl = template.Must(template.New("pages").Funcs(pageFuncs).Parse(`
 <td class="{{.M.State}}">{{.M.State}}{{if .M.Held}} (held){{end}}{{if .M.Reinstall}} (reinstall requested){{end}}</td>
 <td>{{template "progress" .}}</td>
 <td>{{.M.IP}}</td><td>{{firmware .M.Firmware}}</td>
-<td>{{if .M.Error}}<span class="failed">{{summary .M.Error}}</span><br>{{end}}{{with .M.LastEvent}}<span class="muted">{{when .Time}}</span> {{summary .Message}}{{end}}</td></tr>
+<td>{{if .M.Error}}<span class="failed">{{summary .M.Error}}</span><br>{{end}}{{with .M.LastEvent}}<span class="muted">{{when .Time}}</span> {{$.LastNote}}{{end}}</td></tr>
 {{end}}
 
 {{define "overview"}}{{template "head" "pxe-anywhere"}}{{template "top" .}}
@@ -224,6 +224,20 @@ var actionWhat = map[string]string{
 type row struct {
 	M        MachineView
 	Progress *Progress
+}
+
+// LastNote is the row's last event cut to one line, or "" when it only
+// repeats the error the row already shows ("install failed in disko:
+// <the error>").
+func (r row) LastNote() string {
+	if r.M.LastEvent == nil {
+		return ""
+	}
+	first, _, _ := strings.Cut(r.M.Error, "\n")
+	if first = strings.TrimSpace(first); first != "" && strings.Contains(r.M.LastEvent.Message, first) {
+		return ""
+	}
+	return errorSummary(r.M.LastEvent.Message)
 }
 
 type count struct {
