@@ -570,7 +570,8 @@ func (s *Store) CreateBoot(ctx context.Context, b Boot) error {
 		VALUES (?, ?, ?, ?, ?, ?, ?)`, b.Token, normMAC(b.MAC), b.IP, b.Firmware, b.HostKeyPublic, b.HostKeyPrivate, unix(b.CreatedAt)); err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE machines SET ip = ?, firmware = ? WHERE mac = ?`, b.IP, b.Firmware, normMAC(b.MAC)); err != nil {
+	// A boot URL without ?arch= leaves the firmware DHCP saw in place.
+	if _, err := tx.ExecContext(ctx, `UPDATE machines SET ip = ?, firmware = COALESCE(NULLIF(?, ''), firmware) WHERE mac = ?`, b.IP, b.Firmware, normMAC(b.MAC)); err != nil {
 		return err
 	}
 	return tx.Commit()
@@ -816,6 +817,13 @@ func (s *Store) Bindings(ctx context.Context, now time.Time) ([]BootBinding, err
 		out = append(out, b)
 	}
 	return out, rows.Err()
+}
+
+// SetFirmware records the firmware DHCP saw a machine boot with ("bios",
+// "efi-x64", "efi-arm64"); it writes only when that changed.
+func (s *Store) SetFirmware(ctx context.Context, mac, firmware string) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE machines SET firmware = ? WHERE mac = ? AND firmware != ?`, firmware, normMAC(mac), firmware)
+	return err
 }
 
 // RequestReinstall makes the machine's next PXE boot install again, and

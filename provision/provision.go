@@ -72,6 +72,7 @@ type Provisioner struct {
 
 	mu       sync.Mutex
 	logged   map[string]time.Time          // rate limit of logLimited, by key
+	firmware map[string]string             // configured MAC → firmware DHCP saw last (bounded by the config)
 	polling  map[string]context.CancelFunc // token → SSH poller of a machine without callback
 	running  map[string]*installRun        // MAC → its install, queued or running
 	subs     map[chan admin.MachineView]struct{}
@@ -140,6 +141,7 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		slots:    make(chan struct{}, max(cfg.Server.MaxInstalls, 1)),
 		bindings: newBindingTable(),
 		logged:   map[string]time.Time{},
+		firmware: map[string]string{},
 		unknown:  newUnknownMACs(),
 		polling:  map[string]context.CancelFunc{},
 		running:  map[string]*installRun{},
@@ -280,6 +282,7 @@ func (p *Provisioner) Decide(ctx context.Context, m dhcp.Machine) dhcp.Decision 
 	mac := m.MAC.String()
 	if cfg.MachineByMAC(m.MAC) != nil {
 		p.metrics.dhcpDecisions.WithLabelValues("known").Inc()
+		p.noteFirmware(ctx, mac, m.Firmware.Arch.String())
 		return dhcp.Boot
 	}
 	if cfg.Server.UnknownMachines == profiles.UnknownIgnore {
@@ -295,6 +298,21 @@ func (p *Provisioner) Decide(ctx context.Context, m dhcp.Machine) dhcp.Decision 
 	}
 	p.metrics.dhcpDecisions.WithLabelValues("unknown-" + string(cfg.Server.UnknownMachines)).Inc()
 	return dhcp.Boot
+}
+
+// noteFirmware records the firmware DHCP saw a configured machine boot
+// with, for the operator's views; it writes only when that changed.
+func (p *Provisioner) noteFirmware(ctx context.Context, mac, fw string) {
+	p.mu.Lock()
+	same := p.firmware[mac] == fw
+	p.firmware[mac] = fw
+	p.mu.Unlock()
+	if same {
+		return
+	}
+	if err := p.store.SetFirmware(ctx, mac, fw); err != nil {
+		p.logLimited("firmware", "recording a machine's firmware failed", "mac", mac, "err", err)
+	}
 }
 
 // Boot chooses the iPXE script of one machine. Installed machines boot

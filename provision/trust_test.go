@@ -276,3 +276,18 @@ func TestSecretsTwiceFromTheMachine(t *testing.T) {
 		t.Fatalf("events:\n%s", ev)
 	}
 }
+
+// TestFirmwareFromDHCP: the firmware DHCP saw is what the operator's
+// views show, and a boot URL without ?arch= does not erase it.
+func TestFirmwareFromDHCP(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, testConfig(t, "ignore"), "")
+	f.p.Decide(ctx, dhcp.Machine{MAC: mac(macA), Firmware: dhcp.Firmware{Arch: dhcp.ArchEFIx64}})
+	if r := f.state(t, macA); r.Firmware != "efi-x64" {
+		t.Fatalf("firmware after DHCP: %q", r.Firmware)
+	}
+	f.boot(t, macA)
+	if r := f.state(t, macA); r.Firmware != "efi-x64" {
+		t.Fatalf("firmware after a boot without arch: %q", r.Firmware)
+	}
+}
