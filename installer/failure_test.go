@@ -414,6 +414,15 @@ func TestPhaseFailures(t *testing.T) {
 			if !errors.As(err, &pe) || pe.Phase != tc.phase || pe.ExitCode != tc.code {
 				t.Fatalf("error %#v: want PhaseError in %s with code %d", err, tc.phase, tc.code)
 			}
+			// What pxe-anywhere install exits with: the command's code,
+			// as nixos-anywhere; 1 when no command failed.
+			wantExit := tc.code
+			if wantExit <= 0 {
+				wantExit = 1
+			}
+			if got := installer.ExitCode(err); got != wantExit {
+				t.Errorf("ExitCode = %d, want %d", got, wantExit)
+			}
 			for _, w := range tc.wantErr {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not say %q", err, w)
