@@ -200,3 +200,29 @@ func TestExitCodeIsTheCommands(t *testing.T) {
 		t.Errorf("ExitCode = %d, want 42", got)
 	}
 }
+
+// A full attribute path is used as given, as nixos-anywhere does, and
+// every flake evaluation leaves the lock file alone.
+func TestFullAttributePath(t *testing.T) {
+	e := start(t, sshtarget.Options{StandIns: map[string]string{"disko-script": sshtarget.DiskoScriptStandIn}})
+	disko := filepath.Join(e.tg.Bin, "disko-script")
+	nix, nixCalls := fakeNix(t, map[string]string{"diskoScript": disko, "substituters": `[]`, "trusted-public-keys": `[]`})
+	o := e.opts()
+	o.LocalNix = nix
+	o.Phases = []string{"disko"}
+	o.BuildOn = "local"
+	o.Flake = "/src/flake#nixosConfigurations.web.config.virtualisation.vmVariant"
+	if err := installer.Run(context.Background(), o, &recSink{}); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	const attr = "/src/flake#nixosConfigurations.web.config.virtualisation.vmVariant."
+	want := []string{
+		`nix eval --extra-experimental-features nix-command flakes --json --no-write-lock-file ` + attr + `nix.settings.substituters`,
+		`nix eval --extra-experimental-features nix-command flakes --json --no-write-lock-file ` + attr + `nix.settings.trusted-public-keys`,
+		`nix build --extra-experimental-features nix-command flakes --print-out-paths --no-link --no-write-lock-file ` + attr + `system.build.diskoScript`,
+		`nix copy --extra-experimental-features nix-command flakes --substitute-on-destination --to ssh://root@127.0.0.1?compress=true ` + disko,
+	}
+	if got := readLines(t, nixCalls); !slices.Equal(got, want) {
+		t.Errorf("nix calls\n got %q\nwant %q", got, want)
+	}
+}
