@@ -55,7 +55,7 @@ func kexecTarball(t *testing.T, ext string) string {
 // The target's own tar unpacks each format nixos-anywhere accepts: GNU
 // tar cannot tell the compression on a pipe, so the engine must.
 func TestKexecTarballFormats(t *testing.T) {
-	for _, ext := range []string{".tar.gz", ".tar.xz", ".tar.zst", ".tar"} {
+	for _, ext := range []string{".tar.gz", ".tar.xz", ".tar.zst", ".tar", ".tar.xz as .tar.gz"} {
 		t.Run(ext, func(t *testing.T) {
 			e := start(t, sshtarget.Options{OSRelease: sshtarget.DebianOSRelease})
 			post := sshtarget.FreePort(t)
@@ -63,13 +63,46 @@ func TestKexecTarballFormats(t *testing.T) {
 			o := e.opts()
 			o.Phases = []string{"kexec"}
 			o.PostKexecSSHPort = post
-			o.Kexec = kexecTarball(t, ext)
+			if real, ok := strings.CutSuffix(ext, " as .tar.gz"); ok {
+				// --kexec-download-locally caches every download as
+				// sha256-….tar.gz: the content decides.
+				o.Kexec = filepath.Join(t.TempDir(), "sha256-0.tar.gz")
+				must(t, os.Rename(kexecTarball(t, real), o.Kexec))
+			} else {
+				o.Kexec = kexecTarball(t, ext)
+			}
 			o.WaitTimeout = 5 * time.Second
 			if err := installer.Run(context.Background(), o, &recSink{}); err != nil {
 				t.Fatalf("Run: %v", err)
 			}
 			if got := e.tg.Calls(); !slices.Equal(got, []string{"run"}) {
 				t.Errorf("calls %q, want the unpacked kexec/run to have run", got)
+			}
+		})
+	}
+	// A URL is downloaded on the target, and its name's suffix decides.
+	// The curl stand-in serves the file instead of a network; the URL
+	// is never fetched.
+	for _, ext := range []string{".tar.gz", ".tar.xz", ".tar.zst", ".tar"} {
+		t.Run("URL "+ext, func(t *testing.T) {
+			curl := `[ "$1" = -fsSL ] && [ $# -eq 2 ] || { echo "curl stand-in: unexpected $*" >&2; exit 2; }
+exec cat "$PXE_TARGET_DIR/tarball"` + "\n"
+			e := start(t, sshtarget.Options{OSRelease: sshtarget.DebianOSRelease, StandIns: map[string]string{"curl": curl}})
+			b, err := os.ReadFile(kexecTarball(t, ext))
+			must(t, err)
+			must(t, os.WriteFile(filepath.Join(e.tg.Dir, "tarball"), b, 0o644))
+			post := sshtarget.FreePort(t)
+			e.tg.WriteFile(t, "post-kexec-port", strconv.Itoa(post))
+			o := e.opts()
+			o.Phases = []string{"kexec"}
+			o.PostKexecSSHPort = post
+			o.Kexec = "https://images.invalid/nixos-kexec-installer-noninteractive-x86_64-linux" + ext + "?x=1"
+			o.WaitTimeout = 5 * time.Second
+			if err := installer.Run(context.Background(), o, &recSink{}); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			if got, want := e.tg.Calls(), []string{"curl -fsSL " + o.Kexec, "run"}; !slices.Equal(got, want) {
+				t.Errorf("calls %q, want %q", got, want)
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package installer
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -57,6 +58,32 @@ func tarFlags(name string) string {
 	return "-xzf -"
 }
 
+// sniffTarFlags is tarFlags for a local tarball, read from its first
+// bytes rather than its name: a download cached by
+// --kexec-download-locally is named .tar.gz whatever it holds.
+func sniffTarFlags(f *os.File) (string, error) {
+	head := make([]byte, 512)
+	n, err := io.ReadFull(f, head)
+	if err != nil && err != io.ErrUnexpectedEOF {
+		return "", err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	head = head[:n]
+	switch {
+	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
+		return "-xzf -", nil
+	case bytes.HasPrefix(head, []byte{0xfd, '7', 'z', 'X', 'Z', 0}):
+		return "-xJf -", nil
+	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		return "--zstd -xf -", nil
+	case n >= 262 && string(head[257:262]) == "ustar":
+		return "-xf -", nil
+	}
+	return tarFlags(f.Name()), nil
+}
+
 // minKexecRAM is what the kexec installer needs besides its image: the
 // image unpacks into RAM and then runs from there.
 const minKexecRAM = 1 << 30
@@ -108,6 +135,10 @@ func (r *run) kexec(ctx context.Context) error {
 			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("kexec image %s: %w", src, err)}
 		}
 		r.checkKexecRAM(max(4*st.Size(), int64(minKexecRAM)), fmt.Sprintf("the kexec image %s (%d MiB)", src, st.Size()>>20))
+		if untar, err = sniffTarFlags(f); err != nil {
+			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("kexec image %s: %w", src, err)}
+		}
+		untar = "tar -C " + quote(p) + " " + untar
 		pr := images.NewProgressReader(f, st.Size(), r.progress(PhaseKexec))
 		if err := r.conn.exec(ctx, prep+" && "+untar, pr); err != nil {
 			return err
