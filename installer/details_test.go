@@ -55,7 +55,7 @@ func kexecTarball(t *testing.T, ext string) string {
 // The target's own tar unpacks each format nixos-anywhere accepts: GNU
 // tar cannot tell the compression on a pipe, so the engine must.
 func TestKexecTarballFormats(t *testing.T) {
-	for _, ext := range []string{".tar.gz", ".tar.xz", ".tar.zst", ".tar", ".tar.xz as .tar.gz"} {
+	for _, ext := range []string{".tar.gz", ".tar.xz", ".tar.zst", ".tar", ".tar.xz as .tar.gz", ".tar.zst as .tar.gz", ".tar as .tar.gz"} {
 		t.Run(ext, func(t *testing.T) {
 			e := start(t, sshtarget.Options{OSRelease: sshtarget.DebianOSRelease})
 			post := sshtarget.FreePort(t)
