@@ -136,7 +136,7 @@ func TestHardwareConfigContent(t *testing.T) {
 	}{
 		{"nixos-facter", "nixos-facter", `if [ $# -ne 0 ]; then echo "nixos-facter stand-in: unexpected arguments: $*" >&2; exit 2; fi
 printf '%s\n' '` + facterJSON + `'`, facterJSON + "\n"},
-		{"nixos-generate-config", "nixos-generate-config", `if [ "$*" != "--no-filesystems --show-hardware-config --root /mnt" ]; then echo "stand-in: unexpected arguments: $*" >&2; exit 2; fi
+		{"nixos-generate-config", "nixos-generate-config", `if [ "$*" != "--no-filesystems --show-hardware-config" ]; then echo "stand-in: unexpected arguments: $*" >&2; exit 2; fi
 cat <<'NIX'
 ` + nixHW + `NIX`, nixHW},
 	}

@@ -261,7 +261,7 @@ func (r *run) hardwareConfig(ctx context.Context) error {
 	case "nixos-facter":
 		cmd = "nixos-facter"
 	case "nixos-generate-config":
-		cmd = "nixos-generate-config --no-filesystems --show-hardware-config --root /mnt"
+		cmd = "nixos-generate-config --no-filesystems --show-hardware-config"
 	default:
 		return &PhaseError{Phase: r.conn.phase, ExitCode: -1, Err: fmt.Errorf("unknown hardware config generator %q: use nixos-facter or nixos-generate-config", r.opts.GenerateHardwareConfig)}
 	}
