@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -134,7 +136,7 @@ func TestHardwareConfigContent(t *testing.T) {
 	}{
 		{"nixos-facter", "nixos-facter", `if [ $# -ne 0 ]; then echo "nixos-facter stand-in: unexpected arguments: $*" >&2; exit 2; fi
 printf '%s\n' '` + facterJSON + `'`, facterJSON + "\n"},
-		{"nixos-generate-config", "nixos-generate-config", `if [ "$*" != "--no-filesystems --show-hardware-config --root /mnt" ]; then echo "stand-in: unexpected arguments: $*" >&2; exit 2; fi
+		{"nixos-generate-config", "nixos-generate-config", `if [ "$*" != "--no-filesystems --show-hardware-config" ]; then echo "stand-in: unexpected arguments: $*" >&2; exit 2; fi
 cat <<'NIX'
 ` + nixHW + `NIX`, nixHW},
 	}
@@ -155,6 +157,40 @@ cat <<'NIX'
 			}
 			if string(got) != tc.want {
 				t.Errorf("hardware config:\n%q\nwant\n%q", got, tc.want)
+			}
+		})
+		// As nixos-anywhere: right after kexec, from the installer, also
+		// when --phases stops there; in a git work tree the file is
+		// added with --intent-to-add so that the flake sees it.
+		t.Run(tc.name+" after kexec, in a git work tree", func(t *testing.T) {
+			e := start(t, sshtarget.Options{OSRelease: sshtarget.DebianOSRelease, StandIns: map[string]string{tc.gen: tc.standIn + "\n"}})
+			post := sshtarget.FreePort(t)
+			e.tg.WriteFile(t, "post-kexec-port", strconv.Itoa(post))
+			repo := t.TempDir()
+			if out, err := exec.Command("git", "init", "-q", repo).CombinedOutput(); err != nil {
+				t.Fatalf("git init: %v: %s", err, out)
+			}
+			hw := filepath.Join(repo, "machines", "web", "hardware")
+			o := e.opts()
+			o.Phases = []string{"kexec"}
+			o.Kexec = sshtarget.WriteKexecTarball(t, t.TempDir())
+			o.PostKexecSSHPort = post
+			o.WaitTimeout = 5 * time.Second
+			o.GenerateHardwareConfig = tc.gen
+			o.HardwareConfigPath = hw
+			if err := installer.Run(context.Background(), o, &recSink{}); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			calls := e.tg.Calls()
+			if len(calls) != 2 || calls[0] != "run" || !strings.HasPrefix(calls[1], tc.gen) {
+				t.Errorf("target calls %q: want kexec/run, then %s", calls, tc.gen)
+			}
+			if got, err := os.ReadFile(hw); err != nil || string(got) != tc.want {
+				t.Errorf("hardware config %q (%v), want %q", got, err, tc.want)
+			}
+			out, err := exec.Command("git", "-C", repo, "ls-files", "--", "machines/web/hardware").Output()
+			if err != nil || strings.TrimSpace(string(out)) != "machines/web/hardware" {
+				t.Errorf("git ls-files: %q (%v): the hardware config is not known to git", out, err)
 			}
 		})
 	}

@@ -16,13 +16,13 @@ import (
 const (
 	nixConfigShow       = `nix config show --extra-experimental-features nix-command flakes`
 	nixShowConfig       = `nix show-config --extra-experimental-features nix-command flakes`
-	nixEvalSubst        = `nix eval --extra-experimental-features nix-command flakes --json /src/flake#nixosConfigurations."web".config.nix.settings.substituters`
-	nixEvalKeys         = `nix eval --extra-experimental-features nix-command flakes --json /src/flake#nixosConfigurations."web".config.nix.settings.trusted-public-keys`
-	nixBuildDisko       = `nix build --extra-experimental-features nix-command flakes --print-out-paths --no-link /src/flake#nixosConfigurations."web".config.system.build.diskoScript`
-	nixBuildDiskoRemote = `nix build --extra-experimental-features nix-command flakes --print-out-paths --no-link --eval-store auto --store ssh-ng://root@127.0.0.1 ` +
+	nixEvalSubst        = `nix eval --extra-experimental-features nix-command flakes --json --no-write-lock-file /src/flake#nixosConfigurations."web".config.nix.settings.substituters`
+	nixEvalKeys         = `nix eval --extra-experimental-features nix-command flakes --json --no-write-lock-file /src/flake#nixosConfigurations."web".config.nix.settings.trusted-public-keys`
+	nixBuildDisko       = `nix build --extra-experimental-features nix-command flakes --print-out-paths --no-link --no-write-lock-file /src/flake#nixosConfigurations."web".config.system.build.diskoScript`
+	nixBuildDiskoRemote = `nix build --extra-experimental-features nix-command flakes --print-out-paths --no-link --no-write-lock-file --eval-store auto --store ssh-ng://root@127.0.0.1?compress=true ` +
 		`/src/flake#nixosConfigurations."web".config.system.build.diskoScript`
-	nixCopyDiskoSubst = `nix copy --extra-experimental-features nix-command flakes --substitute-on-destination --to ssh://root@127.0.0.1 BIN/disko-script`
-	nixCopyDisko      = `nix copy --extra-experimental-features nix-command flakes --to ssh://root@127.0.0.1 BIN/disko-script`
+	nixCopyDiskoSubst = `nix copy --extra-experimental-features nix-command flakes --substitute-on-destination --to ssh://root@127.0.0.1?compress=true BIN/disko-script`
+	nixCopyDisko      = `nix copy --extra-experimental-features nix-command flakes --to ssh://root@127.0.0.1?compress=true BIN/disko-script`
 )
 
 // diskoRun runs the disko phase of a flake install against a fresh

@@ -101,6 +101,10 @@ type Options struct {
 	Debug                     bool
 	ShowTrace                 bool
 
+	// NixOSNoCheck, when not nil, is passed to nixos-install as
+	// NIXOS_NO_CHECK (pxe-anywhere install passes its own environment's).
+	NixOSNoCheck *string
+
 	AfterInstall string        // reboot (default) | poweroff | stay
 	WaitTimeout  time.Duration // default 10 minutes
 	LocalNix     string        // default "nix" from PATH
@@ -214,6 +218,21 @@ func describe(b *strings.Builder, command string, code int, err error, tail []st
 }
 
 func (e *PhaseError) Unwrap() error { return e.Err }
+
+// ExitCode is the exit status a command line tool reports for err, as
+// nixos-anywhere does: the exit code of the remote or local command that
+// failed, else 1 (a timeout, a lost connection, a refused host key, a
+// bad flag); 0 for nil.
+func ExitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var pe *PhaseError
+	if errors.As(err, &pe) && pe.ExitCode > 0 && pe.ExitCode < 256 {
+		return pe.ExitCode
+	}
+	return 1
+}
 
 // ErrHostKeyMismatch is returned (wrapped) when the target presents a
 // host key other than the pinned or known one. It is a hard stop.

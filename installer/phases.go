@@ -2,8 +2,10 @@ package installer
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -21,8 +23,66 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/images"
 )
 
-// kexecURL is the nixos-images release used when no --kexec is given.
-const kexecURL = "https://github.com/nix-community/nixos-images/releases/download/nixos-unstable/nixos-kexec-installer-noninteractive-%s-linux.tar.gz"
+// kexecURL is the nixos-images release used when no --kexec is given,
+// the one nixos-anywhere's script downloads; %s is the target's uname -m,
+// and nixos-images builds it for x86_64 and aarch64 only.
+const kexecURL = "https://github.com/nix-community/nixos-images/releases/download/nixos-25.05/nixos-kexec-installer-noninteractive-%s-linux.tar.gz"
+
+// DefaultKexecURL is the kexec tarball for a target whose uname -m is
+// arch, or an error for an architecture nixos-images has no image for.
+func DefaultKexecURL(arch string) (string, error) {
+	switch arch {
+	case "x86_64", "aarch64":
+		return fmt.Sprintf(kexecURL, arch), nil
+	}
+	return "", fmt.Errorf("nixos-images has no kexec installer for %q (only x86_64 and aarch64): build one and pass it with --kexec, or boot the installer by PXE", arch)
+}
+
+// tarFlags is how tar on the target unpacks the kexec tarball name
+// (a path or URL): GNU tar does not detect compression on a pipe, so
+// the suffix decides, as with nixos-anywhere; an unknown suffix is taken
+// for gzip, the format nixos-images publishes.
+func tarFlags(name string) string {
+	if u, err := url.Parse(name); err == nil && images.IsURL(name) {
+		name = u.Path
+	}
+	n := strings.ToLower(name)
+	switch {
+	case strings.HasSuffix(n, ".tar.xz"), strings.HasSuffix(n, ".txz"):
+		return "-xJf -"
+	case strings.HasSuffix(n, ".tar.zst"), strings.HasSuffix(n, ".tzst"):
+		return "--zstd -xf -"
+	case strings.HasSuffix(n, ".tar"):
+		return "-xf -"
+	}
+	return "-xzf -"
+}
+
+// sniffTarFlags is tarFlags for a local tarball, read from its first
+// bytes rather than its name: a download cached by
+// --kexec-download-locally is named .tar.gz whatever it holds.
+func sniffTarFlags(f *os.File) (string, error) {
+	head := make([]byte, 512)
+	n, err := io.ReadFull(f, head)
+	if err != nil && err != io.ErrUnexpectedEOF {
+		return "", err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	head = head[:n]
+	switch {
+	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
+		return "-xzf -", nil
+	case bytes.HasPrefix(head, []byte{0xfd, '7', 'z', 'X', 'Z', 0}):
+		return "-xJf -", nil
+	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		return "--zstd -xf -", nil
+	case n >= 262 && string(head[257:262]) == "ustar":
+		return "-xf -", nil
+	}
+	return tarFlags(f.Name()), nil
+}
 
 // minKexecRAM is what the kexec installer needs besides its image: the
 // image unpacks into RAM and then runs from there.
@@ -34,7 +94,7 @@ func (r *run) kexec(ctx context.Context) error {
 	r.setPhase(PhaseKexec)
 	if r.facts.IsInstaller && !r.opts.ForceKexec {
 		r.sink.Line(PhaseKexec, "info", "target already runs a NixOS installer; skipping kexec")
-		return nil
+		return r.hardwareConfig(ctx)
 	}
 	if r.facts.InContainer {
 		return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("%s runs in a container: kexec cannot replace its kernel; install from a VM or bare metal", r.opts.Target.Host)}
@@ -42,13 +102,16 @@ func (r *run) kexec(ctx context.Context) error {
 	p := r.opts.KexecExtractPath
 	src := r.opts.Kexec
 	if src == "" {
-		src = fmt.Sprintf(kexecURL, r.facts.Arch)
+		u, err := DefaultKexecURL(r.facts.Arch)
+		if err != nil {
+			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: err}
+		}
+		src = u
 	}
 	prep := "rm -rf " + quote(p) + " && mkdir -p " + quote(p)
+	untar := "tar -C " + quote(p) + " " + tarFlags(src)
 	if images.IsURL(src) {
-		if r.facts.MemKB > 0 && r.facts.MemKB*1024 < minKexecRAM {
-			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("target has %d MiB RAM, the kexec installer needs at least %d MiB", r.facts.MemKB/1024, minKexecRAM>>20)}
-		}
+		r.checkKexecRAM(minKexecRAM, "the kexec installer")
 		var fetch string
 		switch {
 		case r.facts.Has["curl"]:
@@ -58,7 +121,7 @@ func (r *run) kexec(ctx context.Context) error {
 		default:
 			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("target has neither curl nor wget to download %s: pass a local tarball with --kexec, or use --kexec-download-locally", src)}
 		}
-		if err := r.conn.exec(ctx, prep+" && "+fetch+" | tar -C "+quote(p)+" -xzf -", nil); err != nil {
+		if err := r.conn.exec(ctx, prep+" && "+fetch+" | "+untar, nil); err != nil {
 			return err
 		}
 	} else {
@@ -71,13 +134,13 @@ func (r *run) kexec(ctx context.Context) error {
 		if err != nil {
 			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("kexec image %s: %w", src, err)}
 		}
-		need := max(4*st.Size(), int64(minKexecRAM))
-		if r.facts.MemKB > 0 && r.facts.MemKB*1024 < need {
-			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("target has %d MiB RAM, but the kexec image %s (%d MiB) needs at least %d MiB: use a machine with more RAM or boot the installer by PXE",
-				r.facts.MemKB/1024, src, st.Size()>>20, need>>20)}
+		r.checkKexecRAM(max(4*st.Size(), int64(minKexecRAM)), fmt.Sprintf("the kexec image %s (%d MiB)", src, st.Size()>>20))
+		if untar, err = sniffTarFlags(f); err != nil {
+			return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("kexec image %s: %w", src, err)}
 		}
+		untar = "tar -C " + quote(p) + " " + untar
 		pr := images.NewProgressReader(f, st.Size(), r.progress(PhaseKexec))
-		if err := r.conn.exec(ctx, prep+" && tar -C "+quote(p)+" -xzf -", pr); err != nil {
+		if err := r.conn.exec(ctx, prep+" && "+untar, pr); err != nil {
 			return err
 		}
 	}
@@ -127,7 +190,19 @@ func (r *run) kexec(ctx context.Context) error {
 	}
 	r.facts = f
 	r.opts.Target.Port = port
-	return nil
+	// As nixos-anywhere: the hardware is described by the installer,
+	// right after kexec, also when --phases stops here.
+	return r.hardwareConfig(ctx)
+}
+
+// checkKexecRAM warns when the target has less RAM than need: the
+// estimate is rough, and nixos-anywhere's limited-RAM how-to installs
+// 1 GiB machines, so it is no reason to refuse.
+func (r *run) checkKexecRAM(need int64, what string) {
+	if r.facts.MemKB > 0 && r.facts.MemKB*1024 < need {
+		r.sink.Line(PhaseKexec, "warning", fmt.Sprintf("target has %d MiB RAM, %s may need %d MiB: if the kexec fails or the installer runs out of memory, see --no-disko-deps, or boot the installer by PXE",
+			r.facts.MemKB/1024, what, need>>20))
+	}
 }
 
 // progress reports an upload's bytes to the sink.
@@ -186,7 +261,7 @@ func (r *run) hardwareConfig(ctx context.Context) error {
 	case "nixos-facter":
 		cmd = "nixos-facter"
 	case "nixos-generate-config":
-		cmd = "nixos-generate-config --no-filesystems --show-hardware-config --root /mnt"
+		cmd = "nixos-generate-config --no-filesystems --show-hardware-config"
 	default:
 		return &PhaseError{Phase: r.conn.phase, ExitCode: -1, Err: fmt.Errorf("unknown hardware config generator %q: use nixos-facter or nixos-generate-config", r.opts.GenerateHardwareConfig)}
 	}
@@ -200,6 +275,31 @@ func (r *run) hardwareConfig(ctx context.Context) error {
 	if err := os.WriteFile(r.opts.HardwareConfigPath, out, 0o644); err != nil {
 		return &PhaseError{Phase: r.conn.phase, ExitCode: -1, Err: fmt.Errorf("writing hardware config: %w", err)}
 	}
+	return r.gitIntentToAdd(ctx, r.opts.HardwareConfigPath)
+}
+
+// gitIntentToAdd makes a new file visible to a flake in the git work
+// tree it lies in (flakes see only files git knows), as nixos-anywhere
+// does; outside a work tree, or without git, it does nothing.
+func (r *run) gitIntentToAdd(ctx context.Context, file string) error {
+	if _, err := exec.LookPath("git"); err != nil {
+		return nil
+	}
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return nil
+	}
+	dir := filepath.Dir(abs)
+	inside := exec.CommandContext(ctx, "git", "-C", dir, "rev-parse", "--is-inside-work-tree")
+	if out, err := inside.Output(); err != nil || strings.TrimSpace(string(out)) != "true" {
+		return nil
+	}
+	add := exec.CommandContext(ctx, "git", "-C", dir, "add", "--intent-to-add", "--force", "--", abs)
+	if out, err := add.CombinedOutput(); err != nil {
+		return &PhaseError{Phase: r.conn.phase, Command: strings.Join(add.Args, " "), ExitCode: add.ProcessState.ExitCode(), Tail: lines(out),
+			Err: fmt.Errorf("the hardware config is written, but git does not know it: a flake will not see it until it is git-added")}
+	}
+	r.sink.Line(r.conn.phase, "info", "hardware config "+abs+" added to git with --intent-to-add")
 	return nil
 }
 
@@ -240,7 +340,16 @@ func (r *run) install(ctx context.Context) error {
 			return err
 		}
 	}
-	return r.conn.exec(ctx, "nixos-install --no-root-passwd --no-channel-copy --system "+quote(system), nil)
+	// /mnt/tmp exists, world-writable and sticky, as /tmp: nixos-install's
+	// chroot needs it when initrd secrets are used.
+	if err := r.conn.exec(ctx, "[ -d /mnt/tmp ] || { mkdir -p /mnt/tmp && chmod 1777 /mnt/tmp; }", nil); err != nil {
+		return err
+	}
+	cmd := ""
+	if r.opts.NixOSNoCheck != nil {
+		cmd += "NIXOS_NO_CHECK=" + quote(*r.opts.NixOSNoCheck) + " "
+	}
+	return r.conn.exec(ctx, cmd+"nixos-install --no-root-passwd --no-channel-copy --system "+quote(system), nil)
 }
 
 // extraFiles streams the directory as a tar archive owned by root; the
@@ -308,9 +417,23 @@ func writeTar(w io.Writer, root string) error {
 
 func (r *run) reboot(ctx context.Context) error {
 	r.setPhase(PhaseReboot)
-	cmd := "if mountpoint -q /mnt; then umount -Rv /mnt || umount /mnt; fi; if command -v zpool >/dev/null 2>&1; then zpool export -a; fi; true"
+	cmd := "if mountpoint -q /mnt; then umount -Rv /mnt || umount /mnt; fi; true"
 	if err := r.conn.exec(ctx, cmd, nil); err != nil {
 		return err
+	}
+	// Pools are exported so that the new system imports them without
+	// -f; a swap on a zvol keeps its pool busy, so it goes first. A
+	// failed export is reported, and the reboot goes on, as with
+	// nixos-anywhere: the system may then need a forced import.
+	zfs := `command -v zpool >/dev/null 2>&1 || exit 0; ` +
+		`for s in $(awk 'NR > 1 && $1 ~ "^/dev/zd" { print $1 }' /proc/swaps); do swapoff "$s"; done; ` +
+		`zpool export -a`
+	if err := r.conn.exec(ctx, zfs, nil); err != nil {
+		var pe *PhaseError
+		if ctx.Err() != nil || !errors.As(err, &pe) || pe.ExitCode < 0 {
+			return err
+		}
+		r.sink.Line(PhaseReboot, "warning", fmt.Sprintf("zpool export -a failed (exit code %d): rebooting anyway; the new system may need zpool import -f", pe.ExitCode))
 	}
 	var action string
 	switch r.opts.AfterInstall {
@@ -344,8 +467,13 @@ func (r *run) storeURL(scheme string, mnt bool) string {
 	if mnt {
 		q = append(q, "remote-store="+url.QueryEscape("local?root=/mnt"))
 	}
+	// As nixos-anywhere: compress=true unless set, and the settings as
+	// given (its docs tell users to URI-encode values).
+	if !slices.ContainsFunc(r.opts.SSHStoreSettings, func(kv [2]string) bool { return kv[0] == "compress" }) {
+		q = append(q, "compress=true")
+	}
 	for _, kv := range r.opts.SSHStoreSettings {
-		q = append(q, url.QueryEscape(kv[0])+"="+url.QueryEscape(kv[1]))
+		q = append(q, kv[0]+"="+kv[1])
 	}
 	if len(q) > 0 {
 		u += "?" + strings.Join(q, "&")
@@ -373,9 +501,20 @@ func (r *run) nixArgs(sub ...string) []string {
 }
 
 // configAttr names ATTR of the flake's NixOS configuration.
-func (r *run) configAttr(attr string) string {
-	flake, name, _ := strings.Cut(r.opts.Flake, "#")
-	return fmt.Sprintf("%s#nixosConfigurations.%q.config.%s", flake, name, attr)
+func (r *run) configAttr(attr string) string { return ConfigAttr(r.opts.Flake, attr) }
+
+// ConfigAttr names ATTR (system.build.toplevel, say) of the NixOS
+// configuration that flake names as FLAKE#NAME, which means
+// nixosConfigurations."NAME".config, or, as with nixos-anywhere, as a
+// full attribute path starting with nixosConfigurations. (such as
+// FLAKE#nixosConfigurations.x.config.virtualisation.vmVariant), which is
+// used as given.
+func ConfigAttr(flake, attr string) string {
+	f, name, _ := strings.Cut(flake, "#")
+	if strings.HasPrefix(name, "nixosConfigurations.") {
+		return f + "#" + name + "." + attr
+	}
+	return fmt.Sprintf("%s#nixosConfigurations.%q.config.%s", f, name, attr)
 }
 
 // build builds system.build.ATTR of the flake's configuration and
@@ -388,7 +527,9 @@ func (r *run) build(ctx context.Context, phase, attr string, mnt bool) (string, 
 	if err := r.machineSubstituters(ctx, phase); err != nil {
 		return "", err
 	}
-	args := append(r.nixArgs("build"), "--print-out-paths", "--no-link")
+	// A flake whose lock file is out of date is evaluated as it is, not
+	// rewritten, as with nixos-anywhere.
+	args := append(r.nixArgs("build"), "--print-out-paths", "--no-link", "--no-write-lock-file")
 	if r.builtRemotely() {
 		args = append(args, "--eval-store", "auto", "--store", r.storeURL("ssh-ng", mnt))
 	}
@@ -513,7 +654,7 @@ func (r *run) machineSubstituters(ctx context.Context, phase string) error {
 // evalStrings evaluates ATTR of the flake's configuration, which must be
 // a list of strings fit for one nix.conf line.
 func (r *run) evalStrings(ctx context.Context, phase, attr string) ([]string, error) {
-	args := append(r.nixArgs("eval"), "--json", r.configAttr(attr))
+	args := append(r.nixArgs("eval"), "--json", "--no-write-lock-file", r.configAttr(attr))
 	out, err := r.localNix(ctx, phase, args)
 	if err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,55 +22,6 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
 )
 
-const installUsage = `Usage: pxe-anywhere install [options] [<user@>]<host>
-
-Install NixOS on a Linux host over SSH (kexec into an installer when needed).
-
-  -f, --flake <flake#name>          the flake and configuration to install
-  -s, --store-paths <disko> <system>  prebuilt disko script and system closure instead of a flake
-  -i <identity>                     SSH private key to log in with (besides the agent)
-  -p, --ssh-port <port>             SSH port (default 22)
-  --target-host <[user@]host>       the host, instead of the positional argument
-  --ssh-option <KEY=VALUE>          ssh option (ConnectTimeout, StrictHostKeyChecking, ServerAliveInterval,
-                                    ServerAliveCountMax: keepalives, default 15 s and 3); repeatable
-  --phase-timeout <PHASE=DURATION>  timeout of a phase or of the probe (defaults: probe 5m, kexec 20m,
-                                    disko 30m, install 2h, reboot 15m); repeatable
-  --env-password                    log in with the password in $SSHPASS once, then with a generated key
-  --kexec <path|url>                kexec installer tarball (default: nixos-images release)
-  --kexec-extract-path <path>       where the tarball is unpacked on the host (default /root/kexec)
-  --kexec-extra-flags <flags>       extra flags for kexec
-  --kexec-launch-path <cmd>         remote command that starts the kexec (default: extracted kexec/run)
-  --force-kexec                     kexec even if the host already runs a NixOS installer
-  --kexec-download-locally          download the --kexec URL here (cached by checksum in
-                                    ~/.cache/pxe-anywhere) and upload it: for hosts without internet
-  --post-kexec-ssh-port <port>      SSH port of the installer after kexec
-  --disk-encryption-keys <remote> <local>  copy LOCAL to REMOTE (mode 0600) before disko; repeatable
-  --extra-files <dir>               copy the directory's contents to / of the new system
-  --chown <path> <uid>:<gid>        owner for an extra-files path; repeatable
-  --copy-host-keys                  keep the host's SSH host keys in the new system
-  --phases <list>                   comma-separated subset of kexec,disko,install,reboot
-  --disko-mode <disko|mount|format> which disko script to run (default disko)
-  --no-disko-deps                   build the disko script without its dependencies
-  --build-on <auto|local|remote>    where to build (default auto: here if local nix builds for the
-                                    target's uname -m, natively or by extra-platforms; else on the target)
-  --build-on-remote                 deprecated: --build-on remote
-  --generate-hardware-config <nixos-facter|nixos-generate-config> <path>  write the host's hardware config to PATH
-  --no-substitute-on-destination    let the host not fetch from its substituters during nix copy
-                                    (implies --no-use-machine-substituters)
-  --from <store-uri>                copy closures from this store
-  --option <key> <value>            nix option; repeatable
-  --ssh-store-setting <key> <value> ssh store setting; repeatable
-  --no-use-machine-substituters     do not add the flake configuration's nix.settings substituters
-                                    and trusted-public-keys to the host's ~/.config/nix/nix.conf
-  -L, --print-build-logs            print full build logs
-  --debug                           verbose nix output
-  --show-trace                      show nix evaluation traces
-  --vm-test                         build the configuration's installTest and exit
-  --no-reboot                       deprecated: phases without reboot
-  --stop-after-disko                deprecated: --phases kexec,disko
-  -h, --help                        this text
-`
-
 // installArgs is the parsed command line.
 type installArgs struct {
 	opts     installer.Options
@@ -80,6 +32,184 @@ type installArgs struct {
 	// downloadKexec: fetch a --kexec URL here (cached by checksum) and
 	// upload it, for targets without internet access.
 	downloadKexec bool
+
+	target                   string // --target-host or the positional argument
+	noReboot, stopAfterDisko bool   // deprecated flags, turned into phases
+}
+
+// installFlag is one row of the install command's flag table: the
+// parser and --help are both read from installFlags, so that a flag
+// cannot be parsed without being documented, or documented without
+// being parsed.
+type installFlag struct {
+	names []string // "-f", "--flake"
+	args  []string // argument names as --help shows them; len(args) values are read
+	help  string   // lines after the first are printed indented under it
+	apply func(a *installArgs, vs []string) error
+}
+
+// setString returns an apply that stores the flag's one value in *p.
+func setString(p func(a *installArgs) *string) func(*installArgs, []string) error {
+	return func(a *installArgs, vs []string) error { *p(a) = vs[0]; return nil }
+}
+
+// setTrue returns an apply for a switch that sets *p.
+func setTrue(p func(a *installArgs) *bool) func(*installArgs, []string) error {
+	return func(a *installArgs, _ []string) error { *p(a) = true; return nil }
+}
+
+var installFlags = []installFlag{
+	{[]string{"-f", "--flake"}, []string{"<flake#name>"}, "the flake and configuration to install; a full attribute path\n(FLAKE#nixosConfigurations.NAME.config.virtualisation.vmVariant) is used as given",
+		setString(func(a *installArgs) *string { return &a.opts.Flake })},
+	{[]string{"-s", "--store-paths"}, []string{"<disko>", "<system>"}, "prebuilt disko script and system closure instead of a flake\n(resolved here like readlink -f; both must exist)",
+		func(a *installArgs, vs []string) error {
+			a.opts.StorePaths = &installer.StorePaths{Disko: vs[0], System: vs[1]}
+			return nil
+		}},
+	{[]string{"-i"}, []string{"<identity>"}, "SSH private key to log in with (besides the agent)",
+		setString(func(a *installArgs) *string { return &a.identity })},
+	{[]string{"-p", "--ssh-port"}, []string{"<port>"}, "SSH port (default 22)",
+		func(a *installArgs, vs []string) (err error) {
+			a.opts.Target.Port, err = parsePort("--ssh-port", vs[0])
+			return err
+		}},
+	{[]string{"--target-host"}, []string{"<[user@]host>"}, "the host, instead of the positional argument",
+		setString(func(a *installArgs) *string { return &a.target })},
+	{[]string{"--ssh-option"}, []string{"<KEY=VALUE>"}, "ssh option (ConnectTimeout, StrictHostKeyChecking, ServerAliveInterval,\nServerAliveCountMax: keepalives, default 15 s and 3); repeatable",
+		func(a *installArgs, vs []string) error {
+			k, v, ok := strings.Cut(vs[0], "=")
+			if !ok {
+				return fmt.Errorf("--ssh-option %q: use KEY=VALUE", vs[0])
+			}
+			a.opts.SSHOptions[k] = v
+			return nil
+		}},
+	{[]string{"--phase-timeout"}, []string{"<PHASE=DURATION>"}, "timeout of a phase or of the probe (defaults: probe 5m, kexec 20m,\ndisko 30m, install 2h, reboot 15m); repeatable",
+		func(a *installArgs, vs []string) error { return parsePhaseTimeout(&a.opts, vs[0]) }},
+	{[]string{"--env-password"}, nil, "log in with the password in $SSHPASS once, then with a generated key",
+		setTrue(func(a *installArgs) *bool { return &a.envPass })},
+	{[]string{"--kexec"}, []string{"<path|url>"}, "kexec installer tarball, .tar.gz, .tar.xz, .tar.zst or .tar\n(default: the nixos-images release for the target's architecture)",
+		setString(func(a *installArgs) *string { return &a.opts.Kexec })},
+	{[]string{"--kexec-extract-path"}, []string{"<path>"}, "where the tarball is unpacked on the host (default /root/kexec)",
+		setString(func(a *installArgs) *string { return &a.opts.KexecExtractPath })},
+	{[]string{"--kexec-extra-flags"}, []string{"<flags>"}, "extra flags for kexec",
+		setString(func(a *installArgs) *string { return &a.opts.KexecExtraFlags })},
+	{[]string{"--kexec-launch-path"}, []string{"<cmd>"}, "remote command that starts the kexec (default: extracted kexec/run)",
+		setString(func(a *installArgs) *string { return &a.opts.KexecLaunchPath })},
+	{[]string{"--force-kexec"}, nil, "kexec even if the host already runs a NixOS installer",
+		setTrue(func(a *installArgs) *bool { return &a.opts.ForceKexec })},
+	{[]string{"--kexec-download-locally"}, nil, "download the --kexec URL here (cached by checksum in\n~/.cache/pxe-anywhere) and upload it: for hosts without internet",
+		setTrue(func(a *installArgs) *bool { return &a.downloadKexec })},
+	{[]string{"--post-kexec-ssh-port"}, []string{"<port>"}, "SSH port of the installer after kexec",
+		func(a *installArgs, vs []string) (err error) {
+			a.opts.PostKexecSSHPort, err = parsePort("--post-kexec-ssh-port", vs[0])
+			return err
+		}},
+	{[]string{"--disk-encryption-keys"}, []string{"<remote>", "<local>"}, "copy LOCAL to REMOTE (mode 0600) before disko; repeatable",
+		func(a *installArgs, vs []string) error {
+			a.opts.DiskKeys = append(a.opts.DiskKeys, installer.KeyFile{Remote: vs[0], Local: vs[1]})
+			return nil
+		}},
+	{[]string{"--extra-files"}, []string{"<dir>"}, "copy the directory's contents to / of the new system",
+		setString(func(a *installArgs) *string { return &a.opts.ExtraFiles })},
+	{[]string{"--chown"}, []string{"<path>", "<uid>:<gid>"}, "owner for an extra-files path; repeatable",
+		func(a *installArgs, vs []string) error {
+			u, g, ok := strings.Cut(vs[1], ":")
+			uid, e1 := strconv.Atoi(u)
+			gid, e2 := strconv.Atoi(g)
+			if !ok || e1 != nil || e2 != nil || uid < 0 || gid < 0 {
+				return fmt.Errorf("--chown %s %q: use UID:GID (numbers)", vs[0], vs[1])
+			}
+			a.opts.Chowns = append(a.opts.Chowns, installer.Chown{Path: vs[0], UID: uid, GID: gid})
+			return nil
+		}},
+	{[]string{"--copy-host-keys"}, nil, "keep the host's SSH host keys in the new system",
+		setTrue(func(a *installArgs) *bool { return &a.opts.CopyHostKeys })},
+	{[]string{"--phases"}, []string{"<list>"}, "comma-separated subset of kexec,disko,install,reboot",
+		func(a *installArgs, vs []string) error { a.opts.Phases = strings.Split(vs[0], ","); return nil }},
+	{[]string{"--disko-mode"}, []string{"<disko|mount|format>"}, "which disko script to run (default disko; not with --store-paths)",
+		setString(func(a *installArgs) *string { return &a.opts.DiskoMode })},
+	{[]string{"--no-disko-deps"}, nil, "build the disko script without its dependencies",
+		setTrue(func(a *installArgs) *bool { return &a.opts.NoDiskoDeps })},
+	{[]string{"--build-on"}, []string{"<auto|local|remote>"}, "where to build (default auto: here if local nix builds for the\ntarget's uname -m, natively or by extra-platforms; else on the target)",
+		setString(func(a *installArgs) *string { return &a.opts.BuildOn })},
+	{[]string{"--build-on-remote"}, nil, "deprecated: --build-on remote",
+		func(a *installArgs, _ []string) error { a.opts.BuildOn = "remote"; return nil }},
+	{[]string{"--generate-hardware-config"}, []string{"<nixos-facter|nixos-generate-config>", "<path>"}, "write the host's hardware config to PATH right after kexec\n(git add --intent-to-add when PATH is in a git work tree)",
+		func(a *installArgs, vs []string) error {
+			if vs[0] != "nixos-facter" && vs[0] != "nixos-generate-config" {
+				return fmt.Errorf("--generate-hardware-config %q: use nixos-facter or nixos-generate-config", vs[0])
+			}
+			a.opts.GenerateHardwareConfig, a.opts.HardwareConfigPath = vs[0], vs[1]
+			return nil
+		}},
+	{[]string{"--no-substitute-on-destination"}, nil, "let the host not fetch from its substituters during nix copy\n(implies --no-use-machine-substituters)",
+		setTrue(func(a *installArgs) *bool { return &a.opts.NoSubstituteOnDestination })},
+	{[]string{"--from"}, []string{"<store-uri>"}, "copy closures from this store",
+		setString(func(a *installArgs) *string { return &a.opts.From })},
+	{[]string{"--option"}, []string{"<key>", "<value>"}, "nix option; repeatable",
+		func(a *installArgs, vs []string) error {
+			a.opts.NixOptions = append(a.opts.NixOptions, [2]string{vs[0], vs[1]})
+			return nil
+		}},
+	{[]string{"--ssh-store-setting"}, []string{"<key>", "<value>"}, "ssh store setting, appended to the store URI as given (URI-encode\nthe value); repeatable; compress=true comes first unless set",
+		func(a *installArgs, vs []string) error {
+			a.opts.SSHStoreSettings = append(a.opts.SSHStoreSettings, [2]string{vs[0], vs[1]})
+			return nil
+		}},
+	{[]string{"--no-use-machine-substituters"}, nil, "do not add the flake configuration's nix.settings substituters\nand trusted-public-keys to the host's ~/.config/nix/nix.conf",
+		setTrue(func(a *installArgs) *bool { return &a.opts.NoUseMachineSubstituters })},
+	{[]string{"-L", "--print-build-logs"}, nil, "print full build logs",
+		setTrue(func(a *installArgs) *bool { return &a.opts.PrintBuildLogs })},
+	{[]string{"--debug"}, nil, "verbose nix output",
+		setTrue(func(a *installArgs) *bool { return &a.opts.Debug })},
+	{[]string{"--show-trace"}, nil, "show nix evaluation traces",
+		setTrue(func(a *installArgs) *bool { return &a.opts.ShowTrace })},
+	{[]string{"--vm-test"}, nil, "build the configuration's installTest and exit (not with --store-paths,\n--build-on remote, --extra-files, --disk-encryption-keys, --generate-hardware-config)",
+		setTrue(func(a *installArgs) *bool { return &a.vmTest })},
+	{[]string{"--no-reboot"}, nil, "deprecated: phases without reboot",
+		setTrue(func(a *installArgs) *bool { return &a.noReboot })},
+	{[]string{"--stop-after-disko"}, nil, "deprecated: --phases kexec,disko",
+		setTrue(func(a *installArgs) *bool { return &a.stopAfterDisko })},
+	{[]string{"-h", "--help"}, nil, "this text",
+		setTrue(func(a *installArgs) *bool { return &a.help })},
+}
+
+// helpColumn is where a flag's help text starts in --help.
+const helpColumn = 36
+
+// installUsage prints --help from installFlags.
+func installUsage() string {
+	var b strings.Builder
+	b.WriteString("Usage: pxe-anywhere install [options] [<user@>]<host>\n\n" +
+		"Install NixOS on a Linux host over SSH (kexec into an installer when needed).\n\n")
+	for _, f := range installFlags {
+		head := "  " + strings.Join(f.names, ", ")
+		if len(f.args) > 0 {
+			head += " " + strings.Join(f.args, " ")
+		}
+		lines := strings.Split(f.help, "\n")
+		if len(head)+2 > helpColumn {
+			head += "  "
+		} else {
+			head += strings.Repeat(" ", helpColumn-len(head))
+		}
+		b.WriteString(head + lines[0] + "\n")
+		for _, l := range lines[1:] {
+			b.WriteString(strings.Repeat(" ", helpColumn) + l + "\n")
+		}
+	}
+	return b.String()
+}
+
+// lookupInstallFlag finds the table row of a flag name.
+func lookupInstallFlag(name string) *installFlag {
+	for i := range installFlags {
+		if slices.Contains(installFlags[i].names, name) {
+			return &installFlags[i]
+		}
+	}
+	return nil
 }
 
 // parseInstallArgs parses nixos-anywhere style flags: --flag v and
@@ -88,175 +218,49 @@ func parseInstallArgs(args []string) (*installArgs, error) {
 	a := &installArgs{}
 	o := &a.opts
 	o.SSHOptions = map[string]string{}
-	var target string
-	noReboot, stopAfterDisko := false, false
 	for i := 0; i < len(args); i++ {
 		arg := args[i]
 		name, inline, hasInline := arg, "", false
 		if strings.HasPrefix(arg, "--") {
 			name, inline, hasInline = strings.Cut(arg, "=")
 		}
-		took := false // the flag read its value(s)
-		val := func(n int) ([]string, error) {
-			took = true
-			var vs []string
-			if hasInline {
-				vs = append(vs, inline)
-			}
-			for len(vs) < n {
-				i++
-				if i >= len(args) {
-					return nil, fmt.Errorf("%s needs %d argument(s)", name, n)
-				}
-				vs = append(vs, args[i])
-			}
-			return vs, nil
-		}
-		one := func() (string, error) {
-			v, err := val(1)
-			if err != nil {
-				return "", err
-			}
-			return v[0], nil
-		}
-		var err error
-		var v string
-		var vs []string
-		switch name {
-		case "-h", "--help":
-			a.help = true
-		case "-f", "--flake":
-			o.Flake, err = one()
-		case "-s", "--store-paths":
-			if vs, err = val(2); err == nil {
-				o.StorePaths = &installer.StorePaths{Disko: vs[0], System: vs[1]}
-			}
-		case "-i":
-			a.identity, err = one()
-		case "-p", "--ssh-port":
-			if v, err = one(); err == nil {
-				o.Target.Port, err = parsePort(name, v)
-			}
-		case "--target-host":
-			target, err = one()
-		case "--ssh-option":
-			if v, err = one(); err == nil {
-				k, val, ok := strings.Cut(v, "=")
-				if !ok {
-					err = fmt.Errorf("--ssh-option %q: use KEY=VALUE", v)
-				} else {
-					o.SSHOptions[k] = val
-				}
-			}
-		case "--phase-timeout":
-			if v, err = one(); err == nil {
-				err = parsePhaseTimeout(o, v)
-			}
-		case "--env-password":
-			a.envPass = true
-		case "--kexec":
-			o.Kexec, err = one()
-		case "--kexec-extract-path":
-			o.KexecExtractPath, err = one()
-		case "--kexec-extra-flags":
-			o.KexecExtraFlags, err = one()
-		case "--kexec-launch-path":
-			o.KexecLaunchPath, err = one()
-		case "--force-kexec":
-			o.ForceKexec = true
-		case "--kexec-download-locally":
-			a.downloadKexec = true
-		case "--post-kexec-ssh-port":
-			if v, err = one(); err == nil {
-				o.PostKexecSSHPort, err = parsePort(name, v)
-			}
-		case "--disk-encryption-keys":
-			if vs, err = val(2); err == nil {
-				o.DiskKeys = append(o.DiskKeys, installer.KeyFile{Remote: vs[0], Local: vs[1]})
-			}
-		case "--extra-files":
-			o.ExtraFiles, err = one()
-		case "--chown":
-			if vs, err = val(2); err == nil {
-				u, g, ok := strings.Cut(vs[1], ":")
-				uid, e1 := strconv.Atoi(u)
-				gid, e2 := strconv.Atoi(g)
-				if !ok || e1 != nil || e2 != nil || uid < 0 || gid < 0 {
-					err = fmt.Errorf("--chown %s %q: use UID:GID (numbers)", vs[0], vs[1])
-				}
-				o.Chowns = append(o.Chowns, installer.Chown{Path: vs[0], UID: uid, GID: gid})
-			}
-		case "--copy-host-keys":
-			o.CopyHostKeys = true
-		case "--phases":
-			if v, err = one(); err == nil {
-				o.Phases = strings.Split(v, ",")
-			}
-		case "--disko-mode":
-			o.DiskoMode, err = one()
-		case "--no-disko-deps":
-			o.NoDiskoDeps = true
-		case "--build-on":
-			o.BuildOn, err = one()
-		case "--build-on-remote":
-			o.BuildOn = "remote"
-		case "--generate-hardware-config":
-			if vs, err = val(2); err == nil {
-				o.GenerateHardwareConfig, o.HardwareConfigPath = vs[0], vs[1]
-				if vs[0] != "nixos-facter" && vs[0] != "nixos-generate-config" {
-					err = fmt.Errorf("--generate-hardware-config %q: use nixos-facter or nixos-generate-config", vs[0])
-				}
-			}
-		case "--no-substitute-on-destination":
-			o.NoSubstituteOnDestination = true
-		case "--from":
-			o.From, err = one()
-		case "--option":
-			if vs, err = val(2); err == nil {
-				o.NixOptions = append(o.NixOptions, [2]string{vs[0], vs[1]})
-			}
-		case "--ssh-store-setting":
-			if vs, err = val(2); err == nil {
-				o.SSHStoreSettings = append(o.SSHStoreSettings, [2]string{vs[0], vs[1]})
-			}
-		case "--no-use-machine-substituters":
-			o.NoUseMachineSubstituters = true
-		case "-L", "--print-build-logs":
-			o.PrintBuildLogs = true
-		case "--debug":
-			o.Debug = true
-		case "--show-trace":
-			o.ShowTrace = true
-		case "--vm-test":
-			a.vmTest = true
-		case "--no-reboot":
-			noReboot = true
-		case "--stop-after-disko":
-			stopAfterDisko = true
-		default:
+		f := lookupInstallFlag(name)
+		if f == nil {
 			if strings.HasPrefix(arg, "-") {
 				return nil, fmt.Errorf("unknown flag %q (see pxe-anywhere install --help)", arg)
 			}
-			if target != "" {
-				return nil, fmt.Errorf("more than one target host: %q and %q", target, arg)
+			if a.target != "" {
+				return nil, fmt.Errorf("more than one target host: %q and %q", a.target, arg)
 			}
-			target = arg
+			a.target = arg
+			continue
 		}
-		if err != nil {
-			return nil, err
-		}
-		if hasInline && !took {
+		if hasInline && len(f.args) == 0 {
 			// --debug=false would otherwise switch debugging on.
 			return nil, fmt.Errorf("%s takes no value", name)
+		}
+		var vs []string
+		if hasInline {
+			vs = append(vs, inline)
+		}
+		for len(vs) < len(f.args) {
+			i++
+			if i >= len(args) {
+				return nil, fmt.Errorf("%s needs %d argument(s): %s", name, len(f.args), strings.Join(f.args, " "))
+			}
+			vs = append(vs, args[i])
+		}
+		if err := f.apply(a, vs); err != nil {
+			return nil, err
 		}
 	}
 	if a.help {
 		return a, nil
 	}
-	if stopAfterDisko {
+	if a.stopAfterDisko {
 		o.Phases = []string{installer.PhaseKexec, installer.PhaseDisko}
 	}
-	if noReboot {
+	if a.noReboot {
 		if len(o.Phases) == 0 {
 			o.Phases = installer.DefaultPhases
 		}
@@ -276,7 +280,27 @@ func parseInstallArgs(args []string) (*installArgs, error) {
 			return nil, fmt.Errorf("--flake %q: name the configuration: FLAKE#NAME", o.Flake)
 		}
 	}
+	if o.StorePaths != nil && o.DiskoMode != "" {
+		// As nixos-anywhere: the prebuilt disko script has its mode built in.
+		return nil, errors.New("--disko-mode cannot be used with --store-paths: the disko script's mode is fixed when it is built")
+	}
 	if a.vmTest {
+		// The combinations nixos-anywhere refuses: the VM test builds
+		// from the flake and has no target to copy files or keys to.
+		for _, c := range []struct {
+			set  bool
+			flag string
+		}{
+			{o.StorePaths != nil, "--store-paths (use --flake, or build config.system.build.installTest yourself)"},
+			{o.BuildOn == "remote", "--build-on remote"},
+			{o.ExtraFiles != "", "--extra-files"},
+			{len(o.DiskKeys) > 0, "--disk-encryption-keys"},
+			{o.GenerateHardwareConfig != "", "--generate-hardware-config (generate the hardware configuration before the VM test)"},
+		} {
+			if c.set {
+				return nil, errors.New("--vm-test is not supported with " + c.flag)
+			}
+		}
 		if o.Flake == "" {
 			return nil, errors.New("--vm-test needs --flake FLAKE#NAME")
 		}
@@ -285,6 +309,7 @@ func parseInstallArgs(args []string) (*installArgs, error) {
 	if a.downloadKexec && !images.IsURL(o.Kexec) {
 		return nil, errors.New("--kexec-download-locally needs --kexec URL")
 	}
+	target := a.target
 	if target == "" {
 		return nil, errors.New("no target host given: pass [user@]host or --target-host")
 	}
@@ -343,17 +368,26 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	if a.help {
-		fmt.Fprint(stdout, installUsage)
+		fmt.Fprint(stdout, installUsage())
 		return nil
 	}
 	if a.vmTest {
-		f, n, _ := strings.Cut(a.opts.Flake, "#")
-		cmd := exec.CommandContext(ctx, "nix", "build", "--extra-experimental-features", "nix-command flakes", "--no-link",
-			fmt.Sprintf("%s#nixosConfigurations.%q.config.system.build.installTest", f, n))
+		cmd := exec.CommandContext(ctx, "nix", "build", "--extra-experimental-features", "nix-command flakes", "--no-write-lock-file", "--no-link",
+			installer.ConfigAttr(a.opts.Flake, "system.build.installTest"))
 		cmd.Stdout, cmd.Stderr = stdout, stderr
 		return cmd.Run()
 	}
 	o := a.opts
+	if o.StorePaths != nil {
+		// Before anything runs on the target, as nixos-anywhere's
+		// readlink -f and existence check.
+		if o.StorePaths.Disko, err = resolveStorePath(o.StorePaths.Disko); err != nil {
+			return err
+		}
+		if o.StorePaths.System, err = resolveStorePath(o.StorePaths.System); err != nil {
+			return err
+		}
+	}
 	if a.downloadKexec {
 		path, err := fetchKexecLocally(ctx, o.Kexec, stderr)
 		if err != nil {
@@ -386,6 +420,9 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return errors.New("--env-password: SSHPASS is empty")
 		}
 	}
+	if v, ok := os.LookupEnv("NIXOS_NO_CHECK"); ok {
+		o.NixOSNoCheck = &v
+	}
 	isTTY := false
 	if f, ok := stdout.(*os.File); ok {
 		if st, err := f.Stat(); err == nil {
@@ -393,6 +430,19 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	return installer.Run(ctx, o, installer.TerminalSink(stdout, isTTY))
+}
+
+// resolveStorePath follows the symlinks of a --store-paths argument (a
+// ./result link, say) to the store path it names, which must exist here.
+func resolveStorePath(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err == nil {
+		abs, err = filepath.EvalSymlinks(abs)
+	}
+	if err != nil {
+		return "", fmt.Errorf("--store-paths %s: %w (give existing store paths or ./result links)", p, err)
+	}
+	return abs, nil
 }
 
 // parsePort reads the port value v of flag name.

@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -75,6 +78,23 @@ func TestParseInstallArgs(t *testing.T) {
 		{name: "bad chown", args: []string{"--chown", "/x", "alice", "h"}, wantErr: "UID:GID"},
 		{name: "switch given a value", args: []string{"-f", ".#a", "--debug=false", "h"}, wantErr: "--debug takes no value"},
 		{name: "another switch given a value", args: []string{"-f", ".#a", "--print-build-logs=0", "h"}, wantErr: "--print-build-logs takes no value"},
+		{name: "full attribute path", args: []string{"-f", ".#nixosConfigurations.x.config.virtualisation.vmVariant", "h"}, check: func(t *testing.T, a *installArgs) {
+			if a.opts.Flake != ".#nixosConfigurations.x.config.virtualisation.vmVariant" {
+				t.Errorf("flake %q", a.opts.Flake)
+			}
+		}},
+		{name: "disko mode with store paths", args: []string{"-s", "/nix/store/a", "/nix/store/b", "--disko-mode", "mount", "h"}, wantErr: "--disko-mode cannot be used with --store-paths"},
+		{name: "vm-test needs no target", args: []string{"--vm-test", "-f", ".#a"}, check: func(t *testing.T, a *installArgs) {
+			if !a.vmTest {
+				t.Error("vmTest not set")
+			}
+		}},
+		{name: "vm-test with store paths", args: []string{"--vm-test", "-s", "/nix/store/a", "/nix/store/b"}, wantErr: "--vm-test is not supported with --store-paths"},
+		{name: "vm-test building remotely", args: []string{"--vm-test", "-f", ".#a", "--build-on", "remote"}, wantErr: "--vm-test is not supported with --build-on remote"},
+		{name: "vm-test, deprecated remote flag", args: []string{"--vm-test", "-f", ".#a", "--build-on-remote"}, wantErr: "--vm-test is not supported with --build-on remote"},
+		{name: "vm-test with extra files", args: []string{"--vm-test", "-f", ".#a", "--extra-files", "/tmp/x"}, wantErr: "--vm-test is not supported with --extra-files"},
+		{name: "vm-test with disk keys", args: []string{"--vm-test", "-f", ".#a", "--disk-encryption-keys", "/r", "/l"}, wantErr: "--vm-test is not supported with --disk-encryption-keys"},
+		{name: "vm-test with hardware config", args: []string{"--vm-test", "-f", ".#a", "--generate-hardware-config", "nixos-facter", "f.json"}, wantErr: "--vm-test is not supported with --generate-hardware-config"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -90,6 +110,121 @@ func TestParseInstallArgs(t *testing.T) {
 			}
 			tc.check(t, a)
 		})
+	}
+}
+
+// TestHelpIsTheTable checks that --help and the parser cannot drift:
+// every name and argument of every table row is in --help, and every
+// flag that --help shows is one the parser takes, with as many
+// arguments as --help shows.
+func TestHelpIsTheTable(t *testing.T) {
+	var out bytes.Buffer
+	if err := runInstall(context.Background(), []string{"--help"}, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	help := out.String()
+	shown := map[string]int{} // flag → arguments shown after it
+	for _, l := range strings.Split(help, "\n") {
+		if !strings.HasPrefix(l, "  -") {
+			continue
+		}
+		fields := strings.Fields(l)
+		var names []string
+		nargs := 0
+		for _, f := range fields {
+			switch {
+			case strings.HasPrefix(f, "-"):
+				names = append(names, strings.TrimSuffix(f, ","))
+				continue
+			case strings.HasPrefix(f, "<"):
+				nargs++
+				continue
+			}
+			break
+		}
+		for _, n := range names {
+			shown[n] = nargs
+		}
+	}
+	for _, f := range installFlags {
+		for _, n := range f.names {
+			got, ok := shown[n]
+			if !ok {
+				t.Errorf("flag %s is parsed but not in --help", n)
+			} else if got != len(f.args) {
+				t.Errorf("--help shows %d argument(s) for %s, the parser reads %d", got, n, len(f.args))
+			}
+		}
+		if f.help == "" {
+			t.Errorf("flag %v has no help text", f.names)
+		}
+	}
+	for n, nargs := range shown {
+		f := lookupInstallFlag(n)
+		if f == nil {
+			t.Errorf("--help shows %s, which the parser does not take", n)
+			continue
+		}
+		if nargs != len(f.args) {
+			t.Errorf("%s: --help shows %d argument(s), the parser reads %d", n, nargs, len(f.args))
+		}
+	}
+	// Each flag as --help shows it parses: the names and argument
+	// count of the table are what the parser uses.
+	for _, f := range installFlags {
+		for _, n := range f.names {
+			args := []string{n}
+			for range f.args {
+				args = append(args, "1")
+			}
+			_, err := parseInstallArgs(append(args, "h"))
+			// Other errors (a value "1" that is not a path, say) are
+			// the flag's own checks, past the table lookup.
+			if err != nil && (strings.Contains(err.Error(), "unknown flag") || strings.Contains(err.Error(), "argument(s)") || strings.Contains(err.Error(), "takes no value")) {
+				t.Errorf("%v: %v", args, err)
+			}
+		}
+	}
+}
+
+// TestStorePathsResolvedFirst: -s links are followed here, and a missing
+// path stops the install before any connection is tried.
+func TestStorePathsResolvedFirst(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "system")
+	if err := os.Mkdir(real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "result")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := resolveStorePath(link); err != nil || got != real {
+		t.Fatalf("resolveStorePath(%s) = %q, %v; want %q", link, got, err, real)
+	}
+	// A listener that records any connection: none must come.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	conns := make(chan struct{}, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			conns <- struct{}{}
+			c.Close()
+		}
+	}()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	var out bytes.Buffer
+	err = runInstall(context.Background(), []string{"-s", filepath.Join(dir, "missing-disko"), link, "-p", port, "root@127.0.0.1"}, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "--store-paths "+filepath.Join(dir, "missing-disko")) {
+		t.Fatalf("err = %v, want the missing store path named", err)
+	}
+	select {
+	case <-conns:
+		t.Error("the target was contacted before the store paths were checked")
+	default:
 	}
 }
 

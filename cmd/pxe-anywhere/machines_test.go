@@ -319,7 +319,7 @@ func TestRunMachinesPages(t *testing.T) {
 			got = append(got, e.Message)
 		}
 		if !slices.Equal(got, wantEvents) {
-			t.Errorf("show --json events %q, want %q", got, wantEvents)
+			t.Errorf("show --json --no-write-lock-file events %q, want %q", got, wantEvents)
 		}
 	})
 	t.Run("show table", func(t *testing.T) {

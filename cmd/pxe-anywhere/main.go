@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/pxe-anywhere/pxe-anywhere/installer"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -41,7 +43,9 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pxe-anywhere:", err)
-		os.Exit(1)
+		// The failing command's exit code, as nixos-anywhere exits with
+		// it; 1 for our own errors.
+		os.Exit(installer.ExitCode(err))
 	}
 }
 
