@@ -49,14 +49,16 @@ const tailLines = 30
 var pollInterval = time.Second
 
 type run struct {
-	opts    Options
-	sink    Sink
-	conn    *Conn
-	facts   Facts
-	known   []ssh.PublicKey // host keys accepted so far (pinned, or seen first)
-	tmpDir  string
-	agentLn net.Listener
-	hwDone  bool
+	opts  Options
+	sink  Sink
+	conn  *Conn
+	facts Facts
+	known []ssh.PublicKey // host keys accepted so far (pinned, or seen first)
+	// afterKexec: the host now answering is the installer kexec started.
+	afterKexec bool
+	tmpDir     string
+	agentLn    net.Listener
+	hwDone     bool
 	// substDone: the configuration's substituters went to the target.
 	substDone bool
 }
@@ -86,7 +88,9 @@ func (r *run) connectTimeout() time.Duration {
 
 // hostKeyCallback accepts only the pinned key, keys already seen in this
 // run (the kexec image keeps the old host keys), or, without a pin, what
-// known_hosts says, as ssh's StrictHostKeyChecking would.
+// known_hosts says, as ssh's StrictHostKeyChecking would: an unknown host
+// is trusted on first use and recorded (unless "yes"), a changed key is
+// refused (unless "no", which warns).
 // The second callback is known_hosts' own, when it is consulted.
 func (r *run) hostKeyCallback() (ssh.HostKeyCallback, ssh.HostKeyCallback, error) {
 	if r.opts.HostKey != nil && len(r.known) == 0 {
@@ -94,20 +98,15 @@ func (r *run) hostKeyCallback() (ssh.HostKeyCallback, ssh.HostKeyCallback, error
 	}
 	var khCB ssh.HostKeyCallback
 	if len(r.known) == 0 {
-		file := r.opts.KnownHostsFile
-		if file == "" {
-			home, _ := os.UserHomeDir()
-			file = filepath.Join(home, ".ssh", "known_hosts")
-		}
-		if _, err := os.Stat(file); err == nil {
-			cb, err := knownhosts.New(file)
+		if _, err := os.Stat(r.knownHostsFile()); err == nil {
+			cb, err := knownhosts.New(r.knownHostsFile())
 			if err != nil {
-				return nil, nil, fmt.Errorf("reading known hosts file %s: %w", file, err)
+				return nil, nil, fmt.Errorf("reading known hosts file %s: %w", r.knownHostsFile(), err)
 			}
 			khCB = cb
 		}
 	}
-	strict := strings.ToLower(r.opts.SSHOptions["StrictHostKeyChecking"])
+	strict := strictness(r.opts.SSHOptions["StrictHostKeyChecking"])
 	return func(hostname string, remote net.Addr, key ssh.PublicKey) error {
 		for _, k := range r.known {
 			if bytes.Equal(k.Marshal(), key.Marshal()) {
@@ -115,6 +114,16 @@ func (r *run) hostKeyCallback() (ssh.HostKeyCallback, ssh.HostKeyCallback, error
 			}
 		}
 		if len(r.known) > 0 {
+			if r.afterKexec && r.opts.AcceptNewHostKeyAfterKexec {
+				r.sink.Line(PhaseKexec, "info", fmt.Sprintf("warning: the installer presents %s %s, not the old system's %s; accepted (--accept-new-host-key-after-kexec)",
+					key.Type(), ssh.FingerprintSHA256(key), ssh.FingerprintSHA256(r.known[0])))
+				r.known = append(r.known, key)
+				return nil
+			}
+			if r.afterKexec {
+				return fmt.Errorf("%w: after kexec %s presented %s %s, but the old system had %s (the nixos-images installer keeps the old host keys); if the new key is expected, pass --accept-new-host-key-after-kexec",
+					ErrHostKeyMismatch, hostname, key.Type(), ssh.FingerprintSHA256(key), ssh.FingerprintSHA256(r.known[0]))
+			}
 			return fmt.Errorf("%w: %s presented %s %s, expected %s; refusing to continue (is this the right machine?)",
 				ErrHostKeyMismatch, hostname, key.Type(), ssh.FingerprintSHA256(key), ssh.FingerprintSHA256(r.known[0]))
 		}
@@ -126,16 +135,77 @@ func (r *run) hostKeyCallback() (ssh.HostKeyCallback, ssh.HostKeyCallback, error
 				return nil
 			}
 			if errors.As(err, &ke) && len(ke.Want) > 0 {
-				return fmt.Errorf("%w: %s presented %s, which differs from known_hosts: %v", ErrHostKeyMismatch, hostname, ssh.FingerprintSHA256(key), err)
+				was := ke.Want[0]
+				if strict == "no" {
+					r.sink.Line("connect", "info", fmt.Sprintf("warning: %s presented %s %s, but %s:%d has %s; accepted because StrictHostKeyChecking=no",
+						hostname, key.Type(), ssh.FingerprintSHA256(key), was.Filename, was.Line, ssh.FingerprintSHA256(was.Key)))
+					r.known = append(r.known, key)
+					return nil
+				}
+				return fmt.Errorf("%w: %s presented %s %s, which differs from known_hosts (%s:%d has %s %s): if the host was reinstalled, remove that line (ssh-keygen -R)",
+					ErrHostKeyMismatch, hostname, key.Type(), ssh.FingerprintSHA256(key), was.Filename, was.Line, was.Key.Type(), ssh.FingerprintSHA256(was.Key))
 			}
 		}
-		if strict == "no" || strict == "accept-new" {
-			r.known = append(r.known, key)
-			return nil
+		if strict == "yes" {
+			return fmt.Errorf("%w: %s (%s %s) is not in %s and StrictHostKeyChecking=yes; add it, or use --ssh-option StrictHostKeyChecking=accept-new",
+				ErrHostKeyMismatch, hostname, key.Type(), ssh.FingerprintSHA256(key), r.knownHostsFile())
 		}
-		return fmt.Errorf("%w: %s (%s %s) is not in known_hosts; add it, pass its key, or use --ssh-option StrictHostKeyChecking=accept-new",
-			ErrHostKeyMismatch, hostname, key.Type(), ssh.FingerprintSHA256(key))
+		r.known = append(r.known, key)
+		msg := fmt.Sprintf("%s is new: trusting its %s key %s on first use", hostname, key.Type(), ssh.FingerprintSHA256(key))
+		if strict != "no" {
+			if err := r.recordHostKey(hostname, key); err != nil {
+				msg += " (not recorded: " + err.Error() + ")"
+			} else {
+				msg += ", recorded in " + r.knownHostsFile()
+			}
+		}
+		r.sink.Line("connect", "info", msg)
+		return nil
 	}, khCB, nil
+}
+
+// strictness maps ssh's spellings of StrictHostKeyChecking (ssh -G
+// prints true/false) to yes, no or ask; accept-new and ask both trust
+// a new host on first use, since the engine cannot ask.
+func strictness(v string) string {
+	switch strings.ToLower(v) {
+	case "yes", "true":
+		return "yes"
+	case "no", "false", "off":
+		return "no"
+	}
+	return "ask"
+}
+
+// knownHostsFile is where host keys are looked up and new ones recorded.
+func (r *run) knownHostsFile() string {
+	if r.opts.KnownHostsFile != "" {
+		return r.opts.KnownHostsFile
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".ssh", "known_hosts")
+}
+
+// recordHostKey appends key for hostname (host:port as ssh writes it)
+// to the known hosts file, hashed when HashKnownHosts says so.
+func (r *run) recordHostKey(hostname string, key ssh.PublicKey) error {
+	file := r.knownHostsFile()
+	name := knownhosts.Normalize(hostname)
+	if h := strings.ToLower(r.opts.SSHOptions["HashKnownHosts"]); h == "yes" || h == "true" {
+		name = knownhosts.HashHostname(name)
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(file, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(knownhosts.Line([]string{name}, key) + "\n"); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // probeKey is a key no known_hosts file holds: offering it to the
@@ -179,6 +249,12 @@ func (r *run) clientConfig(addr string) (*ssh.ClientConfig, error) {
 				algos = append(algos, a)
 			}
 		}
+	}
+	if len(algos) == 0 {
+		// Nothing known yet: OpenSSH's order, ed25519 first (the Go
+		// client would ask for RSA first), so that the key trusted now
+		// is the one ssh would have recorded.
+		algos = []string{ssh.KeyAlgoED25519, ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521, ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256}
 	}
 	return &ssh.ClientConfig{
 		User:            r.opts.Target.User,

@@ -65,11 +65,15 @@ type Options struct {
 	// HostKey pins the target's host key; any other key stops the install.
 	HostKey ssh.PublicKey
 	// KnownHostsFile is consulted when HostKey is nil (default
-	// ~/.ssh/known_hosts). An unknown host is refused unless
-	// SSHOptions["StrictHostKeyChecking"] is "no" or "accept-new", as
-	// with ssh; a changed key is always refused.
+	// ~/.ssh/known_hosts). By SSHOptions["StrictHostKeyChecking"]:
+	// an unknown host is trusted on first use and recorded there
+	// (hashed if SSHOptions["HashKnownHosts"] is yes) unless it is
+	// "yes"; a changed key is refused unless it is "no", which warns.
 	KnownHostsFile string
-	SSHOptions     map[string]string // ConnectTimeout (seconds), StrictHostKeyChecking
+	SSHOptions     map[string]string // ConnectTimeout (seconds), StrictHostKeyChecking, HashKnownHosts
+	// AcceptNewHostKeyAfterKexec accepts an installer whose host key is
+	// not the old system's (an image that does not keep the keys).
+	AcceptNewHostKeyAfterKexec bool
 
 	Phases     []string
 	Flake      string // FLAKE#NAME

@@ -91,6 +91,7 @@ if [ ! -f "$PXE_TARGET_DIR/never-returns" ]; then
     [ -n "$port" ] && echo "sed -i 's/^Port .*/Port $port/' \"\$PXE_TARGET_DIR/sshd_config\""
     echo "echo 'AllowUsers root' >> \"\$PXE_TARGET_DIR/sshd_config\""
     [ -f "$PXE_TARGET_DIR/keys-lost" ] && echo ": > \"\$PXE_TARGET_DIR/authorized_keys\""
+    [ -f "$PXE_TARGET_DIR/new-host-key" ] && echo "cp \"\$PXE_TARGET_DIR/new-host-key\" \"\$PXE_TARGET_DIR/host_key\""
     echo "printf 'NAME=NixOS\nID=nixos\nVARIANT_ID=installer\n' > /etc/os-release"
   } > "$PXE_TARGET_DIR/next"
 fi
