@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 
 	"github.com/pxe-anywhere/pxe-anywhere/images"
@@ -30,8 +29,10 @@ Install NixOS on a Linux host over SSH (kexec into an installer when needed).
   -i <identity>                     SSH private key to log in with (besides the agent)
   -p, --ssh-port <port>             SSH port (default 22)
   --target-host <[user@]host>       the host, instead of the positional argument
-  --ssh-option <KEY=VALUE>          ssh option (ConnectTimeout, StrictHostKeyChecking, ServerAliveInterval,
-                                    ServerAliveCountMax: keepalives, default 15 s and 3); repeatable
+  --ssh-option <KEY=VALUE>          ssh option, "KEY=VALUE" or "KEY VALUE" (HostName, User, Port, IdentityFile,
+                                    UserKnownHostsFile, StrictHostKeyChecking, HashKnownHosts, ConnectTimeout,
+                                    ServerAliveInterval, ServerAliveCountMax: keepalives, default 15 s and 3;
+                                    others are refused); repeatable. ~/.ssh/config applies as for ssh
   --phase-timeout <PHASE=DURATION>  timeout of a phase or of the probe (defaults: probe 5m, kexec 20m,
                                     disko 30m, install 2h, reboot 15m); repeatable
   --env-password                    log in with the password in $SSHPASS once, then with a generated key
@@ -42,7 +43,8 @@ Install NixOS on a Linux host over SSH (kexec into an installer when needed).
   --force-kexec                     kexec even if the host already runs a NixOS installer
   --kexec-download-locally          download the --kexec URL here (cached by checksum in
                                     ~/.cache/pxe-anywhere) and upload it: for hosts without internet
-  --post-kexec-ssh-port <port>      SSH port of the installer after kexec
+  --post-kexec-ssh-port <port>      SSH port of the installer after kexec (default 22)
+  --accept-new-host-key-after-kexec accept an installer whose host key is not the old system's
   --disk-encryption-keys <remote> <local>  copy LOCAL to REMOTE (mode 0600) before disko; repeatable
   --extra-files <dir>               copy the directory's contents to / of the new system
   --chown <path> <uid>:<gid>        owner for an extra-files path; repeatable
@@ -141,17 +143,14 @@ func parseInstallArgs(args []string) (*installArgs, error) {
 			target, err = one()
 		case "--ssh-option":
 			if v, err = one(); err == nil {
-				k, val, ok := strings.Cut(v, "=")
-				if !ok {
-					err = fmt.Errorf("--ssh-option %q: use KEY=VALUE", v)
-				} else {
-					o.SSHOptions[k] = val
-				}
+				err = addSSHOption(o.SSHOptions, v)
 			}
 		case "--phase-timeout":
 			if v, err = one(); err == nil {
 				err = parsePhaseTimeout(o, v)
 			}
+		case "--accept-new-host-key-after-kexec":
+			o.AcceptNewHostKeyAfterKexec = true
 		case "--env-password":
 			a.envPass = true
 		case "--kexec":
@@ -361,17 +360,8 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		o.Kexec = path
 	}
-	if a.identity != "" {
-		b, err := os.ReadFile(a.identity)
-		if err != nil {
-			return fmt.Errorf("-i %s: %w", a.identity, err)
-		}
-		s, err := ssh.ParsePrivateKey(b)
-		if err != nil {
-			return fmt.Errorf("-i %s: %w (passphrase-protected keys: load them into ssh-agent instead)", a.identity, err)
-		}
-		o.Signers = append(o.Signers, s)
-		o.IdentityFile = a.identity
+	if err := resolveTarget(ctx, &o, a.identity, stderr); err != nil {
+		return err
 	}
 	if sock := os.Getenv("SSH_AUTH_SOCK"); sock != "" {
 		if c, err := dialUnix(sock); err == nil {
