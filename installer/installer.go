@@ -25,6 +25,16 @@ type Target struct {
 	User string
 }
 
+// JumpHost is the host the target is reached through (ssh -J), with
+// its own known hosts file and StrictHostKeyChecking and HashKnownHosts
+// in SSHOptions, as ssh resolves them for it; empty ones are the
+// target's.
+type JumpHost struct {
+	Target
+	KnownHostsFile string
+	SSHOptions     map[string]string
+}
+
 // KeyFile is a disk encryption key: read from Local on this machine and
 // written to Remote on the target before disko runs.
 type KeyFile struct{ Remote, Local string }
@@ -71,6 +81,11 @@ type Options struct {
 	// "yes"; a changed key is refused unless it is "no", which warns.
 	KnownHostsFile string
 	SSHOptions     map[string]string // ConnectTimeout (seconds), StrictHostKeyChecking, HashKnownHosts
+	// ProxyJump, when set, is the one jump host the target is reached
+	// through (ssh -J): the engine's connections are direct-tcpip
+	// channels from it, and the ssh that nix starts gets a ProxyCommand
+	// through it. Its host key is checked against KnownHostsFile too.
+	ProxyJump *JumpHost
 	// AcceptNewHostKeyAfterKexec accepts an installer whose host key is
 	// not the old system's (an image that does not keep the keys).
 	AcceptNewHostKeyAfterKexec bool
@@ -232,6 +247,16 @@ func (o *Options) defaults() {
 	}
 	if o.Target.User == "" {
 		o.Target.User = "root"
+	}
+	if j := o.ProxyJump; j != nil && (j.Port == 0 || j.User == "") {
+		jj := *j
+		if jj.Port == 0 {
+			jj.Port = 22
+		}
+		if jj.User == "" {
+			jj.User = "root"
+		}
+		o.ProxyJump = &jj
 	}
 	if o.KexecExtractPath == "" {
 		o.KexecExtractPath = "/root/kexec"

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -216,7 +217,11 @@ func resolveTarget(ctx context.Context, o *installer.Options, identity string, w
 		return err
 	}
 	if st.ProxyJump != "" {
-		return fmt.Errorf("%s: ProxyJump %s: pxe-anywhere install cannot reach a target through a jump host yet", o.Target.Host, st.ProxyJump)
+		j, err := resolveJump(ctx, st.ProxyJump)
+		if err != nil {
+			return fmt.Errorf("%s: ProxyJump %s: %w", o.Target.Host, st.ProxyJump, err)
+		}
+		o.ProxyJump = j
 	}
 	o.Target = installer.Target{Host: st.Host, Port: st.Port, User: st.User}
 	o.KnownHostsFile = st.KnownHosts
@@ -252,4 +257,37 @@ func resolveTarget(ctx context.Context, o *installer.Options, identity string, w
 		o.Signers = append(o.Signers, s)
 	}
 	return nil
+}
+
+// resolveJump reads a ProxyJump value, [user@]host[:port] or
+// ssh://[user@]host[:port], and resolves the jump host through the ssh
+// config as ssh -J does. One jump host is supported.
+func resolveJump(ctx context.Context, spec string) (*installer.JumpHost, error) {
+	if strings.Contains(spec, ",") {
+		return nil, errors.New("pxe-anywhere reaches a target through one jump host, not a chain")
+	}
+	var t installer.Target
+	rest := strings.TrimPrefix(spec, "ssh://")
+	if u, h, ok := strings.Cut(rest, "@"); ok {
+		t.User, rest = u, h
+	}
+	t.Host = rest
+	if h, p, err := net.SplitHostPort(rest); err == nil {
+		n, err := strconv.Atoi(p)
+		if err != nil || n <= 0 || n > 65535 {
+			return nil, fmt.Errorf("port %q", p)
+		}
+		t.Host, t.Port = h, n
+	}
+	if t.Host == "" {
+		return nil, errors.New("no jump host")
+	}
+	st, err := resolveSSH(ctx, t, "", nil)
+	if err != nil {
+		return nil, err
+	}
+	if st.ProxyJump != "" {
+		return nil, fmt.Errorf("the jump host has a ProxyJump of its own (%s): pxe-anywhere reaches a target through one jump host", st.ProxyJump)
+	}
+	return &installer.JumpHost{Target: installer.Target{Host: st.Host, Port: st.Port, User: st.User}, KnownHostsFile: st.KnownHosts, SSHOptions: st.Options}, nil
 }

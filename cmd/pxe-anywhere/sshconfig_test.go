@@ -219,10 +219,59 @@ func TestRefusedOptions(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "does not act on Compression") {
 		t.Errorf("err %v", err)
 	}
-	writeFile(t, filepath.Join(home, ".ssh", "config"), "Host behind\n  ProxyJump jump.example\n")
-	err = runInstall(context.Background(), []string{"--phases", "reboot", "behind"}, &bytes.Buffer{}, &bytes.Buffer{})
-	if err == nil || !strings.Contains(err.Error(), "ProxyJump jump.example") {
-		t.Errorf("err %v", err)
+	writeFile(t, filepath.Join(home, ".ssh", "config"), "Host behind\n  ProxyJump a.example,b.example\nHost nested\n  ProxyJump hop\nHost hop\n  ProxyJump other\n")
+	for host, want := range map[string]string{
+		"behind": "ProxyJump a.example,b.example: pxe-anywhere reaches a target through one jump host, not a chain",
+		"nested": "ProxyJump hop: the jump host has a ProxyJump of its own (other)",
+	} {
+		err = runInstall(context.Background(), []string{"--phases", "reboot", host}, &bytes.Buffer{}, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err %v, want %q", host, err, want)
+		}
+	}
+}
+
+// TestJumpHostFromConfig: ~/.ssh/config names a jump host (itself an
+// alias in the config) for a target that only it reaches: the command
+// goes through it, trusts both hosts on first use and records both
+// keys in the user's known_hosts.
+func TestJumpHostFromConfig(t *testing.T) {
+	netlab.Require(t, "ip", "ssh")
+	lab, clients := netlab.Inherited(t)
+	if lab == nil {
+		lab = netlab.New(t, "10.119.0.0/24")
+		jump := lab.Client("")
+		lab.Run(jump, "ip", "addr", "add", "10.119.0.2/24", "dev", "eth0")
+		if lab.RunInServer(t, jump) {
+			return
+		}
+	}
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("SSH_AUTH_SOCK", "")
+	t.Setenv("SSH_PRIVATE_KEY", "")
+	_, auth := newKey(t, filepath.Join(home, ".ssh", "id_ed25519"))
+	jump := sshtarget.Start(t, sshtarget.Options{AuthorizedKeys: auth, NetNS: clients[0].Name, ListenAddr: "10.119.0.2"})
+	tg := sshtarget.Start(t, sshtarget.Options{AuthorizedKeys: auth, NetNS: clients[0].Name, ListenAddr: "127.0.0.1"})
+	writeFile(t, filepath.Join(home, ".ssh", "config"), "Host behind\n  HostName 127.0.0.1\n  Port 2222\n  User root\n  ProxyJump gw\n"+
+		"Host gw\n  HostName 10.119.0.2\n  Port 2222\n  User root\n  HashKnownHosts no\n  UserKnownHostsFile ~/kh\n")
+	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := runInstall(ctx, []string{"--phases", "kexec", "behind"}, &out, &out); err != nil {
+		t.Fatalf("install: %v\n%s", err, out.String())
+	}
+	for _, k := range []ssh.PublicKey{jump.HostKey, tg.HostKey} {
+		if !strings.Contains(out.String(), "trusting its ssh-ed25519 key "+ssh.FingerprintSHA256(k)) {
+			t.Errorf("no trust-on-first-use line for %s:\n%s", ssh.FingerprintSHA256(k), out.String())
+		}
+	}
+	// The target's known_hosts is its own (the default one); the jump
+	// host's config does not apply to it.
+	for file, host := range map[string]string{filepath.Join(home, ".ssh", "known_hosts"): "[127.0.0.1]:2222", filepath.Join(home, "kh"): "[10.119.0.2]:2222"} {
+		if out, err := exec.Command("ssh-keygen", "-F", host, "-f", file).CombinedOutput(); err != nil {
+			t.Errorf("ssh-keygen -F %s -f %s: %v\n%s", host, file, err, out)
+		}
 	}
 }
 

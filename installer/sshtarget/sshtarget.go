@@ -278,9 +278,22 @@ done
 			t.Fatalf("sshd target exited: %s\n%s", out.String(), log)
 		default:
 		}
-		c, err := net.Dial("tcp", tg.Addr)
+		// From inside the namespace: a target on its loopback (behind
+		// a jump host there) is reachable only from it.
+		dial := func() error {
+			c, err := net.Dial("tcp", tg.Addr)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}
+		var err error
+		if o.NetNS != "" {
+			err = netlab.Do(&netlab.NS{Name: o.NetNS}, dial)
+		} else {
+			err = dial()
+		}
 		if err == nil {
-			c.Close()
 			return tg
 		}
 		time.Sleep(20 * time.Millisecond)
