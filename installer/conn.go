@@ -31,8 +31,11 @@ type Conn struct {
 	hostKey ssh.PublicKey
 	addr    string
 	sudo    string
-	sink    Sink
-	phase   string
+	// sudoPassword is typed to a sudo that asks (sudo -S): the first
+	// line of the stdin of each command run as root.
+	sudoPassword string
+	sink         Sink
+	phase        string
 
 	maxLine   int   // longest line passed on whole
 	maxOutput int64 // most output kept in memory for one command
@@ -56,6 +59,8 @@ type run struct {
 	known []ssh.PublicKey // host keys accepted so far (pinned, or seen first)
 	// afterKexec: the host now answering is the installer kexec started.
 	afterKexec bool
+	// sudoPassword: what Options.SudoPassword gave for a sudo that asks.
+	sudoPassword string
 	// jump is the connection to Options.ProxyJump, whose host keys
 	// accepted so far are jumpKnown.
 	jump      *ssh.Client
@@ -395,7 +400,7 @@ func (r *run) connect(ctx context.Context, port int) error {
 	if r.conn != nil {
 		r.conn.client.Close()
 	}
-	r.conn = &Conn{client: c, addr: addr, sink: r.sink, sudo: r.facts.Sudo, hostKey: r.known[len(r.known)-1],
+	r.conn = &Conn{client: c, addr: addr, sink: r.sink, sudo: r.facts.Sudo, sudoPassword: r.sudoPassword, hostKey: r.known[len(r.known)-1],
 		maxLine: r.opts.MaxLineBytes, maxOutput: r.opts.MaxOutputBytes}
 	go r.conn.keepalive(r.opts.KeepaliveInterval, r.opts.KeepaliveCountMax)
 	if r.opts.Password != "" && len(r.opts.Signers) == 0 {
@@ -500,6 +505,10 @@ wait $c; rc=$?
 kill $g 2>/dev/null
 exit $rc`
 
+// sudoWithPassword is the sudo prefix for a sudo that asks: the password
+// is read from stdin, with no prompt (and no terminal needed).
+const sudoWithPassword = "sudo -S -p ''"
+
 // wrap makes cmd run as root, guarded so that it ends with the session.
 func (c *Conn) wrap(cmd string) string {
 	g := "sh -c " + quote(guard) + ` pxe-anywhere-guard "$PPID" ` + quote(cmd)
@@ -574,6 +583,14 @@ func (c *Conn) run(ctx context.Context, cmd, shown string, stdin io.Reader, out 
 	s.Stdout, s.Stderr = tail, etail
 	if out != nil {
 		s.Stdout = out
+	}
+	if strings.HasPrefix(cmd, sudoWithPassword+" ") {
+		// sudo reads the password line byte by byte; the rest of
+		// stdin is the command's.
+		if stdin == nil {
+			stdin = strings.NewReader("")
+		}
+		stdin = io.MultiReader(strings.NewReader(c.sudoPassword+"\n"), stdin)
 	}
 	if stdin != nil {
 		s.Stdin = stdin

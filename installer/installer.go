@@ -72,6 +72,11 @@ type Options struct {
 	// Password (from SSHPASS with --env-password) is used once, to
 	// install a generated key, so that nix copy can log in too.
 	Password string
+	// SudoPassword is asked for the login user's password when sudo on
+	// the target wants one (nil: such a target fails with a message
+	// saying so); it is given to sudo -S on stdin, never on a command
+	// line.
+	SudoPassword func(user, host string) (string, error)
 	// HostKey pins the target's host key; any other key stops the install.
 	HostKey ssh.PublicKey
 	// KnownHostsFile is consulted when HostKey is nil (default
@@ -352,6 +357,9 @@ func Run(ctx context.Context, opts Options, sink Sink) error {
 		return err
 	}
 	r.facts = facts
+	if err := r.rootAccess(ctx); err != nil {
+		return &PhaseError{Phase: "probe", ExitCode: -1, Err: err}
+	}
 	total := len(opts.Phases)
 	for i, p := range opts.Phases {
 		sink.PhaseStarted(p, i+1, total)
@@ -403,4 +411,51 @@ func (r *run) phase(ctx context.Context, p string) error {
 	default:
 		return r.reboot(ctx)
 	}
+}
+
+// rootAccess gets the password of a sudo that asks, and, on a NixOS
+// installer logged into as another user (nixos@host, as the how-to
+// does), copies that user's authorized keys to root and goes on as
+// root, as nixos-anywhere does: nix copy and nixos-install need root.
+func (r *run) rootAccess(ctx context.Context) error {
+	if r.facts.Sudo == "sudo" && r.facts.SudoAsks {
+		if r.opts.SudoPassword == nil {
+			return fmt.Errorf("sudo on %s asks %s for a password: run from a terminal (it asks), pass it with --env-password, or give %s NOPASSWD in sudoers",
+				r.opts.Target.Host, r.opts.Target.User, r.opts.Target.User)
+		}
+		pw, err := r.opts.SudoPassword(r.opts.Target.User, r.opts.Target.Host)
+		if err != nil {
+			return fmt.Errorf("reading the sudo password: %w", err)
+		}
+		r.sudoPassword, r.conn.sudoPassword = pw, pw
+		r.facts.Sudo, r.conn.sudo = sudoWithPassword, sudoWithPassword
+		if err := r.conn.exec(ctx, "true", nil); err != nil {
+			return fmt.Errorf("sudo on %s refused the password of %s: %w", r.opts.Target.Host, r.opts.Target.User, err)
+		}
+	}
+	if !r.facts.IsInstaller || r.facts.IsRoot {
+		return nil
+	}
+	home, err := r.conn.output(ctx, `printf %s "$HOME"`, "printf %s $HOME", nil)
+	if err != nil {
+		return fmt.Errorf("finding the home of %s: %w", r.opts.Target.User, err)
+	}
+	keys := quote(strings.TrimSpace(string(home)) + "/.ssh/authorized_keys")
+	r.sink.Line("probe", "info", fmt.Sprintf("%s is a NixOS installer logged into as %s: copying its authorized keys to root and going on as root", r.opts.Target.Host, r.opts.Target.User))
+	cmd := "umask 077; mkdir -p /root/.ssh && if [ -f " + keys + " ]; then cat " + keys + " >> /root/.ssh/authorized_keys; fi"
+	if err := r.conn.exec(ctx, cmd, nil); err != nil {
+		return fmt.Errorf("copying %s's authorized keys to root: %w", r.opts.Target.User, err)
+	}
+	user := r.opts.Target.User
+	r.opts.Target.User = "root"
+	r.facts.Sudo, r.sudoPassword = "", ""
+	if err := r.connect(ctx, r.opts.Target.Port); err != nil {
+		return fmt.Errorf("logging in as root after copying %s's authorized keys: %w", user, err)
+	}
+	facts, err := Probe(ctx, r.conn)
+	if err != nil {
+		return err
+	}
+	r.facts = facts
+	return nil
 }
