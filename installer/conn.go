@@ -403,7 +403,7 @@ func (r *run) connect(ctx context.Context, port int) error {
 	r.conn = &Conn{client: c, addr: addr, sink: r.sink, sudo: r.facts.Sudo, sudoPassword: r.sudoPassword, hostKey: r.known[len(r.known)-1],
 		maxLine: r.opts.MaxLineBytes, maxOutput: r.opts.MaxOutputBytes}
 	go r.conn.keepalive(r.opts.KeepaliveInterval, r.opts.KeepaliveCountMax)
-	if r.opts.Password != "" && len(r.opts.Signers) == 0 {
+	if r.opts.Password != "" {
 		if err := r.installGeneratedKey(ctx); err != nil {
 			return err
 		}
@@ -412,7 +412,9 @@ func (r *run) connect(ctx context.Context, port int) error {
 }
 
 // installGeneratedKey turns a password login into a key login, because
-// the ssh that nix copy starts cannot type the password.
+// the ssh that nix copy starts cannot type the password and the
+// installer after kexec takes keys only. It does so whenever a password
+// is given, even besides keys: those may be the ones the target lacks.
 func (r *run) installGeneratedKey(ctx context.Context) error {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -427,7 +429,8 @@ func (r *run) installGeneratedKey(ctx context.Context) error {
 	if err := r.conn.runPlain(ctx, cmd, strings.NewReader(pub+" pxe-anywhere-install\n")); err != nil {
 		return fmt.Errorf("installing a generated key with the password login: %w", err)
 	}
-	r.opts.Signers = []ssh.Signer{s}
+	// First, so that the ssh of nix copy offers it first.
+	r.opts.Signers = append([]ssh.Signer{s}, r.opts.Signers...)
 	r.opts.Password = ""
 	return nil
 }

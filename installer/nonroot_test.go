@@ -59,7 +59,8 @@ func TestNonRootInstaller(t *testing.T) {
 				SudoPassword: tc.sudoPW,
 			}
 			if tc.password {
-				o.Signers, o.Password = nil, pw
+				// A key the target does not know, besides the password.
+				o.Signers, o.Password = []ssh.Signer{otherSigner(t)}, pw
 			}
 			sink := &recSink{}
 			err := installer.Run(context.Background(), o, sink)
@@ -127,4 +128,9 @@ func TestNonRootKexec(t *testing.T) {
 	if err := installer.CheckSSH(context.Background(), installer.Target{Host: "127.0.0.1", Port: post, User: "root"}, []ssh.Signer{signer}, tg.HostKey); err != nil {
 		t.Errorf("root login on the installer: %v", err)
 	}
+}
+
+func otherSigner(t *testing.T) ssh.Signer {
+	s, _ := clientKey(t)
+	return s
 }

@@ -36,6 +36,8 @@ Install NixOS on a Linux host over SSH (kexec into an installer when needed).
   --phase-timeout <PHASE=DURATION>  timeout of a phase or of the probe (defaults: probe 5m, kexec 20m,
                                     disko 30m, install 2h, reboot 15m); repeatable
   --env-password                    log in with the password in $SSHPASS once, then with a generated key
+                                    (also the password of a sudo that asks, when no terminal is attached)
+  -t, --tty                         accepted for nixos-anywhere; a terminal is detected (sudo asks there)
   --kexec <path|url>                kexec installer tarball (default: nixos-images release)
   --kexec-extract-path <path>       where the tarball is unpacked on the host (default /root/kexec)
   --kexec-extra-flags <flags>       extra flags for kexec
@@ -149,6 +151,9 @@ func parseInstallArgs(args []string) (*installArgs, error) {
 			if v, err = one(); err == nil {
 				err = parsePhaseTimeout(o, v)
 			}
+		case "-t", "--tty":
+			// nixos-anywhere accepts it and detects the terminal itself;
+			// so does pxe-anywhere (see sudoPassword).
 		case "--accept-new-host-key-after-kexec":
 			o.AcceptNewHostKeyAfterKexec = true
 		case "--env-password":
@@ -376,6 +381,7 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return errors.New("--env-password: SSHPASS is empty")
 		}
 	}
+	o.SudoPassword = sudoPassword(os.Stdin, stderr, a.envPass)
 	isTTY := false
 	if f, ok := stdout.(*os.File); ok {
 		if st, err := f.Stat(); err == nil {
