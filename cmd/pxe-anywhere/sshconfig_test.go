@@ -300,7 +300,8 @@ func TestPostKexecPortIs22(t *testing.T) {
 	}
 	tg.WriteFile(t, "post-kexec-port", "22")
 	var out bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	// Bounded: a command that waits on the old port would wait 10 minutes.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	err := runInstall(ctx, []string{"--phases", "kexec", "--kexec", sshtarget.WriteKexecTarball(t, t.TempDir()), "-p", "2222", "root@10.117.0.2"}, &out, &out)
 	if err != nil {
