@@ -314,3 +314,25 @@ func TestPostKexecPortIs22(t *testing.T) {
 		t.Errorf("target calls %q", got)
 	}
 }
+
+// FuzzSSHConfigParsers: neither the --ssh-option reader nor the ssh -G
+// reader panics on any input, and a value read is never empty.
+func FuzzSSHConfigParsers(f *testing.F) {
+	f.Add("Port=22", "hostname h\nuser root\nport 22\nidentityfile ~/.ssh/id_ed25519\nproxyjump none\n")
+	f.Add("UserKnownHostsFile ~/kh", "userknownhostsfile /root/kh /root/kh2\nport 0\n")
+	f.Add(" = ", "port 99999\nhostname\n")
+	f.Fuzz(func(t *testing.T, opt, out string) {
+		opts := map[string]string{}
+		if err := addSSHOption(opts, opt); err == nil {
+			for k, v := range opts {
+				if k == "" || v == "" {
+					t.Fatalf("%q: empty key or value in %q", opt, opts)
+				}
+			}
+		}
+		st, err := parseSSHG(strings.NewReader(out), func(p string) string { return p })
+		if err == nil && (st.Host == "" || st.User == "" || st.Port <= 0 || st.Port > 65535) {
+			t.Fatalf("%q: accepted %+v", out, st)
+		}
+	})
+}
