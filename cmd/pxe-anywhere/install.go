@@ -26,8 +26,8 @@ Install NixOS on a Linux host over SSH (kexec into an installer when needed).
 
   -f, --flake <flake#name>          the flake and configuration to install
   -s, --store-paths <disko> <system>  prebuilt disko script and system closure instead of a flake
-  -i <identity>                     SSH private key to log in with (besides the agent)
-  -p, --ssh-port <port>             SSH port (default 22)
+  -i <identity>                     SSH private key to log in with (besides ~/.ssh/id_*, SSH_PRIVATE_KEY, the agent)
+  -p, --ssh-port <port>             SSH port (default: Port in ~/.ssh/config, else 22)
   --target-host <[user@]host>       the host, instead of the positional argument
   --ssh-option <KEY=VALUE>          ssh option, "KEY=VALUE" or "KEY VALUE" (HostName, User, Port, IdentityFile,
                                     UserKnownHostsFile, StrictHostKeyChecking, HashKnownHosts, ConnectTimeout,
