@@ -31,8 +31,11 @@ type Conn struct {
 	hostKey ssh.PublicKey
 	addr    string
 	sudo    string
-	sink    Sink
-	phase   string
+	// sudoPassword is typed to a sudo that asks (sudo -S): the first
+	// line of the stdin of each command run as root.
+	sudoPassword string
+	sink         Sink
+	phase        string
 
 	maxLine   int   // longest line passed on whole
 	maxOutput int64 // most output kept in memory for one command
@@ -49,14 +52,22 @@ const tailLines = 30
 var pollInterval = time.Second
 
 type run struct {
-	opts    Options
-	sink    Sink
-	conn    *Conn
-	facts   Facts
-	known   []ssh.PublicKey // host keys accepted so far (pinned, or seen first)
-	tmpDir  string
-	agentLn net.Listener
-	hwDone  bool
+	opts  Options
+	sink  Sink
+	conn  *Conn
+	facts Facts
+	known []ssh.PublicKey // host keys accepted so far (pinned, or seen first)
+	// afterKexec: the host now answering is the installer kexec started.
+	afterKexec bool
+	// sudoPassword: what Options.SudoPassword gave for a sudo that asks.
+	sudoPassword string
+	// jump is the connection to Options.ProxyJump, whose host keys
+	// accepted so far are jumpKnown.
+	jump      *ssh.Client
+	jumpKnown []ssh.PublicKey
+	tmpDir    string
+	agentLn   net.Listener
+	hwDone    bool
 	// substDone: the configuration's substituters went to the target.
 	substDone bool
 }
@@ -64,6 +75,9 @@ type run struct {
 func (r *run) close() {
 	if r.conn != nil {
 		r.conn.client.Close()
+	}
+	if r.jump != nil {
+		r.jump.Close()
 	}
 	if r.agentLn != nil {
 		r.agentLn.Close()
@@ -86,19 +100,23 @@ func (r *run) connectTimeout() time.Duration {
 
 // hostKeyCallback accepts only the pinned key, keys already seen in this
 // run (the kexec image keeps the old host keys), or, without a pin, what
-// known_hosts says, as ssh's StrictHostKeyChecking would.
+// known_hosts says, as ssh's StrictHostKeyChecking would: an unknown host
+// is trusted on first use and recorded (unless "yes"), a changed key is
+// refused (unless "no", which warns).
 // The second callback is known_hosts' own, when it is consulted.
 func (r *run) hostKeyCallback() (ssh.HostKeyCallback, ssh.HostKeyCallback, error) {
 	if r.opts.HostKey != nil && len(r.known) == 0 {
 		r.known = append(r.known, r.opts.HostKey)
 	}
+	return r.verifier(&r.known, r.afterKexec, r.knownHostsFile(), r.opts.SSHOptions)
+}
+
+// verifier is hostKeyCallback for one host, whose keys accepted so far
+// are *known (the target's, or the jump host's), with its known hosts
+// file and its StrictHostKeyChecking and HashKnownHosts in opts.
+func (r *run) verifier(known *[]ssh.PublicKey, afterKexec bool, file string, opts map[string]string) (ssh.HostKeyCallback, ssh.HostKeyCallback, error) {
 	var khCB ssh.HostKeyCallback
-	if len(r.known) == 0 {
-		file := r.opts.KnownHostsFile
-		if file == "" {
-			home, _ := os.UserHomeDir()
-			file = filepath.Join(home, ".ssh", "known_hosts")
-		}
+	if len(*known) == 0 {
 		if _, err := os.Stat(file); err == nil {
 			cb, err := knownhosts.New(file)
 			if err != nil {
@@ -107,35 +125,105 @@ func (r *run) hostKeyCallback() (ssh.HostKeyCallback, ssh.HostKeyCallback, error
 			khCB = cb
 		}
 	}
-	strict := strings.ToLower(r.opts.SSHOptions["StrictHostKeyChecking"])
+	strict := strictness(opts["StrictHostKeyChecking"])
 	return func(hostname string, remote net.Addr, key ssh.PublicKey) error {
-		for _, k := range r.known {
+		for _, k := range *known {
 			if bytes.Equal(k.Marshal(), key.Marshal()) {
 				return nil
 			}
 		}
-		if len(r.known) > 0 {
+		if len(*known) > 0 {
+			if afterKexec && r.opts.AcceptNewHostKeyAfterKexec {
+				r.sink.Line(PhaseKexec, "info", fmt.Sprintf("warning: the installer presents %s %s, not the old system's %s; accepted (--accept-new-host-key-after-kexec)",
+					key.Type(), ssh.FingerprintSHA256(key), ssh.FingerprintSHA256((*known)[0])))
+				*known = append(*known, key)
+				return nil
+			}
+			if afterKexec {
+				return fmt.Errorf("%w: after kexec %s presented %s %s, but the old system had %s (the nixos-images installer keeps the old host keys); if the new key is expected, pass --accept-new-host-key-after-kexec",
+					ErrHostKeyMismatch, hostname, key.Type(), ssh.FingerprintSHA256(key), ssh.FingerprintSHA256((*known)[0]))
+			}
 			return fmt.Errorf("%w: %s presented %s %s, expected %s; refusing to continue (is this the right machine?)",
-				ErrHostKeyMismatch, hostname, key.Type(), ssh.FingerprintSHA256(key), ssh.FingerprintSHA256(r.known[0]))
+				ErrHostKeyMismatch, hostname, key.Type(), ssh.FingerprintSHA256(key), ssh.FingerprintSHA256((*known)[0]))
 		}
 		if khCB != nil {
 			err := khCB(hostname, remote, key)
 			var ke *knownhosts.KeyError
 			if err == nil {
-				r.known = append(r.known, key)
+				*known = append(*known, key)
 				return nil
 			}
 			if errors.As(err, &ke) && len(ke.Want) > 0 {
-				return fmt.Errorf("%w: %s presented %s, which differs from known_hosts: %v", ErrHostKeyMismatch, hostname, ssh.FingerprintSHA256(key), err)
+				was := ke.Want[0]
+				if strict == "no" {
+					r.sink.Line("connect", "info", fmt.Sprintf("warning: %s presented %s %s, but %s:%d has %s; accepted because StrictHostKeyChecking=no",
+						hostname, key.Type(), ssh.FingerprintSHA256(key), was.Filename, was.Line, ssh.FingerprintSHA256(was.Key)))
+					*known = append(*known, key)
+					return nil
+				}
+				return fmt.Errorf("%w: %s presented %s %s, which differs from known_hosts (%s:%d has %s %s): if the host was reinstalled, remove that line (ssh-keygen -R)",
+					ErrHostKeyMismatch, hostname, key.Type(), ssh.FingerprintSHA256(key), was.Filename, was.Line, was.Key.Type(), ssh.FingerprintSHA256(was.Key))
 			}
 		}
-		if strict == "no" || strict == "accept-new" {
-			r.known = append(r.known, key)
-			return nil
+		if strict == "yes" {
+			return fmt.Errorf("%w: %s (%s %s) is not in %s and StrictHostKeyChecking=yes; add it, or use --ssh-option StrictHostKeyChecking=accept-new",
+				ErrHostKeyMismatch, hostname, key.Type(), ssh.FingerprintSHA256(key), file)
 		}
-		return fmt.Errorf("%w: %s (%s %s) is not in known_hosts; add it, pass its key, or use --ssh-option StrictHostKeyChecking=accept-new",
-			ErrHostKeyMismatch, hostname, key.Type(), ssh.FingerprintSHA256(key))
+		*known = append(*known, key)
+		msg := fmt.Sprintf("%s is new: trusting its %s key %s on first use", hostname, key.Type(), ssh.FingerprintSHA256(key))
+		if strict != "no" {
+			if err := recordHostKey(file, opts, hostname, key); err != nil {
+				msg += " (not recorded: " + err.Error() + ")"
+			} else {
+				msg += ", recorded in " + file
+			}
+		}
+		r.sink.Line("connect", "info", msg)
+		return nil
 	}, khCB, nil
+}
+
+// strictness maps ssh's spellings of StrictHostKeyChecking (ssh -G
+// prints true/false) to yes, no or ask; accept-new and ask both trust
+// a new host on first use, since the engine cannot ask.
+func strictness(v string) string {
+	switch strings.ToLower(v) {
+	case "yes", "true":
+		return "yes"
+	case "no", "false", "off":
+		return "no"
+	}
+	return "ask"
+}
+
+// knownHostsFile is where host keys are looked up and new ones recorded.
+func (r *run) knownHostsFile() string {
+	if r.opts.KnownHostsFile != "" {
+		return r.opts.KnownHostsFile
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".ssh", "known_hosts")
+}
+
+// recordHostKey appends key for hostname (host:port as ssh writes it)
+// to the known hosts file, hashed when HashKnownHosts says so.
+func recordHostKey(file string, opts map[string]string, hostname string, key ssh.PublicKey) error {
+	name := knownhosts.Normalize(hostname)
+	if h := strings.ToLower(opts["HashKnownHosts"]); h == "yes" || h == "true" {
+		name = knownhosts.HashHostname(name)
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(file, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(knownhosts.Line([]string{name}, key) + "\n"); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // probeKey is a key no known_hosts file holds: offering it to the
@@ -161,6 +249,12 @@ func (r *run) clientConfig(addr string) (*ssh.ClientConfig, error) {
 	if err != nil {
 		return nil, err
 	}
+	return r.sshConfig(r.opts.Target.User, addr, cb, kh, r.known), nil
+}
+
+// sshConfig logs in as user at addr with our credentials, accepting the
+// host keys cb accepts.
+func (r *run) sshConfig(user, addr string, cb, kh ssh.HostKeyCallback, known []ssh.PublicKey) *ssh.ClientConfig {
 	var auth []ssh.AuthMethod
 	if len(r.opts.Signers) > 0 {
 		auth = append(auth, ssh.PublicKeys(r.opts.Signers...))
@@ -169,7 +263,7 @@ func (r *run) clientConfig(addr string) (*ssh.ClientConfig, error) {
 		auth = append(auth, ssh.Password(r.opts.Password))
 	}
 	var algos []string
-	keys := r.known
+	keys := known
 	if len(keys) == 0 && kh != nil {
 		keys = knownKeys(kh, addr)
 	}
@@ -180,8 +274,14 @@ func (r *run) clientConfig(addr string) (*ssh.ClientConfig, error) {
 			}
 		}
 	}
+	if len(algos) == 0 {
+		// Nothing known yet: OpenSSH's order, ed25519 first (the Go
+		// client would ask for RSA first), so that the key trusted now
+		// is the one ssh would have recorded.
+		algos = []string{ssh.KeyAlgoED25519, ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521, ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256}
+	}
 	return &ssh.ClientConfig{
-		User:            r.opts.Target.User,
+		User:            user,
 		Auth:            auth,
 		HostKeyCallback: cb,
 		// Ask for the types of the keys we would accept (pinned, seen
@@ -190,7 +290,7 @@ func (r *run) clientConfig(addr string) (*ssh.ClientConfig, error) {
 		// several keys would present one we refuse.
 		HostKeyAlgorithms: algos,
 		Timeout:           r.connectTimeout(),
-	}, nil
+	}
 }
 
 // hostKeyAlgorithms are the algorithms under which a server presents k.
@@ -201,12 +301,79 @@ func hostKeyAlgorithms(k ssh.PublicKey) []string {
 	return []string{k.Type()}
 }
 
-func dialContext(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {
-	d := net.Dialer{Timeout: cfg.Timeout}
-	nc, err := d.DialContext(ctx, "tcp", addr)
+// dialTCP opens a TCP connection to addr: directly, or from the jump
+// host (a direct-tcpip channel, as ssh -J does).
+func (r *run) dialTCP(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
+	if r.opts.ProxyJump == nil {
+		d := net.Dialer{Timeout: timeout}
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	j, err := r.jumpClient(ctx)
 	if err != nil {
 		return nil, err
 	}
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := j.DialContext(dctx, "tcp", addr)
+	var oe *ssh.OpenChannelError
+	if err != nil && !errors.As(err, &oe) && ctx.Err() == nil {
+		// Not the jump host refusing: the connection to it is gone.
+		j.Close()
+		r.jump = nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("via jump host %s: %w", r.jumpAddr(), err)
+	}
+	return c, nil
+}
+
+func (r *run) jumpAddr() string {
+	return net.JoinHostPort(r.opts.ProxyJump.Host, strconv.Itoa(r.opts.ProxyJump.Port))
+}
+
+// jumpClient is the SSH connection to the jump host, made once and kept
+// across the kexec; its host key is checked as the target's is.
+func (r *run) jumpClient(ctx context.Context) (*ssh.Client, error) {
+	if r.jump != nil {
+		return r.jump, nil
+	}
+	addr := r.jumpAddr()
+	j := r.opts.ProxyJump
+	file, opts := j.KnownHostsFile, j.SSHOptions
+	if file == "" {
+		file = r.knownHostsFile()
+	}
+	if opts == nil {
+		opts = r.opts.SSHOptions
+	}
+	cb, kh, err := r.verifier(&r.jumpKnown, false, file, opts)
+	if err != nil {
+		return nil, err
+	}
+	cfg := r.sshConfig(j.User, addr, cb, kh, r.jumpKnown)
+	d := net.Dialer{Timeout: cfg.Timeout}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("jump host %s@%s: %w", cfg.User, addr, err)
+	}
+	c, err := handshake(ctx, nc, addr, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("jump host %s@%s: %w", cfg.User, addr, err)
+	}
+	r.jump = c
+	return c, nil
+}
+
+func (r *run) dialContext(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {
+	nc, err := r.dialTCP(ctx, addr, cfg.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	return handshake(ctx, nc, addr, cfg)
+}
+
+// handshake makes nc an SSH client connection; it fails with ctx.
+func handshake(ctx context.Context, nc net.Conn, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {
 	// The handshake has no context: close the socket when ctx ends.
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
@@ -226,17 +393,17 @@ func (r *run) connect(ctx context.Context, port int) error {
 	if err != nil {
 		return err
 	}
-	c, err := dialContext(ctx, addr, cfg)
+	c, err := r.dialContext(ctx, addr, cfg)
 	if err != nil {
 		return fmt.Errorf("ssh to %s@%s: %w", r.opts.Target.User, addr, err)
 	}
 	if r.conn != nil {
 		r.conn.client.Close()
 	}
-	r.conn = &Conn{client: c, addr: addr, sink: r.sink, sudo: r.facts.Sudo, hostKey: r.known[len(r.known)-1],
+	r.conn = &Conn{client: c, addr: addr, sink: r.sink, sudo: r.facts.Sudo, sudoPassword: r.sudoPassword, hostKey: r.known[len(r.known)-1],
 		maxLine: r.opts.MaxLineBytes, maxOutput: r.opts.MaxOutputBytes}
 	go r.conn.keepalive(r.opts.KeepaliveInterval, r.opts.KeepaliveCountMax)
-	if r.opts.Password != "" && len(r.opts.Signers) == 0 {
+	if r.opts.Password != "" {
 		if err := r.installGeneratedKey(ctx); err != nil {
 			return err
 		}
@@ -245,7 +412,9 @@ func (r *run) connect(ctx context.Context, port int) error {
 }
 
 // installGeneratedKey turns a password login into a key login, because
-// the ssh that nix copy starts cannot type the password.
+// the ssh that nix copy starts cannot type the password and the
+// installer after kexec takes keys only. It does so whenever a password
+// is given, even besides keys: those may be the ones the target lacks.
 func (r *run) installGeneratedKey(ctx context.Context) error {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -260,7 +429,8 @@ func (r *run) installGeneratedKey(ctx context.Context) error {
 	if err := r.conn.runPlain(ctx, cmd, strings.NewReader(pub+" pxe-anywhere-install\n")); err != nil {
 		return fmt.Errorf("installing a generated key with the password login: %w", err)
 	}
-	r.opts.Signers = []ssh.Signer{s}
+	// First, so that the ssh of nix copy offers it first.
+	r.opts.Signers = append([]ssh.Signer{s}, r.opts.Signers...)
 	r.opts.Password = ""
 	return nil
 }
@@ -338,6 +508,10 @@ wait $c; rc=$?
 kill $g 2>/dev/null
 exit $rc`
 
+// sudoWithPassword is the sudo prefix for a sudo that asks: the password
+// is read from stdin, with no prompt (and no terminal needed).
+const sudoWithPassword = "sudo -S -p ''"
+
 // wrap makes cmd run as root, guarded so that it ends with the session.
 func (c *Conn) wrap(cmd string) string {
 	g := "sh -c " + quote(guard) + ` pxe-anywhere-guard "$PPID" ` + quote(cmd)
@@ -412,6 +586,14 @@ func (c *Conn) run(ctx context.Context, cmd, shown string, stdin io.Reader, out 
 	s.Stdout, s.Stderr = tail, etail
 	if out != nil {
 		s.Stdout = out
+	}
+	if strings.HasPrefix(cmd, sudoWithPassword+" ") {
+		// sudo reads the password line byte by byte; the rest of
+		// stdin is the command's.
+		if stdin == nil {
+			stdin = strings.NewReader("")
+		}
+		stdin = io.MultiReader(strings.NewReader(c.sudoPassword+"\n"), stdin)
 	}
 	if stdin != nil {
 		s.Stdin = stdin
@@ -590,7 +772,7 @@ func (r *run) checkSSH(ctx context.Context, addr string) error {
 		verified.Store(true)
 		return nil
 	}
-	c, err := dialContext(ctx, addr, cfg)
+	c, err := r.dialContext(ctx, addr, cfg)
 	if err == nil {
 		return c.Close()
 	}
@@ -607,8 +789,7 @@ func (r *run) checkSSH(ctx context.Context, addr string) error {
 func (r *run) waitGone(ctx context.Context, addr string) error {
 	deadline := time.Now().Add(r.opts.WaitTimeout)
 	for {
-		d := net.Dialer{Timeout: 2 * time.Second}
-		nc, err := d.DialContext(ctx, "tcp", addr)
+		nc, err := r.dialTCP(ctx, addr, 2*time.Second)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -684,6 +865,9 @@ func (r *run) sshEnv() (string, error) {
 	for _, k := range r.known {
 		b.WriteString(knownhosts.Line([]string{host}, k) + "\n")
 	}
+	for _, k := range r.jumpKnown {
+		b.WriteString(knownhosts.Line([]string{knownhosts.Normalize(r.jumpAddr())}, k) + "\n")
+	}
 	if err := os.WriteFile(kh, []byte(b.String()), 0o600); err != nil {
 		return "", fmt.Errorf("writing %s: %w", kh, err)
 	}
@@ -707,6 +891,26 @@ func (r *run) sshEnv() (string, error) {
 	}
 	if r.opts.IdentityFile != "" || len(r.opts.Signers) > 0 {
 		opts = append(opts, "-o", "IdentitiesOnly=no")
+	}
+	if r.opts.ProxyJump != nil {
+		// NIX_SSHOPTS is split at blanks, so the jump goes in a script:
+		// an ssh held to the same known_hosts file and keys, and to
+		// the target's address as the engine reached it.
+		jump := filepath.Join(r.tmpDir, "proxy-jump")
+		targetHost, targetPort, _ := net.SplitHostPort(r.addr(r.opts.Target.Port))
+		if r.conn != nil {
+			targetHost, targetPort, _ = net.SplitHostPort(r.conn.addr)
+		}
+		words := append([]string{"exec", "ssh", "-F", "/dev/null"}, opts[2:]...)
+		words = append(words, "-p", strconv.Itoa(r.opts.ProxyJump.Port), "-l", r.opts.ProxyJump.User,
+			"-W", net.JoinHostPort(targetHost, targetPort), "--", r.opts.ProxyJump.Host)
+		for i, w := range words {
+			words[i] = quote(w)
+		}
+		if err := os.WriteFile(jump, []byte("#!/bin/sh\n"+strings.Join(words, " ")+"\n"), 0o700); err != nil {
+			return "", fmt.Errorf("writing %s: %w", jump, err)
+		}
+		opts = append(opts, "-o", "ProxyCommand="+jump)
 	}
 	return strings.Join(opts, " "), nil
 }

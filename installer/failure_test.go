@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -24,10 +27,23 @@ func TestKexec(t *testing.T) {
 		name      string
 		setup     func(t *testing.T, tg *sshtarget.Target)
 		files     map[string]string
+		accept    bool     // AcceptNewHostKeyAfterKexec
 		wantErr   []string // substrings; nil: success
 		wantCalls []string
 		wantLine  string // a substring of a line the sink got
 	}{
+		{
+			name:      "comes back with another host key",
+			setup:     newKeyAfterKexec,
+			wantErr:   []string{"phase kexec failed", "host key mismatch", "the old system had", "pass --accept-new-host-key-after-kexec"},
+			wantCalls: []string{"run --kexec-extra-flags --no-sync"},
+		},
+		{
+			name:      "comes back with another host key, accepted by flag",
+			setup:     newKeyAfterKexec,
+			accept:    true,
+			wantCalls: []string{"run --kexec-extra-flags --no-sync"},
+		},
 		{
 			name:      "comes back as installer on another port",
 			wantCalls: []string{"run --kexec-extra-flags --no-sync"},
@@ -72,6 +88,7 @@ func TestKexec(t *testing.T) {
 			o.Kexec = sshtarget.WriteKexecTarball(t, t.TempDir())
 			o.KexecExtraFlags = "--no-sync"
 			o.PostKexecSSHPort = post
+			o.AcceptNewHostKeyAfterKexec = tc.accept
 			o.WaitTimeout = 2 * time.Second
 			sink := &recSink{}
 			err := installer.Run(context.Background(), o, sink)
@@ -91,6 +108,16 @@ func TestKexec(t *testing.T) {
 			}
 		})
 	}
+}
+
+// newKeyAfterKexec makes the installer that kexec starts present a host
+// key of its own, as an image that does not keep the old ones would.
+func newKeyAfterKexec(t *testing.T, tg *sshtarget.Target) {
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	must(t, err)
+	blk, err := ssh.MarshalPrivateKey(k, "")
+	must(t, err)
+	tg.WriteFile(t, "new-host-key", string(pem.EncodeToMemory(blk)))
 }
 
 // A host logged into as another user is kexec'd into an installer that
@@ -140,10 +167,11 @@ func TestHostKeys(t *testing.T) {
 		{name: "pinned key matches", opts: func(o *installer.Options, e env) {}},
 		{name: "pinned key matches, the host also has an RSA key", rsa: true, opts: func(o *installer.Options, e env) {}},
 		{name: "pinned key differs", opts: func(o *installer.Options, e env) { o.HostKey = otherPub }, wantErr: "host key mismatch"},
-		{name: "unknown host refused", opts: func(o *installer.Options, e env) {
+		{name: "unknown host refused under StrictHostKeyChecking=yes", opts: func(o *installer.Options, e env) {
 			o.HostKey = nil
 			o.KnownHostsFile = filepath.Join(t.TempDir(), "none")
-		}, wantErr: "not in known_hosts"},
+			o.SSHOptions = map[string]string{"StrictHostKeyChecking": "yes"}
+		}, wantErr: "is not in"},
 		{name: "unknown host accepted when asked", opts: func(o *installer.Options, e env) {
 			o.HostKey = nil
 			o.KnownHostsFile = filepath.Join(t.TempDir(), "none")
@@ -162,8 +190,14 @@ func TestHostKeys(t *testing.T) {
 			line := "[127.0.0.1]:" + strconv.Itoa(e.tg.Port) + " " + string(ssh.MarshalAuthorizedKey(otherPub))
 			must(t, os.WriteFile(kh, []byte(line), 0o600))
 			o.KnownHostsFile = kh
-			o.SSHOptions = map[string]string{"StrictHostKeyChecking": "no"}
-		}, wantErr: "differs from known_hosts"},
+		}, wantErr: "differs from known_hosts ("},
+		{name: "known_hosts has another key, both fingerprints shown", opts: func(o *installer.Options, e env) {
+			o.HostKey = nil
+			kh := filepath.Join(t.TempDir(), "known_hosts")
+			line := "[127.0.0.1]:" + strconv.Itoa(e.tg.Port) + " " + string(ssh.MarshalAuthorizedKey(otherPub))
+			must(t, os.WriteFile(kh, []byte(line), 0o600))
+			o.KnownHostsFile = kh
+		}, wantErr: ssh.FingerprintSHA256(otherPub)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -475,4 +509,74 @@ func TestCheckSSH(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A host missing from known_hosts is trusted on first use: its
+// fingerprint is printed and the key recorded where KnownHostsFile
+// says, hashed under HashKnownHosts=yes; the next run accepts it from
+// there. A changed key under StrictHostKeyChecking=no goes on with a
+// warning naming both fingerprints.
+func TestHostKeyTrustOnFirstUse(t *testing.T) {
+	for _, hashed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hashed=%v", hashed), func(t *testing.T) {
+			e := start(t, sshtarget.Options{RSAHostKey: true})
+			o := e.opts()
+			o.HostKey = nil
+			o.KnownHostsFile = filepath.Join(t.TempDir(), "ssh", "known_hosts")
+			if hashed {
+				o.SSHOptions = map[string]string{"HashKnownHosts": "yes"}
+			}
+			o.Phases = []string{"reboot"}
+			o.AfterInstall = "stay"
+			sink := &recSink{}
+			if err := installer.Run(context.Background(), o, sink); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			fp := ssh.FingerprintSHA256(e.tg.HostKey)
+			if !slices.ContainsFunc(sink.lines, func(l string) bool { return strings.Contains(l, "trusting its") && strings.Contains(l, fp) }) {
+				t.Errorf("no trust-on-first-use line with %s in %q", fp, sink.lines)
+			}
+			b, err := os.ReadFile(o.KnownHostsFile)
+			must(t, err)
+			host := "[127.0.0.1]:" + strconv.Itoa(e.tg.Port)
+			if hashed == strings.Contains(string(b), host) || hashed != strings.HasPrefix(string(b), "|1|") {
+				t.Errorf("known_hosts (hashed=%v):\n%s", hashed, b)
+			}
+			// ssh itself accepts the recorded line for this host.
+			out, err := exec.Command("ssh-keygen", "-F", host, "-f", o.KnownHostsFile).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "found") {
+				t.Errorf("ssh-keygen -F %s: %v\n%s", host, err, out)
+			}
+			// Recorded: a second run with StrictHostKeyChecking=yes passes.
+			o.SSHOptions = map[string]string{"StrictHostKeyChecking": "yes"}
+			if err := installer.Run(context.Background(), o, &recSink{}); err != nil {
+				t.Fatalf("second Run: %v", err)
+			}
+		})
+	}
+	t.Run("changed key, StrictHostKeyChecking=no", func(t *testing.T) {
+		_, other, _ := ed25519.GenerateKey(rand.Reader)
+		otherPub, _ := ssh.NewPublicKey(other.Public())
+		e := start(t, sshtarget.Options{})
+		o := e.opts()
+		o.HostKey = nil
+		o.KnownHostsFile = filepath.Join(t.TempDir(), "known_hosts")
+		line := "[127.0.0.1]:" + strconv.Itoa(e.tg.Port) + " " + string(ssh.MarshalAuthorizedKey(otherPub))
+		must(t, os.WriteFile(o.KnownHostsFile, []byte(line), 0o600))
+		o.SSHOptions = map[string]string{"StrictHostKeyChecking": "no"}
+		o.Phases = []string{"reboot"}
+		o.AfterInstall = "stay"
+		sink := &recSink{}
+		if err := installer.Run(context.Background(), o, sink); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		if !slices.ContainsFunc(sink.lines, func(l string) bool {
+			return strings.HasPrefix(l, "warning:") && strings.Contains(l, ssh.FingerprintSHA256(otherPub)) && strings.Contains(l, ssh.FingerprintSHA256(e.tg.HostKey))
+		}) {
+			t.Errorf("no warning with both fingerprints in %q", sink.lines)
+		}
+		if b, _ := os.ReadFile(o.KnownHostsFile); string(b) != line {
+			t.Errorf("known_hosts changed under StrictHostKeyChecking=no:\n%s", b)
+		}
+	})
 }

@@ -25,6 +25,16 @@ type Target struct {
 	User string
 }
 
+// JumpHost is the host the target is reached through (ssh -J), with
+// its own known hosts file and StrictHostKeyChecking and HashKnownHosts
+// in SSHOptions, as ssh resolves them for it; empty ones are the
+// target's.
+type JumpHost struct {
+	Target
+	KnownHostsFile string
+	SSHOptions     map[string]string
+}
+
 // KeyFile is a disk encryption key: read from Local on this machine and
 // written to Remote on the target before disko runs.
 type KeyFile struct{ Remote, Local string }
@@ -62,14 +72,28 @@ type Options struct {
 	// Password (from SSHPASS with --env-password) is used once, to
 	// install a generated key, so that nix copy can log in too.
 	Password string
+	// SudoPassword is asked for the login user's password when sudo on
+	// the target wants one (nil: such a target fails with a message
+	// saying so); it is given to sudo -S on stdin, never on a command
+	// line.
+	SudoPassword func(user, host string) (string, error)
 	// HostKey pins the target's host key; any other key stops the install.
 	HostKey ssh.PublicKey
 	// KnownHostsFile is consulted when HostKey is nil (default
-	// ~/.ssh/known_hosts). An unknown host is refused unless
-	// SSHOptions["StrictHostKeyChecking"] is "no" or "accept-new", as
-	// with ssh; a changed key is always refused.
+	// ~/.ssh/known_hosts). By SSHOptions["StrictHostKeyChecking"]:
+	// an unknown host is trusted on first use and recorded there
+	// (hashed if SSHOptions["HashKnownHosts"] is yes) unless it is
+	// "yes"; a changed key is refused unless it is "no", which warns.
 	KnownHostsFile string
-	SSHOptions     map[string]string // ConnectTimeout (seconds), StrictHostKeyChecking
+	SSHOptions     map[string]string // ConnectTimeout (seconds), StrictHostKeyChecking, HashKnownHosts
+	// ProxyJump, when set, is the one jump host the target is reached
+	// through (ssh -J): the engine's connections are direct-tcpip
+	// channels from it, and the ssh that nix starts gets a ProxyCommand
+	// through it. Its host key is checked against KnownHostsFile too.
+	ProxyJump *JumpHost
+	// AcceptNewHostKeyAfterKexec accepts an installer whose host key is
+	// not the old system's (an image that does not keep the keys).
+	AcceptNewHostKeyAfterKexec bool
 
 	Phases     []string
 	Flake      string // FLAKE#NAME
@@ -248,6 +272,16 @@ func (o *Options) defaults() {
 	if o.Target.User == "" {
 		o.Target.User = "root"
 	}
+	if j := o.ProxyJump; j != nil && (j.Port == 0 || j.User == "") {
+		jj := *j
+		if jj.Port == 0 {
+			jj.Port = 22
+		}
+		if jj.User == "" {
+			jj.User = "root"
+		}
+		o.ProxyJump = &jj
+	}
 	if o.KexecExtractPath == "" {
 		o.KexecExtractPath = "/root/kexec"
 	}
@@ -342,6 +376,9 @@ func Run(ctx context.Context, opts Options, sink Sink) error {
 		return err
 	}
 	r.facts = facts
+	if err := r.rootAccess(ctx); err != nil {
+		return &PhaseError{Phase: "probe", ExitCode: -1, Err: err}
+	}
 	total := len(opts.Phases)
 	for i, p := range opts.Phases {
 		sink.PhaseStarted(p, i+1, total)
@@ -393,4 +430,51 @@ func (r *run) phase(ctx context.Context, p string) error {
 	default:
 		return r.reboot(ctx)
 	}
+}
+
+// rootAccess gets the password of a sudo that asks, and, on a NixOS
+// installer logged into as another user (nixos@host, as the how-to
+// does), copies that user's authorized keys to root and goes on as
+// root, as nixos-anywhere does: nix copy and nixos-install need root.
+func (r *run) rootAccess(ctx context.Context) error {
+	if r.facts.Sudo == "sudo" && r.facts.SudoAsks {
+		if r.opts.SudoPassword == nil {
+			return fmt.Errorf("sudo on %s asks %s for a password: run from a terminal (it asks), pass it with --env-password, or give %s NOPASSWD in sudoers",
+				r.opts.Target.Host, r.opts.Target.User, r.opts.Target.User)
+		}
+		pw, err := r.opts.SudoPassword(r.opts.Target.User, r.opts.Target.Host)
+		if err != nil {
+			return fmt.Errorf("reading the sudo password: %w", err)
+		}
+		r.sudoPassword, r.conn.sudoPassword = pw, pw
+		r.facts.Sudo, r.conn.sudo = sudoWithPassword, sudoWithPassword
+		if err := r.conn.exec(ctx, "true", nil); err != nil {
+			return fmt.Errorf("sudo on %s refused the password of %s: %w", r.opts.Target.Host, r.opts.Target.User, err)
+		}
+	}
+	if !r.facts.IsInstaller || r.facts.IsRoot {
+		return nil
+	}
+	home, err := r.conn.output(ctx, `printf %s "$HOME"`, "printf %s $HOME", nil)
+	if err != nil {
+		return fmt.Errorf("finding the home of %s: %w", r.opts.Target.User, err)
+	}
+	keys := quote(strings.TrimSpace(string(home)) + "/.ssh/authorized_keys")
+	r.sink.Line("probe", "info", fmt.Sprintf("%s is a NixOS installer logged into as %s: copying its authorized keys to root and going on as root", r.opts.Target.Host, r.opts.Target.User))
+	cmd := "umask 077; mkdir -p /root/.ssh && if [ -f " + keys + " ]; then cat " + keys + " >> /root/.ssh/authorized_keys; fi"
+	if err := r.conn.exec(ctx, cmd, nil); err != nil {
+		return fmt.Errorf("copying %s's authorized keys to root: %w", r.opts.Target.User, err)
+	}
+	user := r.opts.Target.User
+	r.opts.Target.User = "root"
+	r.facts.Sudo, r.sudoPassword = "", ""
+	if err := r.connect(ctx, r.opts.Target.Port); err != nil {
+		return fmt.Errorf("logging in as root after copying %s's authorized keys: %w", user, err)
+	}
+	facts, err := Probe(ctx, r.conn)
+	if err != nil {
+		return err
+	}
+	r.facts = facts
+	return nil
 }

@@ -173,6 +173,7 @@ func (r *run) kexec(ctx context.Context) error {
 		port = r.opts.PostKexecSSHPort
 	}
 	r.sink.Line(PhaseKexec, "info", "waiting for the installer on "+r.addr(port))
+	r.afterKexec = true
 	if err := r.waitBack(ctx, r.addr(port)); err != nil {
 		return &PhaseError{Phase: PhaseKexec, ExitCode: -1, Err: fmt.Errorf("after kexec: %w", err)}
 	}

@@ -14,6 +14,7 @@ type Facts struct {
 	ID          string // os-release ID
 	IsRoot      bool
 	Sudo        string // "", "sudo" or "doas": prefix that makes a command run as root
+	SudoAsks    bool   // sudo wants a password (sudo -n fails)
 	IsNixOS     bool
 	IsInstaller bool
 	InContainer bool
@@ -31,6 +32,7 @@ var probeScript = `echo "os=$(uname -s)"; echo "arch=$(uname -m)"; echo "uid=$(i
 (. /etc/os-release 2>/dev/null; echo "id=$ID"; echo "variant_id=$VARIANT_ID"; echo "variant=$VARIANT")
 for c in ` + strings.Join(probeCommands, " ") + `; do command -v "$c" >/dev/null 2>&1 && echo "has=$c"; done
 sed -n 's/^MemTotal:[[:space:]]*\([0-9]*\).*/memkb=\1/p' /proc/meminfo 2>/dev/null
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && ! sudo -n true >/dev/null 2>&1; then echo sudo_asks=1; fi
 if [ -f /.dockerenv ] || [ -f /run/.containerenv ] || grep -qa 'container=' /proc/1/environ 2>/dev/null; then echo container=1; fi
 true`
 
@@ -45,8 +47,13 @@ func Probe(ctx context.Context, c *Conn) (Facts, error) {
 		switch {
 		case f.Has["sudo"]:
 			f.Sudo = "sudo"
+			if f.SudoAsks && c.sudoPassword != "" {
+				// -S: the password comes first on stdin (see run).
+				f.Sudo = sudoWithPassword
+			}
 		case f.Has["doas"]:
 			f.Sudo = "doas"
+			f.SudoAsks = false
 		default:
 			return f, fmt.Errorf("probing %s: logged in as a user that is not root and neither sudo nor doas exists: log in as root", c.addr)
 		}
@@ -87,6 +94,8 @@ func parseFacts(out []byte) Facts {
 			}
 		case "container":
 			f.InContainer = v == "1"
+		case "sudo_asks":
+			f.SudoAsks = v == "1"
 		}
 	}
 	f.IsNixOS = f.ID == "nixos"

@@ -15,7 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 
 	"github.com/pxe-anywhere/pxe-anywhere/images"
@@ -66,28 +65,25 @@ var installFlags = []installFlag{
 			a.opts.StorePaths = &installer.StorePaths{Disko: vs[0], System: vs[1]}
 			return nil
 		}},
-	{[]string{"-i"}, []string{"<identity>"}, "SSH private key to log in with (besides the agent)",
+	{[]string{"-i"}, []string{"<identity>"}, "SSH private key to log in with (besides ~/.ssh/id_*, SSH_PRIVATE_KEY, the agent)",
 		setString(func(a *installArgs) *string { return &a.identity })},
-	{[]string{"-p", "--ssh-port"}, []string{"<port>"}, "SSH port (default 22)",
+	{[]string{"-p", "--ssh-port"}, []string{"<port>"}, "SSH port (default: Port in ~/.ssh/config, else 22)",
 		func(a *installArgs, vs []string) (err error) {
 			a.opts.Target.Port, err = parsePort("--ssh-port", vs[0])
 			return err
 		}},
 	{[]string{"--target-host"}, []string{"<[user@]host>"}, "the host, instead of the positional argument",
 		setString(func(a *installArgs) *string { return &a.target })},
-	{[]string{"--ssh-option"}, []string{"<KEY=VALUE>"}, "ssh option (ConnectTimeout, StrictHostKeyChecking, ServerAliveInterval,\nServerAliveCountMax: keepalives, default 15 s and 3); repeatable",
-		func(a *installArgs, vs []string) error {
-			k, v, ok := strings.Cut(vs[0], "=")
-			if !ok {
-				return fmt.Errorf("--ssh-option %q: use KEY=VALUE", vs[0])
-			}
-			a.opts.SSHOptions[k] = v
-			return nil
-		}},
+	{[]string{"--ssh-option"}, []string{"<KEY=VALUE>"}, "ssh option, \"KEY=VALUE\" or \"KEY VALUE\" (HostName, User, Port, IdentityFile,\nUserKnownHostsFile, StrictHostKeyChecking, HashKnownHosts, ConnectTimeout,\nServerAliveInterval, ServerAliveCountMax: keepalives, default 15 s and 3;\nothers are refused); repeatable. ~/.ssh/config applies as for ssh",
+		func(a *installArgs, vs []string) error { return addSSHOption(a.opts.SSHOptions, vs[0]) }},
 	{[]string{"--phase-timeout"}, []string{"<PHASE=DURATION>"}, "timeout of a phase or of the probe (defaults: probe 5m, kexec 20m,\ndisko 30m, install 2h, reboot 15m); repeatable",
 		func(a *installArgs, vs []string) error { return parsePhaseTimeout(&a.opts, vs[0]) }},
-	{[]string{"--env-password"}, nil, "log in with the password in $SSHPASS once, then with a generated key",
+	{[]string{"--env-password"}, nil, "log in with the password in $SSHPASS once, then with a generated key\n(also the password of a sudo that asks, when no terminal is attached)",
 		setTrue(func(a *installArgs) *bool { return &a.envPass })},
+	{[]string{"-t", "--tty"}, nil, "accepted for nixos-anywhere; a terminal is detected (sudo asks there)",
+		func(a *installArgs, vs []string) error { return nil }},
+	{[]string{"--accept-new-host-key-after-kexec"}, nil, "accept an installer whose host key is not the old system's",
+		setTrue(func(a *installArgs) *bool { return &a.opts.AcceptNewHostKeyAfterKexec })},
 	{[]string{"--kexec"}, []string{"<path|url>"}, "kexec installer tarball, .tar.gz, .tar.xz, .tar.zst or .tar\n(default: the nixos-images release for the target's architecture)",
 		setString(func(a *installArgs) *string { return &a.opts.Kexec })},
 	{[]string{"--kexec-extract-path"}, []string{"<path>"}, "where the tarball is unpacked on the host (default /root/kexec)",
@@ -395,17 +391,8 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		o.Kexec = path
 	}
-	if a.identity != "" {
-		b, err := os.ReadFile(a.identity)
-		if err != nil {
-			return fmt.Errorf("-i %s: %w", a.identity, err)
-		}
-		s, err := ssh.ParsePrivateKey(b)
-		if err != nil {
-			return fmt.Errorf("-i %s: %w (passphrase-protected keys: load them into ssh-agent instead)", a.identity, err)
-		}
-		o.Signers = append(o.Signers, s)
-		o.IdentityFile = a.identity
+	if err := resolveTarget(ctx, &o, a.identity, stderr); err != nil {
+		return err
 	}
 	if sock := os.Getenv("SSH_AUTH_SOCK"); sock != "" {
 		if c, err := dialUnix(sock); err == nil {

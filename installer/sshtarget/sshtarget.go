@@ -91,6 +91,9 @@ if [ ! -f "$PXE_TARGET_DIR/never-returns" ]; then
     [ -n "$port" ] && echo "sed -i 's/^Port .*/Port $port/' \"\$PXE_TARGET_DIR/sshd_config\""
     echo "echo 'AllowUsers root' >> \"\$PXE_TARGET_DIR/sshd_config\""
     [ -f "$PXE_TARGET_DIR/keys-lost" ] && echo ": > \"\$PXE_TARGET_DIR/authorized_keys\""
+    # As nixos-images' kexec-run.sh, the sudo user's keys too.
+    [ -n "${SUDO_USER-}" ] && echo "mkdir -p /root/.ssh; cat /home/$SUDO_USER/.ssh/authorized_keys >> /root/.ssh/authorized_keys"
+    [ -f "$PXE_TARGET_DIR/new-host-key" ] && echo "cp \"\$PXE_TARGET_DIR/new-host-key\" \"\$PXE_TARGET_DIR/host_key\""
     echo "printf 'NAME=NixOS\nID=nixos\nVARIANT_ID=installer\n' > /etc/os-release"
   } > "$PXE_TARGET_DIR/next"
 fi
@@ -116,6 +119,15 @@ type Options struct {
 	OSRelease      string            // /etc/os-release inside the namespace; "": InstallerOSRelease
 	StandIns       map[string]string // command name → sh script body, first on PATH (after the standard ones)
 	Files          map[string]string // absolute path → content bind-mounted over it inside the namespace (e.g. /proc/meminfo)
+	// User, when set, is a login user that is not root (with an id no
+	// account of this host has, home /home/USER, a tmpfs inside the namespace):
+	// AuthorizedKeys go to its ~/.ssh/authorized_keys, and sshd reads
+	// each user's own file, so root logs in only once someone puts keys
+	// into /root/.ssh. UserPassword, when set, is its password (in
+	// /etc/shadow; sshd then takes passwords too). Sudo is what the real
+	// sudo lets it do: "" nothing, "nopasswd", or "password" (sudo asks
+	// for UserPassword).
+	User, UserPassword, Sudo string
 	// NetNS, when set, runs the target in that network namespace (a
 	// netlab client: the machine itself), listening on ListenAddr, an
 	// address it holds there. The caller must be able to reach it.
@@ -181,6 +193,54 @@ func Start(t testing.TB, o Options) *Target {
 		hostKeys += "HostKey " + p + "\n"
 	}
 	must(t, os.WriteFile(filepath.Join(dir, "authorized_keys"), o.AuthorizedKeys, 0o600))
+	files := map[string]string{}
+	for k, v := range o.Files {
+		files[k] = v
+	}
+	authFile, passwordAuth, userSetup := filepath.Join(dir, "authorized_keys"), "no", ""
+	if o.User != "" {
+		netlab.RequireTools(t, "openssl", "sudo")
+		authFile = ".ssh/authorized_keys"
+		passwd, err := os.ReadFile("/etc/passwd")
+		must(t, err)
+		group, err := os.ReadFile("/etc/group")
+		must(t, err)
+		// An id no account of this host has: sudo finds the user by it.
+		id := 64017
+		for strings.Contains(string(passwd), ":"+strconv.Itoa(id)+":") || strings.Contains(string(group), ":"+strconv.Itoa(id)+":") {
+			id++
+		}
+		ids := strconv.Itoa(id)
+		files["/etc/passwd"] = string(passwd) + o.User + ":x:" + ids + ":" + ids + "::/home/" + o.User + ":/bin/sh\n"
+		files["/etc/group"] = string(group) + o.User + ":x:" + ids + ":\n"
+		hash := "*"
+		if o.UserPassword != "" {
+			c := exec.Command("openssl", "passwd", "-6", "-stdin")
+			c.Stdin = strings.NewReader(o.UserPassword)
+			out, err := c.Output()
+			must(t, err)
+			hash = strings.TrimSpace(string(out))
+			passwordAuth = "yes"
+		}
+		// The shadow file holds the host's hashes too: private to the test.
+		shadow, err := os.ReadFile("/etc/shadow")
+		must(t, err)
+		must(t, os.WriteFile(filepath.Join(dir, "shadow"), append(shadow, []byte(o.User+":"+hash+":19000:0:99999:7:::\n")...), 0o600))
+		sudoers := "Defaults !env_reset\nDefaults lecture=never\nroot ALL=(ALL:ALL) ALL\n"
+		switch o.Sudo {
+		case "nopasswd":
+			sudoers += o.User + " ALL=(ALL:ALL) NOPASSWD: ALL\n"
+		case "password":
+			sudoers += o.User + " ALL=(ALL:ALL) ALL\n"
+		}
+		files["/etc/sudoers"] = sudoers
+		userSetup = fmt.Sprintf(`mount --bind %[1]s/shadow /etc/shadow
+mount -t tmpfs -o mode=755 tmpfs /home
+mkdir -p /home/%[2]s/.ssh
+cp %[1]s/authorized_keys /home/%[2]s/.ssh/authorized_keys
+chown -R %[3]s:%[3]s /home/%[2]s
+`, dir, o.User, ids)
+	}
 	osr := o.OSRelease
 	if osr == "" {
 		osr = InstallerOSRelease
@@ -207,25 +267,25 @@ func Start(t testing.TB, o Options) *Target {
 	cfg := fmt.Sprintf(`Port %[1]d
 ListenAddress %[5]s
 %[4]sPidFile %[2]s/sshd.pid
-AuthorizedKeysFile %[2]s/authorized_keys
+AuthorizedKeysFile %[6]s
 StrictModes no
 UsePAM no
 PermitRootLogin yes
-PasswordAuthentication no
+PasswordAuthentication %[7]s
 KbdInteractiveAuthentication no
 SetEnv PATH=%[3]s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PXE_TARGET_DIR=%[2]s
-`, port, dir, bin, hostKeys, host)
+`, port, dir, bin, hostKeys, host, authFile, passwordAuth)
 	must(t, os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(cfg), 0o600))
 
 	var mounts strings.Builder
-	paths := make([]string, 0, len(o.Files))
-	for p := range o.Files {
+	paths := make([]string, 0, len(files))
+	for p := range files {
 		paths = append(paths, p)
 	}
 	sort.Strings(paths)
 	for i, p := range paths {
 		src := filepath.Join(dir, "file"+strconv.Itoa(i))
-		must(t, os.WriteFile(src, []byte(o.Files[p]), 0o644))
+		must(t, os.WriteFile(src, []byte(files[p]), 0o644))
 		fmt.Fprintf(&mounts, "mount --bind %s %s\n", src, p)
 	}
 	// /run is the machine's own, as on a booted machine: what the engine
@@ -242,7 +302,7 @@ mount -t tmpfs -o mode=700 tmpfs /root
 mount --bind %[1]s/os-release /etc/os-release
 # A stand-in machine is no container even when this test host is one.
 for f in /proc/1/environ /.dockerenv /run/.containerenv; do if [ -e $f ]; then mount --bind /dev/null $f; fi; done
-%[2]s
+%[2]s%[3]s
 set +e
 export PXE_TARGET_DIR=%[1]s
 while :; do
@@ -250,7 +310,7 @@ while :; do
   /usr/sbin/sshd -D -f %[1]s/sshd_config -E %[1]s/sshd.log
   if [ -f %[1]s/next ]; then . %[1]s/next; rm -f %[1]s/next; else break; fi
 done
-`, dir, mounts.String())
+`, dir, mounts.String(), userSetup)
 	argv := []string{"unshare", "--mount", "--propagation", "private", "sh", "-c", script}
 	if o.NetNS != "" {
 		argv = append([]string{"ip", "netns", "exec", o.NetNS}, argv...)
@@ -277,9 +337,22 @@ done
 			t.Fatalf("sshd target exited: %s\n%s", out.String(), log)
 		default:
 		}
-		c, err := net.Dial("tcp", tg.Addr)
+		// From inside the namespace: a target on its loopback (behind
+		// a jump host there) is reachable only from it.
+		dial := func() error {
+			c, err := net.Dial("tcp", tg.Addr)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}
+		var err error
+		if o.NetNS != "" {
+			err = netlab.Do(&netlab.NS{Name: o.NetNS}, dial)
+		} else {
+			err = dial()
+		}
 		if err == nil {
-			c.Close()
 			return tg
 		}
 		time.Sleep(20 * time.Millisecond)
