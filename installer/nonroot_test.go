@@ -79,7 +79,7 @@ func TestNonRootInstaller(t *testing.T) {
 			if got, want := tg.Calls(), []string{"disko-script"}; !slices.Equal(got, want) {
 				t.Errorf("calls %q, want %q", got, want)
 			}
-			if got := readLines(t, nixCalls); len(got) != 1 || !strings.Contains(got[0], "ssh://root@127.0.0.1 ") {
+			if got := readLines(t, nixCalls); len(got) != 1 || !strings.Contains(got[0], "ssh://root@127.0.0.1?compress=true ") {
 				t.Errorf("nix calls %q: want one nix copy as root", got)
 			}
 			if got, want := readLines(t, filepath.Join(tg.Dir, "received")), []string{o.StorePaths.Disko}; !slices.Equal(got, want) {

@@ -410,6 +410,7 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if v, ok := os.LookupEnv("NIXOS_NO_CHECK"); ok {
 		o.NixOSNoCheck = &v
 	}
+	o.SudoPassword = sudoPassword(os.Stdin, stderr, a.envPass)
 	isTTY := false
 	if f, ok := stdout.(*os.File); ok {
 		if st, err := f.Stat(); err == nil {
