@@ -1,8 +1,10 @@
 // Package e2e holds the end-to-end tests: qemu guests PXE-boot, inside a
 // network namespace, from a server on a bridge into the test installer
-// image that lab/build-installer-image.sh makes, and get installed. They
-// run only with PXE_E2E=1 (make e2e) because each boot takes minutes
-// under TCG.
+// image that lab/build-installer-image.sh makes, and get installed; and
+// a guest that runs a plain Linux is installed by `pxe-anywhere install
+// --kexec` with a real kexec into that image (kexec_test.go). They run
+// only with PXE_E2E=1 (make e2e) because each boot takes minutes under
+// TCG.
 package e2e
 
 import (
