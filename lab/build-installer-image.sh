@@ -83,11 +83,13 @@ done
 # file systems, sshd and nix. They replace busybox's applets of the same name.
 # util-linux mount tools: the engine uses `mountpoint` and `umount -R`,
 # which busybox lacks.
+# util-linux setsid: the engine runs every command under `setsid sh -c`,
+# and busybox's setsid would exec its own ash, which runs busybox's umount.
 # ssh-keygen prints the host key's fingerprint on the console.
 if [ -n "$SEED" ]; then
 	real="sshd ssh-keygen kexec ip"
 else
-	real="sfdisk mke2fs mkfs.fat sshd ssh-keygen nix mount umount mountpoint"
+	real="sfdisk mke2fs mkfs.fat sshd ssh-keygen nix mount umount mountpoint setsid"
 fi
 for b in $real; do
 	rm -f "$ROOT/usr/bin/$b"
