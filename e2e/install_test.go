@@ -191,13 +191,14 @@ func dhcpConfig(proxy bool) string {
 }
 
 // plainDHCP runs dnsmasq as the site's existing DHCP server: addresses
-// only, no PXE options, which pxe-anywhere in proxy mode adds.
-func plainDHCP(t *testing.T, lab *netlab.Lab) {
+// only, no PXE options, which pxe-anywhere in proxy mode adds. extra
+// are more dnsmasq options (a --dhcp-host reservation, say).
+func plainDHCP(t *testing.T, lab *netlab.Lab, extra ...string) {
 	t.Helper()
 	dir := t.TempDir()
-	cmd := lab.Command(lab.Server, "dnsmasq", "--keep-in-foreground", "--port=0", "--interface=br0", "--bind-interfaces",
-		"--dhcp-range=10.77.0.100,10.77.0.200,255.255.255.0,1h", "--dhcp-leasefile="+filepath.Join(dir, "leases"),
-		"--pid-file="+filepath.Join(dir, "pid"), "--log-dhcp", "--log-facility="+filepath.Join(dir, "dnsmasq.log"))
+	cmd := lab.Command(lab.Server, "dnsmasq", append([]string{"--keep-in-foreground", "--port=0", "--interface=br0", "--bind-interfaces",
+		"--dhcp-range=10.77.0.100,10.77.0.200,255.255.255.0,1h", "--dhcp-leasefile=" + filepath.Join(dir, "leases"),
+		"--pid-file=" + filepath.Join(dir, "pid"), "--log-dhcp", "--log-facility=" + filepath.Join(dir, "dnsmasq.log")}, extra...)...)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting dnsmasq: %v", err)
 	}

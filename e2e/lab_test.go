@@ -1,8 +1,10 @@
 // Package e2e holds the end-to-end tests: qemu guests PXE-boot, inside a
 // network namespace, from a server on a bridge into the test installer
-// image that lab/build-installer-image.sh makes, and get installed. They
-// run only with PXE_E2E=1 (make e2e) because each boot takes minutes
-// under TCG.
+// image that lab/build-installer-image.sh makes, and get installed; and
+// a guest that runs a plain Linux is installed by `pxe-anywhere install
+// --kexec` with a real kexec into that image (kexec_test.go). They run
+// only with PXE_E2E=1 (make e2e) because each boot takes minutes under
+// TCG.
 package e2e
 
 import (
@@ -141,10 +143,28 @@ type vm struct {
 	start  time.Time
 }
 
+// kernelBoot is a guest booted by qemu straight from a kernel and an
+// initrd (-kernel, -initrd), with no firmware network boot.
+type kernelBoot struct {
+	Kernel, Initrd, Cmdline string
+	MemMiB                  int
+}
+
 // startVM boots a guest with an empty 2G disk behind its NIC in the boot
 // order. It is killed when the test ends; its serial log is kept in
 // e2e/artifacts/ when the test fails.
 func startVM(t *testing.T, lab *netlab.Lab, fw firmware, mac string) *vm {
+	t.Helper()
+	return launchVM(t, lab, fw, mac, nil)
+}
+
+// startKernelVM boots a guest with an empty 2G disk from kb.
+func startKernelVM(t *testing.T, lab *netlab.Lab, mac string, kb kernelBoot) *vm {
+	t.Helper()
+	return launchVM(t, lab, "", mac, &kb)
+}
+
+func launchVM(t *testing.T, lab *netlab.Lab, fw firmware, mac string, kb *kernelBoot) *vm {
 	t.Helper()
 	dir := t.TempDir()
 	v := &vm{t: t, name: t.Name(), Serial: filepath.Join(dir, "serial.log"), Disk: filepath.Join(dir, "disk.qcow2"), done: make(chan struct{})}
@@ -156,18 +176,25 @@ func startVM(t *testing.T, lab *netlab.Lab, fw firmware, mac string) *vm {
 	if accel == "" {
 		accel = "tcg"
 	}
-	args := []string{"-nodefaults", "-display", "none", "-accel", accel, "-m", "1024", "-smp", "1",
+	mem := 1024
+	if kb != nil && kb.MemMiB != 0 {
+		mem = kb.MemMiB
+	}
+	args := []string{"-nodefaults", "-display", "none", "-accel", accel, "-m", strconv.Itoa(mem), "-smp", "1",
 		"-serial", "file:" + v.Serial,
 		"-netdev", "tap,id=n0,ifname=" + tap + ",script=no,downscript=no",
 		"-drive", "file=" + v.Disk + ",if=none,id=d0,format=qcow2",
 		"-device", "virtio-blk-pci,drive=d0,bootindex=2",
 	}
-	switch fw {
-	case bios:
+	switch {
+	case kb != nil:
+		args = append(args, "-machine", "pc", "-kernel", kb.Kernel, "-initrd", kb.Initrd, "-append", kb.Cmdline,
+			"-device", "e1000,netdev=n0,mac="+mac+",romfile=")
+	case fw == bios:
 		args = append(args, "-machine", "pc",
 			"-device", "e1000,netdev=n0,mac="+mac+",romfile=/usr/lib/ipxe/qemu/pxe-e1000.rom,bootindex=1",
 			"-chardev", "file,id=dbg,path="+filepath.Join(dir, "seabios.log"), "-device", "isa-debugcon,iobase=0x402,chardev=dbg")
-	case uefi:
+	case fw == uefi:
 		vars := filepath.Join(dir, "OVMF_VARS.fd")
 		data, err := os.ReadFile("/usr/share/OVMF/OVMF_VARS_4M.fd")
 		if err != nil {

@@ -1,10 +1,15 @@
 #!/bin/bash
-# build-installer-image.sh OUTDIR: builds the end-to-end test's stand-in
-# for the nixos-images installer (OUTDIR/vmlinuz, OUTDIR/initrd.img) from
-# Debian packages installed on this machine. The server sees what it would
-# see from the real image: os-release says ID=nixos VARIANT_ID=installer,
+# build-installer-image.sh [--seed] OUTDIR: builds the end-to-end test's
+# stand-in for the nixos-images installer (OUTDIR/vmlinuz, OUTDIR/initrd.img)
+# from Debian packages installed on this machine. The server sees what it
+# would see from the real image: os-release says ID=nixos VARIANT_ID=installer,
 # injected keys under /ssh/ are restored like restore-remote-access.nix,
 # sshd takes root by key only, and the installer calls back.
+#
+# --seed builds instead the machine that `pxe-anywhere install` kexecs: a
+# plain Linux (os-release ID=debian) with sshd, kexec-tools and iproute2,
+# whose host keys and authorized_keys come from a cpio the test appends
+# (lab/seed-image/init).
 #
 # Needs: linux-image-amd64, busybox-static, openssh-server, fdisk,
 # e2fsprogs, dosfstools, nix-bin, cpio, go (for the callback helper).
@@ -13,7 +18,12 @@
 set -euo pipefail
 umask 022
 
-OUT=${1:?usage: build-installer-image.sh OUTDIR}
+SEED=
+if [ "${1:-}" = --seed ]; then
+	SEED=1
+	shift
+fi
+OUT=${1:?usage: build-installer-image.sh [--seed] OUTDIR}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 mkdir -p "$OUT"
@@ -31,7 +41,9 @@ if [ -z "$KVER" ] || [ ! -f "/boot/vmlinuz-$KVER" ]; then
 fi
 MODDIR=/lib/modules/$KVER
 
-for tool in busybox sshd sfdisk mke2fs mkfs.fat nix cpio gzip go ldd; do
+tools="busybox sshd ssh-keygen cpio gzip ldd"
+if [ -n "$SEED" ]; then tools="$tools kexec ip"; else tools="$tools sfdisk mke2fs mkfs.fat nix go"; fi
+for tool in $tools; do
 	command -v "$tool" >/dev/null || PATH=$PATH:/usr/sbin:/sbin command -v "$tool" >/dev/null || {
 		echo "build-installer-image: $tool missing (sudo scripts/setup.sh installs it)" >&2
 		exit 1
@@ -71,7 +83,15 @@ done
 # file systems, sshd and nix. They replace busybox's applets of the same name.
 # util-linux mount tools: the engine uses `mountpoint` and `umount -R`,
 # which busybox lacks.
-for b in sfdisk mke2fs mkfs.fat sshd nix mount umount mountpoint; do
+# util-linux setsid: the engine runs every command under `setsid sh -c`,
+# and busybox's setsid would exec its own ash, which runs busybox's umount.
+# ssh-keygen prints the host key's fingerprint on the console.
+if [ -n "$SEED" ]; then
+	real="sshd ssh-keygen kexec ip"
+else
+	real="sfdisk mke2fs mkfs.fat sshd ssh-keygen nix mount umount mountpoint setsid"
+fi
+for b in $real; do
 	rm -f "$ROOT/usr/bin/$b"
 	copy_bin "$(command -v "$b")"
 done
@@ -84,18 +104,23 @@ rm -f "$ROOT/usr/bin/sh"
 ln -s bash "$ROOT/usr/bin/sh"
 rm -f "$ROOT/usr/bin/nohup"
 copy_bin /usr/bin/nohup
+if [ -z "$SEED" ]; then
 for l in mkfs.ext4 mkfs.ext3 mkfs.ext2; do rm -f "$ROOT/usr/bin/$l"; ln -s mke2fs "$ROOT/usr/bin/$l"; done
 for l in mkfs.vfat mkdosfs; do rm -f "$ROOT/usr/bin/$l"; ln -s mkfs.fat "$ROOT/usr/bin/$l"; done
 for l in nix-store nix-daemon nix-copy-closure nix-env nix-instantiate nix-build; do ln -sf nix "$ROOT/usr/bin/$l"; done
 [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$ROOT/etc/"
+fi
 mkdir -p "$ROOT/usr/lib/openssh"
 [ -x /usr/lib/openssh/sftp-server ] && copy_bin /usr/lib/openssh/sftp-server && mv "$ROOT/usr/bin/sftp-server" "$ROOT/usr/lib/openssh/"
 
-# The callback helper: busybox wget segfaults in this initramfs.
-(cd "$REPO" && CGO_ENABLED=0 go build -trimpath -o "$ROOT/usr/bin/pxe-callback" ./e2e/cmd/callback)
-
-install -m 0755 "$HERE/installer-image/nixos-install" "$ROOT/usr/bin/nixos-install"
-install -m 0755 "$HERE/installer-image/init" "$ROOT/init"
+if [ -n "$SEED" ]; then
+	install -m 0755 "$HERE/seed-image/init" "$ROOT/init"
+else
+	# The callback helper: busybox wget segfaults in this initramfs.
+	(cd "$REPO" && CGO_ENABLED=0 go build -trimpath -o "$ROOT/usr/bin/pxe-callback" ./e2e/cmd/callback)
+	install -m 0755 "$HERE/installer-image/nixos-install" "$ROOT/usr/bin/nixos-install"
+	install -m 0755 "$HERE/installer-image/init" "$ROOT/init"
+fi
 install -m 0755 "$HERE/installer-image/udhcpc.script" "$ROOT/etc/udhcpc.script"
 
 # Kernel modules in load order (dependencies first, from modules.dep).
@@ -117,13 +142,22 @@ for m in $mods; do
 	done
 done
 
-cat >"$ROOT/etc/os-release" <<'OS'
+if [ -n "$SEED" ]; then
+	cat >"$ROOT/etc/os-release" <<'OS'
+PRETTY_NAME="Debian GNU/Linux 12 (bookworm) (pxe-anywhere test seed)"
+NAME="Debian GNU/Linux"
+VERSION_ID="12"
+ID=debian
+OS
+else
+	cat >"$ROOT/etc/os-release" <<'OS'
 NAME=NixOS
 ID=nixos
 PRETTY_NAME="NixOS installer (pxe-anywhere test stand-in)"
 VARIANT="installer"
 VARIANT_ID=installer
 OS
+fi
 cat >"$ROOT/etc/passwd" <<'PW'
 root:x:0:0:root:/root:/bin/bash
 sshd:x:74:74:sshd privsep:/var/empty:/bin/false
