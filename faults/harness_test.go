@@ -35,6 +35,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/pxe-anywhere/pxe-anywhere/installer/sshtarget"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/ipxescript"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
 )
@@ -514,27 +515,11 @@ func (f *fixture) boot(t *testing.T) (token string, hostKey, authKeys []byte) {
 	if code != http.StatusOK || !strings.Contains(script, "\nkernel ") {
 		t.Fatalf("script: HTTP %d\n%s", code, script)
 	}
-	var urls []string
-	for _, line := range strings.Split(script, "\n") {
-		fields := strings.Fields(line)
-		if len(fields) < 2 {
-			continue
-		}
-		switch fields[0] {
-		case "kernel":
-			urls = append(urls, fields[1])
-			for _, a := range fields[2:] {
-				if v, ok := strings.CutPrefix(a, "pxe_anywhere.token="); ok {
-					token = v
-				}
-			}
-		case "initrd":
-			urls = append(urls, fields[len(fields)-1])
-		}
+	s, err := ipxescript.Parse([]byte(script))
+	if err != nil || len(s.Initrds) < 2 {
+		t.Fatalf("script without token or files (%v):\n%s", err, script)
 	}
-	if token == "" || len(urls) < 3 {
-		t.Fatalf("script without token or files:\n%s", script)
-	}
+	token, urls := s.Token, s.URLs()
 	dir := t.TempDir()
 	for _, url := range urls {
 		out := filepath.Join(dir, "fetched")

@@ -28,6 +28,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/images"
 	"github.com/pxe-anywhere/pxe-anywhere/installer/sshtarget"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/ipxescript"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 )
@@ -345,27 +346,11 @@ func (h *handoff) askScript(t *testing.T) (script, token string, urls []string) 
 	if !strings.Contains(script, "\nkernel ") {
 		return script, "", nil
 	}
-	for _, line := range strings.Split(script, "\n") {
-		fields := strings.Fields(line)
-		if len(fields) < 2 {
-			continue
-		}
-		switch fields[0] {
-		case "kernel":
-			urls = append(urls, fields[1])
-			for _, a := range fields[2:] {
-				if v, ok := strings.CutPrefix(a, "pxe_anywhere.token="); ok {
-					token = v
-				}
-			}
-		case "initrd":
-			urls = append(urls, fields[len(fields)-1])
-		}
+	s, err := ipxescript.Parse([]byte(script))
+	if err != nil || len(s.Initrds) < 2 {
+		t.Fatalf("script without token or files (%v):\n%s", err, script)
 	}
-	if token == "" || len(urls) < 3 {
-		t.Fatalf("script without token or files:\n%s", script)
-	}
-	return script, token, urls
+	return script, s.Token, s.URLs()
 }
 
 // fetchFiles is iPXE downloading what the script names; it returns the

@@ -11,11 +11,9 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -34,6 +32,7 @@ import (
 	"github.com/insomniacslk/dhcp/iana"
 
 	"github.com/pxe-anywhere/pxe-anywhere/bench/internal/loadstat"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/ipxescript"
 )
 
 type options struct {
@@ -312,35 +311,17 @@ type script struct {
 
 // parseScript reads the kernel/initrd lines of an install script.
 func parseScript(b []byte) (script, error) {
-	var s script
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 2 {
-			continue
-		}
-		switch f[0] {
-		case "kernel":
-			s.ranged = append(s.ranged, f[1])
-			for _, a := range f[2:] {
-				if v, ok := strings.CutPrefix(a, "pxe_anywhere.token="); ok {
-					s.token = v
-				}
-				if v, ok := strings.CutPrefix(a, "pxe_anywhere.callback="); ok {
-					s.callback = v
-				}
-			}
-		case "initrd":
-			u := f[len(f)-1]
-			if strings.Contains(u, "/extra.cpio") {
-				s.whole = append(s.whole, u)
-			} else {
-				s.ranged = append(s.ranged, u)
-			}
-		}
+	p, err := ipxescript.Parse(b)
+	if err != nil || p.Callback == "" {
+		return script{}, fmt.Errorf("not an install script (no kernel, token or callback):\n%s", b)
 	}
-	if len(s.ranged) == 0 || s.token == "" || s.callback == "" {
-		return s, errors.New("not an install script (no kernel, token or callback):\n" + string(b))
+	s := script{token: p.Token, callback: p.Callback, ranged: []string{p.Kernel}}
+	for _, u := range p.Initrds {
+		if strings.Contains(u, "/extra.cpio") {
+			s.whole = append(s.whole, u)
+		} else {
+			s.ranged = append(s.ranged, u)
+		}
 	}
 	return s, nil
 }
