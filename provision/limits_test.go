@@ -14,6 +14,7 @@ import (
 
 	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/lograte"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 )
@@ -33,6 +34,7 @@ func TestUnknownMACFlood(t *testing.T) {
 	f := newFixture(t, cfg, "")
 	var logs syncbuf.Buffer
 	f.p.log = slog.New(slog.NewTextHandler(&logs, nil))
+	f.p.limited = &lograte.Limiter{Log: f.p.log, Every: time.Minute}
 	clock := time.Now()
 	f.p.unknown.now = func() time.Time { return clock }
 	ctx := context.Background()
@@ -84,6 +86,7 @@ func TestDiscoverLimit(t *testing.T) {
 	f := newFixture(t, cfg, "")
 	var logs syncbuf.Buffer
 	f.p.log = slog.New(slog.NewTextHandler(&logs, nil))
+	f.p.limited = &lograte.Limiter{Log: f.p.log, Every: time.Minute}
 	ctx := context.Background()
 	boot := func(i int) httpboot.BootPlan {
 		t.Helper()

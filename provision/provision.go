@@ -33,6 +33,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/lograte"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 )
 
@@ -71,7 +72,7 @@ type Provisioner struct {
 	unknown  *unknownMACs // unknown MACs ignored, for the log
 
 	mu       sync.Mutex
-	logged   map[string]time.Time          // rate limit of logLimited, by key
+	limited  *lograte.Limiter              // logLimited
 	firmware map[string]string             // configured MAC → firmware DHCP saw last (bounded by the config)
 	polling  map[string]context.CancelFunc // token → SSH poller of a machine without callback
 	running  map[string]*installRun        // MAC → its install, queued or running
@@ -140,7 +141,7 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		engine:   o.Engine,
 		slots:    make(chan struct{}, max(cfg.Server.MaxInstalls, 1)),
 		bindings: newBindingTable(),
-		logged:   map[string]time.Time{},
+		limited:  &lograte.Limiter{Log: o.Log, Every: time.Minute},
 		firmware: map[string]string{},
 		unknown:  newUnknownMACs(),
 		polling:  map[string]context.CancelFunc{},
@@ -939,19 +940,11 @@ func (p *Provisioner) securityEvent(ctx context.Context, mac, msg string) {
 	}
 }
 
-// logLimited logs a warning at most once a minute per key: strangers
-// can send as many bad requests as they like, the log stays readable.
+// logLimited logs a warning at most once a minute per key (a kind of
+// event, never a peer's address): strangers can send as many bad
+// requests as they like, the log stays readable.
 func (p *Provisioner) logLimited(key, msg string, args ...any) {
-	p.mu.Lock()
-	last, seen := p.logged[key]
-	now := time.Now()
-	if seen && now.Sub(last) < time.Minute {
-		p.mu.Unlock()
-		return
-	}
-	p.logged[key] = now
-	p.mu.Unlock()
-	p.log.Warn(msg, args...)
+	p.limited.Warn(key, msg, args...)
 }
 
 // event records a note on a machine without changing its state.
