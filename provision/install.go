@@ -17,14 +17,6 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 )
 
-// installRun is an install that has been started: queued for a slot
-// or running. cancel stops it; done is closed once it has ended, its
-// state is recorded and its slot is free.
-type installRun struct {
-	cancel context.CancelCauseFunc
-	done   chan struct{}
-}
-
 // cancelled is the cause of an install that an operator stopped.
 type cancelled struct{ by string }
 
@@ -33,30 +25,9 @@ func (c *cancelled) Error() string { return "cancelled by " + c.by }
 // startInstall queues the install of a machine whose installer is up.
 // The install runs under the server's context, not the callback's.
 func (p *Provisioner) startInstall(b profiles.Boot, m *profiles.Machine, ip string) {
-	ctx, cancel := context.WithCancelCause(p.baseCtx)
-	run := &installRun{cancel: cancel, done: make(chan struct{})}
-	p.mu.Lock()
-	p.running[b.MAC] = run
-	p.mu.Unlock()
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		defer close(run.done)
-		defer func() {
-			p.mu.Lock()
-			delete(p.running, b.MAC)
-			p.mu.Unlock()
-			cancel(nil)
-		}()
-		select {
-		case p.slots <- struct{}{}:
-		case <-ctx.Done():
-			p.stopped(ctx, b.MAC, "queued")
-			return
-		}
-		defer func() { <-p.slots }()
-		p.install(ctx, b, m, ip)
-	}()
+	p.queue.start(b.MAC,
+		func(ctx context.Context) { p.install(ctx, b, m, ip) },
+		func(ctx context.Context) { p.stopped(ctx, b.MAC, "queued") })
 }
 
 // Cancel stops the install of mac, queued or running: the engine's
@@ -68,19 +39,11 @@ func (p *Provisioner) Cancel(ctx context.Context, mac, by string) error {
 	if _, err := p.store.Machine(ctx, mac); err != nil {
 		return notFound(err)
 	}
-	p.mu.Lock()
-	run := p.running[mac]
-	p.mu.Unlock()
-	if run == nil {
+	found, err := p.queue.cancel(ctx, mac, &cancelled{by: by})
+	if !found {
 		return fmt.Errorf("%w: machine %s has no install running or queued: nothing to cancel", admin.ErrConflict, mac)
 	}
-	run.cancel(&cancelled{by: by})
-	select {
-	case <-run.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return err
 }
 
 // stopped records why an install ended under its context: an operator

@@ -166,10 +166,7 @@ func (p *Provisioner) Reinstall(ctx context.Context, mac, by string) error {
 // The machine's events go with it, so who forgot it is in the server's
 // log.
 func (p *Provisioner) Forget(ctx context.Context, mac, by string) error {
-	p.mu.Lock()
-	busy := p.running[mac] != nil
-	p.mu.Unlock()
-	if busy {
+	if p.queue.busy(mac) {
 		return fmt.Errorf("%w: machine %s is being installed; wait for it to end", admin.ErrConflict, mac)
 	}
 	// A machine still in the config would come back as "new" on its
@@ -183,32 +180,14 @@ func (p *Provisioner) Forget(ctx context.Context, mac, by string) error {
 	}
 	p.bindings.forget(mac)
 	p.log.Info("machine forgotten", "mac", mac, "by", by)
-	p.mu.Lock()
-	for ch := range p.subs {
-		select {
-		case ch <- admin.MachineView{MAC: mac, State: "forgotten"}:
-		default:
-		}
-	}
-	p.mu.Unlock()
+	p.feed.send(admin.MachineView{MAC: mac, State: "forgotten"})
 	return nil
 }
 
 // Subscribe streams machine changes until ctx is done. A subscriber that
 // does not keep up misses updates rather than slowing installs down.
 func (p *Provisioner) Subscribe(ctx context.Context) <-chan admin.MachineView {
-	ch := make(chan admin.MachineView, 64)
-	p.mu.Lock()
-	p.subs[ch] = struct{}{}
-	p.mu.Unlock()
-	go func() {
-		<-ctx.Done()
-		p.mu.Lock()
-		delete(p.subs, ch)
-		close(ch)
-		p.mu.Unlock()
-	}()
-	return ch
+	return p.feed.subscribe(ctx)
 }
 
 func (p *Provisioner) publish(ctx context.Context, mac string) {
@@ -216,13 +195,5 @@ func (p *Provisioner) publish(ctx context.Context, mac string) {
 	if err != nil {
 		return
 	}
-	v := p.withLastEvent(ctx, view(r))
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for ch := range p.subs {
-		select {
-		case ch <- v:
-		default:
-		}
-	}
+	p.feed.send(p.withLastEvent(ctx, view(r)))
 }

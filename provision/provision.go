@@ -29,7 +29,6 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/pxe-anywhere/pxe-anywhere/admin"
 	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
@@ -66,7 +65,8 @@ type Provisioner struct {
 	metrics *Metrics
 	engine  Engine
 
-	slots chan struct{} // at most server.max_installs engines at once
+	queue *installQueue // installs, at most server.max_installs at once
+	feed  *feed         // machine changes for the operator's live views
 
 	bindings *bindingTable
 	unknown  *unknownMACs // unknown MACs ignored, for the log
@@ -75,10 +75,8 @@ type Provisioner struct {
 	limited  *lograte.Limiter              // logLimited
 	firmware map[string]string             // configured MAC → firmware DHCP saw last (bounded by the config)
 	polling  map[string]context.CancelFunc // token → SSH poller of a machine without callback
-	running  map[string]*installRun        // MAC → its install, queued or running
-	subs     map[chan admin.MachineView]struct{}
-	wg       sync.WaitGroup // installs and pollers
-	bg       sync.WaitGroup // the sweeper, which runs until ctx ends
+	wg       sync.WaitGroup                // installs and pollers
+	bg       sync.WaitGroup                // the sweeper, which runs until ctx ends
 	baseCtx  context.Context
 	pollWait time.Duration
 
@@ -139,18 +137,17 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		log:      o.Log,
 		metrics:  o.Metrics,
 		engine:   o.Engine,
-		slots:    make(chan struct{}, max(cfg.Server.MaxInstalls, 1)),
+		feed:     newFeed(),
 		bindings: newBindingTable(),
 		limited:  &lograte.Limiter{Log: o.Log, Every: time.Minute},
 		firmware: map[string]string{},
 		unknown:  newUnknownMACs(),
 		polling:  map[string]context.CancelFunc{},
-		running:  map[string]*installRun{},
 		pending:  map[string]pendingState{},
-		subs:     map[chan admin.MachineView]struct{}{},
 		baseCtx:  ctx,
 		pollWait: o.PollDelay,
 	}
+	p.queue = newInstallQueue(ctx, cfg.Server.MaxInstalls, &p.wg)
 	n, err := p.store.MarkInterrupted(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("mark interrupted installs: %w", err)
@@ -357,9 +354,7 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 		p.metrics.boots.WithLabelValues("local").Inc()
 		return httpboot.BootPlan{Action: httpboot.ActionLocal, Hostname: m.Hostname}, nil
 	}
-	p.mu.Lock()
-	busy := p.running[mac] != nil
-	p.mu.Unlock()
+	busy := p.queue.busy(mac)
 	if !busy && rec.State == profiles.StateInstalling {
 		// No engine runs for it: a state write failed when its install
 		// ended. It must not stay unbootable until a restart.
