@@ -210,6 +210,10 @@ func (r *rack) Cancel(ctx context.Context, mac, by string) error {
 	return nil
 }
 
+func (r *rack) Assign(ctx context.Context, mac, profile, hostname, by string) error {
+	return fmt.Errorf("%w: the rack does not assign", ErrConflict)
+}
+
 func (r *rack) Forget(ctx context.Context, mac, by string) error {
 	if _, err := r.Machine(ctx, mac); err != nil {
 		return err

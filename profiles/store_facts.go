@@ -193,3 +193,11 @@ func (s *Store) Assignments(ctx context.Context) (map[string]Assignment, error) 
 	}
 	return out, rows.Err()
 }
+
+// CountAssignments is how many machines a rule or an operator gave a
+// profile.
+func (s *Store) CountAssignments(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM assignments`).Scan(&n)
+	return n, err
+}

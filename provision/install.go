@@ -266,7 +266,7 @@ func (p *Provisioner) pollSSH(ctx context.Context, b profiles.Boot, addr netip.A
 		p.mu.Unlock()
 	}()
 	port, user := 22, ""
-	if m := p.cfg.Load().MachineByMAC(mustMAC(b.MAC)); m != nil {
+	if m, _, _ := p.machineFor(ctx, p.cfg.Load(), b.MAC); m != nil {
 		if prof := p.cfg.Load().Profile(m.Profile); prof != nil {
 			if prof.SSH.Port != 0 {
 				port = prof.SSH.Port

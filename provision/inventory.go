@@ -40,9 +40,16 @@ func (p *Provisioner) Machines(ctx context.Context) ([]admin.MachineView, error)
 	if err != nil {
 		return nil, err
 	}
+	assigned, err := p.store.Assignments(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cfg := p.cfg.Load()
 	out := make([]admin.MachineView, 0, len(recs))
 	for _, r := range recs {
 		v := view(r)
+		a, has := assigned[r.MAC]
+		decidedBy(&v, cfg, a, has)
 		if e, ok := last[r.MAC]; ok {
 			v.LastEvent = eventView(e)
 		}
@@ -108,7 +115,11 @@ func (p *Provisioner) Machine(ctx context.Context, mac string) (admin.MachineVie
 	if err != nil {
 		return admin.MachineView{}, notFound(err)
 	}
-	return p.withLastEvent(ctx, view(r)), nil
+	v := p.withLastEvent(ctx, view(r))
+	a, err := p.store.GetAssignment(ctx, mac)
+	decidedBy(&v, p.cfg.Load(), a, err == nil)
+	v.Facts = p.factsView(ctx, mac)
+	return v, nil
 }
 
 // Events are a machine's state changes and notes after ID after.

@@ -69,7 +69,8 @@ type Provisioner struct {
 	feed  *feed         // machine changes for the operator's live views
 
 	bindings *bindingTable
-	unknown  *unknownMACs // unknown MACs ignored, for the log
+	unknown  *unknownMACs  // unknown MACs ignored, for the log
+	contexts *dhcpContexts // DHCP context of unlisted machines DHCP let boot, for the rules
 
 	mu       sync.Mutex
 	limited  *lograte.Limiter              // logLimited
@@ -142,6 +143,7 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		limited:  &lograte.Limiter{Log: o.Log, Every: time.Minute},
 		firmware: map[string]string{},
 		unknown:  newUnknownMACs(),
+		contexts: newDHCPContexts(),
 		polling:  map[string]context.CancelFunc{},
 		pending:  map[string]pendingState{},
 		baseCtx:  ctx,
@@ -155,7 +157,7 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 	if n > 0 {
 		p.log.Warn("installs cut off by the previous server run are marked failed", "count", n)
 	}
-	if err := p.Reload(ctx, cfg); err != nil {
+	if err := p.reload(ctx, cfg, false); err != nil {
 		return nil, err
 	}
 	if err := p.loadBindings(ctx); err != nil {
@@ -249,14 +251,22 @@ func (p *Provisioner) resumePolls(ctx context.Context) error {
 }
 
 // Reload switches to cfg and registers its machines. Machines that left
-// the config keep their records; forget removes them.
+// the config keep their records; forget removes them. The rules run
+// again for the machines that are not installed yet (reevaluate).
 func (p *Provisioner) Reload(ctx context.Context, cfg *profiles.Config) error {
+	return p.reload(ctx, cfg, true)
+}
+
+func (p *Provisioner) reload(ctx context.Context, cfg *profiles.Config, start bool) error {
 	for _, m := range cfg.Machines {
 		if _, err := p.store.UpsertMachine(ctx, m.MAC.String(), m.Hostname, m.Profile); err != nil {
 			return fmt.Errorf("register machine %s: %w", m.MAC, err)
 		}
 	}
 	p.cfg.Store(cfg)
+	if err := p.reevaluate(ctx, cfg, start); err != nil {
+		return fmt.Errorf("running the rules again: %w", err)
+	}
 	return nil
 }
 
@@ -283,7 +293,8 @@ func (p *Provisioner) Decide(ctx context.Context, m dhcp.Machine) dhcp.Decision 
 		p.noteFirmware(ctx, mac, m.Firmware.Arch.String())
 		return dhcp.Boot
 	}
-	if cfg.Server.UnknownMachines == profiles.UnknownIgnore {
+	decision, label := p.decideUnlisted(cfg, m)
+	if decision == dhcp.Ignore {
 		if logNow, others := p.unknown.seen(mac, cfg.Server.MaxUnknownMACs); logNow {
 			args := []any{"mac", mac, "firmware", m.Firmware, "interface", m.Interface}
 			if others > 0 {
@@ -291,11 +302,9 @@ func (p *Provisioner) Decide(ctx context.Context, m dhcp.Machine) dhcp.Decision 
 			}
 			p.log.Info("ignoring unknown machine (server.unknown_machines: ignore)", args...)
 		}
-		p.metrics.dhcpDecisions.WithLabelValues("ignored").Inc()
-		return dhcp.Ignore
 	}
-	p.metrics.dhcpDecisions.WithLabelValues("unknown-" + string(cfg.Server.UnknownMachines)).Inc()
-	return dhcp.Boot
+	p.metrics.dhcpDecisions.WithLabelValues(label).Inc()
+	return decision
 }
 
 // noteFirmware records the firmware DHCP saw a configured machine boot
@@ -320,7 +329,15 @@ func (p *Provisioner) noteFirmware(ctx context.Context, mac, fw string) {
 func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboot.BootPlan, error) {
 	cfg := p.cfg.Load()
 	mac := r.MAC.String()
-	m := cfg.MachineByMAC(r.MAC)
+	m, _, err := p.machineFor(ctx, cfg, mac)
+	if err != nil {
+		return httpboot.BootPlan{}, err
+	}
+	if m == nil {
+		if m, err = p.byRule(ctx, cfg, mac, r); err != nil {
+			return httpboot.BootPlan{}, err
+		}
+	}
 	if m == nil {
 		switch cfg.Server.UnknownMachines {
 		case profiles.UnknownDiscover:
@@ -387,8 +404,9 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 	}, nil
 }
 
-// discover boots an unknown machine into the installer so that an
-// operator can look at it and assign a profile; it is never installed.
+// discover boots an unknown machine into the discover image: once it
+// is up, its facts are read and the rules run again (discovered); an
+// operator may assign it a profile too.
 func (p *Provisioner) discover(ctx context.Context, cfg *profiles.Config, mac string, r httpboot.BootRequest) (httpboot.BootPlan, error) {
 	if err := p.checkSource(ctx, mac, r.RemoteAddr, cfg.TrustOf(nil), "boot script"); err != nil {
 		return httpboot.BootPlan{}, err
@@ -411,6 +429,9 @@ func (p *Provisioner) discover(ctx context.Context, cfg *profiles.Config, mac st
 	if err := p.checkOwner(ctx, mac, r.RemoteAddr); err != nil {
 		return httpboot.BootPlan{}, err
 	}
+	seen, _ := p.contexts.get(mac)
+	seen.Addr = addrString(r.RemoteAddr)
+	p.saveDHCP(ctx, mac, seen)
 	token, err := p.newBoot(ctx, mac, r, "discover")
 	if err != nil {
 		return httpboot.BootPlan{}, p.unavailable(mac, "recording a boot", err)
@@ -677,7 +698,7 @@ func (p *Provisioner) Callback(ctx context.Context, token string, remote, claime
 	if claimed.IsValid() && claimed != remote.Unmap() {
 		return refuse("address", fmt.Sprintf("callback of boot %s from %s names address %s: refused (the engine connects only to where the callback comes from)", httpboot.ShortToken(token), addrString(remote), claimed))
 	}
-	trust := p.trustOfMachine(b.MAC)
+	trust := p.trustOfMachine(ctx, b.MAC)
 	if err := p.checkSource(ctx, b.MAC, remote, trust, "callback"); err != nil {
 		p.metrics.callbacks.WithLabelValues("rejected").Inc()
 		return err
@@ -696,9 +717,9 @@ func (p *Provisioner) Callback(ctx context.Context, token string, remote, claime
 }
 
 // trustOfMachine is the trust in force for mac's profile.
-func (p *Provisioner) trustOfMachine(mac string) profiles.Trust {
+func (p *Provisioner) trustOfMachine(ctx context.Context, mac string) profiles.Trust {
 	cfg := p.cfg.Load()
-	if m := cfg.MachineByMAC(mustMAC(mac)); m != nil {
+	if m, _, err := p.machineFor(ctx, cfg, mac); err == nil && m != nil {
 		return cfg.TrustOf(cfg.Profile(m.Profile))
 	}
 	return cfg.TrustOf(nil)
@@ -743,10 +764,13 @@ func (p *Provisioner) claim(ctx context.Context, b profiles.Boot, addr netip.Add
 	if err != nil {
 		return err
 	}
-	cfg := p.cfg.Load()
-	m := cfg.MachineByMAC(mustMAC(b.MAC))
+	m, _, err := p.machineFor(ctx, p.cfg.Load(), b.MAC)
+	if err != nil {
+		return err
+	}
 	if m == nil || rec.Profile == "" {
-		p.event(ctx, b.MAC, "", "discovered: the installer stays up; assign a profile in the config to install")
+		p.event(ctx, b.MAC, "", "discovered: the installer is up; reading its facts")
+		p.discovered(b, ip)
 		return nil
 	}
 	p.startInstall(b, m, ip)

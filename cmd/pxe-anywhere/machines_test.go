@@ -147,6 +147,22 @@ func (f *fakeInventory) Cancel(ctx context.Context, mac, by string) error {
 	return nil
 }
 
+func (f *fakeInventory) Assign(ctx context.Context, mac, profile, hostname, by string) error {
+	if by != "operator (API)" {
+		return fmt.Errorf("assign by %q: the API must name itself", by)
+	}
+	if profile != "web" {
+		return fmt.Errorf("%w: no profile %q in the config", admin.ErrInvalid, profile)
+	}
+	if _, err := machineByMAC(mac); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.done = append(f.done, "assign "+mac+" "+profile+" "+hostname)
+	return nil
+}
+
 func (f *fakeInventory) Forget(ctx context.Context, mac, by string) error {
 	if by != "operator (API)" {
 		return fmt.Errorf("forget by %q: the API must name itself", by)
