@@ -289,7 +289,7 @@ func (p *Provisioner) collectFacts(ctx context.Context, b profiles.Boot, ip stri
 		return fmt.Errorf("host key of boot: %w", err)
 	}
 	hw, err := installer.CollectHardware(ctx, installer.HardwareOptions{
-		Target:         installer.Target{Host: ip},
+		Target:         installer.Target{Host: ip, Port: p.discPort},
 		Signers:        []ssh.Signer{p.signer},
 		HostKey:        hostKey,
 		MaxFacterBytes: profiles.MaxFacterBytes,

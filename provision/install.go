@@ -265,7 +265,7 @@ func (p *Provisioner) pollSSH(ctx context.Context, b profiles.Boot, addr netip.A
 		delete(p.polling, b.Token)
 		p.mu.Unlock()
 	}()
-	port, user := 22, ""
+	port, user := p.discPort, ""
 	if m, _, _ := p.machineFor(ctx, p.cfg.Load(), b.MAC); m != nil {
 		if prof := p.cfg.Load().Profile(m.Profile); prof != nil {
 			if prof.SSH.Port != 0 {

@@ -80,6 +80,7 @@ type Provisioner struct {
 	bg       sync.WaitGroup                // the sweeper, which runs until ctx ends
 	baseCtx  context.Context
 	pollWait time.Duration
+	discPort int // Options.DiscoverSSHPort
 
 	// State writes: writeErr says why the last one failed ("" when it
 	// worked), writeMAC on which machine; pending holds final states
@@ -110,6 +111,9 @@ type Options struct {
 	Log     *slog.Logger
 	Metrics *Metrics // may be nil
 	Engine  Engine   // nil: installer.Run
+	// DiscoverSSHPort is where the discover image's sshd listens, for
+	// reading facts; zero means 22.
+	DiscoverSSHPort int
 	// PollDelay is how long to wait for a callback after a machine
 	// fetched its extra initrd before polling its SSH port; images
 	// without a callback rely on it. Zero means 20 s.
@@ -126,6 +130,9 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 	}
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics(nil)
+	}
+	if o.DiscoverSSHPort == 0 {
+		o.DiscoverSSHPort = 22
 	}
 	if o.PollDelay == 0 {
 		o.PollDelay = 20 * time.Second
@@ -148,6 +155,7 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		pending:  map[string]pendingState{},
 		baseCtx:  ctx,
 		pollWait: o.PollDelay,
+		discPort: o.DiscoverSSHPort,
 	}
 	p.queue = newInstallQueue(ctx, cfg.Server.MaxInstalls, &p.wg)
 	n, err := p.store.MarkInterrupted(ctx)

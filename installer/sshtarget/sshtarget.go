@@ -165,6 +165,9 @@ func FreePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// NetNSPort is the port sshd listens on in a test network namespace.
+const NetNSPort = 2222
+
 // Start runs sshd and waits until it answers. It stops on t.Cleanup.
 func Start(t testing.TB, o Options) *Target {
 	t.Helper()
@@ -265,7 +268,7 @@ chown -R %[3]s:%[3]s /home/%[2]s
 	port, host := 0, "127.0.0.1"
 	if o.NetNS != "" {
 		// A namespace of its own: nothing else listens there.
-		port, host = 2222, o.ListenAddr
+		port, host = NetNSPort, o.ListenAddr
 	} else {
 		port = FreePort(t)
 	}
