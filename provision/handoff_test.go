@@ -185,7 +185,7 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 	}
 	var hl, al net.Listener
 	if err := netlab.Do(h.lab.Server, func() (err error) {
-		if hl, err = net.Listen("tcp", "10.82.0.1:0"); err != nil {
+		if hl, err = net.Listen("tcp", h.lab.Addr.String()+":0"); err != nil {
 			return err
 		}
 		al, err = net.Listen("tcp", "127.0.0.1:0")
