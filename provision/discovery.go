@@ -379,7 +379,9 @@ func (p *Provisioner) startUp(ctx context.Context, cfg *profiles.Config, mac str
 		return
 	}
 	p.event(ctx, mac, "", fmt.Sprintf("its installer is up at %s: installing with profile %s in this boot", ip, m.Profile))
-	p.startInstall(*b, m, ip)
+	// Only a discovered machine waits in installer-up: its installer is
+	// the discover image, whose sshd is where facts were read.
+	p.startInstallPort(*b, m, ip, p.discPort)
 }
 
 // Assign gives a machine that the config does not list a profile (and

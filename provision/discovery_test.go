@@ -31,7 +31,10 @@ func newDiscoveryHandoff(t *testing.T, serial string) *handoff {
 	if h == nil {
 		return nil
 	}
-	cfg, err := profiles.Parse(h.dir+"/config.yaml", []byte(h.cfgText(sshtarget.NetNSPort)))
+	// The profile's installer would listen on 22, where nothing does:
+	// a machine installed in its discovery boot is reached where the
+	// discover image's sshd is.
+	cfg, err := profiles.Parse(h.dir+"/config.yaml", []byte(h.cfgText(22)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,8 +25,15 @@ func (c *cancelled) Error() string { return "cancelled by " + c.by }
 // startInstall queues the install of a machine whose installer is up.
 // The install runs under the server's context, not the callback's.
 func (p *Provisioner) startInstall(b profiles.Boot, m *profiles.Machine, ip string) {
+	p.startInstallPort(b, m, ip, 0)
+}
+
+// startInstallPort is startInstall on an installer whose sshd listens
+// on port, not where the profile says (0: the profile's): the discover
+// image, when a discovered machine installs in the boot that found it.
+func (p *Provisioner) startInstallPort(b profiles.Boot, m *profiles.Machine, ip string, port int) {
 	p.queue.start(b.MAC,
-		func(ctx context.Context) { p.install(ctx, b, m, ip) },
+		func(ctx context.Context) { p.install(ctx, b, m, ip, port) },
 		func(ctx context.Context) { p.stopped(ctx, b.MAC, "queued") })
 }
 
@@ -71,7 +78,7 @@ func (p *Provisioner) interrupted(mac, phase string) {
 		fmt.Sprintf("install interrupted during %s: server stopped", phase))
 }
 
-func (p *Provisioner) install(ctx context.Context, b profiles.Boot, m *profiles.Machine, ip string) {
+func (p *Provisioner) install(ctx context.Context, b profiles.Boot, m *profiles.Machine, ip string, port int) {
 	cfg := p.cfg.Load()
 	prof := cfg.Profile(m.Profile)
 	fail := func(phase string, err error) {
@@ -84,6 +91,9 @@ func (p *Provisioner) install(ctx context.Context, b profiles.Boot, m *profiles.
 		return
 	}
 	opts, err := p.engineOptions(b, prof, ip)
+	if port != 0 {
+		opts.Target.Port = port
+	}
 	if err != nil {
 		fail("", err)
 		return
