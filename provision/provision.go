@@ -5,6 +5,10 @@
 // the install engine to the end, recording every step in the state store.
 // It binds every boot to the addresses DHCP saw the machine take, and
 // answers a boot's secrets only to them (docs/security.md).
+// Machines the config does not list are decided by rules (rules
+// package) on their DHCP context or, after discovery, on the hardware
+// facts it reads over SSH, or by an operator's assignment
+// (discovery.go).
 //
 // It owns no sockets. dhcp asks it through dhcp.Decider and tells it of
 // addresses through dhcp.Binder, httpboot asks through httpboot.Booter,
