@@ -14,6 +14,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -33,6 +34,7 @@ import (
 var (
 	ErrNotFound = errors.New("not found") // 404
 	ErrConflict = errors.New("conflict")  // 409
+	ErrInvalid  = errors.New("invalid")   // 400
 )
 
 // MachineView is a machine as the API shows it.
@@ -54,6 +56,28 @@ type MachineView struct {
 	UpdatedAt time.Time `json:"updated_at"`
 	// LastEvent is the machine's latest event, if any.
 	LastEvent *EventView `json:"last_event,omitempty"`
+	// DecidedBy says what gave the machine its profile: "config" (its
+	// entry under machines:), "rule" or "operator" (machines assign);
+	// "" when nothing did. DecidedWhy says how (which rule matched on
+	// which values, or who assigned it).
+	DecidedBy  string `json:"decided_by,omitempty"`
+	DecidedWhy string `json:"decided_why,omitempty"`
+	// Facts are what discovery read on the machine; only the view of one
+	// machine carries them.
+	Facts *FactsView `json:"facts,omitempty"`
+}
+
+// FactsView is what discovery learned of a machine: its hardware as
+// read over SSH, and the DHCP context of its latest boot (interface,
+// relay, option 82 circuit-id and remote-id, vendor class).
+type FactsView struct {
+	Hardware    json.RawMessage `json:"hardware,omitempty"`
+	DHCP        json.RawMessage `json:"dhcp,omitempty"`
+	Addr        string          `json:"addr,omitempty"` // where the installer answered
+	CollectedAt *time.Time      `json:"collected_at,omitempty"`
+	// Facter: a nixos-facter report is kept too (it is large; the store
+	// holds it).
+	Facter bool `json:"facter,omitempty"`
 }
 
 // BootView is a machine's latest boot as the operator may see it: never
@@ -105,6 +129,11 @@ type Inventory interface {
 	// machine becomes failed. ErrConflict when none runs.
 	Cancel(ctx context.Context, mac, by string) error
 	Forget(ctx context.Context, mac, by string) error
+	// Assign gives a machine that the config does not list a profile
+	// and a hostname ("": none); if its installer is up, the install
+	// starts at once. ErrInvalid for an unknown profile or a bad
+	// hostname, ErrConflict for a machine in the config or installing.
+	Assign(ctx context.Context, mac, profile, hostname, by string) error
 	Subscribe(ctx context.Context) <-chan MachineView
 }
 
@@ -179,6 +208,7 @@ func New(cfg Config, inv Inventory) *Server {
 		r.Get("/machines/{mac}/log", s.machineLog)
 		r.Post("/machines/{mac}/reinstall", s.reinstall)
 		r.Post("/machines/{mac}/cancel", s.cancel)
+		r.Post("/machines/{mac}/assign", s.assign)
 		r.Delete("/machines/{mac}", s.forget)
 		r.Post("/config/reload", s.reload)
 	})

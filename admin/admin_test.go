@@ -128,6 +128,16 @@ func (f *fakeInventory) Forget(ctx context.Context, mac, by string) error {
 	return f.record("forget", mac, by)
 }
 
+func (f *fakeInventory) Assign(ctx context.Context, mac, profile, hostname, by string) error {
+	if profile != "web" {
+		return fmt.Errorf("%w: no profile %q in the config", ErrInvalid, profile)
+	}
+	if _, err := f.Machine(ctx, mac); err != nil {
+		return err
+	}
+	return f.record("assign "+profile+" "+hostname, mac, by)
+}
+
 // bootToken is the fake's boot token: no page may ever show it.
 const bootToken = "b00770ce2b00770ce2b00770ce2b00770ce2"
 

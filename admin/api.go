@@ -2,7 +2,9 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -23,6 +25,8 @@ func (s *Server) inventoryError(w http.ResponseWriter, err error) {
 		httpserve.WriteError(w, http.StatusNotFound, err)
 	case errors.Is(err, ErrConflict):
 		httpserve.WriteError(w, http.StatusConflict, err)
+	case errors.Is(err, ErrInvalid):
+		httpserve.WriteError(w, http.StatusBadRequest, err)
 	default:
 		s.cfg.Log.Error("API request failed", "err", err)
 		httpserve.WriteError(w, http.StatusInternalServerError, errors.New("internal error"))
@@ -141,6 +145,35 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpserve.WriteJSON(w, http.StatusOK, map[string]string{"status": "install cancelled: the machine is failed (cancelled by operator)"})
+}
+
+// assignRequest is the body of POST /api/v1/machines/{mac}/assign.
+type assignRequest struct {
+	Profile  string `json:"profile"`
+	Hostname string `json:"hostname"`
+}
+
+func (s *Server) assign(w http.ResponseWriter, r *http.Request) {
+	mac, ok := macParam(w, r)
+	if !ok {
+		return
+	}
+	var req assignRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		httpserve.WriteError(w, http.StatusBadRequest, fmt.Errorf("body: want {\"profile\": \"NAME\", \"hostname\": \"HOST\"}: %w", err))
+		return
+	}
+	if req.Profile == "" {
+		httpserve.WriteError(w, http.StatusBadRequest, errors.New("body: profile is required"))
+		return
+	}
+	if err := s.inv.Assign(r.Context(), mac, req.Profile, req.Hostname, byAPI); err != nil {
+		s.inventoryError(w, err)
+		return
+	}
+	httpserve.WriteJSON(w, http.StatusOK, map[string]string{"status": "assigned: the install starts at once if the machine's installer is up, else at its next PXE boot"})
 }
 
 func (s *Server) forget(w http.ResponseWriter, r *http.Request) {

@@ -1,10 +1,12 @@
 package admin
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"html/template"
@@ -44,11 +46,12 @@ header{display:flex;justify-content:space-between;align-items:baseline}
 `
 
 var pageFuncs = template.FuncMap{
-	"firmware": firmwareLabel,
-	"group":    stateGroup,
-	"summary":  errorSummary,
-	"dur":      shortDuration,
-	"pct":      func(f float64) int { return int(f*100 + 0.5) },
+	"indentJSON": indentJSON,
+	"firmware":   firmwareLabel,
+	"group":      stateGroup,
+	"summary":    errorSummary,
+	"dur":        shortDuration,
+	"pct":        func(f float64) int { return int(f*100 + 0.5) },
 	"when": func(t time.Time) string {
 		if t.IsZero() {
 			return ""
@@ -103,6 +106,7 @@ var pageTmpl = template.Must(template.New("pages").Funcs(pageFuncs).Parse(`
 <tr><th scope="row">State</th><td class="{{.State}}" id="state-cell">{{.State}}{{if .Held}} (held: a boot's secrets were asked for twice; reinstall to release){{end}}{{if .Reinstall}} (reinstall requested){{end}}</td></tr>
 <tr><th scope="row">Progress</th><td>{{template "progress" $.Row}}</td></tr>
 <tr><th scope="row">Profile</th><td>{{.Profile}}</td></tr>
+{{if .DecidedBy}}<tr><th scope="row">Decided by</th><td id="decided">{{.DecidedBy}}{{with .DecidedWhy}}: {{.}}{{end}}</td></tr>{{end}}
 <tr><th scope="row">Address</th><td>{{.IP}}</td></tr>
 <tr><th scope="row">Firmware</th><td>{{firmware .Firmware}}</td></tr>
 <tr><th scope="row">Updated</th><td>{{when .UpdatedAt}}</td></tr>
@@ -112,8 +116,11 @@ var pageTmpl = template.Must(template.New("pages").Funcs(pageFuncs).Parse(`
 <h3>Actions</h3>
 <div class="actions">{{if .LoggedIn}}{{range .Actions}}<form method="get" action="/machines/{{$.Row.M.MAC}}/{{.}}"><button type="submit">{{.}}…</button></form>{{end}}
 {{else}}<p><a href="/login?next={{.Path}}">Log in</a> to reinstall, cancel or forget this machine.</p>{{end}}</div>
-<!-- Discovery facts and "assign" come with discovery: this is their place. -->
-<h3>Facts</h3><p class="muted">No facts: hardware discovery is not built yet; once it is, its facts and the assign action appear here.</p>
+<h3>Facts</h3>
+<div id="facts">{{with .Row.M.Facts}}{{with .CollectedAt}}<p class="muted">Read over SSH {{when .}}{{end}}{{with $.Row.M.Facts.Addr}} from {{.}}{{end}}{{if .Facter}} · nixos-facter report kept{{end}}</p>
+{{with .Hardware}}<pre id="hardware">{{indentJSON .}}</pre>{{end}}
+{{with .DHCP}}<p>DHCP context of its latest boot:</p><pre id="dhcp">{{indentJSON .}}</pre>{{end}}
+{{else}}<p class="muted">No facts: the machine was not discovered (server.unknown_machines: discover reads them when an unlisted machine boots).</p>{{end}}</div>
 <h3>Current boot</h3>
 <div id="boot">{{with .Boot}}<table><tbody>
 <tr><th scope="row">Token</th><td><code>{{.TokenFingerprint}}</code> <span class="muted">(sha256 prefix; the token itself is never shown)</span></td></tr>
@@ -134,6 +141,7 @@ var pageTmpl = template.Must(template.New("pages").Funcs(pageFuncs).Parse(`
 <p>{{.What}}</p>
 <form method="post" action="/machines/{{.M.MAC}}/{{.Action}}">
 <input type="hidden" name="csrf" value="{{.CSRF}}">
+{{if eq .Action "assign"}}<p><label>Profile <input name="profile" required></label> <label>Hostname <input name="hostname" placeholder="(none)"></label></p>{{end}}
 <button type="submit" id="confirm">Yes, {{.Action}}</button> <a href="/machines/{{.M.MAC}}">No, back</a>
 </form></body></html>{{end}}
 
@@ -213,12 +221,13 @@ var pageTmpl = template.Must(template.New("pages").Funcs(pageFuncs).Parse(`
 
 // pageActions are the actions the page offers, as the CLI has them;
 // "assign" joins them with discovery.
-var pageActions = []string{"reinstall", "cancel", "forget"}
+var pageActions = []string{"reinstall", "cancel", "forget", "assign"}
 
 var actionWhat = map[string]string{
 	"reinstall": "The machine's next PXE boot installs it again, wiping its disks as its profile says. An unused boot handed out before is voided.",
 	"cancel":    "The running or queued install stops now; the machine becomes failed and its slot goes to the next machine.",
 	"forget":    "The machine and its whole history are removed. A machine still in the config cannot be forgotten.",
+	"assign":    "The machine gets this profile (and hostname). If its installer is up, the install starts at once, wiping its disks as the profile says; else at its next PXE boot. Machines listed in the config cannot be assigned here.",
 }
 
 type row struct {
@@ -400,6 +409,7 @@ func (s *Server) pageLog(w http.ResponseWriter, r *http.Request) {
 var doneMessages = map[string]string{
 	"reinstall": "Reinstall requested: the next PXE boot installs again.",
 	"cancel":    "Install cancelled: the machine is failed (cancelled by operator).",
+	"assign":    "Assigned: the install starts at once if the machine's installer is up, else at its next PXE boot.",
 }
 
 // csrfToken is the value an action form must carry: tied to the
@@ -480,6 +490,12 @@ func (s *Server) doAction(w http.ResponseWriter, r *http.Request) {
 		err = s.inv.Cancel(r.Context(), mac, by)
 	case "forget":
 		err = s.inv.Forget(r.Context(), mac, by)
+	case "assign":
+		if r.PostFormValue("profile") == "" {
+			err = fmt.Errorf("%w: a profile is required", ErrInvalid)
+			break
+		}
+		err = s.inv.Assign(r.Context(), mac, r.PostFormValue("profile"), r.PostFormValue("hostname"), by)
 	}
 	if err != nil {
 		code := http.StatusInternalServerError
@@ -488,6 +504,8 @@ func (s *Server) doAction(w http.ResponseWriter, r *http.Request) {
 			code = http.StatusNotFound
 		case errors.Is(err, ErrConflict):
 			code = http.StatusConflict
+		case errors.Is(err, ErrInvalid):
+			code = http.StatusBadRequest
 		default:
 			s.cfg.Log.Error("page action failed", "action", action, "mac", mac, "err", err)
 			err = errors.New("internal error; see the server's log")
@@ -508,4 +526,14 @@ func remoteHost(r *http.Request) string {
 		return h
 	}
 	return r.RemoteAddr
+}
+
+// indentJSON lays out a machine's facts for reading; the template
+// escapes what they say (the machine wrote it).
+func indentJSON(raw json.RawMessage) string {
+	var b bytes.Buffer
+	if err := json.Indent(&b, raw, "", "  "); err != nil {
+		return string(raw)
+	}
+	return b.String()
 }

@@ -3,6 +3,7 @@ package admin
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"html"
 	"io"
@@ -207,6 +208,24 @@ func (r *rack) Cancel(ctx context.Context, mac, by string) error {
 	m.State, m.Error = "failed", "cancelled by operator"
 	r.machines[mac] = m
 	r.note(mac, "install cancelled by "+by+" during "+m.Phase+"; the slot is free")
+	return nil
+}
+
+func (r *rack) Assign(ctx context.Context, mac, profile, hostname, by string) error {
+	m, err := r.Machine(ctx, mac)
+	if err != nil {
+		return err
+	}
+	if profile != "web" && profile != "db" {
+		return fmt.Errorf("%w: no profile %q in the config", ErrInvalid, profile)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.act("assign "+profile+" "+hostname, mac, by); err != nil {
+		return err
+	}
+	m.Profile, m.Hostname, m.DecidedBy, m.DecidedWhy = profile, hostname, "operator", "by "+by
+	r.machines[mac] = m
 	return nil
 }
 
@@ -653,5 +672,51 @@ func TestFirmwareLabel(t *testing.T) {
 		if got := firmwareLabel(in); got != want {
 			t.Errorf("firmwareLabel(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestMachinePageFactsAndAssign: a discovered machine's page shows its
+// facts (escaped: the machine wrote them) and who decided its profile;
+// the assign action posts a profile and a hostname, and an unknown
+// profile is the operator's error (400), with nothing assigned.
+func TestMachinePageFactsAndAssign(t *testing.T) {
+	const mac = "52:54:00:77:22:01"
+	r := fillRack(time.Now())
+	at := time.Now().Add(-time.Minute)
+	r.add(MachineView{MAC: mac, State: "installer-up", UpdatedAt: at, Facts: &FactsView{
+		Hardware: json.RawMessage(`{"vendor":"<script>alert(1)</script>","product":"Rack 9000","serial":"SN-77"}`),
+		DHCP:     json.RawMessage(`{"circuit_id":"Eth1/0/7","relay":"10.9.0.1"}`), Addr: "10.20.0.99", CollectedAt: &at}}, "facts collected")
+	h := newHarness(t)
+	h.srv.Config.Handler = New(Config{APIToken: testAPIToken, Log: slog.New(slog.NewTextHandler(h.logs, nil))}, r)
+	if resp, _ := h.login(t, testAPIToken); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("login: %d", resp.StatusCode)
+	}
+	_, page := h.get(t, "/machines/"+mac)
+	for _, want := range []string{`&#34;product&#34;: &#34;Rack 9000&#34;`, `&#34;circuit_id&#34;: &#34;Eth1/0/7&#34;`, "from 10.20.0.99", `action="/machines/` + mac + `/assign"`} {
+		if !strings.Contains(string(page), want) {
+			t.Fatalf("machine page lacks %s:\n%s", want, page)
+		}
+	}
+	if strings.Contains(string(page), "<script>alert") {
+		t.Fatal("a fact reached the page unescaped")
+	}
+	_, confirm := h.get(t, "/machines/"+mac+"/assign")
+	m := regexp.MustCompile(`name="csrf" value="([0-9a-f]{64})"`).FindSubmatch(confirm)
+	if m == nil || !strings.Contains(string(confirm), `name="profile"`) {
+		t.Fatalf("assign page:\n%s", confirm)
+	}
+	form := []string{"Content-Type", "application/x-www-form-urlencoded"}
+	if resp, body := h.do(t, http.MethodPost, "/machines/"+mac+"/assign", "csrf="+string(m[1])+"&profile=nope", form...); resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), `no profile "nope"`) {
+		t.Fatalf("assign of an unknown profile: %d %s", resp.StatusCode, body)
+	}
+	resp, _ := h.do(t, http.MethodPost, "/machines/"+mac+"/assign", "csrf="+string(m[1])+"&profile=web&hostname=web-77", form...)
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/machines/"+mac+"?done=assign" {
+		t.Fatalf("assign: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if want := "assign web web-77 " + mac + " by operator (web, 127.0.0.1)"; !slices.Equal(r.actions, []string{want}) {
+		t.Fatalf("inventory heard %v, want %q", r.actions, want)
+	}
+	if _, page := h.get(t, "/machines/"+mac); !strings.Contains(string(page), "Decided by</th><td id=\"decided\">operator: by operator (web, 127.0.0.1)") {
+		t.Fatalf("page does not say who decided:\n%s", page)
 	}
 }

@@ -42,11 +42,21 @@ func (m Mode) String() string {
 	return "proxy"
 }
 
-// Machine is a network-booting client as DHCP sees it.
+// Machine is a network-booting client as DHCP sees it, with where its
+// request came from: the Decider may place a machine by its switch port.
 type Machine struct {
 	MAC       net.HardwareAddr
 	Firmware  Firmware
 	Interface string
+	// Relay is the giaddr of a relayed request; zero when direct.
+	Relay netip.Addr
+	// CircuitID and RemoteID are option 82's sub-options 1 and 2 of a
+	// relayed request (RFC 3046), as text, or "0x" and hex when they are
+	// not printable; "" when absent. A direct request's option 82 is
+	// not read: only a relay may speak for a port.
+	CircuitID, RemoteID string
+	// VendorClass is option 60.
+	VendorClass string
 }
 
 // Decision is the Decider's answer.

@@ -26,7 +26,15 @@ func (s *Server) Handle(ctx context.Context, req *dhcpv4.DHCPv4, iface string, p
 		return nil, nil
 	}
 	fw, pxe := detect(req)
-	m := Machine{MAC: req.ClientHWAddr, Firmware: fw, Interface: iface}
+	m := machineOf(req, fw, iface)
+	return s.handle(ctx, req, m, pxe, port)
+}
+
+// handle is Handle for a request from machine m.
+func (s *Server) handle(ctx context.Context, req *dhcpv4.DHCPv4, m Machine, pxe bool, port int) (*dhcpv4.DHCPv4, error) {
+	mt := req.MessageType()
+	count := func(result string) { s.packets.WithLabelValues(strings.ToLower(mt.String()), result).Inc() }
+	fw, iface := m.Firmware, m.Interface
 	if s.cfg.Mode == Proxy {
 		s.observeProxy(ctx, req, iface)
 	}

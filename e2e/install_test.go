@@ -66,6 +66,9 @@ type profileSpec struct {
 	system string // store path of the system toplevel
 	mac    string
 	proxy  bool // proxy DHCP beside another server, not authoritative
+	// unknown is the server's unknown_machines line ("": ignore) and
+	// machines the config's last sections ("": mac under machines:).
+	unknown, machines string
 }
 
 // startServer writes a config for one machine and starts the server.
@@ -85,7 +88,7 @@ func startServer(t *testing.T, lab *netlab.Lab, p profileSpec) *server {
   advertise: %[1]s
   tftp_listen: ":69"
   state_dir: %[2]s
-  unknown_machines: ignore
+%[11]s
 %[10]s
 images:
   test:
@@ -100,11 +103,7 @@ profiles:
     extra_files: %[8]s
     chown: {/home/alice: "1000:100"}
     after_install: reboot
-machines:
-  - mac: "%[9]s"
-    profile: e2e
-    hostname: e2e-01
-`, serverIP, state, kernel, initrd, p.disko, p.system, diskKey, extra, p.mac, dhcpConfig(p.proxy))
+%[12]s`, serverIP, state, kernel, initrd, p.disko, p.system, diskKey, extra, p.mac, dhcpConfig(p.proxy), p.unknownLine(), p.machinesSection())
 	cfgPath := filepath.Join(dir, "config.yaml")
 	writeFile(t, cfgPath, cfg, 0o600)
 
@@ -176,6 +175,20 @@ machines:
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+func (p profileSpec) unknownLine() string {
+	if p.unknown != "" {
+		return p.unknown
+	}
+	return "  unknown_machines: ignore"
+}
+
+func (p profileSpec) machinesSection() string {
+	if p.machines != "" {
+		return p.machines
+	}
+	return "machines:\n  - mac: \"" + p.mac + "\"\n    profile: e2e\n    hostname: e2e-01\n"
 }
 
 func dhcpConfig(proxy bool) string {

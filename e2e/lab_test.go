@@ -166,6 +166,13 @@ func startKernelVM(t *testing.T, lab *netlab.Lab, mac string, kb kernelBoot) *vm
 
 func launchVM(t *testing.T, lab *netlab.Lab, fw firmware, mac string, kb *kernelBoot) *vm {
 	t.Helper()
+	return launchVMWith(t, lab, fw, mac, kb, nil)
+}
+
+// launchVMWith is launchVM with more qemu arguments (for example
+// -smbios type=1,... to set what the guest's /sys/class/dmi/id says).
+func launchVMWith(t *testing.T, lab *netlab.Lab, fw firmware, mac string, kb *kernelBoot, extra []string) *vm {
+	t.Helper()
 	dir := t.TempDir()
 	v := &vm{t: t, name: t.Name(), Serial: filepath.Join(dir, "serial.log"), Disk: filepath.Join(dir, "disk.qcow2"), done: make(chan struct{})}
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", v.Disk, "2G").CombinedOutput(); err != nil {
@@ -206,6 +213,7 @@ func launchVM(t *testing.T, lab *netlab.Lab, fw firmware, mac string, kb *kernel
 			"-drive", "if=pflash,format=raw,file="+vars,
 			"-device", "virtio-net-pci,netdev=n0,mac="+mac+",romfile=,bootindex=1")
 	}
+	args = append(args, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*bootBound)
 	v.cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", lab.Server.Name, "qemu-system-x86_64"}, args...)...)
 	var stderr bytes.Buffer

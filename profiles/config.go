@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/pxe-anywhere/pxe-anywhere/rules"
 )
 
 // Config is a loaded and validated configuration file.
@@ -28,6 +30,9 @@ type Config struct {
 	Images   map[string]*Image
 	Profiles map[string]*Profile
 	Machines []*Machine
+	// Rules decide a profile for machines that Machines does not list,
+	// first match wins (rules package).
+	Rules []*rules.Rule
 }
 
 // UnknownPolicy says what to do with a machine whose MAC is not listed.

@@ -253,7 +253,7 @@ func (d *decoder) config(root *yaml.Node) *Config {
 	if root == nil {
 		return c
 	}
-	f := d.fields(root, "", "server", "dhcp", "images", "profiles", "machines")
+	f := d.fields(root, "", "server", "dhcp", "images", "profiles", "machines", "rules")
 	d.server(&c.Server, f["server"])
 	d.dhcp(&c.DHCP, f["dhcp"])
 	for _, e := range d.named(f["images"], "images") {
@@ -265,6 +265,7 @@ func (d *decoder) config(root *yaml.Node) *Config {
 		d.profileOrder = append(d.profileOrder, e.key)
 	}
 	d.machines(c, f["machines"])
+	d.rules(c, f["rules"])
 	return c
 }
 

@@ -179,6 +179,7 @@ var migrations = []string{
 		expires_at INTEGER NOT NULL,
 		PRIMARY KEY (mac, addr)
 	);`,
+	factsSchema, // store_facts.go
 }
 
 // OpenStore opens (creating, mode 0600) the database at path and brings
@@ -854,7 +855,7 @@ func (s *Store) Forget(ctx context.Context, mac string) error {
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("machine %s: %w", mac, ErrNotFound)
 	}
-	for _, t := range []string{"boots", "events", "logs", "bindings"} {
+	for _, t := range []string{"boots", "events", "logs", "bindings", "facts", "assignments"} {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM `+t+` WHERE mac = ?`, mac); err != nil {
 			return err
 		}

@@ -34,7 +34,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown top-level field without close match",
 			in:   base + "zzzzzzzz: 1\n",
-			want: []string{`pxe.yaml:8: unknown field "zzzzzzzz" (known fields: server, dhcp, images, profiles, machines)`},
+			want: []string{`pxe.yaml:8: unknown field "zzzzzzzz" (known fields: server, dhcp, images, profiles, machines, rules)`},
 		},
 		{
 			name: "duplicate key",

@@ -173,11 +173,16 @@ func via(b dhcp.Binding) string {
 }
 
 // wantsBinding reports whether a MAC's bindings are worth keeping: the
-// machine is in the config, or unknown machines are booted to be
-// discovered. Other MACs are never answered with a boot.
+// machine is in the config, unknown machines are booted to be
+// discovered, or a rule let DHCP boot it (its context is kept, bounded,
+// since Decide). Other MACs are never answered with a boot.
 func (p *Provisioner) wantsBinding(b dhcp.Binding) bool {
 	cfg := p.cfg.Load()
-	return cfg.MachineByMAC(b.MAC) != nil || cfg.Server.UnknownMachines == profiles.UnknownDiscover
+	if cfg.MachineByMAC(b.MAC) != nil || cfg.Server.UnknownMachines == profiles.UnknownDiscover {
+		return true
+	}
+	_, ok := p.contexts.get(b.MAC.String())
+	return ok
 }
 
 // Bound implements dhcp.Binder: DHCP saw b.MAC take b.Addr.

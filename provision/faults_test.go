@@ -151,7 +151,7 @@ func TestStateWritesFail(t *testing.T) {
 	waitFor(t, "the install to end", func() bool {
 		f.p.mu.Lock()
 		defer f.p.mu.Unlock()
-		return f.p.running[macA] == nil
+		return !f.p.queue.busy(macA)
 	})
 	err := f.p.Health(ctx)
 	if err == nil || !strings.Contains(err.Error(), "state writes fail") || !strings.Contains(err.Error(), "full") ||

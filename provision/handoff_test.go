@@ -83,6 +83,14 @@ func newHandoff(t *testing.T) *handoff { return newHandoffMode(t, false) }
 // network's own DHCP server and pxe-anywhere in proxy mode beside it.
 func newHandoffMode(t *testing.T, proxy bool) *handoff {
 	t.Helper()
+	return newHandoffWith(t, proxy, "", fmt.Sprintf("machines:\n  - {mac: %q, profile: web, hostname: web-01}\n", macA))
+}
+
+// newHandoffWith is newHandoffMode with server lines added to the
+// server: section and tail as the end of the config (its machines: or
+// rules: sections).
+func newHandoffWith(t *testing.T, proxy bool, server, tail string) *handoff {
+	t.Helper()
 	netlab.Require(t, "udhcpc", "curl", "cpio", "nix-store", "/usr/sbin/sshd", "dnsmasq")
 	lab, clients := netlab.Inherited(t)
 	if lab == nil {
@@ -129,7 +137,7 @@ func newHandoffMode(t *testing.T, proxy bool) *handoff {
   interfaces: [br0]
   advertise: 10.82.0.1
   max_installs: 2
-%[6]s
+%[7]s%[6]s
 images:
   test:
     kernel: %[1]s/bzImage
@@ -144,9 +152,7 @@ profiles:
     chown: {/home/alice: "1000:100"}
     ssh: {port: %[4]d, options: {ConnectTimeout: "5"}}
     after_install: reboot
-machines:
-  - {mac: "%[5]s", profile: web, hostname: web-01}
-`, h.dir, disko, system, port, macA, dhcpSection)
+%[5]s`, h.dir, disko, system, port, tail, dhcpSection, server)
 	}
 	cfg, err := profiles.Parse(filepath.Join(h.dir, "config.yaml"), []byte(h.cfgText(22)))
 	if err != nil {
@@ -173,13 +179,13 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	p, err := New(ctx, cfg, Options{Store: store, Signer: signer, KeyFile: keyPath, Log: log, PollDelay: time.Hour})
+	p, err := New(ctx, cfg, Options{Store: store, Signer: signer, KeyFile: keyPath, Log: log, PollDelay: time.Hour, DiscoverSSHPort: sshtarget.NetNSPort})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var hl, al net.Listener
 	if err := netlab.Do(h.lab.Server, func() (err error) {
-		if hl, err = net.Listen("tcp", "10.82.0.1:0"); err != nil {
+		if hl, err = net.Listen("tcp", h.lab.Addr.String()+":0"); err != nil {
 			return err
 		}
 		al, err = net.Listen("tcp", "127.0.0.1:0")

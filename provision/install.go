@@ -17,14 +17,6 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 )
 
-// installRun is an install that has been started: queued for a slot
-// or running. cancel stops it; done is closed once it has ended, its
-// state is recorded and its slot is free.
-type installRun struct {
-	cancel context.CancelCauseFunc
-	done   chan struct{}
-}
-
 // cancelled is the cause of an install that an operator stopped.
 type cancelled struct{ by string }
 
@@ -33,30 +25,16 @@ func (c *cancelled) Error() string { return "cancelled by " + c.by }
 // startInstall queues the install of a machine whose installer is up.
 // The install runs under the server's context, not the callback's.
 func (p *Provisioner) startInstall(b profiles.Boot, m *profiles.Machine, ip string) {
-	ctx, cancel := context.WithCancelCause(p.baseCtx)
-	run := &installRun{cancel: cancel, done: make(chan struct{})}
-	p.mu.Lock()
-	p.running[b.MAC] = run
-	p.mu.Unlock()
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		defer close(run.done)
-		defer func() {
-			p.mu.Lock()
-			delete(p.running, b.MAC)
-			p.mu.Unlock()
-			cancel(nil)
-		}()
-		select {
-		case p.slots <- struct{}{}:
-		case <-ctx.Done():
-			p.stopped(ctx, b.MAC, "queued")
-			return
-		}
-		defer func() { <-p.slots }()
-		p.install(ctx, b, m, ip)
-	}()
+	p.startInstallPort(b, m, ip, 0)
+}
+
+// startInstallPort is startInstall on an installer whose sshd listens
+// on port, not where the profile says (0: the profile's): the discover
+// image, when a discovered machine installs in the boot that found it.
+func (p *Provisioner) startInstallPort(b profiles.Boot, m *profiles.Machine, ip string, port int) {
+	p.queue.start(b.MAC,
+		func(ctx context.Context) { p.install(ctx, b, m, ip, port) },
+		func(ctx context.Context) { p.stopped(ctx, b.MAC, "queued") })
 }
 
 // Cancel stops the install of mac, queued or running: the engine's
@@ -68,19 +46,11 @@ func (p *Provisioner) Cancel(ctx context.Context, mac, by string) error {
 	if _, err := p.store.Machine(ctx, mac); err != nil {
 		return notFound(err)
 	}
-	p.mu.Lock()
-	run := p.running[mac]
-	p.mu.Unlock()
-	if run == nil {
+	found, err := p.queue.cancel(ctx, mac, &cancelled{by: by})
+	if !found {
 		return fmt.Errorf("%w: machine %s has no install running or queued: nothing to cancel", admin.ErrConflict, mac)
 	}
-	run.cancel(&cancelled{by: by})
-	select {
-	case <-run.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return err
 }
 
 // stopped records why an install ended under its context: an operator
@@ -108,7 +78,7 @@ func (p *Provisioner) interrupted(mac, phase string) {
 		fmt.Sprintf("install interrupted during %s: server stopped", phase))
 }
 
-func (p *Provisioner) install(ctx context.Context, b profiles.Boot, m *profiles.Machine, ip string) {
+func (p *Provisioner) install(ctx context.Context, b profiles.Boot, m *profiles.Machine, ip string, port int) {
 	cfg := p.cfg.Load()
 	prof := cfg.Profile(m.Profile)
 	fail := func(phase string, err error) {
@@ -121,6 +91,9 @@ func (p *Provisioner) install(ctx context.Context, b profiles.Boot, m *profiles.
 		return
 	}
 	opts, err := p.engineOptions(b, prof, ip)
+	if port != 0 {
+		opts.Target.Port = port
+	}
 	if err != nil {
 		fail("", err)
 		return
@@ -302,8 +275,8 @@ func (p *Provisioner) pollSSH(ctx context.Context, b profiles.Boot, addr netip.A
 		delete(p.polling, b.Token)
 		p.mu.Unlock()
 	}()
-	port, user := 22, ""
-	if m := p.cfg.Load().MachineByMAC(mustMAC(b.MAC)); m != nil {
+	port, user := p.discPort, ""
+	if m, _, _ := p.machineFor(ctx, p.cfg.Load(), b.MAC); m != nil {
 		if prof := p.cfg.Load().Profile(m.Profile); prof != nil {
 			if prof.SSH.Port != 0 {
 				port = prof.SSH.Port

@@ -40,9 +40,16 @@ func (p *Provisioner) Machines(ctx context.Context) ([]admin.MachineView, error)
 	if err != nil {
 		return nil, err
 	}
+	assigned, err := p.store.Assignments(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cfg := p.cfg.Load()
 	out := make([]admin.MachineView, 0, len(recs))
 	for _, r := range recs {
 		v := view(r)
+		a, has := assigned[r.MAC]
+		decidedBy(&v, cfg, a, has)
 		if e, ok := last[r.MAC]; ok {
 			v.LastEvent = eventView(e)
 		}
@@ -108,7 +115,11 @@ func (p *Provisioner) Machine(ctx context.Context, mac string) (admin.MachineVie
 	if err != nil {
 		return admin.MachineView{}, notFound(err)
 	}
-	return p.withLastEvent(ctx, view(r)), nil
+	v := p.withLastEvent(ctx, view(r))
+	a, err := p.store.GetAssignment(ctx, mac)
+	decidedBy(&v, p.cfg.Load(), a, err == nil)
+	v.Facts = p.factsView(ctx, mac)
+	return v, nil
 }
 
 // Events are a machine's state changes and notes after ID after.
@@ -166,10 +177,7 @@ func (p *Provisioner) Reinstall(ctx context.Context, mac, by string) error {
 // The machine's events go with it, so who forgot it is in the server's
 // log.
 func (p *Provisioner) Forget(ctx context.Context, mac, by string) error {
-	p.mu.Lock()
-	busy := p.running[mac] != nil
-	p.mu.Unlock()
-	if busy {
+	if p.queue.busy(mac) {
 		return fmt.Errorf("%w: machine %s is being installed; wait for it to end", admin.ErrConflict, mac)
 	}
 	// A machine still in the config would come back as "new" on its
@@ -183,32 +191,14 @@ func (p *Provisioner) Forget(ctx context.Context, mac, by string) error {
 	}
 	p.bindings.forget(mac)
 	p.log.Info("machine forgotten", "mac", mac, "by", by)
-	p.mu.Lock()
-	for ch := range p.subs {
-		select {
-		case ch <- admin.MachineView{MAC: mac, State: "forgotten"}:
-		default:
-		}
-	}
-	p.mu.Unlock()
+	p.feed.send(admin.MachineView{MAC: mac, State: "forgotten"})
 	return nil
 }
 
 // Subscribe streams machine changes until ctx is done. A subscriber that
 // does not keep up misses updates rather than slowing installs down.
 func (p *Provisioner) Subscribe(ctx context.Context) <-chan admin.MachineView {
-	ch := make(chan admin.MachineView, 64)
-	p.mu.Lock()
-	p.subs[ch] = struct{}{}
-	p.mu.Unlock()
-	go func() {
-		<-ctx.Done()
-		p.mu.Lock()
-		delete(p.subs, ch)
-		close(ch)
-		p.mu.Unlock()
-	}()
-	return ch
+	return p.feed.subscribe(ctx)
 }
 
 func (p *Provisioner) publish(ctx context.Context, mac string) {
@@ -216,13 +206,5 @@ func (p *Provisioner) publish(ctx context.Context, mac string) {
 	if err != nil {
 		return
 	}
-	v := p.withLastEvent(ctx, view(r))
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for ch := range p.subs {
-		select {
-		case ch <- v:
-		default:
-		}
-	}
+	p.feed.send(p.withLastEvent(ctx, view(r)))
 }

@@ -5,6 +5,10 @@
 // the install engine to the end, recording every step in the state store.
 // It binds every boot to the addresses DHCP saw the machine take, and
 // answers a boot's secrets only to them (docs/security.md).
+// Machines the config does not list are decided by rules (rules
+// package) on their DHCP context or, after discovery, on the hardware
+// facts it reads over SSH, or by an operator's assignment
+// (discovery.go).
 //
 // It owns no sockets. dhcp asks it through dhcp.Decider and tells it of
 // addresses through dhcp.Binder, httpboot asks through httpboot.Booter,
@@ -29,7 +33,6 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/pxe-anywhere/pxe-anywhere/admin"
 	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
@@ -66,21 +69,22 @@ type Provisioner struct {
 	metrics *Metrics
 	engine  Engine
 
-	slots chan struct{} // at most server.max_installs engines at once
+	queue *installQueue // installs, at most server.max_installs at once
+	feed  *feed         // machine changes for the operator's live views
 
 	bindings *bindingTable
-	unknown  *unknownMACs // unknown MACs ignored, for the log
+	unknown  *unknownMACs  // unknown MACs ignored, for the log
+	contexts *dhcpContexts // DHCP context of unlisted machines DHCP let boot, for the rules
 
 	mu       sync.Mutex
 	limited  *lograte.Limiter              // logLimited
 	firmware map[string]string             // configured MAC → firmware DHCP saw last (bounded by the config)
 	polling  map[string]context.CancelFunc // token → SSH poller of a machine without callback
-	running  map[string]*installRun        // MAC → its install, queued or running
-	subs     map[chan admin.MachineView]struct{}
-	wg       sync.WaitGroup // installs and pollers
-	bg       sync.WaitGroup // the sweeper, which runs until ctx ends
+	wg       sync.WaitGroup                // installs and pollers
+	bg       sync.WaitGroup                // the sweeper, which runs until ctx ends
 	baseCtx  context.Context
 	pollWait time.Duration
+	discPort int // Options.DiscoverSSHPort
 
 	// State writes: writeErr says why the last one failed ("" when it
 	// worked), writeMAC on which machine; pending holds final states
@@ -111,6 +115,9 @@ type Options struct {
 	Log     *slog.Logger
 	Metrics *Metrics // may be nil
 	Engine  Engine   // nil: installer.Run
+	// DiscoverSSHPort is where the discover image's sshd listens, for
+	// reading facts; zero means 22.
+	DiscoverSSHPort int
 	// PollDelay is how long to wait for a callback after a machine
 	// fetched its extra initrd before polling its SSH port; images
 	// without a callback rely on it. Zero means 20 s.
@@ -128,6 +135,9 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics(nil)
 	}
+	if o.DiscoverSSHPort == 0 {
+		o.DiscoverSSHPort = 22
+	}
 	if o.PollDelay == 0 {
 		o.PollDelay = 20 * time.Second
 	}
@@ -139,18 +149,19 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		log:      o.Log,
 		metrics:  o.Metrics,
 		engine:   o.Engine,
-		slots:    make(chan struct{}, max(cfg.Server.MaxInstalls, 1)),
+		feed:     newFeed(),
 		bindings: newBindingTable(),
 		limited:  &lograte.Limiter{Log: o.Log, Every: time.Minute},
 		firmware: map[string]string{},
 		unknown:  newUnknownMACs(),
+		contexts: newDHCPContexts(),
 		polling:  map[string]context.CancelFunc{},
-		running:  map[string]*installRun{},
 		pending:  map[string]pendingState{},
-		subs:     map[chan admin.MachineView]struct{}{},
 		baseCtx:  ctx,
 		pollWait: o.PollDelay,
+		discPort: o.DiscoverSSHPort,
 	}
+	p.queue = newInstallQueue(ctx, cfg.Server.MaxInstalls, &p.wg)
 	n, err := p.store.MarkInterrupted(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("mark interrupted installs: %w", err)
@@ -158,7 +169,7 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 	if n > 0 {
 		p.log.Warn("installs cut off by the previous server run are marked failed", "count", n)
 	}
-	if err := p.Reload(ctx, cfg); err != nil {
+	if err := p.reload(ctx, cfg, false); err != nil {
 		return nil, err
 	}
 	if err := p.loadBindings(ctx); err != nil {
@@ -252,14 +263,22 @@ func (p *Provisioner) resumePolls(ctx context.Context) error {
 }
 
 // Reload switches to cfg and registers its machines. Machines that left
-// the config keep their records; forget removes them.
+// the config keep their records; forget removes them. The rules run
+// again for the machines that are not installed yet (reevaluate).
 func (p *Provisioner) Reload(ctx context.Context, cfg *profiles.Config) error {
+	return p.reload(ctx, cfg, true)
+}
+
+func (p *Provisioner) reload(ctx context.Context, cfg *profiles.Config, start bool) error {
 	for _, m := range cfg.Machines {
 		if _, err := p.store.UpsertMachine(ctx, m.MAC.String(), m.Hostname, m.Profile); err != nil {
 			return fmt.Errorf("register machine %s: %w", m.MAC, err)
 		}
 	}
 	p.cfg.Store(cfg)
+	if err := p.reevaluate(ctx, cfg, start); err != nil {
+		return fmt.Errorf("running the rules again: %w", err)
+	}
 	return nil
 }
 
@@ -286,7 +305,8 @@ func (p *Provisioner) Decide(ctx context.Context, m dhcp.Machine) dhcp.Decision 
 		p.noteFirmware(ctx, mac, m.Firmware.Arch.String())
 		return dhcp.Boot
 	}
-	if cfg.Server.UnknownMachines == profiles.UnknownIgnore {
+	decision, label := p.decideUnlisted(cfg, m)
+	if decision == dhcp.Ignore {
 		if logNow, others := p.unknown.seen(mac, cfg.Server.MaxUnknownMACs); logNow {
 			args := []any{"mac", mac, "firmware", m.Firmware, "interface", m.Interface}
 			if others > 0 {
@@ -294,11 +314,9 @@ func (p *Provisioner) Decide(ctx context.Context, m dhcp.Machine) dhcp.Decision 
 			}
 			p.log.Info("ignoring unknown machine (server.unknown_machines: ignore)", args...)
 		}
-		p.metrics.dhcpDecisions.WithLabelValues("ignored").Inc()
-		return dhcp.Ignore
 	}
-	p.metrics.dhcpDecisions.WithLabelValues("unknown-" + string(cfg.Server.UnknownMachines)).Inc()
-	return dhcp.Boot
+	p.metrics.dhcpDecisions.WithLabelValues(label).Inc()
+	return decision
 }
 
 // noteFirmware records the firmware DHCP saw a configured machine boot
@@ -323,7 +341,15 @@ func (p *Provisioner) noteFirmware(ctx context.Context, mac, fw string) {
 func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboot.BootPlan, error) {
 	cfg := p.cfg.Load()
 	mac := r.MAC.String()
-	m := cfg.MachineByMAC(r.MAC)
+	m, _, err := p.machineFor(ctx, cfg, mac)
+	if err != nil {
+		return httpboot.BootPlan{}, err
+	}
+	if m == nil {
+		if m, err = p.byRule(ctx, cfg, mac, r); err != nil {
+			return httpboot.BootPlan{}, err
+		}
+	}
 	if m == nil {
 		switch cfg.Server.UnknownMachines {
 		case profiles.UnknownDiscover:
@@ -357,9 +383,7 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 		p.metrics.boots.WithLabelValues("local").Inc()
 		return httpboot.BootPlan{Action: httpboot.ActionLocal, Hostname: m.Hostname}, nil
 	}
-	p.mu.Lock()
-	busy := p.running[mac] != nil
-	p.mu.Unlock()
+	busy := p.queue.busy(mac)
 	if !busy && rec.State == profiles.StateInstalling {
 		// No engine runs for it: a state write failed when its install
 		// ended. It must not stay unbootable until a restart.
@@ -392,8 +416,9 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 	}, nil
 }
 
-// discover boots an unknown machine into the installer so that an
-// operator can look at it and assign a profile; it is never installed.
+// discover boots an unknown machine into the discover image: once it
+// is up, its facts are read and the rules run again (discovered); an
+// operator may assign it a profile too.
 func (p *Provisioner) discover(ctx context.Context, cfg *profiles.Config, mac string, r httpboot.BootRequest) (httpboot.BootPlan, error) {
 	if err := p.checkSource(ctx, mac, r.RemoteAddr, cfg.TrustOf(nil), "boot script"); err != nil {
 		return httpboot.BootPlan{}, err
@@ -416,6 +441,9 @@ func (p *Provisioner) discover(ctx context.Context, cfg *profiles.Config, mac st
 	if err := p.checkOwner(ctx, mac, r.RemoteAddr); err != nil {
 		return httpboot.BootPlan{}, err
 	}
+	seen, _ := p.contexts.get(mac)
+	seen.Addr = addrString(r.RemoteAddr)
+	p.saveDHCP(ctx, mac, seen)
 	token, err := p.newBoot(ctx, mac, r, "discover")
 	if err != nil {
 		return httpboot.BootPlan{}, p.unavailable(mac, "recording a boot", err)
@@ -682,7 +710,7 @@ func (p *Provisioner) Callback(ctx context.Context, token string, remote, claime
 	if claimed.IsValid() && claimed != remote.Unmap() {
 		return refuse("address", fmt.Sprintf("callback of boot %s from %s names address %s: refused (the engine connects only to where the callback comes from)", httpboot.ShortToken(token), addrString(remote), claimed))
 	}
-	trust := p.trustOfMachine(b.MAC)
+	trust := p.trustOfMachine(ctx, b.MAC)
 	if err := p.checkSource(ctx, b.MAC, remote, trust, "callback"); err != nil {
 		p.metrics.callbacks.WithLabelValues("rejected").Inc()
 		return err
@@ -701,9 +729,9 @@ func (p *Provisioner) Callback(ctx context.Context, token string, remote, claime
 }
 
 // trustOfMachine is the trust in force for mac's profile.
-func (p *Provisioner) trustOfMachine(mac string) profiles.Trust {
+func (p *Provisioner) trustOfMachine(ctx context.Context, mac string) profiles.Trust {
 	cfg := p.cfg.Load()
-	if m := cfg.MachineByMAC(mustMAC(mac)); m != nil {
+	if m, _, err := p.machineFor(ctx, cfg, mac); err == nil && m != nil {
 		return cfg.TrustOf(cfg.Profile(m.Profile))
 	}
 	return cfg.TrustOf(nil)
@@ -748,10 +776,13 @@ func (p *Provisioner) claim(ctx context.Context, b profiles.Boot, addr netip.Add
 	if err != nil {
 		return err
 	}
-	cfg := p.cfg.Load()
-	m := cfg.MachineByMAC(mustMAC(b.MAC))
+	m, _, err := p.machineFor(ctx, p.cfg.Load(), b.MAC)
+	if err != nil {
+		return err
+	}
 	if m == nil || rec.Profile == "" {
-		p.event(ctx, b.MAC, "", "discovered: the installer stays up; assign a profile in the config to install")
+		p.event(ctx, b.MAC, "", "discovered: the installer is up; reading its facts")
+		p.discovered(b, ip)
 		return nil
 	}
 	p.startInstall(b, m, ip)

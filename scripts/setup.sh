@@ -20,7 +20,7 @@ export DEBIAN_FRONTEND=noninteractive
 # nginx-common) and the DHCP servers it could come to pull in. Only these
 # are disabled; dbus, udev and the like also arrive as dependencies, and
 # the system needs them.
-DAEMONS="openssh-server nginx-common tftpd-hpa dnsmasq isc-dhcp-server
+DAEMONS="openssh-server nginx-common tftpd-hpa dnsmasq isc-dhcp-server isc-dhcp-relay
 	kea-dhcp4-server kea-dhcp6-server kea-ctrl-agent kea-dhcp-ddns-server"
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }

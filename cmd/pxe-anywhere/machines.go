@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -28,6 +29,9 @@ const machinesUsage = `Usage:
   pxe-anywhere machines reinstall MAC          make the next PXE boot of MAC install again
   pxe-anywhere machines cancel MAC             stop MAC's running or queued install; MAC becomes failed
   pxe-anywhere machines forget MAC             drop MAC's state and history
+  pxe-anywhere machines assign MAC PROFILE [--hostname H]
+                                               give a discovered MAC a profile; if its installer
+                                               is up, the install starts at once
 
 Flags (all subcommands):
 `
@@ -114,9 +118,25 @@ func newAPIClientFlags(name string, args []string, stderr io.Writer) (*apiClient
 // do sends one API request and decodes a JSON answer into out (if not
 // nil). Errors name the server and say what to check.
 func (c *apiClient) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
+	return c.doBody(ctx, method, path, nil, out)
+}
+
+// doBody is do with a JSON request body (none when in is nil).
+func (c *apiClient) doBody(ctx context.Context, method, path string, in, out any) error {
+	var reqBody io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		reqBody = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, reqBody)
 	if err != nil {
 		return fmt.Errorf("request %s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	req.Header.Set("Accept", "application/json")
@@ -176,7 +196,7 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, machinesUsage)
-		return errors.New("machines: want a subcommand: list, show, logs, reinstall, cancel or forget")
+		return errors.New("machines: want a subcommand: list, show, logs, reinstall, cancel, forget or assign")
 	}
 	sub := args[0]
 	fs := flag.NewFlagSet("machines "+sub, flag.ContinueOnError)
@@ -184,7 +204,10 @@ func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.Usage = func() { fmt.Fprint(stderr, machinesUsage); fs.PrintDefaults() }
 	api := apiFlags(fs)
 	var asJSON, follow *bool
+	var hostname *string
 	switch sub {
+	case "assign":
+		hostname = fs.String("hostname", "", "the machine's hostname (default: none)")
 	case "list", "show":
 		asJSON = fs.Bool("json", false, "print JSON instead of a table")
 	case "logs":
@@ -197,13 +220,19 @@ func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return nil
 	default:
 		fmt.Fprint(stderr, machinesUsage)
-		return fmt.Errorf("machines: unknown subcommand %q (want list, show, logs, reinstall, cancel or forget)", sub)
+		return fmt.Errorf("machines: unknown subcommand %q (want list, show, logs, reinstall, cancel, forget or assign)", sub)
 	}
 	pos, err := parseInterspersed(fs, args[1:])
 	if err != nil {
 		return err
 	}
-	var mac string
+	var mac, profile string
+	if sub == "assign" {
+		if len(pos) != 2 {
+			return fmt.Errorf("machines assign: want MAC PROFILE, got %d arguments", len(pos))
+		}
+		profile, pos = pos[1], pos[:1]
+	}
 	if sub == "list" {
 		if len(pos) != 0 {
 			return fmt.Errorf("machines list: unexpected argument %q", pos[0])
@@ -251,6 +280,15 @@ func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return printMachine(stdout, m, evs)
 	case "logs":
 		return machineLogs(ctx, c, stdout, machinePath, *follow)
+	case "assign":
+		var out struct {
+			Status string `json:"status"`
+		}
+		in := map[string]string{"profile": profile, "hostname": *hostname}
+		if err := c.doBody(ctx, http.MethodPost, machinePath+"/assign", in, &out); err != nil {
+			return fmt.Errorf("machines assign %s: %w", mac, err)
+		}
+		fmt.Fprintf(stdout, "%s: %s\n", mac, out.Status)
 	case "reinstall", "cancel", "forget":
 		method := http.MethodPost
 		path := machinePath + "/" + sub
@@ -322,6 +360,7 @@ func printMachine(w io.Writer, m admin.MachineView, evs []admin.EventView) error
 		{"MAC", m.MAC}, {"Hostname", orDash(m.Hostname)}, {"Profile", orDash(m.Profile)},
 		{"State", stateText(m)}, {"Phase", orDash(m.Phase)}, {"IP", orDash(m.IP)},
 		{"Updated", when(m.UpdatedAt)},
+		{"Decided by", decided(m)},
 		// Continuation lines of a long error stay in the value column.
 		{"Error", strings.ReplaceAll(orDash(strings.TrimSpace(m.Error)), "\n", "\n\t")},
 	} {
@@ -329,6 +368,9 @@ func printMachine(w io.Writer, m admin.MachineView, evs []admin.EventView) error
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if m.Facts != nil {
+		printFacts(w, m.Facts)
 	}
 	fmt.Fprintln(w, "\nEvents:")
 	if len(evs) == 0 {
@@ -423,6 +465,38 @@ func machineLogs(ctx context.Context, c *apiClient, w io.Writer, machinePath str
 		case <-ctx.Done():
 			return nil
 		case <-time.After(logPollInterval):
+		}
+	}
+}
+
+// decided says what gave the machine its profile, and why.
+func decided(m admin.MachineView) string {
+	if m.DecidedBy == "" {
+		return "-"
+	}
+	if m.DecidedWhy == "" {
+		return m.DecidedBy
+	}
+	return m.DecidedBy + ": " + m.DecidedWhy
+}
+
+// printFacts prints what discovery learned of a machine, indented JSON
+// as the API has it: the facts are what rules match on, by these names.
+func printFacts(w io.Writer, f *admin.FactsView) {
+	fmt.Fprintln(w, "\nFacts:")
+	if f.CollectedAt != nil {
+		fmt.Fprintf(w, "  collected %s from %s%s\n", when(*f.CollectedAt), orDash(f.Addr), map[bool]string{true: " (nixos-facter report kept)", false: ""}[f.Facter])
+	}
+	for _, part := range []struct {
+		name string
+		raw  json.RawMessage
+	}{{"hardware", f.Hardware}, {"dhcp", f.DHCP}} {
+		if len(part.raw) == 0 {
+			continue
+		}
+		var b bytes.Buffer
+		if json.Indent(&b, part.raw, "  ", "  ") == nil {
+			fmt.Fprintf(w, "  %s: %s\n", part.name, b.String())
 		}
 	}
 }

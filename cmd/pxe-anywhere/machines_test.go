@@ -54,7 +54,8 @@ var testMachines = []admin.MachineView{
 	{MAC: "52:54:00:00:00:01", Hostname: "web-01", Profile: "web", State: "installing", Phase: "disko", IP: "10.77.0.57",
 		UpdatedAt: time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)},
 	{MAC: "52:54:00:00:00:02", Hostname: "db-01", Profile: "db", State: "failed", Error: "disko: exit 1\n/dev/sdb: no such device",
-		UpdatedAt: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)},
+		UpdatedAt: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC), DecidedBy: "rule", DecidedWhy: `rule "db" (rules[0]) matched: serial="SN-77" (pattern "SN-*") (after discovery)`,
+		Facts: &admin.FactsView{Hardware: json.RawMessage(`{"vendor":"Acme","serial":"SN-77"}`), DHCP: json.RawMessage(`{"circuit_id":"Eth1/0/7"}`), Addr: "10.77.0.58"}},
 }
 
 func (f *fakeInventory) Machines(ctx context.Context) ([]admin.MachineView, error) {
@@ -147,6 +148,22 @@ func (f *fakeInventory) Cancel(ctx context.Context, mac, by string) error {
 	return nil
 }
 
+func (f *fakeInventory) Assign(ctx context.Context, mac, profile, hostname, by string) error {
+	if by != "operator (API)" {
+		return fmt.Errorf("assign by %q: the API must name itself", by)
+	}
+	if profile != "web" {
+		return fmt.Errorf("%w: no profile %q in the config", admin.ErrInvalid, profile)
+	}
+	if _, err := machineByMAC(mac); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.done = append(f.done, "assign "+mac+" "+profile+" "+hostname)
+	return nil
+}
+
 func (f *fakeInventory) Forget(ctx context.Context, mac, by string) error {
 	if by != "operator (API)" {
 		return fmt.Errorf("forget by %q: the API must name itself", by)
@@ -216,6 +233,7 @@ func TestRunMachines(t *testing.T) {
 		{name: "list json", args: []string{"list", "--json"}, want: []string{`"mac": "52:54:00:00:00:01"`, `"updated_at": "2026-11-28T10:00:00Z"`}},
 		{name: "show with flag after MAC", args: []string{"show", "52-54-00-00-00-01", "--json"}, want: []string{`"hostname": "web-01"`, `"events": [`, `"partitioning"`}},
 		{name: "show table", args: []string{"show", "52:54:00:00:00:01"}, want: []string{"Hostname:", "web-01", "Events:", "booting", "PXE boot, image nixos", "disko", "partitioning"}},
+		{name: "show facts and who decided", args: []string{"show", "52:54:00:00:00:02"}, want: []string{"Decided by:", `rule: rule "db" (rules[0]) matched: serial="SN-77"`, "Facts:", `"vendor": "Acme"`, `"circuit_id": "Eth1/0/7"`, "Events:"}},
 		{name: "show unknown", args: []string{"show", "52:54:00:00:00:09"}, wantErr: "server: not found: machine 52:54:00:00:00:09 (HTTP 404)"},
 		{name: "logs once", args: []string{"logs", "52:54:00:00:00:01"}, want: []string{"[probe] disks: /dev/vda\n"}},
 		{name: "logs follow to the end", args: []string{"logs", "-f", "52:54:00:00:00:01"},
@@ -225,6 +243,9 @@ func TestRunMachines(t *testing.T) {
 		{name: "cancel without install", args: []string{"cancel", "52:54:00:00:00:02"}, wantErr: "has no install running or queued: nothing to cancel (HTTP 409)"},
 		{name: "forget", args: []string{"forget", "52-54-00-00-00-02"}, want: []string{"52:54:00:00:00:02: forgotten"}, done: "forget 52:54:00:00:00:02"},
 		{name: "forget refused while installing", args: []string{"forget", "52:54:00:00:00:01"}, wantErr: "is being installed"},
+		{name: "assign", args: []string{"assign", "52:54:00:00:00:02", "web", "--hostname", "web-07"}, want: []string{"52:54:00:00:00:02: assigned"}, done: "assign 52:54:00:00:00:02 web web-07"},
+		{name: "assign unknown profile", args: []string{"assign", "52:54:00:00:00:02", "wbe"}, wantErr: `no profile "wbe" in the config (HTTP 400)`},
+		{name: "assign wants a profile", args: []string{"assign", "52:54:00:00:00:02"}, wantErr: "want MAC PROFILE"},
 		{name: "bad mac", args: []string{"show", "web-01"}, wantErr: "not an Ethernet MAC"},
 		{name: "missing mac", args: []string{"reinstall"}, wantErr: "want exactly one MAC"},
 		{name: "list takes no args", args: []string{"list", "x"}, wantErr: "unexpected argument"},

@@ -146,6 +146,8 @@ images:
 		{name: "ipxe_dir without binaries", server: "  interfaces: [br0]\n  ipxe_dir: " + dir + "/empty", want: "holds neither undionly.kpxe nor ipxe.efi"},
 		{name: "install key readable by others", server: "  interfaces: [br0]\n  ssh_key: " + worldKey, want: "readable by others"},
 		{name: "API token readable by others", server: "  interfaces: [br0]\n  api_token_file: " + worldKey, want: "readable by others"},
+		{name: "rule with an unknown matcher", server: "  interfaces: [br0]", image: "rules:\n  - match: {prodcut: x}\n    profile: custom",
+			want: `c.yaml:7: rules[0].match.prodcut: unknown matcher "prodcut"`},
 		{name: "trust mac is named", server: "  interfaces: [br0]\n  trust: mac", wantOut: "warning: server say trust: mac: those boots are bound to the MAC alone"},
 	}
 	for _, tt := range tests {

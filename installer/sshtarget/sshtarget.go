@@ -119,6 +119,11 @@ type Options struct {
 	OSRelease      string            // /etc/os-release inside the namespace; "": InstallerOSRelease
 	StandIns       map[string]string // command name → sh script body, first on PATH (after the standard ones)
 	Files          map[string]string // absolute path → content bind-mounted over it inside the namespace (e.g. /proc/meminfo)
+	// DMI, when set, replaces /sys/class/dmi/id inside the namespace
+	// with these files (name → content), so that the host looks like the
+	// machine a test wants even where it has no DMI: /sys/class becomes
+	// a tmpfs holding only dmi/id and the host's own net.
+	DMI map[string]string
 	// User, when set, is a login user that is not root (with an id no
 	// account of this host has, home /home/USER, a tmpfs inside the namespace):
 	// AuthorizedKeys go to its ~/.ssh/authorized_keys, and sshd reads
@@ -159,6 +164,9 @@ func FreePort(t testing.TB) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// NetNSPort is the port sshd listens on in a test network namespace.
+const NetNSPort = 2222
 
 // Start runs sshd and waits until it answers. It stops on t.Cleanup.
 func Start(t testing.TB, o Options) *Target {
@@ -260,7 +268,7 @@ chown -R %[3]s:%[3]s /home/%[2]s
 	port, host := 0, "127.0.0.1"
 	if o.NetNS != "" {
 		// A namespace of its own: nothing else listens there.
-		port, host = 2222, o.ListenAddr
+		port, host = NetNSPort, o.ListenAddr
 	} else {
 		port = FreePort(t)
 	}
@@ -287,6 +295,20 @@ SetEnv PATH=%[3]s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin P
 		src := filepath.Join(dir, "file"+strconv.Itoa(i))
 		must(t, os.WriteFile(src, []byte(files[p]), 0o644))
 		fmt.Fprintf(&mounts, "mount --bind %s %s\n", src, p)
+	}
+	if len(o.DMI) > 0 {
+		dmi := filepath.Join(dir, "dmi")
+		must(t, os.MkdirAll(filepath.Join(dir, "orig-net"), 0o755))
+		must(t, os.MkdirAll(dmi, 0o755))
+		for name, v := range o.DMI {
+			must(t, os.WriteFile(filepath.Join(dmi, filepath.Base(name)), []byte(v), 0o444))
+		}
+		fmt.Fprintf(&mounts, `mount --bind /sys/class/net %[1]s/orig-net
+mount -t tmpfs -o mode=755 tmpfs /sys/class
+mkdir -p /sys/class/net /sys/class/dmi/id
+mount --move %[1]s/orig-net /sys/class/net
+cp -p %[1]s/dmi/* /sys/class/dmi/id/
+`, dir)
 	}
 	// /run is the machine's own, as on a booted machine: what the engine
 	// leaves there (disk keys in /run/keys) stays in the namespace, and

@@ -1,0 +1,120 @@
+package profiles
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/pxe-anywhere/pxe-anywhere/rules"
+)
+
+// maxRules bounds the rules: list; every unknown machine's PXE request
+// runs through it.
+const maxRules = 1000
+
+// rules decodes `rules:`, a list tried in order, first match wins:
+//
+//	rules:
+//	  - name: rack3-storage
+//	    match: {product: "PowerEdge R7*", memory: ">= 256GiB"}
+//	    profile: storage
+//	    hostname: "st-{serial}"
+//
+// Each rule is compiled here, so that `config check` reports a bad
+// pattern, an unknown matcher or template field, or a profile that does
+// not exist at its line.
+func (d *decoder) rules(c *Config, n *yaml.Node) {
+	n = d.want(n, "rules", yaml.SequenceNode, "write a list of - match: ... entries")
+	if n == nil {
+		return
+	}
+	if len(n.Content) > maxRules {
+		d.errf(n, "rules", "", "%d rules; at most %d", len(n.Content), maxRules)
+		return
+	}
+	names := map[string]int{}
+	for i, rn := range n.Content {
+		w := fmt.Sprintf("rules[%d]", i)
+		f := d.fields(rn, w, "name", "match", "profile", "hostname")
+		var s rules.Spec
+		d.setStr(&s.Name, f["name"], w+".name")
+		if s.Name != "" {
+			if first, ok := names[s.Name]; ok {
+				d.errf(f["name"], w+".name", fmt.Sprintf("first at line %d", first), "duplicate rule name %q", s.Name)
+			}
+			names[s.Name] = f["name"].Line
+		}
+		d.setStr(&s.Profile, f["profile"], w+".profile")
+		switch {
+		case f["profile"] == nil:
+			d.errf(rn, w, "name one of the profiles: entries", "missing profile")
+		case c.Profiles[s.Profile] == nil:
+			d.errf(f["profile"], w+".profile", suggest(s.Profile, d.profileOrder, "add it under profiles:"), "unknown profile %q", s.Profile)
+		}
+		d.setStr(&s.Hostname, f["hostname"], w+".hostname")
+		matchNodes := map[string]*yaml.Node{}
+		if f["match"] == nil {
+			d.errf(rn, w, "for example match: {mac_prefix: \"52:54:00\"}", "missing match")
+			continue
+		}
+		s.Match = map[string]string{}
+		for _, e := range d.entries(f["match"], w+".match") {
+			v, ok := d.str(e.v, w+".match."+e.key)
+			if !ok {
+				if isNull(e.v) {
+					d.errf(e.kn, w+".match."+e.key, "", "empty pattern")
+				}
+				continue
+			}
+			s.Match[e.key] = v
+			matchNodes[e.key] = e.kn
+		}
+		r, err := rules.Compile(s)
+		if err != nil {
+			d.ruleErrors(err, w, rn, f, matchNodes)
+			continue
+		}
+		if r.NeedsFacts() && c.Server.UnknownMachines != UnknownDiscover {
+			d.errf(f["match"], w, "set server.unknown_machines: discover, or match on DHCP context only (mac_prefix, circuit_id, remote_id, interface, subnet, vendor_class, arch, firmware)",
+				"the rule needs hardware facts, which only discovery collects")
+		}
+		c.Rules = append(c.Rules, r)
+	}
+}
+
+// ruleErrors reports what rules.Compile found, each at the line of its
+// field.
+func (d *decoder) ruleErrors(err error, w string, rn *yaml.Node, f map[string]*yaml.Node, match map[string]*yaml.Node) {
+	var list []error
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		list = j.Unwrap()
+	} else {
+		list = []error{err}
+	}
+	for _, e := range list {
+		var fe *rules.FieldError
+		if !errors.As(e, &fe) {
+			d.errf(rn, w, "", "%v", e)
+			continue
+		}
+		node := rn
+		switch {
+		case fe.Field == "hostname":
+			node = f["hostname"]
+		case strings.HasPrefix(fe.Field, "match."):
+			node = match[strings.TrimPrefix(fe.Field, "match.")]
+		case fe.Field == "match":
+			node = f["match"]
+		}
+		if node == nil {
+			node = rn
+		}
+		d.errf(node, w+"."+fe.Field, "", "%v", fe.Err)
+	}
+}
+
+// ValidHostname reports whether h is an RFC 1123 hostname, as
+// machines[].hostname must be.
+func ValidHostname(h string) bool { return validHostname(h) }

@@ -1,0 +1,58 @@
+package provision
+
+import (
+	"context"
+	"sync"
+
+	"github.com/pxe-anywhere/pxe-anywhere/admin"
+)
+
+// feedBuffer is how many changes a subscriber may lag behind before it
+// misses some.
+const feedBuffer = 64
+
+// feed fans machine changes out to the subscribers of the operator side
+// (the status page's event stream). A subscriber that does not keep up
+// misses changes rather than slowing installs down.
+type feed struct {
+	mu   sync.Mutex
+	subs map[chan admin.MachineView]struct{}
+}
+
+func newFeed() *feed { return &feed{subs: map[chan admin.MachineView]struct{}{}} }
+
+// subscribe streams changes until ctx is done; the channel is closed
+// then.
+func (f *feed) subscribe(ctx context.Context) <-chan admin.MachineView {
+	ch := make(chan admin.MachineView, feedBuffer)
+	f.mu.Lock()
+	f.subs[ch] = struct{}{}
+	f.mu.Unlock()
+	go func() {
+		<-ctx.Done()
+		f.mu.Lock()
+		delete(f.subs, ch)
+		close(ch)
+		f.mu.Unlock()
+	}()
+	return ch
+}
+
+// send gives v to every subscriber that has room for it.
+func (f *feed) send(v admin.MachineView) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for ch := range f.subs {
+		select {
+		case ch <- v:
+		default:
+		}
+	}
+}
+
+// len is how many subscribers there are.
+func (f *feed) len() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.subs)
+}

@@ -1,0 +1,112 @@
+package provision
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
+	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+)
+
+// TestRelayCircuitIDRule: a machine on a segment of its own PXE-boots
+// through a real DHCP relay (isc-dhcp-relay's dhcrelay -a, which adds
+// option 82 with the port's name as circuit-id); pxe-anywhere, which
+// ignores unknown machines, leases it an address on that segment, and a
+// rule on the circuit-id decides at its first script request that it
+// installs, with a hostname made from the port.
+func TestRelayCircuitIDRule(t *testing.T) {
+	netlab.Require(t, "udhcpc", "curl", "dhcrelay")
+	const mac = "52:54:00:77:21:01"
+	lab := netlab.New(t, "10.88.0.0/24")
+	relay := lab.Client("")
+	machine, down := lab.Behind(relay, mac)
+	lab.Run(relay, "ip", "addr", "add", "10.88.0.2/24", "dev", "eth0")
+	lab.Run(relay, "ip", "addr", "add", "10.89.0.1/24", "dev", down)
+	lab.Run(relay, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+	lab.Run(lab.Server, "ip", "route", "add", "10.89.0.0/24", "via", "10.88.0.2")
+
+	h := &handoff{dir: t.TempDir(), apiToken: "relay-api-token-0123456789", lab: lab}
+	for _, f := range []string{"bzImage", "initrd"} {
+		os.WriteFile(filepath.Join(h.dir, f), []byte("image file "+f), 0o644)
+	}
+	cfg, err := profiles.Parse(filepath.Join(h.dir, "config.yaml"), []byte(fmt.Sprintf(`server:
+  interfaces: [br0]
+  advertise: 10.88.0.1
+  unknown_machines: ignore
+dhcp:
+  mode: authoritative
+  subnet: 10.89.0.0/24
+  range: [10.89.0.100, 10.89.0.110]
+  router: 10.89.0.1
+images:
+  test:
+    kernel: %[1]s/bzImage
+    initrd: [%[1]s/initrd]
+profiles:
+  web:
+    image: test
+    flake: ".#web"
+rules:
+  - name: rack3
+    match: {circuit_id: "down*"}
+    profile: web
+    hostname: "r3-{circuit_id}"
+`, h.dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.start(t, cfg, filepath.Join(h.dir, "state.db"))
+
+	dir := t.TempDir()
+	rl := lab.Command(relay, "dhcrelay", "-d", "-q", "-4", "-a", "-pf", filepath.Join(dir, "relay.pid"), "-id", down, "-iu", "eth0", "10.88.0.1")
+	var relayLog strings.Builder
+	rl.Stdout, rl.Stderr = &relayLog, &relayLog
+	if err := rl.Start(); err != nil {
+		t.Fatalf("dhcrelay: %v", err)
+	}
+	t.Cleanup(func() { _ = rl.Process.Kill(); _ = rl.Wait() })
+
+	// The machine as iPXE: DHCP through the relay, then its script.
+	sc := filepath.Join(dir, "udhcpc.sh")
+	os.WriteFile(sc, []byte("#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add \"$ip/${mask:-24}\" dev \"$interface\"\nip route add default via \"$router\"\necho \"$ip $boot_file\" > "+dir+"/lease\n"), 0o755)
+	var lease []string
+	for try := 0; try < 3 && len(lease) != 2; try++ { // dhcrelay may take a moment to listen
+		out, err := lab.Command(machine, "udhcpc", "-q", "-n", "-f", "-i", "eth0", "-t", "4", "-T", "2", "-s", sc,
+			"-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x4d:69505845").CombinedOutput()
+		b, _ := os.ReadFile(filepath.Join(dir, "lease"))
+		lease = strings.Fields(string(b))
+		if err != nil && try == 2 {
+			t.Fatalf("udhcpc through the relay: %v\n%s\nrelay:\n%s", err, out, relayLog.String())
+		}
+	}
+	if len(lease) != 2 || !strings.HasPrefix(lease[0], "10.89.0.1") || !strings.HasSuffix(lease[1], "/boot/52-54-00-77-21-01.ipxe") {
+		t.Fatalf("lease through the relay: %q\nrelay:\n%s", lease, relayLog.String())
+	}
+	out, err := lab.Command(machine, "curl", "-sS", "-f", "--max-time", "30", lease[1]).CombinedOutput()
+	if err != nil {
+		t.Fatalf("script: %v %s", err, out)
+	}
+	want := "# pxe-anywhere: install r3-" + down + " with image test"
+	if !strings.Contains(string(out), want) || !strings.Contains(string(out), "\nkernel ") {
+		t.Fatalf("script lacks %q:\n%s", want, out)
+	}
+	ctx := context.Background()
+	rec, err := h.store.Machine(ctx, mac)
+	if err != nil || rec.Profile != "web" || rec.Hostname != "r3-"+down || rec.State != profiles.StateBooting {
+		t.Fatalf("machine %+v, %v", rec, err)
+	}
+	a, err := h.store.GetAssignment(ctx, mac)
+	if err != nil || a.Source != "rule" || !strings.Contains(a.Reason, fmt.Sprintf(`rule "rack3" (rules[0]) matched: circuit_id=%q`, down)) {
+		t.Fatalf("assignment %+v, %v", a, err)
+	}
+	f, err := h.store.Facts(ctx, mac)
+	var seen dhcpSeen
+	if err != nil || json.Unmarshal([]byte(f.DHCP), &seen) != nil || seen.CircuitID != down || seen.Relay != "10.89.0.1" || seen.Addr != lease[0] {
+		t.Fatalf("DHCP context kept: %q, %v", f.DHCP, err)
+	}
+}
