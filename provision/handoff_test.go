@@ -665,6 +665,10 @@ func TestHandoffAttacker(t *testing.T) {
 		t.Fatalf("callback from the spoofed binding before the machine fetched its initrd: %s, want 403", c)
 	}
 	h.lab.Run(h.attacker, "ip", "link", "set", "eth0", "address", attackerMAC)
+	// The server still has the spoofed MAC for a3 in its neighbour
+	// table, so its answers to a3 would go to the machine; an attacker
+	// would announce itself (gratuitous ARP): forget the entry.
+	h.lab.Run(h.lab.Server, "ip", "neigh", "flush", "to", a3)
 	if b, err := h.store.LatestBoot(ctx, macA); err != nil || b.Token != token || b.VoidedAt != nil || b.InitrdAt != nil {
 		t.Fatalf("the live boot was touched: %+v %v", b, err)
 	}
