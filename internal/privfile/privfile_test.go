@@ -3,8 +3,8 @@ package privfile
 import (
 	"errors"
 	"os"
-	"strings"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
