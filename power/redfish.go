@@ -64,7 +64,10 @@ func newRedfish(cfg Config, password string) (*redfishBMC, error) {
 		}
 		transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	}
-	b.hc = &http.Client{Timeout: cfg.Timeout, Transport: limitBody{transport}}
+	// No Client.Timeout: each operation's context bounds its requests
+	// (gofish makes them with the context it connected with), and its
+	// deadline is reported as ErrTimeout.
+	b.hc = &http.Client{Transport: limitBody{transport}}
 	return b, nil
 }
 
@@ -128,15 +131,26 @@ func classifyRedfish(err error) error {
 	if err == nil {
 		return nil
 	}
-	var re *common.Error
-	if !errors.As(err, &re) {
-		return err
-	}
 	msg := err.Error()
 	if len(msg) > 300 {
 		msg = msg[:300] + "…"
 	}
-	switch re.HTTPReturnedStatusCode {
+	status := 0
+	var re *common.Error
+	if errors.As(err, &re) {
+		status = re.HTTPReturnedStatusCode
+	} else {
+		// gofish reports a collection's failed members as text only
+		// (`"error":"401: …"`): the status is read from there.
+		for _, code := range []int{http.StatusUnauthorized, http.StatusForbidden} {
+			if strings.Contains(msg, fmt.Sprintf(`"error":"%d: `, code)) {
+				status = code
+			}
+		}
+	}
+	switch status {
+	case 0:
+		return err
 	case http.StatusUnauthorized, http.StatusForbidden:
 		return fmt.Errorf("%w: %s", ErrAuth, msg)
 	case http.StatusMethodNotAllowed, http.StatusNotImplemented:
