@@ -128,8 +128,8 @@ func (s *redfishStandIn) system() map[string]any {
 		"@odata.id": sysPath, "@odata.type": "#ComputerSystem.v1_13_0.ComputerSystem",
 		"Id": "1", "Name": "stand-in system", "SystemType": "Physical", "PowerState": s.power,
 		"Boot": map[string]any{
-			"BootSourceOverrideEnabled":                        s.enabled,
-			"BootSourceOverrideTarget":                         s.target,
+			"BootSourceOverrideEnabled":                         s.enabled,
+			"BootSourceOverrideTarget":                          s.target,
 			"BootSourceOverrideEnabled@Redfish.AllowableValues": []string{"Disabled", "Once", "Continuous"},
 			"BootSourceOverrideTarget@Redfish.AllowableValues":  s.bootTargets,
 		},
