@@ -284,6 +284,8 @@ type Profile struct {
 	// "probe") that differs from the engine's default.
 	Timeouts map[string]time.Duration
 	Trust    Trust // "" means server.trust
+	// BMC holds what the profile's machines' BMCs share; nil: none.
+	BMC *BMC
 }
 
 // TrustOf is the trust in force for machines of profile p (nil: a
@@ -321,6 +323,9 @@ type Machine struct {
 	Profile  string
 	Hostname string
 	IP       netip.Addr // zero when the machine has no reservation
+	// BMC is the machine's own bmc: block (merged over its profile's
+	// by Config.BMCOf); nil: none.
+	BMC *BMC
 }
 
 // MachineByMAC returns the machine listed with mac, or nil.
