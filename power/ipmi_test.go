@@ -3,144 +3,15 @@ package power
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pxe-anywhere/pxe-anywhere/power/powertest"
 )
-
-// simBMC is a real IPMI BMC: OpenIPMI's ipmi_sim (Debian's openipmi),
-// on loopback, whose "machine" is a sleep command that it starts on
-// power on and kills on power off.
-type simBMC struct {
-	addr   string
-	pid    int
-	marker string // the sleep's argument, unique to this simulator
-}
-
-// startSim runs ipmi_sim with user admin and the given password.
-func startSim(t *testing.T, password string) *simBMC {
-	t.Helper()
-	if _, err := exec.LookPath("ipmi_sim"); err != nil {
-		if os.Getenv("PXE_LAB_REQUIRED") == "1" {
-			t.Fatal("ipmi_sim missing (Debian package openipmi) (PXE_LAB_REQUIRED=1)")
-		}
-		t.Skip("ipmi_sim missing (Debian package openipmi)")
-	}
-	dir := t.TempDir()
-	lanPort, serialPort := freePort(t, "udp"), freePort(t, "tcp")
-	// A sleep of a length unique to this test finds "the machine"
-	// among the host's processes.
-	marker := strconv.Itoa(900000 + os.Getpid()%10000*10 + lanPort%10)
-	conf := fmt.Sprintf(`name "pxetest"
-set_working_mc 0x20
-  startlan 1
-    addr 127.0.0.1 %d
-    priv_limit admin
-    allowed_auths_callback none md2 md5 straight
-    allowed_auths_user none md2 md5 straight
-    allowed_auths_operator none md2 md5 straight
-    allowed_auths_admin none md2 md5 straight
-    guid a123456789abcdefa123456789abcdef
-  endlan
-  serial 15 127.0.0.1 %d codec VM
-  startcmd "sleep %s"
-  startnow false
-  user 2 true "admin" %q admin 10 none md2 md5 straight
-`, lanPort, serialPort, marker, password)
-	emu := "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n"
-	for name, body := range map[string]string{"lan.conf": conf, "sim.emu": emu} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	state := filepath.Join(dir, "state")
-	if err := os.Mkdir(state, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("ipmi_sim", "-c", filepath.Join(dir, "lan.conf"), "-f", filepath.Join(dir, "sim.emu"), "-n", "-s", state)
-	// A file, not a pipe: the simulator's child inherits it and
-	// outlives a killed simulator, and would hold a pipe (and Wait) open.
-	logPath := filepath.Join(dir, "ipmi_sim.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	out := func() string { b, _ := os.ReadFile(logPath); return string(b) }
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		// The simulator's child outlives it when killed; end it too.
-		for _, pid := range pidsOf(marker) {
-			if p, err := os.FindProcess(pid); err == nil {
-				p.Kill()
-			}
-		}
-		if t.Failed() {
-			t.Logf("ipmi_sim output:\n%s", out())
-		}
-	})
-	// Wait until ipmi_sim has bound its LAN port (the kernel's socket
-	// table says so); asking earlier gets "connection refused".
-	want := fmt.Sprintf("0100007F:%04X", lanPort)
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		b, _ := os.ReadFile("/proc/net/udp")
-		if strings.Contains(string(b), want) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ipmi_sim did not bind 127.0.0.1:%d in 10 s:\n%s", lanPort, out())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return &simBMC{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(lanPort)), pid: cmd.Process.Pid, marker: marker}
-}
-
-// freePort is a port that was free a moment ago on 127.0.0.1.
-func freePort(t *testing.T, network string) int {
-	t.Helper()
-	if network == "udp" {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		return c.LocalAddr().(*net.UDPAddr).Port
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// pidsOf lists the processes running "sleep marker".
-func pidsOf(marker string) []int {
-	var pids []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Join(strings.Split(strings.TrimRight(string(b), "\x00"), "\x00"), " ") == "sleep "+marker {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
 
 // passwordFile writes a password file of the given mode.
 func passwordFile(t *testing.T, password string, mode os.FileMode) string {
@@ -156,11 +27,11 @@ func passwordFile(t *testing.T, password string, mode os.FileMode) string {
 }
 
 // waitMachine waits until "the machine" runs (want true) or not.
-func (s *simBMC) waitMachine(t *testing.T, want bool) []int {
+func waitMachine(t *testing.T, s *powertest.IPMISim, want bool) []int {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		pids := pidsOf(s.marker)
+		pids := s.MachinePIDs()
 		if (len(pids) > 0) == want {
 			return pids
 		}
@@ -173,9 +44,9 @@ func (s *simBMC) waitMachine(t *testing.T, want bool) []int {
 
 func TestIPMIAgainstIPMISim(t *testing.T) {
 	const password = "s3cret-ipmi"
-	sim := startSim(t, password)
+	sim := powertest.StartIPMISim(t, powertest.IPMISimConfig{Password: password})
 	ctx := context.Background()
-	c, err := New(Config{Type: TypeIPMI, Address: sim.addr, User: "admin",
+	c, err := New(Config{Type: TypeIPMI, Address: sim.Addr, User: "admin",
 		PasswordFile: passwordFile(t, password, 0o600), Timeout: 15 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -196,13 +67,13 @@ func TestIPMIAgainstIPMISim(t *testing.T) {
 		}
 	}
 	status(Off)
-	sim.waitMachine(t, false)
+	waitMachine(t, sim, false)
 
 	if err := c.On(ctx); err != nil {
 		t.Fatal(err)
 	}
 	status(On)
-	first := sim.waitMachine(t, true)
+	first := waitMachine(t, sim, true)
 
 	// A cycle of a running machine really restarts it.
 	if err := c.Cycle(ctx); err != nil {
@@ -211,7 +82,7 @@ func TestIPMIAgainstIPMISim(t *testing.T) {
 	status(On)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		now := pidsOf(sim.marker)
+		now := sim.MachinePIDs()
 		if len(now) == 1 && now[0] != first[0] {
 			break
 		}
@@ -225,14 +96,14 @@ func TestIPMIAgainstIPMISim(t *testing.T) {
 		t.Fatal(err)
 	}
 	status(Off)
-	sim.waitMachine(t, false)
+	waitMachine(t, sim, false)
 
 	// A cycle of a machine that is off powers it on.
 	if err := c.Cycle(ctx); err != nil {
 		t.Fatal(err)
 	}
 	status(On)
-	sim.waitMachine(t, true)
+	waitMachine(t, sim, true)
 
 	// ipmi_sim refuses boot devices ("Invalid data field in request"):
 	// that is ErrUnsupported, which callers take as a warning.
@@ -241,14 +112,14 @@ func TestIPMIAgainstIPMISim(t *testing.T) {
 		t.Fatalf("BootPXEOnce = %v, want ErrUnsupported from ipmi_sim", err)
 	}
 	var pe *Error
-	if !errors.As(err, &pe) || pe.Op != "boot pxe once" || pe.Address != sim.addr {
+	if !errors.As(err, &pe) || pe.Op != "boot pxe once" || pe.Address != sim.Addr {
 		t.Fatalf("BootPXEOnce error %#v: want a *Error naming the BMC and the operation", err)
 	}
 }
 
 func TestIPMIWrongPasswordIsAuthAndNeverShown(t *testing.T) {
-	sim := startSim(t, "right-password")
-	c, err := New(Config{Type: TypeIPMI, Address: sim.addr, User: "admin",
+	sim := powertest.StartIPMISim(t, powertest.IPMISimConfig{Password: "right-password"})
+	c, err := New(Config{Type: TypeIPMI, Address: sim.Addr, User: "admin",
 		PasswordFile: passwordFile(t, "wrong-password", 0o600), Timeout: 15 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -260,7 +131,7 @@ func TestIPMIWrongPasswordIsAuthAndNeverShown(t *testing.T) {
 	if strings.Contains(err.Error(), "wrong-password") || strings.Contains(err.Error(), "right-password") {
 		t.Fatalf("error %q holds a password", err)
 	}
-	if len(pidsOf(sim.marker)) != 0 {
+	if len(sim.MachinePIDs()) != 0 {
 		t.Fatal("the machine was powered on with a wrong password")
 	}
 }
