@@ -22,6 +22,9 @@ type BMC struct {
 	User         string
 	PasswordFile string // absolute; mode 0600 or stricter (checked at load)
 	Timeout      time.Duration
+	// CAFile (redfish over https): PEM certificates the BMC's must
+	// chain to, such as its own self-signed one; "": the system's roots.
+	CAFile string
 	// Where is the block's place in the config ("machines[2].bmc"),
 	// for errors about it.
 	Where string
@@ -46,6 +49,7 @@ func (b *BMC) Merge(over *BMC) *BMC {
 	for _, f := range []struct{ dst, src *string }{
 		{&out.Type, &over.Type}, {&out.Address, &over.Address},
 		{&out.User, &over.User}, {&out.PasswordFile, &over.PasswordFile},
+		{&out.CAFile, &over.CAFile},
 	} {
 		if *f.src != "" {
 			*f.dst = *f.src
@@ -75,7 +79,7 @@ func (c *Config) BMCOf(mac net.HardwareAddr) *BMC {
 // bmc decodes a bmc: block. Fields may be missing here and come from
 // the block it is merged with; validateBMCs checks the merged whole.
 func (d *decoder) bmc(n *yaml.Node, w string) *BMC {
-	f := d.fields(n, w, "type", "address", "user", "password_file", "timeout")
+	f := d.fields(n, w, "type", "address", "user", "password_file", "timeout", "ca_file")
 	b := &BMC{Where: w}
 	if v, ok := d.enum(f["type"], w+".type", BMCIPMI, BMCRedfish); ok {
 		b.Type = v
@@ -84,6 +88,7 @@ func (d *decoder) bmc(n *yaml.Node, w string) *BMC {
 	d.setStr(&b.User, f["user"], w+".user")
 	d.setPath(&b.PasswordFile, f["password_file"], w+".password_file")
 	d.setDuration(&b.Timeout, f["timeout"], w+".timeout", time.Second, 10*time.Minute)
+	d.setPath(&b.CAFile, f["ca_file"], w+".ca_file")
 	if b.PasswordFile != "" {
 		if err := checkSecretFile(b.PasswordFile); err != nil {
 			d.errf(f["password_file"], w+".password_file", "a file only the server's user can read: chmod 600", "%v", err)
