@@ -101,6 +101,9 @@ func TestMachinesPower(t *testing.T) {
 	}
 
 	// The power routes need the API token, like every other action.
+	pw.mu.Lock()
+	pw.calls = nil
+	pw.mu.Unlock()
 	for _, path := range []string{"/api/v1/machines/52:54:00:00:00:01/power/on", "/api/v1/machines/52:54:00:00:00:01/reinstall?power_cycle=1"} {
 		resp, err := http.Post(srv.URL+path, "application/json", nil)
 		if err != nil {
