@@ -678,7 +678,7 @@ func (d *decoder) machines(c *Config, n *yaml.Node) {
 	}
 	for i, mn := range n.Content {
 		w := fmt.Sprintf("machines[%d]", i)
-		f := d.fields(mn, w, "mac", "profile", "hostname", "ip", "bmc")
+		f := d.fields(mn, w, "mac", "profile", "hostname", "ip", "bmc", "netboot")
 		m := &Machine{}
 		if s, ok := d.str(f["mac"], w+".mac"); ok {
 			hw, err := net.ParseMAC(s)
@@ -701,6 +701,9 @@ func (d *decoder) machines(c *Config, n *yaml.Node) {
 		d.setIPv4(&m.IP, f["ip"], w+".ip")
 		if f["bmc"] != nil {
 			m.BMC = d.bmc(f["bmc"], w+".bmc")
+		}
+		if v, ok := d.enum(f["netboot"], w+".netboot", NetbootAny, NetbootHTTP); ok && v != NetbootAny {
+			m.Netboot = v
 		}
 		c.Machines = append(c.Machines, m)
 	}
