@@ -66,6 +66,9 @@ type profileSpec struct {
 	system string // store path of the system toplevel
 	mac    string
 	proxy  bool // proxy DHCP beside another server, not authoritative
+	// machines, if set, is the config's machines: list (profile e2e)
+	// instead of the one machine mac (rack_test.go).
+	machines string
 }
 
 // startServer writes a config for one machine and starts the server.
@@ -101,10 +104,7 @@ profiles:
     chown: {/home/alice: "1000:100"}
     after_install: reboot
 machines:
-  - mac: "%[9]s"
-    profile: e2e
-    hostname: e2e-01
-`, serverIP, state, kernel, initrd, p.disko, p.system, diskKey, extra, p.mac, dhcpConfig(p.proxy))
+%[11]s`, serverIP, state, kernel, initrd, p.disko, p.system, diskKey, extra, p.mac, dhcpConfig(p.proxy), machinesYAML(p))
 	cfgPath := filepath.Join(dir, "config.yaml")
 	writeFile(t, cfgPath, cfg, 0o600)
 
@@ -176,6 +176,13 @@ machines:
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+func machinesYAML(p profileSpec) string {
+	if p.machines != "" {
+		return p.machines
+	}
+	return "  - mac: \"" + p.mac + "\"\n    profile: e2e\n    hostname: e2e-01\n"
 }
 
 func dhcpConfig(proxy bool) string {
