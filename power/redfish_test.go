@@ -34,6 +34,9 @@ func startRedfish(t *testing.T, s *powertest.RedfishStandIn, password string) Co
 func TestRedfishAgainstStandIn(t *testing.T) {
 	const password = "s3cret-redfish"
 	bmc := powertest.NewRedfishStandIn("root", password)
+	// Both restarts allowed: ForceRestart, the one every service has,
+	// is preferred.
+	bmc.ResetTypes = append(bmc.ResetTypes, "PowerCycle")
 	c, err := New(startRedfish(t, bmc, password))
 	if err != nil {
 		t.Fatal(err)
