@@ -22,6 +22,13 @@ func TestBMCBlock(t *testing.T) {
 	if err := os.Chmod(open, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	groupRead := filepath.Join(dir, "group.pw")
+	if err := os.WriteFile(groupRead, []byte("x\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(groupRead, 0o640); err != nil {
+		t.Fatal(err)
+	}
 	cfgWith := func(profileBMC, machineBMC string) string {
 		s := "images:\n  nixos:\n    kexec_tarball: /srv/k.tar.gz\nprofiles:\n  web:\n    image: nixos\n    flake: \".#web\"\n"
 		s += profileBMC
@@ -57,6 +64,8 @@ func TestBMCBlock(t *testing.T) {
 	}{
 		{"password file readable by others", "", "    bmc: {type: ipmi, address: 10.0.0.5, password_file: " + open + "}\n",
 			"pxe.yaml:11: machines[0].bmc.password_file: " + open + " is readable by others (mode 644)"},
+		{"password file readable by its group", "", "    bmc: {type: ipmi, address: 10.0.0.5, password_file: " + groupRead + "}\n",
+			"machines[0].bmc.password_file: " + groupRead + " is readable by others (mode 640)"},
 		{"password file missing", "", "    bmc: {type: ipmi, address: 10.0.0.5, password_file: /nonexistent/pw}\n",
 			"machines[0].bmc.password_file: stat /nonexistent/pw: no such file"},
 		{"address from the profile", "    bmc: {type: ipmi, address: 10.0.0.5}\n", "",

@@ -197,3 +197,25 @@ func TestPoweroffFallsBackToBMC(t *testing.T) {
 	f.up(t, macB, plan.Token)
 	waitState(t, f, macB, profiles.StateFailed)
 }
+
+func TestPoweroffFallbackOnlyForPoweroffInRebootPhase(t *testing.T) {
+	for _, tc := range []struct {
+		name, afterInstall, phase string
+	}{
+		{"after_install reboot", "reboot", installer.PhaseReboot},
+		{"failure before the reboot phase", "poweroff", installer.PhaseDisko},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bmc, url := startStandIn(t, "pw")
+			bmc.SetPower("On")
+			f := newFixture(t, powerConfig(t, url, "pw", tc.afterInstall), "")
+			f.engine.err = &installer.PhaseError{Phase: tc.phase, ExitCode: 1, Err: errors.New("exit code 1")}
+			plan := f.boot(t, macA)
+			f.up(t, macA, plan.Token)
+			waitState(t, f, macA, profiles.StateFailed)
+			if power, _, _, resets := bmc.Snapshot(); power != "On" || len(resets) != 0 {
+				t.Fatalf("BMC used: power %s resets %v", power, resets)
+			}
+		})
+	}
+}
