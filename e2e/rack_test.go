@@ -85,7 +85,7 @@ func TestRack(t *testing.T) {
 			t.Fatalf("qemu argument %q cannot go into ipmi_sim's startcmd", a)
 		}
 	}
-	powertest.StartIPMISim(t, powertest.IPMISimConfig{Password: bmcSecret, IP: "127.0.0.1", Port: bmcPort, SerialPort: bmcSerial,
+	sim := powertest.StartIPMISim(t, powertest.IPMISimConfig{Password: bmcSecret, IP: "127.0.0.1", Port: bmcPort, SerialPort: bmcSerial,
 		StartCmd: "qemu-system-x86_64 " + strings.Join(args, " "), Wrap: []string{"ip", "netns", "exec", lab.Server.Name}})
 	t.Cleanup(func() { killPidFile(pidFile) })
 
@@ -97,6 +97,13 @@ func TestRack(t *testing.T) {
 		t.Fatalf("machines power on: %s", out)
 	}
 	bmcVM.start = start
+	// qemu runs under ipmi_sim, not under the test: make sure it started.
+	for deadline := time.Now().Add(time.Minute); !qemuRunning(pidFile); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the BMC's qemu is not running a minute after power on; ipmi_sim output:\n%s", sim.Output())
+		}
+		time.Sleep(time.Second)
+	}
 	virtio := launchVMOpts(t, lab, bios, rackVirtio, nil, vmOpts{NIC: "virtio-net-pci", ROM: "/usr/lib/ipxe/qemu/pxe-virtio.rom"})
 	virtio.name += "-virtio"
 	uefiVM := launchVMOpts(t, lab, uefi, rackUEFI, nil, vmOpts{})
@@ -211,6 +218,16 @@ func countEvents(t *testing.T, s *server, mac, sub string) int {
 		}
 	}
 	return n
+}
+
+// qemuRunning reports whether the qemu of pid file path runs.
+func qemuRunning(path string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	cmdline, err := os.ReadFile("/proc/" + strings.TrimSpace(string(b)) + "/cmdline")
+	return err == nil && strings.Contains(string(cmdline), path)
 }
 
 // killPidFile ends the qemu that ipmi_sim started, whose pid it wrote;
