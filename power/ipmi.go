@@ -52,10 +52,10 @@ func (b *ipmiBMC) session(ctx context.Context, op string, f func(ctx context.Con
 		if err != nil {
 			return err
 		}
-		// One UDP exchange waits at most 2 s and is tried 3 times, so
-		// a BMC that lost one packet still answers well within the
-		// operation's bound.
-		c.WithTimeout(2 * time.Second).WithRetry(2)
+		// One UDP exchange waits at most 2 s (a third of the bound, if
+		// less) and is tried 3 times, so a BMC that lost one packet
+		// still answers within the operation's bound.
+		c.WithTimeout(min(2*time.Second, b.timeout/3)).WithRetry(2)
 		// Naming the suites skips "Get Channel Cipher Suites", which
 		// many BMCs (ipmi_sim among them) leave unanswered: that cost
 		// three timeouts per session. They are tried strongest first.
@@ -88,6 +88,10 @@ func classifyIPMI(err error) error {
 		}
 	}
 	msg := strings.ToLower(err.Error())
+	// No answer at all: go-ipmi says so in text only.
+	if strings.Contains(msg, "before deadline") || strings.Contains(msg, "i/o timeout") {
+		return fmt.Errorf("%w: %w", ErrTimeout, err)
+	}
 	// go-ipmi reports a refused RAKP exchange (wrong user or password)
 	// as an RMCP+ status code in the error text only.
 	for _, s := range []string{"unauthorized name", "invalid integrity check", "unauthorized role", "password", "rakp"} {

@@ -1,7 +1,9 @@
 package profiles
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -89,8 +91,11 @@ func (d *decoder) bmc(n *yaml.Node, w string) *BMC {
 	d.setPath(&b.PasswordFile, f["password_file"], w+".password_file")
 	d.setDuration(&b.Timeout, f["timeout"], w+".timeout", time.Second, 10*time.Minute)
 	d.setPath(&b.CAFile, f["ca_file"], w+".ca_file")
+	// A password file that is there must be private; one that is not
+	// there yet (written by a secrets manager at boot) is reported when
+	// the BMC is used, in the machine's events.
 	if b.PasswordFile != "" {
-		if err := checkSecretFile(b.PasswordFile); err != nil {
+		if err := checkSecretFile(b.PasswordFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			d.errf(f["password_file"], w+".password_file", "a file only the server's user can read: chmod 600", "%v", err)
 		}
 	}
