@@ -23,7 +23,7 @@ const (
 	rackAlone    = "52:54:00:77:10:05" // BIOS e1000, installed alone first: the baseline
 	rackBMC      = "52:54:00:77:10:01" // BIOS e1000, two NICs (the second uncabled), powered by ipmi_sim
 	rackUncabled = "52:54:00:77:10:81"
-	rackVirtio   = "52:54:00:77:10:02" // BIOS, virtio-net with qemu's iPXE virtio ROM
+	rackBIOS2    = "52:54:00:77:10:02" // BIOS e1000 (virtio-net with pxe-virtio.rom did not boot under TCG: see below)
 	rackUEFI     = "52:54:00:77:10:03" // UEFI, OVMF PXE (TFTP) on virtio-net
 	rackHTTP     = "52:54:00:77:10:04" // UEFI HTTP Boot (netboot: http), virtio-net
 	// The BMC listens on the server namespace's loopback: only the
@@ -34,8 +34,8 @@ const (
 )
 
 // TestRack: one server, one bridge, four machines powered on together
-// (two BIOS, two UEFI; virtio-net; two NICs of which one is cabled; one
-// by UEFI HTTP Boot), all installed unattended at once; then the one
+// (two BIOS, two UEFI on virtio-net; one with two NICs of which one is
+// cabled; one by UEFI HTTP Boot), all installed unattended at once; then the one
 // behind a real IPMI BMC (ipmi_sim, which starts its qemu) is
 // reinstalled by `machines reinstall --power-cycle` without the test
 // touching the VM. It logs the wall time of the four installs against
@@ -56,10 +56,10 @@ func TestRack(t *testing.T) {
     profile: e2e
     hostname: rack-bmc
     bmc: {type: ipmi, address: "127.0.0.1:%d", user: admin, password_file: %s, timeout: 30s}
-  - {mac: "%s", profile: e2e, hostname: rack-virtio}
+  - {mac: "%s", profile: e2e, hostname: rack-bios2}
   - {mac: "%s", profile: e2e, hostname: rack-uefi}
   - {mac: "%s", profile: e2e, hostname: rack-http, netboot: http}
-`, rackAlone, rackBMC, bmcPort, pwFile, rackVirtio, rackUEFI, rackHTTP)
+`, rackAlone, rackBMC, bmcPort, pwFile, rackBIOS2, rackUEFI, rackHTTP)
 	s := startServer(t, lab, profileSpec{disko: disko, system: system, machines: machines})
 
 	// One install alone: the baseline.
@@ -104,8 +104,12 @@ func TestRack(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	virtio := launchVMOpts(t, lab, bios, rackVirtio, nil, vmOpts{NIC: "virtio-net-pci", ROM: "/usr/lib/ipxe/qemu/pxe-virtio.rom"})
-	virtio.name += "-virtio"
+	// The second BIOS machine has an e1000: with virtio-net-pci and
+	// qemu's pxe-virtio.rom, SeaBIOS never ran the ROM under TCG either
+	// (it went to the disk, then "No bootable device"), as LAB.md saw
+	// under KVM. The two UEFI machines are the virtio-net ones.
+	bios2 := launchVM(t, lab, bios, rackBIOS2, nil)
+	bios2.name += "-bios2"
 	uefiVM := launchVMOpts(t, lab, uefi, rackUEFI, nil, vmOpts{})
 	uefiVM.name += "-uefi"
 	// IPv6 PXE off, so the firmware goes from its IPv4 PXE attempt
@@ -116,7 +120,12 @@ func TestRack(t *testing.T) {
 	rack := []struct {
 		v   *vm
 		mac string
-	}{{bmcVM, rackBMC}, {virtio, rackVirtio}, {uefiVM, rackUEFI}, {httpVM, rackHTTP}}
+	}{{bmcVM, rackBMC}, {bios2, rackBIOS2}, {uefiVM, rackUEFI}, {httpVM, rackHTTP}}
+	// Each must reach the server within minutes: a firmware that never
+	// sends DHCP fails here, not after the install bound.
+	for _, m := range rack {
+		waitFor(t, m.v, 5*time.Minute, m.mac+" first DHCP", func() bool { return s.logLineWith("msg=DHCP", "mac="+m.mac) != "" })
+	}
 	for _, m := range rack {
 		d := waitInstalled(t, s, m.v, m.mac)
 		t.Logf("RACK %s installed at %s", m.v.name, d)
