@@ -152,6 +152,9 @@ type Config struct {
 	// Metrics is served at /metrics and counts this side's requests;
 	// it may be nil.
 	Metrics *prometheus.Registry
+	// Power, if set, drives the machines' BMCs (power on, off, cycle,
+	// status; reinstall with a power cycle). Nil: those answer 501.
+	Power Power
 	// Reload, if set, is what POST /api/v1/config/reload runs.
 	Reload func(ctx context.Context) error
 	// Warnings, if set, are shown above the machines on the status
@@ -207,6 +210,8 @@ func New(cfg Config, inv Inventory) *Server {
 		r.Get("/machines/{mac}/events", s.machineEvents)
 		r.Get("/machines/{mac}/log", s.machineLog)
 		r.Post("/machines/{mac}/reinstall", s.reinstall)
+		r.Get("/machines/{mac}/power", s.power)
+		r.Post("/machines/{mac}/power/{action}", s.power)
 		r.Post("/machines/{mac}/cancel", s.cancel)
 		r.Post("/machines/{mac}/assign", s.assign)
 		r.Delete("/machines/{mac}", s.forget)

@@ -128,6 +128,14 @@ func (s *Server) reinstall(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if pc := r.URL.Query().Get("power_cycle"); pc != "" {
+		if pc != "1" && pc != "true" {
+			httpserve.WriteError(w, http.StatusBadRequest, errors.New("power_cycle: want 1 or true"))
+			return
+		}
+		s.reinstallPowerCycle(w, r, mac)
+		return
+	}
 	if err := s.inv.Reinstall(r.Context(), mac, byAPI); err != nil {
 		s.inventoryError(w, err)
 		return

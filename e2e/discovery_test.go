@@ -33,7 +33,7 @@ func TestDiscoveryRuleInstall(t *testing.T) {
 	if m := s.machine(mac); m.State != "" {
 		t.Fatalf("before boot the server knows %s: %+v", mac, m)
 	}
-	v := launchVMWith(t, lab, bios, mac, nil, []string{"-smbios", "type=1,manufacturer=PXE Lab,product=Rack 9000 Gen2,serial=E2E-0042"})
+	v := launchVMOpts(t, lab, bios, mac, nil, vmOpts{Extra: []string{"-smbios", "type=1,manufacturer=PXE Lab,product=Rack 9000 Gen2,serial=E2E-0042"}})
 	st := &stateTimer{}
 	waitFor(t, v, bootBound, "discover boot", func() bool { return s.logHas("PXE boot into the installer (discover)") })
 	waitFor(t, v, bootBound, "installer callback", func() bool {

@@ -67,7 +67,8 @@ type profileSpec struct {
 	mac    string
 	proxy  bool // proxy DHCP beside another server, not authoritative
 	// unknown is the server's unknown_machines line ("": ignore) and
-	// machines the config's last sections ("": mac under machines:).
+	// machines the config's last sections ("": mac under machines:;
+	// rack_test.go and discovery_test.go write their own).
 	unknown, machines string
 }
 

@@ -166,12 +166,30 @@ func startKernelVM(t *testing.T, lab *netlab.Lab, mac string, kb kernelBoot) *vm
 
 func launchVM(t *testing.T, lab *netlab.Lab, fw firmware, mac string, kb *kernelBoot) *vm {
 	t.Helper()
-	return launchVMWith(t, lab, fw, mac, kb, nil)
+	return launchVMOpts(t, lab, fw, mac, kb, vmOpts{})
 }
 
-// launchVMWith is launchVM with more qemu arguments (for example
-// -smbios type=1,... to set what the guest's /sys/class/dmi/id says).
-func launchVMWith(t *testing.T, lab *netlab.Lab, fw firmware, mac string, kb *kernelBoot, extra []string) *vm {
+// vmOpts vary a guest beyond its firmware (rack_test.go).
+type vmOpts struct {
+	// NIC is the cabled NIC's model ("": e1000 for BIOS, virtio-net-pci
+	// for UEFI); ROM its BIOS option ROM ("": the model's iPXE ROM).
+	NIC, ROM string
+	// Extra are more qemu arguments (a second NIC, a BMC, fw_cfg).
+	Extra []string
+	// SerialAppend keeps the serial log across qemu restarts (a BMC
+	// that power-cycles the guest starts qemu again).
+	SerialAppend bool
+}
+
+func launchVMOpts(t *testing.T, lab *netlab.Lab, fw firmware, mac string, kb *kernelBoot, o vmOpts) *vm {
+	t.Helper()
+	v, args := vmArgs(t, lab, fw, mac, kb, o)
+	return v.run(lab.Server.Name, args)
+}
+
+// vmArgs prepares a guest's disk and firmware files and returns its qemu
+// command line (without qemu-system-x86_64 itself).
+func vmArgs(t *testing.T, lab *netlab.Lab, fw firmware, mac string, kb *kernelBoot, o vmOpts) (*vm, []string) {
 	t.Helper()
 	dir := t.TempDir()
 	v := &vm{t: t, name: t.Name(), Serial: filepath.Join(dir, "serial.log"), Disk: filepath.Join(dir, "disk.qcow2"), done: make(chan struct{})}
@@ -187,8 +205,12 @@ func launchVMWith(t *testing.T, lab *netlab.Lab, fw firmware, mac string, kb *ke
 	if kb != nil && kb.MemMiB != 0 {
 		mem = kb.MemMiB
 	}
+	serial := "file,id=ser0,path=" + v.Serial
+	if o.SerialAppend {
+		serial += ",append=on"
+	}
 	args := []string{"-nodefaults", "-display", "none", "-accel", accel, "-m", strconv.Itoa(mem), "-smp", "1",
-		"-serial", "file:" + v.Serial,
+		"-chardev", serial, "-serial", "chardev:ser0",
 		"-netdev", "tap,id=n0,ifname=" + tap + ",script=no,downscript=no",
 		"-drive", "file=" + v.Disk + ",if=none,id=d0,format=qcow2",
 		"-device", "virtio-blk-pci,drive=d0,bootindex=2",
@@ -198,8 +220,12 @@ func launchVMWith(t *testing.T, lab *netlab.Lab, fw firmware, mac string, kb *ke
 		args = append(args, "-machine", "pc", "-kernel", kb.Kernel, "-initrd", kb.Initrd, "-append", kb.Cmdline,
 			"-device", "e1000,netdev=n0,mac="+mac+",romfile=")
 	case fw == bios:
+		nic, rom := "e1000", "/usr/lib/ipxe/qemu/pxe-e1000.rom"
+		if o.NIC != "" {
+			nic, rom = o.NIC, o.ROM
+		}
 		args = append(args, "-machine", "pc",
-			"-device", "e1000,netdev=n0,mac="+mac+",romfile=/usr/lib/ipxe/qemu/pxe-e1000.rom,bootindex=1",
+			"-device", nic+",netdev=n0,mac="+mac+",romfile="+rom+",bootindex=1",
 			"-chardev", "file,id=dbg,path="+filepath.Join(dir, "seabios.log"), "-device", "isa-debugcon,iobase=0x402,chardev=dbg")
 	case fw == uefi:
 		vars := filepath.Join(dir, "OVMF_VARS.fd")
@@ -213,9 +239,21 @@ func launchVMWith(t *testing.T, lab *netlab.Lab, fw firmware, mac string, kb *ke
 			"-drive", "if=pflash,format=raw,file="+vars,
 			"-device", "virtio-net-pci,netdev=n0,mac="+mac+",romfile=,bootindex=1")
 	}
-	args = append(args, extra...)
+	args = append(args, o.Extra...)
+	t.Cleanup(func() {
+		if t.Failed() {
+			v.keepLogs(dir)
+		}
+	})
+	return v, args
+}
+
+// run starts qemu with args inside the network namespace ns.
+func (v *vm) run(ns string, args []string) *vm {
+	t := v.t
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*bootBound)
-	v.cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", lab.Server.Name, "qemu-system-x86_64"}, args...)...)
+	v.cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, "qemu-system-x86_64"}, args...)...)
 	var stderr bytes.Buffer
 	v.cmd.Stderr = &stderr
 	v.start = time.Now()
@@ -233,9 +271,6 @@ func launchVMWith(t *testing.T, lab *netlab.Lab, fw firmware, mac string, kb *ke
 	t.Cleanup(func() {
 		v.Stop()
 		cancel()
-		if t.Failed() {
-			v.keepLogs(dir)
-		}
 	})
 	return v
 }
@@ -243,6 +278,9 @@ func launchVMWith(t *testing.T, lab *netlab.Lab, fw firmware, mac string, kb *ke
 // Stop kills the guest and waits for qemu to be gone, so that its disk
 // can be read.
 func (v *vm) Stop() {
+	if v.cmd == nil {
+		return // started by a BMC, which stops it
+	}
 	select {
 	case <-v.done:
 		return

@@ -289,6 +289,8 @@ type Profile struct {
 	// "probe") that differs from the engine's default.
 	Timeouts map[string]time.Duration
 	Trust    Trust // "" means server.trust
+	// BMC holds what the profile's machines' BMCs share; nil: none.
+	BMC *BMC
 }
 
 // TrustOf is the trust in force for machines of profile p (nil: a
@@ -326,7 +328,23 @@ type Machine struct {
 	Profile  string
 	Hostname string
 	IP       netip.Addr // zero when the machine has no reservation
+	// BMC is the machine's own bmc: block (merged over its profile's
+	// by Config.BMCOf); nil: none.
+	BMC *BMC
+	// Netboot is NetbootAny ("" when unset) or NetbootHTTP.
+	Netboot string
 }
+
+// The machine netboot values.
+const (
+	// NetbootAny: the firmware's PXE and HTTP Boot both get iPXE.
+	NetbootAny = "any"
+	// NetbootHTTP: UEFI HTTP Boot only. The firmware's PXE attempt gets
+	// an address but no boot file, which makes UEFI firmware go on to
+	// its HTTP Boot option; for NICs whose PXE is broken, or networks
+	// where TFTP does not pass.
+	NetbootHTTP = "http"
+)
 
 // MachineByMAC returns the machine listed with mac, or nil.
 func (c *Config) MachineByMAC(mac net.HardwareAddr) *Machine {

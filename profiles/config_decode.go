@@ -531,7 +531,8 @@ func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 	}
 	f := d.fields(n, w, "image", "flake", "store_paths", "disk_encryption_keys", "extra_files",
 		"chown", "kernel_params", "ssh", "after_install", "retries", "phases", "trust",
-		"timeouts") // limits (engine)
+		"timeouts", // limits (engine)
+		"bmc")
 	d.setStr(&p.Image, f["image"], w+".image")
 	if p.Image == "" {
 		d.errAt(d.lines[w], w, "name one of the images: entries", "missing image")
@@ -651,6 +652,9 @@ func (d *decoder) profile(name string, n *yaml.Node, w string) *Profile {
 	if v, ok := d.enum(f["trust"], w+".trust", string(TrustDHCP), string(TrustMAC)); ok {
 		p.Trust = Trust(v)
 	}
+	if f["bmc"] != nil {
+		p.BMC = d.bmc(f["bmc"], w+".bmc")
+	}
 	if pn := f["phases"]; pn != nil {
 		list := d.strList(pn, w+".phases")
 		p.Phases = nil
@@ -675,7 +679,7 @@ func (d *decoder) machines(c *Config, n *yaml.Node) {
 	}
 	for i, mn := range n.Content {
 		w := fmt.Sprintf("machines[%d]", i)
-		f := d.fields(mn, w, "mac", "profile", "hostname", "ip")
+		f := d.fields(mn, w, "mac", "profile", "hostname", "ip", "bmc", "netboot")
 		m := &Machine{}
 		if s, ok := d.str(f["mac"], w+".mac"); ok {
 			hw, err := net.ParseMAC(s)
@@ -696,6 +700,12 @@ func (d *decoder) machines(c *Config, n *yaml.Node) {
 			d.errf(f["hostname"], w+".hostname", "letters, digits and '-', dot-separated labels of at most 63", "bad hostname %q", m.Hostname)
 		}
 		d.setIPv4(&m.IP, f["ip"], w+".ip")
+		if f["bmc"] != nil {
+			m.BMC = d.bmc(f["bmc"], w+".bmc")
+		}
+		if v, ok := d.enum(f["netboot"], w+".netboot", NetbootAny, NetbootHTTP); ok && v != NetbootAny {
+			m.Netboot = v
+		}
 		c.Machines = append(c.Machines, m)
 	}
 }

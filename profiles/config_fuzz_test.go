@@ -25,6 +25,7 @@ func FuzzParse(f *testing.F) {
 	for _, s := range []string{
 		base,
 		base + "machines:\n  - {mac: \"52:54:00:12:34:01\", profile: web, ip: 10.77.0.5}\n",
+		base + "    bmc: {type: ipmi, user: admin}\nmachines:\n  - {mac: \"52:54:00:12:34:01\", profile: web, netboot: http, bmc: {address: \"10.0.0.5:623\", timeout: 5s}}\n",
 		"a: &x [*x]\n",
 		"server: &s {max_installs: 2}\ndhcp: *s\n",
 		"{\"images\": {\"a\": {\"kernel\": \"k\", \"initrd\": [\"i\"]}}}",

@@ -20,6 +20,8 @@ func (d *decoder) validate(c *Config) {
 		errAt("server.unknown_machines", "server", "set discover_image to one of the images: entries", "unknown_machines: discover needs discover_image")
 	}
 
+	d.validateBMCs(c)
+
 	// limits (protocol bounds)
 	if l := c.Server.Limits; l.HTTPHeaderTimeout > l.HTTPReadTimeout {
 		errAt("server.http_header_timeout", "server.http_header_timeout", "the headers are part of the request: make it at most http_read_timeout",

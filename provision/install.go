@@ -108,6 +108,10 @@ func (p *Provisioner) install(ctx context.Context, b profiles.Boot, m *profiles.
 		if err = p.engine(ctx, opts, s); err == nil || ctx.Err() != nil {
 			break
 		}
+		if p.poweroffByBMC(s.ctx, b.MAC, prof, err) {
+			err = nil
+			break
+		}
 	}
 	switch {
 	case ctx.Err() != nil:

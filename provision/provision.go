@@ -300,7 +300,11 @@ func (p *Provisioner) Wait() {
 func (p *Provisioner) Decide(ctx context.Context, m dhcp.Machine) dhcp.Decision {
 	cfg := p.cfg.Load()
 	mac := m.MAC.String()
-	if cfg.MachineByMAC(m.MAC) != nil {
+	if known := cfg.MachineByMAC(m.MAC); known != nil {
+		if awaitsHTTPBoot(known, m.Firmware) {
+			p.metrics.dhcpDecisions.WithLabelValues("known-awaits-httpboot").Inc()
+			return dhcp.Ignore
+		}
 		p.metrics.dhcpDecisions.WithLabelValues("known").Inc()
 		p.noteFirmware(ctx, mac, m.Firmware.Arch.String())
 		return dhcp.Boot

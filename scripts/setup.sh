@@ -21,7 +21,8 @@ export DEBIAN_FRONTEND=noninteractive
 # are disabled; dbus, udev and the like also arrive as dependencies, and
 # the system needs them.
 DAEMONS="openssh-server nginx-common tftpd-hpa dnsmasq isc-dhcp-server isc-dhcp-relay
-	kea-dhcp4-server kea-dhcp6-server kea-ctrl-agent kea-dhcp-ddns-server"
+	kea-dhcp4-server kea-dhcp6-server kea-ctrl-agent kea-dhcp-ddns-server
+	openipmi ipmitool"
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 

@@ -27,6 +27,10 @@ const machinesUsage = `Usage:
   pxe-anywhere machines show [--json] MAC      one machine and all its events
   pxe-anywhere machines logs [-f] MAC          the whole install log; -f follows it until the install ends
   pxe-anywhere machines reinstall MAC          make the next PXE boot of MAC install again
+  pxe-anywhere machines reinstall --power-cycle MAC
+                                               ... and boot it now: PXE once and a power cycle through its BMC
+  pxe-anywhere machines power MAC on|off|cycle|status
+                                               drive MAC's BMC (bmc: in the config)
   pxe-anywhere machines cancel MAC             stop MAC's running or queued install; MAC becomes failed
   pxe-anywhere machines forget MAC             drop MAC's state and history
   pxe-anywhere machines assign MAC PROFILE [--hostname H]
@@ -196,14 +200,14 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, machinesUsage)
-		return errors.New("machines: want a subcommand: list, show, logs, reinstall, cancel, forget or assign")
+		return errors.New("machines: want a subcommand: list, show, logs, reinstall, power, cancel, forget or assign")
 	}
 	sub := args[0]
 	fs := flag.NewFlagSet("machines "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, machinesUsage); fs.PrintDefaults() }
 	api := apiFlags(fs)
-	var asJSON, follow *bool
+	var asJSON, follow, powerCycle *bool
 	var hostname *string
 	switch sub {
 	case "assign":
@@ -212,7 +216,11 @@ func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		asJSON = fs.Bool("json", false, "print JSON instead of a table")
 	case "logs":
 		follow = fs.Bool("f", false, "follow the log until the install ends (Ctrl-C stops)")
-	case "reinstall", "cancel", "forget":
+	case "reinstall":
+		powerCycle = fs.Bool("power-cycle", false, "also set the next boot to PXE and power-cycle the machine through its BMC")
+	case "power":
+		asJSON = fs.Bool("json", false, "print JSON")
+	case "cancel", "forget":
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, machinesUsage)
 		fs.SetOutput(stdout)
@@ -220,24 +228,36 @@ func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return nil
 	default:
 		fmt.Fprint(stderr, machinesUsage)
-		return fmt.Errorf("machines: unknown subcommand %q (want list, show, logs, reinstall, cancel, forget or assign)", sub)
+		return fmt.Errorf("machines: unknown subcommand %q (want list, show, logs, reinstall, power, cancel, forget or assign)", sub)
 	}
 	pos, err := parseInterspersed(fs, args[1:])
 	if err != nil {
 		return err
 	}
-	var mac, profile string
+	var mac, profile, action string
 	if sub == "assign" {
 		if len(pos) != 2 {
 			return fmt.Errorf("machines assign: want MAC PROFILE, got %d arguments", len(pos))
 		}
 		profile, pos = pos[1], pos[:1]
 	}
-	if sub == "list" {
+	switch sub {
+	case "list":
 		if len(pos) != 0 {
 			return fmt.Errorf("machines list: unexpected argument %q", pos[0])
 		}
-	} else {
+	case "power":
+		if len(pos) != 2 {
+			return fmt.Errorf("machines power: want MAC and one of on, off, cycle, status; got %d arguments", len(pos))
+		}
+		switch action = pos[1]; action {
+		case admin.PowerOn, admin.PowerOff, admin.PowerCycle, admin.PowerStatus:
+		default:
+			return fmt.Errorf("machines power: action %q: want on, off, cycle or status", action)
+		}
+		pos = pos[:1]
+		fallthrough
+	default:
 		if len(pos) != 1 {
 			return fmt.Errorf("machines %s: want exactly one MAC, got %d arguments", sub, len(pos))
 		}
@@ -289,11 +309,16 @@ func runMachines(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return fmt.Errorf("machines assign %s: %w", mac, err)
 		}
 		fmt.Fprintf(stdout, "%s: %s\n", mac, out.Status)
+	case "power":
+		return machinePower(ctx, c, stdout, machinePath, mac, action, *asJSON)
 	case "reinstall", "cancel", "forget":
 		method := http.MethodPost
 		path := machinePath + "/" + sub
 		if sub == "forget" {
 			method, path = http.MethodDelete, machinePath
+		}
+		if sub == "reinstall" && *powerCycle {
+			return reinstallPowerCycle(ctx, c, stdout, path+"?power_cycle=1", mac)
 		}
 		var out struct {
 			Status string `json:"status"`
@@ -499,4 +524,36 @@ func printFacts(w io.Writer, f *admin.FactsView) {
 			fmt.Fprintf(w, "  %s: %s\n", part.name, b.String())
 		}
 	}
+}
+
+// machinePower asks the server to drive mac's BMC.
+func machinePower(ctx context.Context, c *apiClient, stdout io.Writer, machinePath, mac, action string, asJSON bool) error {
+	method, path := http.MethodPost, machinePath+"/power/"+action
+	if action == admin.PowerStatus {
+		method, path = http.MethodGet, machinePath+"/power"
+	}
+	var v admin.PowerView
+	if err := c.do(ctx, method, path, &v); err != nil {
+		return fmt.Errorf("machines power %s %s: %w", mac, action, err)
+	}
+	if asJSON {
+		return printJSON(stdout, v)
+	}
+	fmt.Fprintf(stdout, "%s: %s\n", mac, v.Status)
+	return nil
+}
+
+// reinstallPowerCycle arms a reinstall and power-cycles the machine.
+// The server's warnings (a BMC that does not set the boot device) are
+// printed; they do not fail the command.
+func reinstallPowerCycle(ctx context.Context, c *apiClient, stdout io.Writer, path, mac string) error {
+	var v admin.PowerView
+	if err := c.do(ctx, http.MethodPost, path, &v); err != nil {
+		return fmt.Errorf("machines reinstall --power-cycle %s: %w", mac, err)
+	}
+	for _, w := range v.Warnings {
+		fmt.Fprintf(stdout, "%s: warning: %s\n", mac, w)
+	}
+	fmt.Fprintf(stdout, "%s: %s\n", mac, v.Status)
+	return nil
 }

@@ -313,6 +313,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			Log:               log.With("component", "admin"),
 			Metrics:           reg,
 			Reload:            rl.reload,
+			Power:             prov,
 			SSEWriteTimeout:   lim.SSEWriteTimeout,
 			SSEMaxSubscribers: lim.SSEMaxSubscribers,
 			Warnings: func() []string {

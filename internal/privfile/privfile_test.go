@@ -1,8 +1,10 @@
 package privfile
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -27,5 +29,53 @@ func TestWriteIsPrivateAndReplaces(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(p), ".*")); len(left) != 0 {
 		t.Fatalf("temporary files left: %v", left)
+	}
+}
+
+func TestReadRefusesWhatOthersCanRead(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		mode os.FileMode
+		ok   bool
+	}{
+		{"owner only", 0o600, true},
+		{"owner read only", 0o400, true},
+		{"group readable", 0o640, false},
+		{"world readable", 0o604, false},
+		{"group writable", 0o620, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, tc.name)
+			if err := os.WriteFile(p, []byte("s3cret\n"), tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(p, tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			b, err := Read(p)
+			if tc.ok {
+				if err != nil || string(b) != "s3cret\n" {
+					t.Fatalf("Read = %q, %v", b, err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrReadableByOthers) || b != nil {
+				t.Fatalf("Read = %q, %v; want ErrReadableByOthers", b, err)
+			}
+			if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), p) {
+				t.Fatalf("error %q: must name the file, never hold the secret", err)
+			}
+		})
+	}
+	if _, err := Read(dir); err == nil {
+		t.Fatal("a directory was read as a secret file")
+	}
+	big := filepath.Join(dir, "big")
+	if err := os.WriteFile(big, make([]byte, 64<<10+1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Read(big); err == nil {
+		t.Fatal("a 64 KiB+1 file was read as a secret")
 	}
 }
