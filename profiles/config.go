@@ -1,7 +1,7 @@
 // Package profiles owns the pxe-anywhere configuration file (server,
 // DHCP, images, profiles and the MAC→profile machine list, with strict
-// validation that names file and line) and the machine inventory and its
-// state store. It does not serve, boot or install anything.
+// validation that names file and line). The machine inventory and its
+// state are in package store. It does not serve, boot or install anything.
 package profiles
 
 import (

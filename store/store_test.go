@@ -1,4 +1,4 @@
-package profiles
+package store
 
 import (
 	"context"
@@ -13,10 +13,10 @@ import (
 	"time"
 )
 
-func openTestStore(t *testing.T) (*Store, string) {
+func openTestStore(t *testing.T) (*DB, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "state.db")
-	s, err := OpenStore(context.Background(), path)
+	s, err := OpenSQLite(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestStorePersistsAcrossReopen(t *testing.T) {
 	if st.Mode().Perm() != 0o600 {
 		t.Fatalf("database mode %o, want 600", st.Mode().Perm())
 	}
-	s2, err := OpenStore(ctx, path)
+	s2, err := OpenSQLite(ctx, path)
 	if err != nil {
 		t.Fatalf("reopen (migrations must be idempotent): %v", err)
 	}
@@ -142,45 +142,6 @@ func TestStoreUseTokenOnce(t *testing.T) {
 	}
 }
 
-func TestStoreMarkInterrupted(t *testing.T) {
-	ctx := context.Background()
-	s, _ := openTestStore(t)
-	for _, mac := range []string{"52:54:00:00:00:10", "52:54:00:00:00:11", "52:54:00:00:00:12"} {
-		if _, err := s.UpsertMachine(ctx, mac, "", "p"); err != nil {
-			t.Fatal(err)
-		}
-		_ = s.Transition(ctx, mac, StateBooting, "", "", "")
-		_ = s.Transition(ctx, mac, StateInstallerUp, "", "", "")
-	}
-	_ = s.Transition(ctx, "52:54:00:00:00:11", StateInstalling, "disko", "", "")
-	_ = s.Transition(ctx, "52:54:00:00:00:12", StateInstalling, "install", "", "")
-	_ = s.Transition(ctx, "52:54:00:00:00:12", StateInstalled, "", "", "")
-	// Discovered: no profile, its installer waits for one; nothing ran.
-	discovered := "52:54:00:00:00:13"
-	if _, err := s.UpsertMachine(ctx, discovered, "", ""); err != nil {
-		t.Fatal(err)
-	}
-	for _, st := range []State{StateBooting, StateInstallerUp} {
-		if err := s.Transition(ctx, discovered, st, "", "", ""); err != nil {
-			t.Fatal(err)
-		}
-	}
-	n, err := s.MarkInterrupted(ctx)
-	if err != nil || n != 2 {
-		t.Fatalf("n=%d err=%v, want 2", n, err)
-	}
-	m, _ := s.Machine(ctx, "52:54:00:00:00:11")
-	if m.State != StateFailed || m.Phase != "disko" || m.Error != "interrupted: server restarted during disko" {
-		t.Fatalf("interrupted machine: %+v", m)
-	}
-	if m, _ := s.Machine(ctx, "52:54:00:00:00:12"); m.State != StateInstalled {
-		t.Fatalf("installed machine touched: %+v", m)
-	}
-	if m, _ := s.Machine(ctx, discovered); m.State != StateInstallerUp || m.Error != "" {
-		t.Fatalf("discovered machine touched: %+v", m)
-	}
-}
-
 func TestStoreReinstallAndForget(t *testing.T) {
 	ctx := context.Background()
 	s, _ := openTestStore(t)
@@ -225,14 +186,14 @@ func TestStoreConcurrentOpenOfFreshDatabase(t *testing.T) {
 		const n = 8
 		start := make(chan struct{})
 		errs := make([]error, n)
-		stores := make([]*Store, n)
+		stores := make([]*DB, n)
 		var wg sync.WaitGroup
 		for i := range n {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				<-start
-				stores[i], errs[i] = OpenStore(context.Background(), path)
+				stores[i], errs[i] = OpenSQLite(context.Background(), path)
 			}()
 		}
 		close(start)
@@ -288,7 +249,7 @@ func TestStoreCreateBootWithoutTime(t *testing.T) {
 
 // newBoot records a boot of mac with a private key that names it, and
 // returns its token.
-func newBoot(t *testing.T, s *Store, mac, token string, created time.Time) string {
+func newBoot(t *testing.T, s *DB, mac, token string, created time.Time) string {
 	t.Helper()
 	if err := s.CreateBoot(context.Background(), Boot{Token: token, MAC: mac, IP: "10.0.0.5", Firmware: "bios",
 		HostKeyPublic: "ssh-ed25519 AAAA" + token, HostKeyPrivate: []byte("private key of " + token), CreatedAt: created}); err != nil {
@@ -297,7 +258,7 @@ func newBoot(t *testing.T, s *Store, mac, token string, created time.Time) strin
 	return token
 }
 
-func bootOf(t *testing.T, s *Store, token string) Boot {
+func bootOf(t *testing.T, s *DB, token string) Boot {
 	t.Helper()
 	b, err := s.BootByToken(context.Background(), token)
 	if err != nil {
@@ -308,7 +269,7 @@ func bootOf(t *testing.T, s *Store, token string) Boot {
 
 // liveKey reports whether a boot still holds its private key, and
 // checks that the public key stays whatever happens to the private one.
-func liveKey(t *testing.T, s *Store, token string) bool {
+func liveKey(t *testing.T, s *DB, token string) bool {
 	t.Helper()
 	b := bootOf(t, s, token)
 	if b.HostKeyPublic != "ssh-ed25519 AAAA"+token {
@@ -669,7 +630,7 @@ func TestStoreMigratesVersion1(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s, err := OpenStore(ctx, path)
+	s, err := OpenSQLite(ctx, path)
 	if err != nil {
 		t.Fatalf("opening a version 1 database: %v", err)
 	}
