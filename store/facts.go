@@ -129,7 +129,7 @@ func (s *DB) Assign(ctx context.Context, mac, profile, hostname, source, reason 
 		msg = fmt.Sprintf("assigned profile %s, hostname %s, by %s: %s", profile, hostname, source, reason)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO events (mac, time, state, phase, message)
-		SELECT mac, ?, state, '', ? FROM machines WHERE mac = ?`, now, msg, mac); err != nil {
+		SELECT mac, CAST(? AS BIGINT), state, '', ? FROM machines WHERE mac = ?`, now, msg, mac); err != nil {
 		return err
 	}
 	return tx.Commit()
@@ -156,7 +156,7 @@ func (s *DB) Unassign(ctx context.Context, mac, why string) error {
 		return err
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO events (mac, time, state, phase, message)
-		SELECT mac, ?, state, '', ? FROM machines WHERE mac = ?`, now, "assignment taken back: "+why, mac); err != nil {
+		SELECT mac, CAST(? AS BIGINT), state, '', ? FROM machines WHERE mac = ?`, now, "assignment taken back: "+why, mac); err != nil {
 		return err
 	}
 	return tx.Commit()

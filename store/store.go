@@ -121,7 +121,7 @@ type BootBinding struct {
 // DB is the machine inventory and state in a SQL database: one SQLite
 // file (OpenSQLite) or a PostgreSQL database shared by several servers.
 type DB struct {
-	db *sql.DB
+	db *sqlDB
 }
 
 // migrations are applied in order, each once, each in a transaction;
@@ -209,7 +209,7 @@ func OpenSQLite(ctx context.Context, path string) (*DB, error) {
 	// pool of connections turns a boot storm into "database is locked"
 	// errors instead of a short queue.
 	db.SetMaxOpenConns(1)
-	s := &DB{db: db}
+	s := &DB{db: &sqlDB{DB: db, d: sqliteDialect}}
 	if err := connect(ctx, db); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("state database %s: %w", path, err)
@@ -246,11 +246,12 @@ func connect(ctx context.Context, db *sql.DB) error {
 // Close closes the database.
 func (s *DB) Close() error { return s.db.Close() }
 
-// migrate applies the missing migrations. It reads user_version inside
-// each write transaction (BEGIN IMMEDIATE, from _txlock in the DSN), so
-// that when several processes open a fresh database at once, one
-// migrates and the others find the new version instead of creating the
-// tables again.
+// migrate applies the missing migrations. It reads the version inside
+// each write transaction (on SQLite, user_version under BEGIN IMMEDIATE,
+// from _txlock in the DSN; on PostgreSQL, a table under an advisory
+// lock), so that when several processes open a fresh database at once,
+// one migrates and the others find the new version instead of creating
+// the tables again.
 func (s *DB) migrate(ctx context.Context) error {
 	for {
 		done, err := s.migrateOne(ctx)
@@ -267,8 +268,12 @@ func (s *DB) migrateOne(ctx context.Context) (done bool, err error) {
 		return false, err
 	}
 	defer tx.Rollback()
-	var version int
-	if err := tx.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
+	d := s.db.d
+	if err := d.lockMigrations(ctx, tx); err != nil {
+		return false, err
+	}
+	version, err := d.version(ctx, tx)
+	if err != nil {
 		return false, err
 	}
 	if version > len(migrations) {
@@ -277,10 +282,10 @@ func (s *DB) migrateOne(ctx context.Context) (done bool, err error) {
 	if version == len(migrations) {
 		return true, nil
 	}
-	if _, err := tx.ExecContext(ctx, migrations[version]); err != nil {
+	if _, err := tx.ExecContext(ctx, d.schema(migrations[version])); err != nil {
 		return false, fmt.Errorf("migration %d: %w", version+1, err)
 	}
-	if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, version+1)); err != nil {
+	if err := d.setVersion(ctx, tx, version+1); err != nil {
 		return false, fmt.Errorf("migration %d: %w", version+1, err)
 	}
 	return false, tx.Commit()
@@ -344,20 +349,47 @@ func (s *DB) Discover(ctx context.Context, mac string, limit int) (MachineRecord
 	} else if !errors.Is(err, ErrNotFound) {
 		return MachineRecord{}, err
 	}
-	now := unix(time.Now())
-	res, err := s.db.ExecContext(ctx, `INSERT INTO machines (mac, state, created_at, updated_at)
-		SELECT ?, ?, ?, ? WHERE (SELECT count(*) FROM machines WHERE profile = '') < ?
-		ON CONFLICT(mac) DO NOTHING`, mac, StateDiscovered, now, now, limit)
+	n, err := s.discoverInsert(ctx, mac, limit)
 	if err != nil {
 		return MachineRecord{}, fmt.Errorf("register machine %s: %w", mac, err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
+	if n == 0 {
 		if _, err := s.Machine(ctx, mac); err == nil {
 			return s.UpsertMachine(ctx, mac, "", "") // registered meanwhile
 		}
 		return MachineRecord{}, fmt.Errorf("register machine %s: %d machines without a profile recorded: %w", mac, limit, ErrLimit)
 	}
 	return s.Machine(ctx, mac)
+}
+
+// discoverInsert inserts a discovered machine unless limit machines
+// without a profile are recorded, and reports whether it did. The
+// transaction's lock keeps concurrent discoveries from counting the same
+// rows (PostgreSQL reads committed rows; SQLite's writers take turns).
+func (s *DB) discoverInsert(ctx context.Context, mac string, limit int) (int64, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	if err := s.db.d.lock(ctx, tx, "discover"); err != nil {
+		return 0, err
+	}
+	now := unix(time.Now())
+	// The casts type the parameters of a SELECT list, which PostgreSQL
+	// would otherwise take for text.
+	res, err := tx.ExecContext(ctx, `INSERT INTO machines (mac, state, created_at, updated_at)
+		SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT)
+		WHERE (SELECT count(*) FROM machines WHERE profile = '') < ?
+		ON CONFLICT(mac) DO NOTHING`, mac, StateDiscovered, now, now, limit)
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, err
+	}
+	return n, tx.Commit()
 }
 
 // Machine returns one machine.
@@ -399,7 +431,7 @@ func (s *DB) Transition(ctx context.Context, mac string, to State, phase, errMsg
 	}
 	defer tx.Rollback()
 	var from State
-	if err := tx.QueryRowContext(ctx, `SELECT state FROM machines WHERE mac = ?`, mac).Scan(&from); err != nil {
+	if err := tx.QueryRowContext(ctx, `SELECT state FROM machines WHERE mac = ?`+s.db.d.forUpdate, mac).Scan(&from); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("machine %s: %w", mac, ErrNotFound)
 		}
@@ -438,7 +470,7 @@ func canMove(from, to State) bool {
 // AddEvent records a note on a machine in its current state.
 func (s *DB) AddEvent(ctx context.Context, mac, phase, message string) error {
 	res, err := s.db.ExecContext(ctx, `INSERT INTO events (mac, time, state, phase, message)
-		SELECT mac, ?, state, ?, ? FROM machines WHERE mac = ?`, unix(time.Now()), phase, message, normMAC(mac))
+		SELECT mac, CAST(? AS BIGINT), state, ?, ? FROM machines WHERE mac = ?`, unix(time.Now()), phase, message, normMAC(mac))
 	if err != nil {
 		return err
 	}
@@ -562,6 +594,11 @@ func (s *DB) CreateBoot(ctx context.Context, b Boot) error {
 		return err
 	}
 	defer tx.Rollback()
+	// Two boots of one machine at once take turns, so that one of them
+	// voids the other and a machine has one live boot at most.
+	if err := s.db.d.lock(ctx, tx, "boot "+normMAC(b.MAC)); err != nil {
+		return err
+	}
 	// A new boot ends the machine's earlier ones that were never used:
 	// their tokens open nothing and their keys are erased.
 	if _, err := tx.ExecContext(ctx, `UPDATE boots SET voided_at = ?, void_reason = 'superseded by a newer boot', host_key_private = x''
@@ -745,9 +782,9 @@ func (s *DB) Prune(ctx context.Context, keepBoots, keepEvents int, expiredBefore
 		n, _ := res.RowsAffected()
 		p.Events += int(n)
 	}
-	if p.Boots+p.Events > 0 {
+	if p.Boots+p.Events > 0 && s.db.d.vacuum != "" {
 		// A no-op unless the database was made with auto_vacuum.
-		if _, err := s.db.ExecContext(ctx, `PRAGMA incremental_vacuum`); err != nil {
+		if _, err := s.db.ExecContext(ctx, s.db.d.vacuum); err != nil {
 			return p, fmt.Errorf("incremental vacuum: %w", err)
 		}
 	}

@@ -1,0 +1,89 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/pgtest"
+)
+
+// The conformance suite: every TestStore… test runs against both
+// backends, SQLite in a temporary file and a real PostgreSQL that the
+// tests start (internal/pgtest), each test on a fresh database. Without
+// PostgreSQL's server binaries the postgres half skips, or fails under
+// PXE_LAB_REQUIRED=1.
+
+// backend is one engine the suite runs against.
+type backend struct {
+	name string
+	// create makes a fresh, empty database and returns where it is (a
+	// file, a connection string); openAt opens it.
+	create func(t *testing.T) string
+	openAt func(ctx context.Context, where string) (*DB, error)
+}
+
+// open opens a fresh store, closed when t ends, and says where it is.
+func (b backend) open(t *testing.T) (*DB, string) {
+	t.Helper()
+	where := b.create(t)
+	s, err := b.openAt(context.Background(), where)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, where
+}
+
+var sqliteBackend = backend{
+	name:   "sqlite",
+	create: func(t *testing.T) string { return filepath.Join(t.TempDir(), "state.db") },
+	openAt: OpenSQLite,
+}
+
+var pg struct {
+	once sync.Once
+	srv  *pgtest.Server
+	err  error
+}
+
+var postgresBackend = backend{
+	name: "postgres",
+	create: func(t *testing.T) string {
+		t.Helper()
+		bindir := pgtest.Require(t)
+		pg.once.Do(func() { pg.srv, pg.err = pgtest.Start(context.Background(), bindir) })
+		if pg.err != nil {
+			t.Fatalf("starting PostgreSQL: %v", pg.err)
+		}
+		db, err := pg.srv.NewDatabase(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pg.srv.URLWithoutPassword(db)
+	},
+	openAt: func(ctx context.Context, url string) (*DB, error) {
+		return OpenPostgres(ctx, PostgresOptions{URL: url, Password: pg.srv.Password})
+	},
+}
+
+// forBackends runs f once per backend, as subtests named for it.
+func forBackends(t *testing.T, f func(t *testing.T, b backend)) {
+	for _, b := range []backend{sqliteBackend, postgresBackend} {
+		t.Run(b.name, func(t *testing.T) { f(t, b) })
+	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if pg.srv != nil {
+		if err := pg.srv.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stopping PostgreSQL:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
