@@ -67,4 +67,3 @@ func OpenPostgres(ctx context.Context, o PostgresOptions) (*DB, error) {
 
 // Backend names the engine behind s: "sqlite" or "postgres".
 func (s *DB) Backend() string { return s.db.d.name }
-
