@@ -67,6 +67,13 @@ type Server struct {
 	APITokenFile string
 	SSHKey       string
 	MaxInstalls  int
+	// Database is a postgres:// URL: the state lives in that
+	// PostgreSQL database instead of SQLite in StateDir ("").
+	// DatabasePasswordFile, when set, holds its password (a private
+	// file); else the URL's host takes it from the standard PostgreSQL
+	// environment (PGPASSWORD, PGPASSFILE, ~/.pgpass).
+	Database             string
+	DatabasePasswordFile string
 
 	// limits (engine): bounds on what a target feeds the
 	// engine. A line longer than TargetLineBytes is cut; command output

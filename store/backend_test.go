@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -86,4 +87,26 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// TestPostgresPasswordFromEnvironment: with no password given, the
+// standard PostgreSQL environment supplies it (PGPASSWORD here; pgx
+// reads PGPASSFILE and ~/.pgpass the same way), and a wrong one is
+// refused with an error that does not show it.
+func TestPostgresPasswordFromEnvironment(t *testing.T) {
+	url := postgresBackend.create(t)
+	ctx := context.Background()
+	t.Setenv("PGPASSWORD", pg.srv.Password)
+	s, err := OpenPostgres(ctx, PostgresOptions{URL: url})
+	if err != nil {
+		t.Fatalf("PGPASSWORD: %v", err)
+	}
+	s.Close()
+	t.Setenv("PGPASSWORD", "wrong-password-123")
+	if _, err := OpenPostgres(ctx, PostgresOptions{URL: url}); err == nil || strings.Contains(err.Error(), "wrong-password-123") {
+		t.Fatalf("wrong PGPASSWORD: %v", err)
+	}
+	if _, err := OpenPostgres(ctx, PostgresOptions{URL: "postgres://u:hunter2@[bad"}); err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("unparsable URL: %v", err)
+	}
 }

@@ -27,7 +27,6 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/internal/httpserve"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 	"github.com/pxe-anywhere/pxe-anywhere/provision"
-	"github.com/pxe-anywhere/pxe-anywhere/store"
 	"github.com/pxe-anywhere/pxe-anywhere/tftp"
 )
 
@@ -222,7 +221,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var current imageSet
 	current.Store(&imgs)
 
-	st, err := store.OpenSQLite(ctx, filepath.Join(cfg.Server.StateDir, "state.db"))
+	st, err := openStore(ctx, cfg.Server)
 	if err != nil {
 		return err
 	}

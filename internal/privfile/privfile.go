@@ -4,7 +4,9 @@
 package privfile
 
 import (
+	"fmt"
 	"os"
+	"strings"
 	"path/filepath"
 )
 
@@ -37,4 +39,38 @@ func Write(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
+}
+
+// CheckPrivate returns an error unless path is a regular file that no
+// one but its owner may read or write: a secret (a password) that
+// others can read is refused, not used.
+func CheckPrivate(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", path)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("%s is open to others (mode %o): chmod 600 it", path, st.Mode().Perm())
+	}
+	return nil
+}
+
+// ReadSecret reads a one-line secret from a file that CheckPrivate
+// accepts, without its line end. The secret never appears in an error.
+func ReadSecret(path string) (string, error) {
+	if err := CheckPrivate(path); err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return s, nil
 }
