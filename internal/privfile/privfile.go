@@ -6,8 +6,8 @@ package privfile
 import (
 	"fmt"
 	"os"
-	"strings"
 	"path/filepath"
+	"strings"
 )
 
 // Write replaces path with data, mode 0600, creating its directory
