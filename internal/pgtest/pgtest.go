@@ -112,7 +112,10 @@ func Start(ctx context.Context, bindir string) (*Server, error) {
 		"-c", "listen_addresses=", "-c", "fsync=off", "-c", "full_page_writes=off",
 		"-c", "synchronous_commit=off", "-c", "max_connections=500", "-c", "unix_socket_permissions=0700")
 	s.cmd.Dir, s.cmd.Env = dir, []string{"LC_ALL=C"}
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
+	// Pdeathsig: a test binary that dies without Stop (a panic, a
+	// timeout) takes its server with it; the backends follow their
+	// postmaster.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	logf, err := os.Create(filepath.Join(dir, "postgres.log"))
 	if err != nil {
 		return fail(err)
