@@ -20,6 +20,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/pxe-anywhere/pxe-anywhere/installer"
 	"github.com/pxe-anywhere/pxe-anywhere/rules"
 )
 
@@ -230,25 +231,17 @@ func (i *Image) Kind() string {
 	}
 }
 
-// StorePaths installs prebuilt closures instead of building a flake.
-type StorePaths struct {
-	Disko  string
-	System string
-}
-
-// KeyFile is a disk encryption key: Local on this host is copied to
-// Remote on the installer before disko runs.
-type KeyFile struct {
-	Remote string
-	Local  string
-}
-
-// Chown sets the owner of a path in the installed system's extra files.
-type Chown struct {
-	Path string
-	UID  int
-	GID  int
-}
+// The install vocabulary is the installer's: a profile says what the
+// engine does in the engine's own terms, so the two cannot drift apart.
+type (
+	// StorePaths installs prebuilt closures instead of building a flake.
+	StorePaths = installer.StorePaths
+	// KeyFile is a disk encryption key: Local on this host is copied to
+	// Remote on the installer before disko runs.
+	KeyFile = installer.KeyFile
+	// Chown sets the owner of a path in the installed system's extra files.
+	Chown = installer.Chown
+)
 
 // SSHSettings says how to reach the installer.
 type SSHSettings struct {
@@ -269,12 +262,12 @@ const (
 	AfterStay     = "stay"
 )
 
-// The install phases a profile may list.
+// The install phases a profile may list: the installer's.
 const (
-	PhaseKexec   = "kexec"
-	PhaseDisko   = "disko"
-	PhaseInstall = "install"
-	PhaseReboot  = "reboot"
+	PhaseKexec   = installer.PhaseKexec
+	PhaseDisko   = installer.PhaseDisko
+	PhaseInstall = installer.PhaseInstall
+	PhaseReboot  = installer.PhaseReboot
 )
 
 // Profile is one entry of `profiles:`; exactly one of Flake and

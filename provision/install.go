@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -170,15 +171,14 @@ func (p *Provisioner) engineOptions(b store.Boot, prof *profiles.Profile, ip str
 		ExtraFiles:        prof.ExtraFiles,
 		AfterInstall:      prof.AfterInstall,
 	}
+	// Copies: the options of one install never share memory with the
+	// config, which a reload replaces.
 	if sp := prof.StorePaths; sp != nil {
-		o.StorePaths = &installer.StorePaths{Disko: sp.Disko, System: sp.System}
+		c := *sp
+		o.StorePaths = &c
 	}
-	for _, k := range prof.DiskEncryptionKeys {
-		o.DiskKeys = append(o.DiskKeys, installer.KeyFile{Remote: k.Remote, Local: k.Local})
-	}
-	for _, c := range prof.Chown {
-		o.Chowns = append(o.Chowns, installer.Chown{Path: c.Path, UID: c.UID, GID: c.GID})
-	}
+	o.DiskKeys = slices.Clone(prof.DiskEncryptionKeys)
+	o.Chowns = slices.Clone(prof.Chown)
 	return o, nil
 }
 
