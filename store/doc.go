@@ -1,6 +1,8 @@
 // Package store keeps the machine inventory and its state: machines and
 // their state graph, boots and their one-shot tokens, DHCP bindings,
-// events, install logs, discovery facts and profile assignments.
+// events, install logs, discovery facts, profile assignments, and the
+// claims by which one of several servers that share the database drives
+// a machine's install.
 //
 // It owns the schema and its versioned migrations, and the atomicity of
 // each operation (a token is used once, an initrd is taken once, however
@@ -62,6 +64,14 @@ type Store interface {
 	GetAssignment(ctx context.Context, mac string) (Assignment, error)
 	Assignments(ctx context.Context) (map[string]Assignment, error)
 	CountAssignments(ctx context.Context) (int, error)
+
+	// Claims: which server drives a machine's install (claims.go).
+	Claim(ctx context.Context, mac, server string, lease time.Duration, now time.Time) (Claim, error)
+	ClaimOf(ctx context.Context, mac string) (Claim, error)
+	Heartbeat(ctx context.Context, server string, lease time.Duration, now time.Time) (int, error)
+	Release(ctx context.Context, mac, server string) (bool, error)
+	LapsedClaims(ctx context.Context, now time.Time) ([]Claim, error)
+	ReapClaim(ctx context.Context, c Claim, now time.Time) (bool, error)
 }
 
 var _ Store = (*DB)(nil)

@@ -180,7 +180,8 @@ var migrations = []string{
 		expires_at INTEGER NOT NULL,
 		PRIMARY KEY (mac, addr)
 	);`,
-	factsSchema, // store_facts.go
+	factsSchema,  // facts.go
+	claimsSchema, // claims.go
 }
 
 // OpenSQLite opens (creating, mode 0600) the database at path and brings
@@ -893,7 +894,7 @@ func (s *DB) Forget(ctx context.Context, mac string) error {
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("machine %s: %w", mac, ErrNotFound)
 	}
-	for _, t := range []string{"boots", "events", "logs", "bindings", "facts", "assignments"} {
+	for _, t := range []string{"boots", "events", "logs", "bindings", "facts", "assignments", "claims"} {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM `+t+` WHERE mac = ?`, mac); err != nil {
 			return err
 		}
