@@ -125,8 +125,11 @@ type DB struct {
 }
 
 // migrations are applied in order, each once, each in a transaction;
-// PRAGMA user_version counts the applied ones. Never edit one that has
-// shipped: add another.
+// the dialect's version record counts the applied ones (SQLite's PRAGMA
+// user_version, a schema_version table on PostgreSQL). They are the one
+// schema of both backends, written as SQLite reads it; dialect.schema
+// turns them into PostgreSQL's DDL. Never edit one that has shipped: add
+// another.
 var migrations = []string{
 	`CREATE TABLE machines (
 		mac TEXT PRIMARY KEY,
