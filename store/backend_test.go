@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/pxe-anywhere/pxe-anywhere/internal/pgtest"
 )
@@ -108,5 +109,72 @@ func TestPostgresPasswordFromEnvironment(t *testing.T) {
 	}
 	if _, err := OpenPostgres(ctx, PostgresOptions{URL: "postgres://u:hunter2@[bad"}); err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("unparsable URL: %v", err)
+	}
+}
+
+// TestPostgresRestart: the database restarts under a writer; the store
+// reconnects on its own (the writes during the outage fail, the ones
+// after succeed) and what was committed before is all there.
+func TestPostgresRestart(t *testing.T) {
+	ctx := context.Background()
+	s, _ := postgresBackend.open(t)
+	const mac = "52:54:00:00:09:01"
+	if _, err := s.UpsertMachine(ctx, mac, "h", "p"); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan [2]int)
+	go func() {
+		ok, failed := 0, 0
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- [2]int{ok, failed}
+				return
+			default:
+			}
+			if s.AddEvent(ctx, mac, "", fmt.Sprintf("event %d", i)) == nil {
+				ok++
+			} else {
+				failed++
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	if err := pg.srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Every pooled connection broke; each is found out and replaced.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := s.AddEvent(ctx, mac, "", "after the restart")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no write within 30 s of the restart: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := range 20 {
+		if err := s.AddEvent(ctx, mac, "", fmt.Sprintf("steady %d", i)); err != nil {
+			t.Fatalf("write %d after the store reconnected: %v", i, err)
+		}
+	}
+	close(stop)
+	n := <-done
+	ok, failed := n[0], n[1]
+	if failed == 0 {
+		t.Fatalf("the writer saw no failure: the restart was not felt (%d writes)", ok)
+	}
+	evs, err := s.Events(ctx, mac, 0, 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every write that was acknowledged is there: the writer's, the
+	// first after the restart, and the 20 steady ones.
+	if len(evs) != ok+1+20 {
+		t.Fatalf("%d events after the restart, want %d acknowledged ones", len(evs), ok+1+20)
 	}
 }

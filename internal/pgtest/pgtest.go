@@ -62,6 +62,8 @@ type Server struct {
 	Dir      string // the temporary directory: data, socket
 	User     string // the superuser
 	Password string // its password (scram-sha-256 over the socket)
+	bindir   string
+	cred     *syscall.Credential // nil: as ourselves
 	cmd      *exec.Cmd
 	done     chan error
 }
@@ -107,23 +109,34 @@ func Start(ctx context.Context, bindir string) (*Server, error) {
 		return fail(fmt.Errorf("initdb: %w\n%s", err, out))
 	}
 	os.Remove(pwfile)
-	// Only the socket in dir; fsync off: the data is thrown away.
-	s.cmd = exec.Command(filepath.Join(bindir, "postgres"), "-D", data, "-k", dir,
+	s.bindir, s.cred = bindir, cred
+	if err := s.run(ctx); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return s, nil
+}
+
+// run starts the server on its data directory and waits until it
+// answers.
+func (s *Server) run(ctx context.Context) error {
+	// Only the socket in Dir; fsync off: the data is thrown away.
+	s.cmd = exec.Command(filepath.Join(s.bindir, "postgres"), "-D", filepath.Join(s.Dir, "data"), "-k", s.Dir,
 		"-c", "listen_addresses=", "-c", "fsync=off", "-c", "full_page_writes=off",
 		"-c", "synchronous_commit=off", "-c", "max_connections=500", "-c", "unix_socket_permissions=0700")
-	s.cmd.Dir, s.cmd.Env = dir, []string{"LC_ALL=C"}
+	s.cmd.Dir, s.cmd.Env = s.Dir, []string{"LC_ALL=C"}
 	// Pdeathsig: a test binary that dies without Stop (a panic, a
 	// timeout) takes its server with it; the backends follow their
 	// postmaster.
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	logf, err := os.Create(filepath.Join(dir, "postgres.log"))
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred, Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	logf, err := os.OpenFile(filepath.Join(s.Dir, "postgres.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	defer logf.Close()
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
-		return fail(fmt.Errorf("postgres: %w", err))
+		return fmt.Errorf("postgres: %w", err)
 	}
 	s.done = make(chan error, 1)
 	go func() { s.done <- s.cmd.Wait() }()
@@ -132,23 +145,31 @@ func Start(ctx context.Context, bindir string) (*Server, error) {
 		c, err := pgx.Connect(ctx, s.URL("postgres"))
 		if err == nil {
 			c.Close(ctx)
-			return s, nil
+			return nil
 		}
 		select {
 		case werr := <-s.done:
-			log, _ := os.ReadFile(filepath.Join(dir, "postgres.log"))
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("postgres exited: %v\n%s", werr, log)
+			s.cmd = nil
+			return fmt.Errorf("postgres exited: %v\n%s", werr, s.Log())
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			s.Stop()
-			return nil, fmt.Errorf("postgres did not answer within a minute: %w", err)
+			s.stop()
+			return fmt.Errorf("postgres did not answer within a minute: %w", err)
 		}
 	}
 }
 
-// URL is the connection string of database db, without the password.
+// Restart stops the server (fast shutdown: its clients' connections
+// break) and starts it again on the same data.
+func (s *Server) Restart(ctx context.Context) error {
+	if err := s.stop(); err != nil {
+		return err
+	}
+	return s.run(ctx)
+}
+
+// URL is the connection string of database db, with the password.
 func (s *Server) URL(db string) string {
 	return fmt.Sprintf("postgres://%s@/%s?host=%s&sslmode=disable&password=%s", s.User, db, s.Dir, s.Password)
 }
@@ -173,24 +194,28 @@ func (s *Server) NewDatabase(ctx context.Context) (string, error) {
 	return name, nil
 }
 
-// Stop shuts the server down (fast: SIGINT, then SIGKILL after 30 s)
-// and removes its directory.
+// Stop shuts the server down and removes its directory.
 func (s *Server) Stop() error {
-	var errs []error
-	if s.cmd != nil && s.cmd.Process != nil {
-		s.cmd.Process.Signal(syscall.SIGINT)
-		select {
-		case <-s.done:
-		case <-time.After(30 * time.Second):
-			s.cmd.Process.Kill()
-			<-s.done
-			errs = append(errs, errors.New("postgres did not stop within 30 s; killed"))
-		}
+	err := s.stop()
+	return errors.Join(err, os.RemoveAll(s.Dir))
+}
+
+// stop shuts the server down: SIGINT (fast shutdown), then SIGKILL
+// after 30 s.
+func (s *Server) stop() error {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return nil
 	}
-	if err := os.RemoveAll(s.Dir); err != nil {
-		errs = append(errs, err)
+	defer func() { s.cmd = nil }()
+	s.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-s.done:
+		return nil
+	case <-time.After(30 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.done
+		return errors.New("postgres did not stop within 30 s; killed")
 	}
-	return errors.Join(errs...)
 }
 
 // Log returns what the server wrote so far (for a failing test).
