@@ -6,10 +6,10 @@ import (
 	"io/fs"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
+	"github.com/pxe-anywhere/pxe-anywhere/internal/privfile"
 	"gopkg.in/yaml.v3"
 )
 
@@ -95,8 +95,8 @@ func (d *decoder) bmc(n *yaml.Node, w string) *BMC {
 	// there yet (written by a secrets manager at boot) is reported when
 	// the BMC is used, in the machine's events.
 	if b.PasswordFile != "" {
-		if err := checkSecretFile(b.PasswordFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			d.errf(f["password_file"], w+".password_file", "a file only the server's user can read: chmod 600", "%v", err)
+		if err := privfile.CheckPrivate(b.PasswordFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			d.errf(f["password_file"], w+".password_file", "", "%v", err)
 		}
 	}
 	if b.Address != "" {
@@ -105,23 +105,6 @@ func (d *decoder) bmc(n *yaml.Node, w string) *BMC {
 		}
 	}
 	return b
-}
-
-// checkSecretFile refuses a password file that is missing or that
-// others may read. It does not read it: the password is read when it
-// is used, and only then.
-func checkSecretFile(path string) error {
-	st, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file", path)
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return fmt.Errorf("%s is readable by others (mode %o)", path, st.Mode().Perm())
-	}
-	return nil
 }
 
 func checkBMCAddress(a string) error {

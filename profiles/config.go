@@ -1,7 +1,7 @@
 // Package profiles owns the pxe-anywhere configuration file (server,
 // DHCP, images, profiles and the MAC→profile machine list, with strict
-// validation that names file and line) and the machine inventory and its
-// state store. It does not serve, boot or install anything.
+// validation that names file and line). The machine inventory and its
+// state are in package store. It does not serve, boot or install anything.
 package profiles
 
 import (
@@ -20,6 +20,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/pxe-anywhere/pxe-anywhere/installer"
 	"github.com/pxe-anywhere/pxe-anywhere/rules"
 )
 
@@ -67,6 +68,13 @@ type Server struct {
 	APITokenFile string
 	SSHKey       string
 	MaxInstalls  int
+	// Database is a postgres:// URL: the state lives in that
+	// PostgreSQL database instead of SQLite in StateDir ("").
+	// DatabasePasswordFile, when set, holds its password (a private
+	// file); else the URL's host takes it from the standard PostgreSQL
+	// environment (PGPASSWORD, PGPASSFILE, ~/.pgpass).
+	Database             string
+	DatabasePasswordFile string
 
 	// limits (engine): bounds on what a target feeds the
 	// engine. A line longer than TargetLineBytes is cut; command output
@@ -223,25 +231,17 @@ func (i *Image) Kind() string {
 	}
 }
 
-// StorePaths installs prebuilt closures instead of building a flake.
-type StorePaths struct {
-	Disko  string
-	System string
-}
-
-// KeyFile is a disk encryption key: Local on this host is copied to
-// Remote on the installer before disko runs.
-type KeyFile struct {
-	Remote string
-	Local  string
-}
-
-// Chown sets the owner of a path in the installed system's extra files.
-type Chown struct {
-	Path string
-	UID  int
-	GID  int
-}
+// The install vocabulary is the installer's: a profile says what the
+// engine does in the engine's own terms, so the two cannot drift apart.
+type (
+	// StorePaths installs prebuilt closures instead of building a flake.
+	StorePaths = installer.StorePaths
+	// KeyFile is a disk encryption key: Local on this host is copied to
+	// Remote on the installer before disko runs.
+	KeyFile = installer.KeyFile
+	// Chown sets the owner of a path in the installed system's extra files.
+	Chown = installer.Chown
+)
 
 // SSHSettings says how to reach the installer.
 type SSHSettings struct {
@@ -262,12 +262,12 @@ const (
 	AfterStay     = "stay"
 )
 
-// The install phases a profile may list.
+// The install phases a profile may list: the installer's.
 const (
-	PhaseKexec   = "kexec"
-	PhaseDisko   = "disko"
-	PhaseInstall = "install"
-	PhaseReboot  = "reboot"
+	PhaseKexec   = installer.PhaseKexec
+	PhaseDisko   = installer.PhaseDisko
+	PhaseInstall = installer.PhaseInstall
+	PhaseReboot  = installer.PhaseReboot
 )
 
 // Profile is one entry of `profiles:`; exactly one of Flake and

@@ -297,7 +297,9 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 		"tftp_max_transfers", "http_header_timeout", "http_read_timeout", "http_idle_timeout", "http_write_timeout",
 		"boot_max_per_source", "boot_scripts_per_minute", "sse_write_timeout", "sse_max_subscribers",
 		// limits (engine)
-		"target_line_bytes", "target_output_bytes", "install_log_head", "install_log_tail")
+		"target_line_bytes", "target_output_bytes", "install_log_head", "install_log_tail",
+		// the shared state store
+		"database", "database_password_file")
 	s.Interfaces = d.strList(f["interfaces"], w+".interfaces")
 	for i, ifc := range s.Interfaces {
 		if ifc == "" || len(ifc) > 15 || strings.ContainsAny(ifc, "/ \t") {
@@ -322,6 +324,7 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	d.setPath(&s.APITokenFile, f["api_token_file"], w+".api_token_file")
 	d.setPath(&s.SSHKey, f["ssh_key"], w+".ssh_key")
 	d.setInt(&s.MaxInstalls, f["max_installs"], w+".max_installs", 1, 1024)
+	d.database(s, f, w)
 	// limits (engine)
 	d.setInt(&s.TargetLineBytes, f["target_line_bytes"], w+".target_line_bytes", 256, 64<<20)
 	d.setInt(&s.TargetOutputBytes, f["target_output_bytes"], w+".target_output_bytes", 4096, 1<<30)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 // Limits of the binding table: DHCP packets are unauthenticated, so
@@ -199,7 +200,7 @@ func (p *Provisioner) Bound(ctx context.Context, b dhcp.Binding) {
 		return
 	}
 	if save {
-		if err := p.store.SaveBinding(ctx, profiles.BootBinding{MAC: mac, Addr: a.String(), Via: via(b), Seen: now, Expires: b.Expires}); err != nil {
+		if err := p.store.SaveBinding(ctx, store.BootBinding{MAC: mac, Addr: a.String(), Via: via(b), Seen: now, Expires: b.Expires}); err != nil {
 			p.log.Warn("saving a DHCP binding failed; it lives until the server stops", "mac", mac, "ip", a.String(), "err", err)
 		}
 		p.log.Debug("DHCP binding", "mac", mac, "ip", a.String(), "via", via(b), "expires", b.Expires.Format(time.RFC3339))

@@ -19,6 +19,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 	"github.com/pxe-anywhere/pxe-anywhere/rules"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 // Who decided a machine's profile: the config, a rule, or an operator
@@ -164,7 +165,7 @@ func (p *Provisioner) machineFor(ctx context.Context, cfg *profiles.Config, mac 
 		return m, byConfig, nil
 	}
 	a, err := p.store.GetAssignment(ctx, mac)
-	if errors.Is(err, profiles.ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		return nil, "", nil
 	}
 	if err != nil {
@@ -185,7 +186,7 @@ func (p *Provisioner) machineFor(ctx context.Context, cfg *profiles.Config, mac 
 func (p *Provisioner) storedInput(ctx context.Context, mac string) (dhcpSeen, *rules.Facts, error) {
 	var seen dhcpSeen
 	f, err := p.store.Facts(ctx, mac)
-	if errors.Is(err, profiles.ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		return seen, nil, nil
 	}
 	if err != nil {
@@ -268,7 +269,7 @@ func (p *Provisioner) saveDHCP(ctx context.Context, mac string, seen dhcpSeen) {
 // yet is up: it reads the machine's facts over SSH (only from the host
 // key this boot injected), keeps them, and runs the rules again. A
 // match installs the machine in this same boot.
-func (p *Provisioner) discovered(b profiles.Boot, ip string) {
+func (p *Provisioner) discovered(b store.Boot, ip string) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -283,7 +284,7 @@ func (p *Provisioner) discovered(b profiles.Boot, ip string) {
 	}()
 }
 
-func (p *Provisioner) collectFacts(ctx context.Context, b profiles.Boot, ip string) error {
+func (p *Provisioner) collectFacts(ctx context.Context, b store.Boot, ip string) error {
 	hostKey, _, _, _, err := ssh.ParseAuthorizedKey([]byte(b.HostKeyPublic))
 	if err != nil {
 		return fmt.Errorf("host key of boot: %w", err)
@@ -292,7 +293,7 @@ func (p *Provisioner) collectFacts(ctx context.Context, b profiles.Boot, ip stri
 		Target:         installer.Target{Host: ip, Port: p.discPort},
 		Signers:        []ssh.Signer{p.signer},
 		HostKey:        hostKey,
-		MaxFacterBytes: profiles.MaxFacterBytes,
+		MaxFacterBytes: store.MaxFacterBytes,
 		Timeout:        factsTimeout,
 	})
 	if err != nil {
@@ -329,7 +330,7 @@ func orNone(s string) string {
 
 // decideDiscovered runs the rules for a discovered machine whose
 // installer is up at ip, and installs it on a match.
-func (p *Provisioner) decideDiscovered(ctx context.Context, b profiles.Boot, ip string) {
+func (p *Provisioner) decideDiscovered(ctx context.Context, b store.Boot, ip string) {
 	cfg := p.cfg.Load()
 	if m, _, err := p.machineFor(ctx, cfg, b.MAC); err == nil && m != nil {
 		// An operator assigned it while its facts were read.
@@ -357,13 +358,13 @@ func (p *Provisioner) decideDiscovered(ctx context.Context, b profiles.Boot, ip 
 // the boot that brought it up; b and ip are that boot and the address
 // the installer answered at, or nil and "" to look them up. A machine
 // whose installer is not up installs at its next PXE boot.
-func (p *Provisioner) startUp(ctx context.Context, cfg *profiles.Config, mac string, m *profiles.Machine, b *profiles.Boot, ip string) {
+func (p *Provisioner) startUp(ctx context.Context, cfg *profiles.Config, mac string, m *profiles.Machine, b *store.Boot, ip string) {
 	defer p.publish(ctx, mac)
 	rec, err := p.store.Machine(ctx, mac)
 	if err != nil {
 		return
 	}
-	if b == nil && rec.State == profiles.StateInstallerUp {
+	if b == nil && rec.State == store.StateInstallerUp {
 		if latest, err := p.store.LatestBoot(ctx, mac); err == nil && latest.UsedAt != nil && latest.VoidedAt == nil && time.Since(latest.CreatedAt) < tokenLifetime {
 			b, ip = &latest, latest.IP
 			if f, err := p.store.Facts(ctx, mac); err == nil && f.Addr != "" && f.CollectedAt.After(latest.CreatedAt) {
@@ -371,7 +372,7 @@ func (p *Provisioner) startUp(ctx context.Context, cfg *profiles.Config, mac str
 			}
 		}
 	}
-	if rec.State != profiles.StateInstallerUp || b == nil {
+	if rec.State != store.StateInstallerUp || b == nil {
 		p.event(ctx, mac, "", "the machine installs with profile "+m.Profile+" at its next PXE boot")
 		return
 	}
@@ -403,14 +404,14 @@ func (p *Provisioner) Assign(ctx context.Context, mac, profile, hostname, by str
 	if err != nil {
 		return notFound(err)
 	}
-	if p.queue.busy(mac) || rec.State == profiles.StateInstalling {
+	if p.queue.busy(mac) || rec.State == store.StateInstalling {
 		return fmt.Errorf("%w: machine %s is being installed; cancel it first", admin.ErrConflict, mac)
 	}
 	if err := p.store.Assign(ctx, mac, profile, hostname, byOperator, "by "+by); err != nil {
 		return notFound(err)
 	}
 	p.log.Info("machine assigned", "mac", mac, "profile", profile, "hostname", hostname, "by", by)
-	if rec.State == profiles.StateInstalled && !rec.Reinstall {
+	if rec.State == store.StateInstalled && !rec.Reinstall {
 		p.event(ctx, mac, "", fmt.Sprintf("the machine is installed: `pxe-anywhere machines reinstall %s` installs it with profile %s", mac, profile))
 		p.publish(ctx, mac)
 		return nil
@@ -438,7 +439,7 @@ func (p *Provisioner) reevaluate(ctx context.Context, cfg *profiles.Config, star
 		a, has := assigned[rec.MAC]
 		switch {
 		case cfg.MachineByMAC(mustMAC(rec.MAC)) != nil, has && a.Source != byRule,
-			rec.State == profiles.StateInstalled, rec.State == profiles.StateInstalling, p.queue.busy(rec.MAC):
+			rec.State == store.StateInstalled, rec.State == store.StateInstalling, p.queue.busy(rec.MAC):
 			continue
 		case !has && rec.Profile != "":
 			continue // a machine that left the config keeps its record as it was
@@ -471,7 +472,7 @@ func (p *Provisioner) reevaluate(ctx context.Context, cfg *profiles.Config, star
 }
 
 // decidedBy fills in who decided v's profile and why.
-func decidedBy(v *admin.MachineView, cfg *profiles.Config, a profiles.Assignment, has bool) {
+func decidedBy(v *admin.MachineView, cfg *profiles.Config, a store.Assignment, has bool) {
 	switch {
 	case cfg.MachineByMAC(mustMAC(v.MAC)) != nil:
 		v.DecidedBy, v.DecidedWhy = byConfig, "listed under machines: in the config"

@@ -10,6 +10,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/admin"
 	"github.com/pxe-anywhere/pxe-anywhere/installer/sshtarget"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 // discoverTail turns discovery on, with one rule on product and serial
@@ -88,7 +89,7 @@ func TestDiscoveryRuleInstallsInSameBoot(t *testing.T) {
 	if code := h.callback(t, token); code != "200" {
 		t.Fatalf("callback: %s", code)
 	}
-	rec := h.waitFor(t, profiles.StateInstalled)
+	rec := h.waitFor(t, store.StateInstalled)
 	if rec.Profile != "web" || rec.Hostname != "node-sn-77" {
 		t.Fatalf("installed as %+v, want profile web, hostname node-sn-77", rec)
 	}
@@ -151,7 +152,7 @@ func TestDiscoveryAssignStartsAtOnce(t *testing.T) {
 		t.Fatalf("callback: %s", code)
 	}
 	h.waitEvent(t, "discovered: no rule matched")
-	if r, _ := h.store.Machine(context.Background(), macA); r.State != profiles.StateInstallerUp || r.Profile != "" {
+	if r, _ := h.store.Machine(context.Background(), macA); r.State != store.StateInstallerUp || r.Profile != "" {
 		t.Fatalf("unmatched machine: %+v", r)
 	}
 	if len(tg.Calls()) != 0 {
@@ -166,7 +167,7 @@ func TestDiscoveryAssignStartsAtOnce(t *testing.T) {
 	if out, err := h.adminCurl(t, "-f", "-X", "POST", "-H", "Authorization: Bearer "+h.apiToken, "-d", `{"profile":"web","hostname":"db-7"}`, h.admin+"/api/v1/machines/"+macA+"/assign"); err != nil {
 		t.Fatalf("assign: %v %s", err, out)
 	}
-	rec := h.waitFor(t, profiles.StateInstalled)
+	rec := h.waitFor(t, store.StateInstalled)
 	if rec.Hostname != "db-7" || rec.Profile != "web" {
 		t.Fatalf("installed as %+v", rec)
 	}

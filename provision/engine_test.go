@@ -21,6 +21,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/installer/sshtarget"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 // engineLab drives the real engine (installer.Run) against stand-in
@@ -29,7 +30,7 @@ import (
 // of them share, how many installs are inside disko at once.
 type engineLab struct {
 	p       *Provisioner
-	store   *profiles.Store
+	store   *store.DB
 	cfg     *profiles.Config
 	targets []*sshtarget.Target
 	macs    []string
@@ -104,20 +105,20 @@ echo "disko: partitioned and mounted /mnt"
 	}
 	l.cfg = cfg
 	ctx, cancel := context.WithCancel(context.Background())
-	store, err := profiles.OpenStore(ctx, filepath.Join(dir, "state.db"))
+	st, err := store.OpenSQLite(ctx, filepath.Join(dir, "state.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := New(ctx, cfg, Options{Store: store, Signer: signer, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	p, err := New(ctx, cfg, Options{Store: st, Signer: signer, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		cancel()
 		p.Wait()
-		store.Close()
+		st.Close()
 	})
-	l.p, l.store = p, store
+	l.p, l.store = p, st
 	return l
 }
 
@@ -127,16 +128,16 @@ func (l *engineLab) start(t *testing.T, i int) {
 	t.Helper()
 	ctx := context.Background()
 	mac := l.macs[i]
-	for _, s := range []profiles.State{profiles.StateBooting, profiles.StateInstallerUp} {
+	for _, s := range []store.State{store.StateBooting, store.StateInstallerUp} {
 		if err := l.store.Transition(ctx, mac, s, "", "", "test: "+string(s)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	b := profiles.Boot{MAC: mac, HostKeyPublic: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(l.targets[i].HostKey)))}
+	b := store.Boot{MAC: mac, HostKeyPublic: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(l.targets[i].HostKey)))}
 	l.p.startInstall(b, l.cfg.MachineByMAC(mustMAC(mac)), "127.0.0.1")
 }
 
-func (l *engineLab) wait(t *testing.T, i int, want profiles.State) profiles.MachineRecord {
+func (l *engineLab) wait(t *testing.T, i int, want store.State) store.MachineRecord {
 	t.Helper()
 	// Not a timing assertion: the bound only turns a hang into a
 	// failure.
@@ -149,7 +150,7 @@ func (l *engineLab) wait(t *testing.T, i int, want profiles.State) profiles.Mach
 		if r.State == want {
 			return r
 		}
-		if r.State == profiles.StateFailed || r.State == profiles.StateInstalled || time.Now().After(deadline) {
+		if r.State == store.StateFailed || r.State == store.StateInstalled || time.Now().After(deadline) {
 			t.Fatalf("machine %d is %s (%s), want %s", i, r.State, r.Error, want)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -233,12 +234,12 @@ func TestMaxInstallsSeenFromTargets(t *testing.T) {
 	if queued < 0 {
 		t.Fatalf("all three installs reached their targets with max_installs 2 (seen %v)", l.seen(t))
 	}
-	if r := l.wait(t, queued, profiles.StateInstallerUp); r.Phase != "" {
+	if r := l.wait(t, queued, store.StateInstallerUp); r.Phase != "" {
 		t.Fatalf("queued machine is in phase %q", r.Phase)
 	}
 	os.Remove(gate)
 	for i := range l.macs {
-		l.wait(t, i, profiles.StateInstalled)
+		l.wait(t, i, store.StateInstalled)
 	}
 	seen := l.seen(t)
 	most := 0
@@ -254,7 +255,7 @@ func TestRetriesAfterAFailure(t *testing.T) {
 	l := newEngineLab(t, 1, 1, "    retries: 1\n")
 	l.targets[0].WriteFile(t, "fail-once", "")
 	l.start(t, 0)
-	l.wait(t, 0, profiles.StateInstalled)
+	l.wait(t, 0, store.StateInstalled)
 	ev := l.events(t, 0)
 	for _, want := range []string{"phase disko failed", "retrying the install, attempt 2 of 2", "installed with profile m0"} {
 		if !strings.Contains(ev, want) {
@@ -282,14 +283,14 @@ func TestCancelHungInstall(t *testing.T) {
 	if err := l.p.Cancel(ctx, l.macs[1], "operator (API)"); err != nil {
 		t.Fatalf("cancel of the queued install: %v", err)
 	}
-	if r := l.wait(t, 1, profiles.StateFailed); r.Error != "cancelled by operator" {
+	if r := l.wait(t, 1, store.StateFailed); r.Error != "cancelled by operator" {
 		t.Fatalf("queued machine after cancel: error %q", r.Error)
 	}
 	l.start(t, 1) // queued again
 	if err := l.p.Cancel(ctx, l.macs[0], "operator (API)"); err != nil {
 		t.Fatalf("Cancel: %v", err)
 	}
-	r := l.wait(t, 0, profiles.StateFailed)
+	r := l.wait(t, 0, store.StateFailed)
 	if r.Error != "cancelled by operator" || r.Phase != "disko" {
 		t.Errorf("after cancel: error %q in phase %q, want \"cancelled by operator\" in disko", r.Error, r.Phase)
 	}
@@ -298,7 +299,7 @@ func TestCancelHungInstall(t *testing.T) {
 	}
 	l.remoteGone(t, 0)
 	// The slot is free: the queued machine installs.
-	l.wait(t, 1, profiles.StateInstalled)
+	l.wait(t, 1, store.StateInstalled)
 	err := l.p.Cancel(ctx, l.macs[0], "operator (API)")
 	if !errors.Is(err, admin.ErrConflict) || !strings.Contains(err.Error(), "has no install running or queued: nothing to cancel") {
 		t.Errorf("cancel with nothing running: %v, want a conflict that says so", err)
@@ -310,14 +311,14 @@ func TestPhaseTimeoutFreesTheSlot(t *testing.T) {
 	l.targets[0].WriteFile(t, "hang", "")
 	l.start(t, 0)
 	l.start(t, 1)
-	r := l.wait(t, 0, profiles.StateFailed)
+	r := l.wait(t, 0, store.StateFailed)
 	for _, want := range []string{"phase disko failed", "phase disko timed out after 2s (raise profiles.m0.timeouts.disko in the config)"} {
 		if !strings.Contains(r.Error, want) {
 			t.Errorf("error %q does not say %q", r.Error, want)
 		}
 	}
 	l.remoteGone(t, 0)
-	l.wait(t, 1, profiles.StateInstalled)
+	l.wait(t, 1, store.StateInstalled)
 }
 
 func TestStoppedTargetFreesTheSlot(t *testing.T) {
@@ -327,11 +328,11 @@ func TestStoppedTargetFreesTheSlot(t *testing.T) {
 	l.start(t, 1)
 	waitFor(t, "disko on machine 0", func() bool { return l.running(0) })
 	l.targets[0].Freeze(t)
-	r := l.wait(t, 0, profiles.StateFailed)
+	r := l.wait(t, 0, store.StateFailed)
 	for _, want := range []string{"phase disko failed", "target stopped answering: no answer to 2 SSH keepalives sent 1s apart"} {
 		if !strings.Contains(r.Error, want) {
 			t.Errorf("error %q does not say %q", r.Error, want)
 		}
 	}
-	l.wait(t, 1, profiles.StateInstalled)
+	l.wait(t, 1, store.StateInstalled)
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
-	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 // engineFunc adapts a function to the engine's place.
@@ -39,7 +39,7 @@ func TestInstallLogKeepsHeadAndTail(t *testing.T) {
 	}
 	plan := f.boot(t, macA)
 	f.up(t, macA, plan.Token)
-	waitState(t, f, macA, profiles.StateInstalled)
+	waitState(t, f, macA, store.StateInstalled)
 	f.p.Wait()
 	log, err := f.store.Log(context.Background(), macA, 0, 10000)
 	if err != nil {
@@ -141,7 +141,7 @@ func TestStateWritesFail(t *testing.T) {
 	ctx := context.Background()
 	plan := f.boot(t, macA)
 	f.up(t, macA, plan.Token)
-	waitState(t, f, macA, profiles.StateInstalling)
+	waitState(t, f, macA, store.StateInstalling)
 	if err := f.p.Health(ctx); err != nil {
 		t.Fatalf("Health before the fault: %v", err)
 	}
@@ -158,7 +158,7 @@ func TestStateWritesFail(t *testing.T) {
 		!strings.Contains(err.Error(), "the final state of 1 machine(s) is kept in memory only") {
 		t.Fatalf("Health while the disk is full: %v", err)
 	}
-	if r := f.state(t, macA); r.State != profiles.StateInstalling {
+	if r := f.state(t, macA); r.State != store.StateInstalling {
 		t.Fatalf("state %s: the full disk should have kept it installing on disk", r.State)
 	}
 	// A new boot while full gets an error, not a crash or a wrong state.
@@ -189,7 +189,7 @@ func TestStateWritesFail(t *testing.T) {
 func TestStaleInstallingBootsAgain(t *testing.T) {
 	f := newFixture(t, testConfig(t, "ignore"), "")
 	ctx := context.Background()
-	for _, s := range []profiles.State{profiles.StateBooting, profiles.StateInstallerUp, profiles.StateInstalling} {
+	for _, s := range []store.State{store.StateBooting, store.StateInstallerUp, store.StateInstalling} {
 		if err := f.store.Transition(ctx, macA, s, "disko", "", "test"); err != nil {
 			t.Fatal(err)
 		}
@@ -197,7 +197,7 @@ func TestStaleInstallingBootsAgain(t *testing.T) {
 	if plan := f.boot(t, macA); plan.Action != httpboot.ActionInstall {
 		t.Fatalf("plan %+v", plan)
 	}
-	if r := f.state(t, macA); r.State != profiles.StateBooting {
+	if r := f.state(t, macA); r.State != store.StateBooting {
 		t.Fatalf("state %s, want booting", r.State)
 	}
 	if ev := f.events(t, macA); !strings.Contains(ev, "recorded as installing with no engine running for it") {

@@ -31,6 +31,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/internal/ipxescript"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 // handoff is the whole server without a VM: DHCP, the boot side of HTTP
@@ -48,7 +49,7 @@ type handoff struct {
 	attacker *netlab.NS
 	ip       string // the address DHCP gave the machine
 	p        *Provisioner
-	store    *profiles.Store
+	store    *store.DB
 	base     string
 	admin    string
 	apiToken string
@@ -166,7 +167,7 @@ profiles:
 func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	store, err := profiles.OpenStore(ctx, dbPath)
+	st, err := store.OpenSQLite(ctx, dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +180,7 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	p, err := New(ctx, cfg, Options{Store: store, Signer: signer, KeyFile: keyPath, Log: log, PollDelay: time.Hour, DiscoverSSHPort: sshtarget.NetNSPort})
+	p, err := New(ctx, cfg, Options{Store: st, Signer: signer, KeyFile: keyPath, Log: log, PollDelay: time.Hour, DiscoverSSHPort: sshtarget.NetNSPort})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +232,7 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 	go func() { ds.Serve(ctx); done <- struct{}{} }()
 	go func() { httpserve.Serve(ctx, hl, hs, log); done <- struct{}{} }()
 	go func() { httpserve.Serve(ctx, al, as, log); done <- struct{}{} }()
-	h.p, h.store = p, store
+	h.p, h.store = p, st
 	var once bool
 	h.stop = func() {
 		if once {
@@ -243,7 +244,7 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 		<-done
 		<-done
 		p.Wait()
-		store.Close()
+		st.Close()
 	}
 	t.Cleanup(h.stop)
 }
@@ -424,7 +425,7 @@ func (h *handoff) callbackFrom(t *testing.T, ns *netlab.NS, body string) string 
 	return out
 }
 
-func (h *handoff) waitFor(t *testing.T, want profiles.State) profiles.MachineRecord {
+func (h *handoff) waitFor(t *testing.T, want store.State) store.MachineRecord {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -465,7 +466,7 @@ func TestHandoffInstallsAndBootsLocally(t *testing.T) {
 	if code := h.callback(t, token); code != "403" {
 		t.Fatalf("replayed token: %s", code)
 	}
-	h.waitFor(t, profiles.StateInstalled)
+	h.waitFor(t, store.StateInstalled)
 
 	// What the target saw, in order: keys before disko, then the system.
 	calls := tg.Calls()
@@ -526,7 +527,7 @@ func TestHandoffRefusesAnotherHostKey(t *testing.T) {
 	if code := h.callback(t, token); code != "200" {
 		t.Fatalf("callback: %s", code)
 	}
-	r := h.waitFor(t, profiles.StateFailed)
+	r := h.waitFor(t, store.StateFailed)
 	if !strings.Contains(r.Error, "host key") {
 		t.Fatalf("failure %q does not name the host key", r.Error)
 	}
@@ -552,7 +553,7 @@ func TestHandoffServerRestartDuringInstall(t *testing.T) {
 	deadline := time.Now().Add(time.Minute)
 	for {
 		r, _ := h.store.Machine(context.Background(), macA)
-		if r.State == profiles.StateInstalling {
+		if r.State == store.StateInstalling {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -565,7 +566,7 @@ func TestHandoffServerRestartDuringInstall(t *testing.T) {
 	cfg, _ := profiles.Parse(filepath.Join(h.dir, "config.yaml"), []byte(h.cfgText(tg.Port)))
 	h.start(t, cfg, filepath.Join(h.dir, "state.db"))
 	r, _ := h.store.Machine(context.Background(), macA)
-	if r.State != profiles.StateFailed || !strings.Contains(r.Error, "interrupted") {
+	if r.State != store.StateFailed || !strings.Contains(r.Error, "interrupted") {
 		t.Fatalf("after restart: %+v", r)
 	}
 	if after := h.events(t); !strings.HasPrefix(after, before) {
@@ -627,7 +628,7 @@ func TestHandoffAttacker(t *testing.T) {
 	if c := h.code(t, h.attacker, victim); c != "403" {
 		t.Fatalf("script for the machine asked by the attacker at %s: %s, want 403", a2, c)
 	}
-	if _, err := h.store.LatestBoot(ctx, macA); !errors.Is(err, profiles.ErrNotFound) {
+	if _, err := h.store.LatestBoot(ctx, macA); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("a refused script request made a boot: %v", err)
 	}
 
@@ -683,7 +684,7 @@ func TestHandoffAttacker(t *testing.T) {
 	if code := h.callback(t, token); code != "200" {
 		t.Fatalf("the machine's callback: %s", code)
 	}
-	h.waitFor(t, profiles.StateInstalled)
+	h.waitFor(t, store.StateInstalled)
 
 	// 5. Used and voided tokens: refused, from anywhere.
 	if c := h.callbackFrom(t, h.attacker, `{"token":"`+token+`"}`); c != "403" {
@@ -741,7 +742,7 @@ func TestHandoffSecretsTwice(t *testing.T) {
 	if c := h.code(t, h.attacker, urls[len(urls)-1]); c != "403" {
 		t.Fatalf("second fetch of the extra initrd: %s, want 403", c)
 	}
-	r := h.waitFor(t, profiles.StateFailed)
+	r := h.waitFor(t, store.StateFailed)
 	if !r.Held || !strings.Contains(r.Error, "boot secrets requested twice") {
 		t.Fatalf("machine after the second fetch: %+v", r)
 	}
@@ -822,7 +823,7 @@ func TestHandoffCancelDuringInstall(t *testing.T) {
 		t.Fatalf("cancel: %v %s", err, out)
 	}
 	r, _ := h.store.Machine(context.Background(), macA)
-	if r.State != profiles.StateFailed || r.Error != "cancelled by operator" || r.Phase != "disko" {
+	if r.State != store.StateFailed || r.Error != "cancelled by operator" || r.Phase != "disko" {
 		t.Fatalf("after cancel: %+v", r)
 	}
 	if ev := h.events(t); !strings.Contains(ev, "install cancelled by operator (API) during disko") {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/admin"
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 // cancelled is the cause of an install that an operator stopped.
@@ -24,14 +26,14 @@ func (c *cancelled) Error() string { return "cancelled by " + c.by }
 
 // startInstall queues the install of a machine whose installer is up.
 // The install runs under the server's context, not the callback's.
-func (p *Provisioner) startInstall(b profiles.Boot, m *profiles.Machine, ip string) {
+func (p *Provisioner) startInstall(b store.Boot, m *profiles.Machine, ip string) {
 	p.startInstallPort(b, m, ip, 0)
 }
 
 // startInstallPort is startInstall on an installer whose sshd listens
 // on port, not where the profile says (0: the profile's): the discover
 // image, when a discovered machine installs in the boot that found it.
-func (p *Provisioner) startInstallPort(b profiles.Boot, m *profiles.Machine, ip string, port int) {
+func (p *Provisioner) startInstallPort(b store.Boot, m *profiles.Machine, ip string, port int) {
 	p.queue.start(b.MAC,
 		func(ctx context.Context) { p.install(ctx, b, m, ip, port) },
 		func(ctx context.Context) { p.stopped(ctx, b.MAC, "queued") })
@@ -74,11 +76,11 @@ func (p *Provisioner) stopped(ctx context.Context, mac, phase string) {
 func (p *Provisioner) interrupted(mac, phase string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_ = p.transition(ctx, mac, profiles.StateFailed, phase, "interrupted: server stopped",
+	_ = p.transition(ctx, mac, store.StateFailed, phase, "interrupted: server stopped",
 		fmt.Sprintf("install interrupted during %s: server stopped", phase))
 }
 
-func (p *Provisioner) install(ctx context.Context, b profiles.Boot, m *profiles.Machine, ip string, port int) {
+func (p *Provisioner) install(ctx context.Context, b store.Boot, m *profiles.Machine, ip string, port int) {
 	cfg := p.cfg.Load()
 	prof := cfg.Profile(m.Profile)
 	fail := func(phase string, err error) {
@@ -125,7 +127,7 @@ func (p *Provisioner) install(ctx context.Context, b profiles.Boot, m *profiles.
 		fail(phase, err)
 	default:
 		p.metrics.installs.WithLabelValues("installed").Inc()
-		err := p.transition(s.ctx, b.MAC, profiles.StateInstalled, "", "",
+		err := p.transition(s.ctx, b.MAC, store.StateInstalled, "", "",
 			fmt.Sprintf("installed with profile %s; next PXE boot goes to the local disk", prof.Name))
 		if err != nil && !permanent(err) {
 			// Unrecorded, the install cannot count: failed is the state
@@ -145,7 +147,7 @@ func phaseName(phase string) string {
 
 // engineOptions turns a profile into an engine run against the booted
 // installer, pinned to the host key this boot injected.
-func (p *Provisioner) engineOptions(b profiles.Boot, prof *profiles.Profile, ip string) (installer.Options, error) {
+func (p *Provisioner) engineOptions(b store.Boot, prof *profiles.Profile, ip string) (installer.Options, error) {
 	hostKey, _, _, _, err := ssh.ParseAuthorizedKey([]byte(b.HostKeyPublic))
 	if err != nil {
 		return installer.Options{}, fmt.Errorf("host key of boot: %w", err)
@@ -173,15 +175,14 @@ func (p *Provisioner) engineOptions(b profiles.Boot, prof *profiles.Profile, ip 
 		ExtraFiles:        prof.ExtraFiles,
 		AfterInstall:      prof.AfterInstall,
 	}
+	// Copies: the options of one install never share memory with the
+	// config, which a reload replaces.
 	if sp := prof.StorePaths; sp != nil {
-		o.StorePaths = &installer.StorePaths{Disko: sp.Disko, System: sp.System}
+		c := *sp
+		o.StorePaths = &c
 	}
-	for _, k := range prof.DiskEncryptionKeys {
-		o.DiskKeys = append(o.DiskKeys, installer.KeyFile{Remote: k.Remote, Local: k.Local})
-	}
-	for _, c := range prof.Chown {
-		o.Chowns = append(o.Chowns, installer.Chown{Path: c.Path, UID: c.UID, GID: c.GID})
-	}
+	o.DiskKeys = slices.Clone(prof.DiskEncryptionKeys)
+	o.Chowns = slices.Clone(prof.Chown)
 	return o, nil
 }
 
@@ -237,7 +238,7 @@ func (s *machineSink) finish() {
 
 func (s *machineSink) PhaseStarted(phase string, index, total int) {
 	s.phase, s.start = phase, time.Now()
-	_ = s.p.transition(s.ctx, s.mac, profiles.StateInstalling, phase, "",
+	_ = s.p.transition(s.ctx, s.mac, store.StateInstalling, phase, "",
 		fmt.Sprintf("phase %d/%d: %s", index, total, phase))
 }
 
@@ -273,7 +274,7 @@ func (s *machineSink) Progress(phase string, done, total int64) {}
 // fetched its initrds, its SSH port is tried at the address it booted
 // from until the host key that this boot injected answers. Any other
 // host key is refused, and said so once.
-func (p *Provisioner) pollSSH(ctx context.Context, b profiles.Boot, addr netip.Addr) {
+func (p *Provisioner) pollSSH(ctx context.Context, b store.Boot, addr netip.Addr) {
 	defer func() {
 		p.mu.Lock()
 		delete(p.polling, b.Token)

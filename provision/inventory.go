@@ -13,10 +13,10 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/pxe-anywhere/pxe-anywhere/admin"
-	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
-func view(r profiles.MachineRecord) admin.MachineView {
+func view(r store.MachineRecord) admin.MachineView {
 	return admin.MachineView{
 		MAC: r.MAC, Hostname: r.Hostname, Profile: r.Profile, State: string(r.State),
 		Phase: r.Phase, Error: r.Error, IP: r.IP, Firmware: r.Firmware, Reinstall: r.Reinstall, Held: r.Held, UpdatedAt: r.UpdatedAt,
@@ -24,7 +24,7 @@ func view(r profiles.MachineRecord) admin.MachineView {
 }
 
 func notFound(err error) error {
-	if errors.Is(err, profiles.ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("%w: %v", admin.ErrNotFound, err)
 	}
 	return err
@@ -58,7 +58,7 @@ func (p *Provisioner) Machines(ctx context.Context) ([]admin.MachineView, error)
 	return out, nil
 }
 
-func eventView(e profiles.Event) *admin.EventView {
+func eventView(e store.Event) *admin.EventView {
 	return &admin.EventView{ID: e.ID, Time: e.Time, State: string(e.State), Phase: e.Phase, Message: e.Message}
 }
 

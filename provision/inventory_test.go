@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/pxe-anywhere/pxe-anywhere/admin"
-	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 // TestOperatorViews: what the status pages read of a real store. The
@@ -22,7 +22,7 @@ func TestOperatorViews(t *testing.T) {
 	f := newFixture(t, testConfig(t, "ignore"), filepath.Join(t.TempDir(), "state.db"))
 	plan := f.boot(t, macA)
 	f.up(t, macA, plan.Token)
-	waitState(t, f, macA, profiles.StateInstalled)
+	waitState(t, f, macA, store.StateInstalled)
 
 	b, err := f.p.LatestBoot(ctx, macA)
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/lograte"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
-	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 // inventedMAC is the i-th of a flood of made-up, locally administered
@@ -131,7 +131,7 @@ func TestDiscoverLimit(t *testing.T) {
 	if plan := boot(10); plan.Action != httpboot.ActionInstall {
 		t.Fatalf("after a forget: action %v, want install", plan.Action)
 	}
-	if _, err := f.store.Discover(ctx, inventedMAC(11).String(), 3); !errors.Is(err, profiles.ErrLimit) {
+	if _, err := f.store.Discover(ctx, inventedMAC(11).String(), 3); !errors.Is(err, store.ErrLimit) {
 		t.Fatalf("store.Discover past the limit: %v, want ErrLimit", err)
 	}
 }
@@ -160,7 +160,7 @@ func TestSweepPrunes(t *testing.T) {
 	if _, err := f.store.BootByToken(ctx, tokens[13]); err != nil {
 		t.Errorf("second newest boot: %v, want it kept", err)
 	}
-	if _, err := f.store.BootByToken(ctx, tokens[12]); !errors.Is(err, profiles.ErrNotFound) {
+	if _, err := f.store.BootByToken(ctx, tokens[12]); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("third newest boot: %v, want it pruned", err)
 	}
 	f.initrd(t, macA, token) // the live boot still works

@@ -14,6 +14,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
 	"github.com/pxe-anywhere/pxe-anywhere/power/powertest"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 // powerConfig is testConfig with macA's BMC at the Redfish stand-in
@@ -126,7 +127,7 @@ func TestReinstallPowerCycle(t *testing.T) {
 	ctx := context.Background()
 	plan := f.boot(t, macA)
 	f.up(t, macA, plan.Token)
-	waitState(t, f, macA, profiles.StateInstalled)
+	waitState(t, f, macA, store.StateInstalled)
 	bmc.SetPower("On")
 
 	v, err := f.p.ReinstallPowerCycle(ctx, macA, "operator (API)")
@@ -165,7 +166,7 @@ func TestReinstallPowerCycle(t *testing.T) {
 	// No BMC: refused before anything is armed.
 	plan = f.boot(t, macB)
 	f.up(t, macB, plan.Token)
-	waitState(t, f, macB, profiles.StateInstalled)
+	waitState(t, f, macB, store.StateInstalled)
 	if _, err := f.p.ReinstallPowerCycle(ctx, macB, "operator (API)"); !errors.Is(err, admin.ErrConflict) {
 		t.Fatalf("without a BMC: %v", err)
 	}
@@ -181,7 +182,7 @@ func TestPoweroffFallsBackToBMC(t *testing.T) {
 	f.engine.err = &installer.PhaseError{Phase: installer.PhaseReboot, ExitCode: -1, Err: errors.New("10.77.0.100:22 still answers after 15m0s")}
 	plan := f.boot(t, macA)
 	f.up(t, macA, plan.Token)
-	waitState(t, f, macA, profiles.StateInstalled)
+	waitState(t, f, macA, store.StateInstalled)
 	if power, _, _, resets := bmc.Snapshot(); power != "Off" || !slices.Equal(resets, []string{"ForceOff"}) {
 		t.Fatalf("BMC: power %s resets %v, want Off by ForceOff", power, resets)
 	}
@@ -195,7 +196,7 @@ func TestPoweroffFallsBackToBMC(t *testing.T) {
 	// Without a BMC the failure stands.
 	plan = f.boot(t, macB)
 	f.up(t, macB, plan.Token)
-	waitState(t, f, macB, profiles.StateFailed)
+	waitState(t, f, macB, store.StateFailed)
 }
 
 func TestPoweroffFallbackOnlyForPoweroffInRebootPhase(t *testing.T) {
@@ -212,7 +213,7 @@ func TestPoweroffFallbackOnlyForPoweroffInRebootPhase(t *testing.T) {
 			f.engine.err = &installer.PhaseError{Phase: tc.phase, ExitCode: 1, Err: errors.New("exit code 1")}
 			plan := f.boot(t, macA)
 			f.up(t, macA, plan.Token)
-			waitState(t, f, macA, profiles.StateFailed)
+			waitState(t, f, macA, store.StateFailed)
 			if power, _, _, resets := bmc.Snapshot(); power != "On" || len(resets) != 0 {
 				t.Fatalf("BMC used: power %s resets %v", power, resets)
 			}

@@ -38,6 +38,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/lograte"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 // tokenLifetime bounds how long a boot token stays good for the extra
@@ -60,7 +61,7 @@ const sweepEvery = time.Minute
 // Provisioner implements dhcp.Decider, dhcp.Binder, httpboot.Booter and
 // admin.Inventory over one state store and one engine.
 type Provisioner struct {
-	store   *profiles.Store
+	store   store.Store
 	cfg     atomic.Pointer[profiles.Config]
 	signer  ssh.Signer
 	keyFile string
@@ -107,7 +108,7 @@ type Engine func(ctx context.Context, opts installer.Options, sink installer.Sin
 
 // Options are what New needs beyond the config.
 type Options struct {
-	Store  *profiles.Store
+	Store  store.Store
 	Signer ssh.Signer // the install key that every booted installer trusts
 	// KeyFile is the same key as a file, for the OpenSSH that nix copy
 	// starts.
@@ -162,7 +163,7 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		discPort: o.DiscoverSSHPort,
 	}
 	p.queue = newInstallQueue(ctx, cfg.Server.MaxInstalls, &p.wg)
-	n, err := p.store.MarkInterrupted(ctx)
+	n, err := markInterrupted(ctx, p.store)
 	if err != nil {
 		return nil, fmt.Errorf("mark interrupted installs: %w", err)
 	}
@@ -237,11 +238,11 @@ func (p *Provisioner) resumePolls(ctx context.Context) error {
 		return err
 	}
 	for _, m := range recs {
-		if m.State != profiles.StateBooting {
+		if m.State != store.StateBooting {
 			continue
 		}
 		latest, err := p.store.LatestBoot(ctx, m.MAC)
-		if errors.Is(err, profiles.ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			continue
 		}
 		if err != nil {
@@ -382,13 +383,13 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 		p.metrics.boots.WithLabelValues("held").Inc()
 		return httpboot.BootPlan{Action: httpboot.ActionLocal, Hostname: m.Hostname}, nil
 	}
-	if rec.State == profiles.StateInstalled && !rec.Reinstall {
+	if rec.State == store.StateInstalled && !rec.Reinstall {
 		p.event(ctx, mac, "", "PXE boot: installed, booting from local disk")
 		p.metrics.boots.WithLabelValues("local").Inc()
 		return httpboot.BootPlan{Action: httpboot.ActionLocal, Hostname: m.Hostname}, nil
 	}
 	busy := p.queue.busy(mac)
-	if !busy && rec.State == profiles.StateInstalling {
+	if !busy && rec.State == store.StateInstalling {
 		// No engine runs for it: a state write failed when its install
 		// ended. It must not stay unbootable until a restart.
 		if err := p.settleStale(ctx, rec); err != nil {
@@ -430,7 +431,7 @@ func (p *Provisioner) discover(ctx context.Context, cfg *profiles.Config, mac st
 	// Every discovered MAC is a row that stays until an operator
 	// forgets it, and a host can invent MACs: their number is bounded.
 	rec, err := p.store.Discover(ctx, mac, cfg.Server.MaxDiscovered)
-	if errors.Is(err, profiles.ErrLimit) {
+	if errors.Is(err, store.ErrLimit) {
 		p.metrics.boots.WithLabelValues("discover-refused").Inc()
 		p.logLimited("discover-limit", "discovery refused: server.max_discovered machines without a profile are recorded already; `pxe-anywhere machines forget MAC` makes room, or raise the limit", "mac", mac, "limit", cfg.Server.MaxDiscovered)
 		return httpboot.BootPlan{Action: httpboot.ActionIgnore}, nil
@@ -479,7 +480,7 @@ func (p *Provisioner) checkSource(ctx context.Context, mac string, remote netip.
 // of mac belongs to another address (see ownerWindow).
 func (p *Provisioner) checkOwner(ctx context.Context, mac string, remote netip.Addr) error {
 	latest, err := p.store.LatestBoot(ctx, mac)
-	if errors.Is(err, profiles.ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
@@ -519,7 +520,7 @@ func (p *Provisioner) newBoot(ctx context.Context, mac string, r httpboot.BootRe
 	if err != nil {
 		return "", err
 	}
-	boot := profiles.Boot{
+	boot := store.Boot{
 		Token:          token,
 		MAC:            mac,
 		IP:             addrString(r.RemoteAddr),
@@ -535,7 +536,7 @@ func (p *Provisioner) newBoot(ctx context.Context, mac string, r httpboot.BootRe
 	if b, ok := p.bindings.lookup(mac, r.RemoteAddr); ok {
 		msg += " (DHCP binding on " + b.via + ")"
 	}
-	if err := p.transition(ctx, mac, profiles.StateBooting, "", "", msg); err != nil {
+	if err := p.transition(ctx, mac, store.StateBooting, "", "", msg); err != nil {
 		return "", err
 	}
 	return token, nil
@@ -557,20 +558,20 @@ var (
 // liveBoot returns the boot of token if it may still be used: the latest
 // boot of its machine, not called back yet, not voided, and young
 // enough.
-func (p *Provisioner) liveBoot(ctx context.Context, token string) (profiles.Boot, error) {
+func (p *Provisioner) liveBoot(ctx context.Context, token string) (store.Boot, error) {
 	b, err := p.store.BootByToken(ctx, token)
 	if err != nil {
-		return profiles.Boot{}, err
+		return store.Boot{}, err
 	}
 	return p.checkLive(ctx, b)
 }
 
-func (p *Provisioner) checkLive(ctx context.Context, b profiles.Boot) (profiles.Boot, error) {
+func (p *Provisioner) checkLive(ctx context.Context, b store.Boot) (store.Boot, error) {
 	switch {
 	case b.VoidedAt != nil:
-		return b, fmt.Errorf("%w: %s", profiles.ErrBootVoided, b.VoidReason)
+		return b, fmt.Errorf("%w: %s", store.ErrBootVoided, b.VoidReason)
 	case b.UsedAt != nil:
-		return b, profiles.ErrTokenUsed
+		return b, store.ErrTokenUsed
 	case time.Since(b.CreatedAt) > tokenLifetime:
 		return b, errTokenExpired
 	}
@@ -592,7 +593,7 @@ func (p *Provisioner) checkLive(ctx context.Context, b profiles.Boot) (profiles.
 func (p *Provisioner) ExtraInitrd(ctx context.Context, token string, remote netip.Addr) ([]httpboot.ExtraFile, error) {
 	b, err := p.store.BootByToken(ctx, token)
 	if err != nil {
-		if errors.Is(err, profiles.ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			p.logLimited("unknown-token", "extra initrd asked with an unknown token: refused", "remote", addrString(remote))
 			return nil, fmt.Errorf("%w: %v", httpboot.ErrUnknownToken, err)
 		}
@@ -627,7 +628,7 @@ func (p *Provisioner) ExtraInitrd(ctx context.Context, token string, remote neti
 // secretsAskedTwice voids boot b, whose extra initrd went out already,
 // and holds its machine: nobody can tell which requester holds the key
 // now, so no engine may trust it.
-func (p *Provisioner) secretsAskedTwice(ctx context.Context, b profiles.Boot, remote netip.Addr) error {
+func (p *Provisioner) secretsAskedTwice(ctx context.Context, b store.Boot, remote netip.Addr) error {
 	p.metrics.refusals.WithLabelValues("extra initrd", "twice").Inc()
 	voided, err := p.store.VoidBoot(ctx, b.Token, "boot secrets requested twice")
 	if err != nil {
@@ -670,7 +671,7 @@ func (p *Provisioner) Fetched(ctx context.Context, f httpboot.Fetch) error {
 
 // startPoll starts the SSH poller of boot b at addr, unless it runs
 // already. It stops at the server's stop or when claim cancels it.
-func (p *Provisioner) startPoll(b profiles.Boot, addr netip.Addr) {
+func (p *Provisioner) startPoll(b store.Boot, addr netip.Addr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if _, ok := p.polling[b.Token]; ok {
@@ -756,7 +757,7 @@ func (p *Provisioner) rejectToken(ctx context.Context, token string, remote neti
 // claim uses the boot's token and starts the install. It is the single
 // door for both the callback and the SSH poller, so exactly one of them
 // wins.
-func (p *Provisioner) claim(ctx context.Context, b profiles.Boot, addr netip.Addr, how string) error {
+func (p *Provisioner) claim(ctx context.Context, b store.Boot, addr netip.Addr, how string) error {
 	if _, err := p.store.UseToken(ctx, b.Token); err != nil {
 		// A poller that finds the token used lost to the callback:
 		// nothing was refused, so nothing is worth an event.
@@ -773,7 +774,7 @@ func (p *Provisioner) claim(ctx context.Context, b profiles.Boot, addr netip.Add
 	delete(p.polling, b.Token)
 	p.mu.Unlock()
 	ip := addrString(addr)
-	if err := p.transition(ctx, b.MAC, profiles.StateInstallerUp, "", "", fmt.Sprintf("installer up at %s (%s)", ip, how)); err != nil {
+	if err := p.transition(ctx, b.MAC, store.StateInstallerUp, "", "", fmt.Sprintf("installer up at %s (%s)", ip, how)); err != nil {
 		return err
 	}
 	rec, err := p.store.Machine(ctx, b.MAC)
@@ -801,7 +802,7 @@ func mustMAC(s string) net.HardwareAddr {
 // transition records a state change and tells the subscribers. A
 // write that fails is tried again a few times (a busy or briefly full
 // disk), then the failure shows on Health.
-func (p *Provisioner) transition(ctx context.Context, mac string, to profiles.State, phase, errMsg, msg string) error {
+func (p *Provisioner) transition(ctx context.Context, mac string, to store.State, phase, errMsg, msg string) error {
 	err := retryWrite(ctx, func() error { return p.store.Transition(ctx, mac, to, phase, errMsg, msg) })
 	if err != nil {
 		if permanent(err) {
@@ -841,7 +842,7 @@ func retryWrite(ctx context.Context, write func() error) error {
 // permanent errors are answers, not faults: trying again changes
 // nothing.
 func permanent(err error) bool {
-	return errors.Is(err, profiles.ErrNoTransition) || errors.Is(err, profiles.ErrNotFound)
+	return errors.Is(err, store.ErrNoTransition) || errors.Is(err, store.ErrNotFound)
 }
 
 // finalFail records that an install ended in failure. If even that
@@ -849,7 +850,7 @@ func permanent(err error) bool {
 // again (Health and the machine's next PXE boot write it), and the log
 // says so.
 func (p *Provisioner) finalFail(ctx context.Context, mac, phase, errMsg, msg string) {
-	err := p.transition(ctx, mac, profiles.StateFailed, phase, errMsg, msg)
+	err := p.transition(ctx, mac, store.StateFailed, phase, errMsg, msg)
 	if err == nil || permanent(err) {
 		return
 	}
@@ -857,7 +858,7 @@ func (p *Provisioner) finalFail(ctx context.Context, mac, phase, errMsg, msg str
 	p.pending[mac] = pendingState{phase: phase, errMsg: errMsg, msg: msg}
 	p.writeMu.Unlock()
 	p.log.Error("the machine's final state cannot be written: kept in memory until state writes work again; /healthz reports it",
-		"mac", mac, "state", profiles.StateFailed, "error", errMsg, "err", err)
+		"mac", mac, "state", store.StateFailed, "error", errMsg, "err", err)
 }
 
 // storeFailed notes a failed state write for Health.
@@ -909,7 +910,7 @@ func (p *Provisioner) Health(ctx context.Context) error {
 	p.writeMu.Unlock()
 	if failing && !pend {
 		err := p.store.AddEvent(ctx, mac, "", "state writes work again")
-		if err == nil || errors.Is(err, profiles.ErrNotFound) {
+		if err == nil || errors.Is(err, store.ErrNotFound) {
 			p.storeOK()
 		} else {
 			p.storeFailed(mac, "a note", err)
@@ -937,7 +938,7 @@ func (p *Provisioner) flushPending(ctx context.Context) {
 	}
 	p.writeMu.Unlock()
 	for mac, ps := range pending {
-		err := p.store.Transition(ctx, mac, profiles.StateFailed, ps.phase, ps.errMsg, ps.msg+" (written late: state writes failed when the install ended)")
+		err := p.store.Transition(ctx, mac, store.StateFailed, ps.phase, ps.errMsg, ps.msg+" (written late: state writes failed when the install ended)")
 		if err != nil && !permanent(err) {
 			p.storeFailed(mac, "recording state failed", err)
 			return
@@ -955,14 +956,14 @@ func (p *Provisioner) flushPending(ctx context.Context) {
 // settleStale fails a machine recorded as installing with no engine
 // running for it, so that its PXE boot is served: with the final state
 // kept in memory if there is one, else with a note of its own.
-func (p *Provisioner) settleStale(ctx context.Context, rec profiles.MachineRecord) error {
+func (p *Provisioner) settleStale(ctx context.Context, rec store.MachineRecord) error {
 	p.flushPending(ctx)
 	cur, err := p.store.Machine(ctx, rec.MAC)
-	if err != nil || cur.State != profiles.StateInstalling {
+	if err != nil || cur.State != store.StateInstalling {
 		return err
 	}
 	const why = "install left unfinished: no engine runs for it (a state write failed when it ended)"
-	return p.transition(ctx, rec.MAC, profiles.StateFailed, rec.Phase, why,
+	return p.transition(ctx, rec.MAC, store.StateFailed, rec.Phase, why,
 		"PXE boot of a machine recorded as installing with no engine running for it: "+why+"; marked failed, booting it again")
 }
 
@@ -970,7 +971,7 @@ func (p *Provisioner) settleStale(ctx context.Context, rec profiles.MachineRecor
 // store knows it, and always in the log, at warning level.
 func (p *Provisioner) securityEvent(ctx context.Context, mac, msg string) {
 	p.log.Warn(msg, "mac", mac, "security", true)
-	if err := p.store.AddEvent(ctx, mac, "", msg); err != nil && !errors.Is(err, profiles.ErrNotFound) {
+	if err := p.store.AddEvent(ctx, mac, "", msg); err != nil && !errors.Is(err, store.ErrNotFound) {
 		p.log.Warn("recording event failed", "mac", mac, "err", err)
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
 	"github.com/pxe-anywhere/pxe-anywhere/installer/sshtarget"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 const (
@@ -96,7 +97,7 @@ func (r *recordingEngine) run(ctx context.Context, o installer.Options, s instal
 
 type fixture struct {
 	p      *Provisioner
-	store  *profiles.Store
+	store  *store.DB
 	engine *recordingEngine
 	cancel context.CancelFunc
 	path   string
@@ -122,12 +123,12 @@ func startFixture(t *testing.T, cfg *profiles.Config, path string, signer ssh.Si
 		signer, _ = ssh.NewSignerFromKey(priv)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	store, err := profiles.OpenStore(ctx, path)
+	st, err := store.OpenSQLite(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	eng := &recordingEngine{}
-	p, err := New(ctx, cfg, Options{Store: store, Signer: signer, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Engine: eng.run, PollDelay: pollDelay})
+	p, err := New(ctx, cfg, Options{Store: st, Signer: signer, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Engine: eng.run, PollDelay: pollDelay})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,11 +137,11 @@ func startFixture(t *testing.T, cfg *profiles.Config, path string, signer ssh.Si
 		once.Do(func() {
 			cancel()
 			p.Wait()
-			store.Close()
+			st.Close()
 		})
 	}
 	t.Cleanup(stop)
-	return &fixture{p: p, store: store, engine: eng, cancel: cancel, path: path, signer: signer, stop: stop}
+	return &fixture{p: p, store: st, engine: eng, cancel: cancel, path: path, signer: signer, stop: stop}
 }
 
 func mac(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
@@ -195,7 +196,7 @@ func (f *fixture) up(t *testing.T, m, token string) {
 	}
 }
 
-func (f *fixture) state(t *testing.T, m string) profiles.MachineRecord {
+func (f *fixture) state(t *testing.T, m string) store.MachineRecord {
 	t.Helper()
 	r, err := f.store.Machine(context.Background(), m)
 	if err != nil {
@@ -204,7 +205,7 @@ func (f *fixture) state(t *testing.T, m string) profiles.MachineRecord {
 	return r
 }
 
-func waitState(t *testing.T, f *fixture, m string, want profiles.State) profiles.MachineRecord {
+func waitState(t *testing.T, f *fixture, m string, want store.State) store.MachineRecord {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -247,7 +248,7 @@ func TestUnknownMachinePolicies(t *testing.T) {
 				// Its installer comes up, but nothing is installed on it.
 				f.up(t, macX, plan.Token)
 				f.p.Wait()
-				if r := f.state(t, macX); r.State != profiles.StateInstallerUp || len(f.engine.runs) != 0 {
+				if r := f.state(t, macX); r.State != store.StateInstallerUp || len(f.engine.runs) != 0 {
 					t.Fatalf("discovered machine: %+v, %d installs", r, len(f.engine.runs))
 				}
 			}
@@ -266,7 +267,7 @@ func TestTokensAndCallback(t *testing.T) {
 	if first.Action != httpboot.ActionInstall || first.Image != "test" || len(first.Token) < 32 || first.Params[0] != "loglevel=4" {
 		t.Fatalf("plan %+v", first)
 	}
-	if r := f.state(t, macA); r.State != profiles.StateBooting || r.IP != "10.77.0.100" {
+	if r := f.state(t, macA); r.State != store.StateBooting || r.IP != "10.77.0.100" {
 		t.Fatalf("after boot: %+v", r)
 	}
 	var hostKey []byte
@@ -298,7 +299,7 @@ func TestTokensAndCallback(t *testing.T) {
 	if b, _ := f.store.BootByToken(ctx, second.Token); b.UsedAt == nil || len(b.HostKeyPrivate) != 0 || b.HostKeyPublic == "" {
 		t.Fatalf("used boot: the private key must be erased and the public key kept: %+v", b)
 	}
-	r := waitState(t, f, macA, profiles.StateInstalled)
+	r := waitState(t, f, macA, store.StateInstalled)
 	if len(f.engine.runs) != 1 {
 		t.Fatalf("%d installs, want 1", len(f.engine.runs))
 	}
@@ -340,7 +341,7 @@ func TestFailedInstallAndRestart(t *testing.T) {
 	f.engine.err = &installer.PhaseError{Phase: "disko", Command: "/nix/store/x-disko", ExitCode: 1, Err: errors.New("exit code 1")}
 	plan := f.boot(t, macA)
 	f.up(t, macA, plan.Token)
-	r := waitState(t, f, macA, profiles.StateFailed)
+	r := waitState(t, f, macA, store.StateFailed)
 	if r.Phase != "disko" || !strings.Contains(r.Error, "exit code 1") {
 		t.Fatalf("failed machine %+v", r)
 	}
@@ -349,7 +350,7 @@ func TestFailedInstallAndRestart(t *testing.T) {
 	f.engine.block = make(chan struct{})
 	plan = f.boot(t, macB)
 	f.up(t, macB, plan.Token)
-	waitState(t, f, macB, profiles.StateInstalling)
+	waitState(t, f, macB, store.StateInstalling)
 	// A machine that PXE-boots mid-install is not handed the installer.
 	if p := f.boot(t, macB); p.Action != httpboot.ActionLocal {
 		t.Fatalf("PXE boot during install got %v", p.Action)
@@ -357,7 +358,7 @@ func TestFailedInstallAndRestart(t *testing.T) {
 	f.cancel()
 	f.p.Wait()
 	r = f.state(t, macB)
-	if r.State != profiles.StateFailed || !strings.Contains(r.Error, "interrupted") {
+	if r.State != store.StateFailed || !strings.Contains(r.Error, "interrupted") {
 		t.Fatalf("after stop: %+v", r)
 	}
 }
@@ -367,20 +368,20 @@ func TestRestartMarksInterrupted(t *testing.T) {
 	cfg := testConfig(t, "ignore")
 	path := filepath.Join(t.TempDir(), "state.db")
 	// A previous run died (no graceful stop) with an install under way.
-	store, err := profiles.OpenStore(ctx, path)
+	st, err := store.OpenSQLite(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	store.UpsertMachine(ctx, macA, "web-01", "web")
-	for _, s := range []profiles.State{profiles.StateBooting, profiles.StateInstallerUp, profiles.StateInstalling} {
-		if err := store.Transition(ctx, macA, s, "install", "", "before the crash"); err != nil {
+	st.UpsertMachine(ctx, macA, "web-01", "web")
+	for _, s := range []store.State{store.StateBooting, store.StateInstallerUp, store.StateInstalling} {
+		if err := st.Transition(ctx, macA, s, "install", "", "before the crash"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	store.Close()
+	st.Close()
 	f := newFixture(t, cfg, path)
 	r := f.state(t, macA)
-	if r.State != profiles.StateFailed || r.Error != "interrupted: server restarted during install" {
+	if r.State != store.StateFailed || r.Error != "interrupted: server restarted during install" {
 		t.Fatalf("after restart: %+v", r)
 	}
 	evs, _ := f.store.Events(ctx, macA, 0, 100)
@@ -400,7 +401,7 @@ func TestForgetRefusesConfiguredMachines(t *testing.T) {
 	if err := f.p.Forget(ctx, macX, "operator (API)"); err != nil {
 		t.Fatalf("forgetting a discovered machine: %v", err)
 	}
-	if _, err := f.store.Machine(ctx, macX); !errors.Is(err, profiles.ErrNotFound) {
+	if _, err := f.store.Machine(ctx, macX); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("still there: %v", err)
 	}
 }
@@ -490,7 +491,7 @@ func TestRestartResumesSSHPoll(t *testing.T) {
 		t.Fatal("the restart did not resume the poller")
 	}
 	waitEvent(t, second, macA, "answers with a host key other than the one this boot injected")
-	if r := second.state(t, macA); r.State != profiles.StateBooting {
+	if r := second.state(t, macA); r.State != store.StateBooting {
 		t.Fatalf("after a foreign host key: %+v", r)
 	}
 	second.stop()
@@ -502,7 +503,7 @@ func TestRestartResumesSSHPoll(t *testing.T) {
 	// The installer with the injected key is up: the next run finds it.
 	tg := sshtarget.Start(t, sshtarget.Options{HostKeyPEM: hostKey, AuthorizedKeys: authKeys})
 	third := startFixture(t, sshConfig(t, tg.Port), first.path, first.signer, time.Millisecond)
-	waitState(t, third, macA, profiles.StateInstalled)
+	waitState(t, third, macA, store.StateInstalled)
 	third.engine.mu.Lock()
 	runs := third.engine.runs
 	third.engine.mu.Unlock()
@@ -532,12 +533,12 @@ func TestResumedPollLosesToCallback(t *testing.T) {
 	first := startFixture(t, testConfig(t, "ignore"), "", nil, time.Hour)
 	token, _, _ := first.bootFromLoopback(t, macA)
 	// macB booted three hours ago and never came up: its token expired.
-	old := profiles.Boot{Token: "expired-token", MAC: macB, IP: "127.0.0.1", HostKeyPublic: "ssh-ed25519 AAAA",
+	old := store.Boot{Token: "expired-token", MAC: macB, IP: "127.0.0.1", HostKeyPublic: "ssh-ed25519 AAAA",
 		HostKeyPrivate: []byte("x"), CreatedAt: time.Now().Add(-3 * time.Hour)}
 	if err := first.store.CreateBoot(ctx, old); err != nil {
 		t.Fatal(err)
 	}
-	if err := first.store.Transition(ctx, macB, profiles.StateBooting, "", "", "booted long ago"); err != nil {
+	if err := first.store.Transition(ctx, macB, store.StateBooting, "", "", "booted long ago"); err != nil {
 		t.Fatal(err)
 	}
 	first.stop()
@@ -559,7 +560,7 @@ func TestResumedPollLosesToCallback(t *testing.T) {
 	if second.polling(token) {
 		t.Fatal("the callback left the poller running")
 	}
-	waitState(t, second, macA, profiles.StateInstalled)
+	waitState(t, second, macA, store.StateInstalled)
 	before := second.events(t, macA)
 	if err := second.p.claim(ctx, b, lo, "ssh-poll"); !errors.Is(err, httpboot.ErrForbidden) {
 		t.Fatalf("late poller: %v", err)
@@ -587,7 +588,7 @@ func TestPollGivesUpWhenTokenExpires(t *testing.T) {
 	pub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(first.signer.PublicKey())))
 	// Booted just under tokenLifetime ago, so the restart resumes its
 	// poller and the token runs out at the poller's second look.
-	b := profiles.Boot{Token: "nearly-expired", MAC: macB, IP: "127.0.0.1", HostKeyPublic: pub,
+	b := store.Boot{Token: "nearly-expired", MAC: macB, IP: "127.0.0.1", HostKeyPublic: pub,
 		HostKeyPrivate: []byte("x"), CreatedAt: time.Now().Add(-tokenLifetime + 2*time.Second)}
 	if err := first.store.CreateBoot(ctx, b); err != nil {
 		t.Fatal(err)
@@ -596,7 +597,7 @@ func TestPollGivesUpWhenTokenExpires(t *testing.T) {
 	if _, ok, err := first.store.TakeInitrd(ctx, b.Token); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
-	if err := first.store.Transition(ctx, macB, profiles.StateBooting, "", "", "booted"); err != nil {
+	if err := first.store.Transition(ctx, macB, store.StateBooting, "", "", "booted"); err != nil {
 		t.Fatal(err)
 	}
 	first.stop()
@@ -616,7 +617,7 @@ func TestPollGivesUpWhenTokenExpires(t *testing.T) {
 	if !strings.Contains(ev, "gave up polling SSH at 127.0.0.1:22") || !strings.Contains(ev, "boot the machine into PXE again") {
 		t.Fatalf("events do not say the poller gave up:\n%s", ev)
 	}
-	if m, err := second.store.Machine(ctx, macB); err != nil || m.State != profiles.StateBooting {
+	if m, err := second.store.Machine(ctx, macB); err != nil || m.State != store.StateBooting {
 		t.Fatalf("machine %+v, %v; want it still booting", m, err)
 	}
 }

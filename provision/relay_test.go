@@ -11,6 +11,7 @@ import (
 
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 // TestRelayCircuitIDRule: a machine on a segment of its own PXE-boots
@@ -97,7 +98,7 @@ rules:
 	}
 	ctx := context.Background()
 	rec, err := h.store.Machine(ctx, mac)
-	if err != nil || rec.Profile != "web" || rec.Hostname != "r3-"+down || rec.State != profiles.StateBooting {
+	if err != nil || rec.Profile != "web" || rec.Hostname != "r3-"+down || rec.State != store.StateBooting {
 		t.Fatalf("machine %+v, %v", rec, err)
 	}
 	a, err := h.store.GetAssignment(ctx, mac)

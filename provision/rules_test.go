@@ -11,6 +11,7 @@ import (
 
 	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 // withRules is testConfig with unknown_machines policy and rules.
@@ -71,7 +72,7 @@ func TestReloadReevaluatesRules(t *testing.T) {
 	if err := f.store.Assign(ctx, installed, "web", "n-b-3", "rule", "earlier"); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []profiles.State{profiles.StateBooting, profiles.StateInstallerUp, profiles.StateInstalling, profiles.StateInstalled} {
+	for _, s := range []store.State{store.StateBooting, store.StateInstallerUp, store.StateInstalling, store.StateInstalled} {
 		if err := f.store.Transition(ctx, installed, s, "", "", "test"); err != nil {
 			t.Fatal(err)
 		}
@@ -81,7 +82,7 @@ func TestReloadReevaluatesRules(t *testing.T) {
 		r, _ := f.store.Machine(ctx, mac)
 		a, err := f.store.GetAssignment(ctx, mac)
 		gotBy := a.Source
-		if errors.Is(err, profiles.ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			gotBy = ""
 		}
 		if r.Profile != profile || r.Hostname != hostname || gotBy != by {

@@ -12,6 +12,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 var stranger = netip.MustParseAddr("10.77.0.66")
@@ -25,7 +26,7 @@ func TestBootNeedsABinding(t *testing.T) {
 	if _, err := f.p.Boot(ctx, httpboot.BootRequest{MAC: mac(macA), RemoteAddr: stranger}); !errors.Is(err, httpboot.ErrForbidden) {
 		t.Fatalf("unbound address: %v", err)
 	}
-	if _, err := f.store.LatestBoot(ctx, macA); !errors.Is(err, profiles.ErrNotFound) {
+	if _, err := f.store.LatestBoot(ctx, macA); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("a refused request made a boot: %v", err)
 	}
 	if ev := f.events(t, macA); !strings.Contains(ev, "boot script asked by 10.77.0.66, which DHCP did not give to "+macA+" (its addresses: none): refused") {
@@ -75,7 +76,7 @@ func TestTrustMAC(t *testing.T) {
 	if err := f.p.Callback(ctx, plan.Token, stranger, netip.Addr{}); err != nil {
 		t.Fatal(err)
 	}
-	waitState(t, f, macA, profiles.StateInstalled)
+	waitState(t, f, macA, store.StateInstalled)
 	if w := cfg.WeakTrust(); len(w) != 1 || w[0] != "profiles.web" {
 		t.Fatalf("WeakTrust %v", w)
 	}
@@ -102,7 +103,7 @@ func TestCallbackChecks(t *testing.T) {
 	if err := f.p.Callback(ctx, plan.Token, installerIP, installerIP); err != nil {
 		t.Fatal(err)
 	}
-	waitState(t, f, macA, profiles.StateInstalled)
+	waitState(t, f, macA, store.StateInstalled)
 	if o := f.engine.runs[0]; o.Target.Host != installerIP.String() {
 		t.Fatalf("engine went to %s, want %s", o.Target.Host, installerIP)
 	}
@@ -150,7 +151,7 @@ func TestOwnerOfALiveBoot(t *testing.T) {
 		t.Fatalf("after reinstall: %+v %v", plan, err)
 	}
 	// A boot never fetched past ownerWindow belongs to nobody.
-	old := profiles.Boot{Token: "old-token", MAC: macB, IP: "10.77.0.101", HostKeyPublic: "ssh-ed25519 AAAA",
+	old := store.Boot{Token: "old-token", MAC: macB, IP: "10.77.0.101", HostKeyPublic: "ssh-ed25519 AAAA",
 		HostKeyPrivate: []byte("x"), CreatedAt: time.Now().Add(-ownerWindow - time.Minute)}
 	if err := f.store.CreateBoot(ctx, old); err != nil {
 		t.Fatal(err)
@@ -166,11 +167,11 @@ func TestOwnerOfALiveBoot(t *testing.T) {
 func TestExpiredKeysErased(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, testConfig(t, "ignore"), "")
-	old := profiles.Boot{Token: "expired", MAC: macA, IP: "10.77.0.100", HostKeyPublic: "ssh-ed25519 AAAA",
+	old := store.Boot{Token: "expired", MAC: macA, IP: "10.77.0.100", HostKeyPublic: "ssh-ed25519 AAAA",
 		HostKeyPrivate: []byte("secret"), CreatedAt: time.Now().Add(-tokenLifetime - time.Minute)}
-	young := profiles.Boot{Token: "young", MAC: macB, IP: "10.77.0.101", HostKeyPublic: "ssh-ed25519 BBBB",
+	young := store.Boot{Token: "young", MAC: macB, IP: "10.77.0.101", HostKeyPublic: "ssh-ed25519 BBBB",
 		HostKeyPrivate: []byte("secret")}
-	for _, b := range []profiles.Boot{old, young} {
+	for _, b := range []store.Boot{old, young} {
 		if err := f.store.CreateBoot(ctx, b); err != nil {
 			t.Fatal(err)
 		}
@@ -239,7 +240,7 @@ func TestSecretsTwiceFromTheMachine(t *testing.T) {
 		t.Fatalf("second fetch: %v", err)
 	}
 	r := f.state(t, macA)
-	if r.State != profiles.StateFailed || !r.Held {
+	if r.State != store.StateFailed || !r.Held {
 		t.Fatalf("after the second fetch: %+v", r)
 	}
 	if err := f.p.Callback(ctx, plan.Token, machineIP, netip.Addr{}); !errors.Is(err, httpboot.ErrForbidden) {
@@ -260,7 +261,7 @@ func TestSecretsTwiceFromTheMachine(t *testing.T) {
 	}
 
 	// An expired boot: no initrd, no callback.
-	old := profiles.Boot{Token: "expired-b", MAC: macB, IP: ipOf(macB).String(), HostKeyPublic: "ssh-ed25519 AAAA",
+	old := store.Boot{Token: "expired-b", MAC: macB, IP: ipOf(macB).String(), HostKeyPublic: "ssh-ed25519 AAAA",
 		HostKeyPrivate: []byte("x"), CreatedAt: time.Now().Add(-tokenLifetime - time.Second)}
 	if err := f.store.CreateBoot(ctx, old); err != nil {
 		t.Fatal(err)

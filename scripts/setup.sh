@@ -21,7 +21,7 @@ export DEBIAN_FRONTEND=noninteractive
 # are disabled; dbus, udev and the like also arrive as dependencies, and
 # the system needs them.
 DAEMONS="openssh-server nginx-common tftpd-hpa dnsmasq isc-dhcp-server isc-dhcp-relay
-	kea-dhcp4-server kea-dhcp6-server kea-ctrl-agent kea-dhcp-ddns-server
+	kea-dhcp4-server kea-dhcp6-server kea-ctrl-agent kea-dhcp-ddns-server postgresql-common
 	openipmi ipmitool"
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
@@ -100,6 +100,14 @@ if [ -n "$missing" ]; then
 		added_policy=1
 		printf '#!/bin/sh\n# pxe-anywhere scripts/setup.sh is installing packages: start nothing.\nexit 101\n' >/usr/sbin/policy-rc.d
 		chmod 755 /usr/sbin/policy-rc.d
+	fi
+	# PostgreSQL's package would make a "main" cluster under
+	# /var/lib/postgresql; the store tests run their own in a temporary
+	# directory, so none is made (pg_createcluster reads this drop-in).
+	if ! installed postgresql-common; then
+		mkdir -p /etc/postgresql-common/createcluster.d
+		printf '# pxe-anywhere scripts/setup.sh: tests start their own PostgreSQL.\ncreate_main_cluster = false\n' \
+			>/etc/postgresql-common/createcluster.d/pxe-anywhere.conf
 	fi
 	apt-get update -qq
 	# shellcheck disable=SC2086

@@ -221,11 +221,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var current imageSet
 	current.Store(&imgs)
 
-	store, err := profiles.OpenStore(ctx, filepath.Join(cfg.Server.StateDir, "state.db"))
+	st, err := openStore(ctx, cfg.Server)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer st.Close()
 
 	// A start that fails after provision.New must still stop the
 	// pollers it resumed before the store closes.
@@ -233,7 +233,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	prov, err := provision.New(gctx, cfg, provision.Options{
-		Store: store, Signer: signer, KeyFile: installKeyPath(cfg), Log: log.With("component", "provision"), Metrics: provision.NewMetrics(reg),
+		Store: st, Signer: signer, KeyFile: installKeyPath(cfg), Log: log.With("component", "provision"), Metrics: provision.NewMetrics(reg),
 	})
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // Write replaces path with data, mode 0600, creating its directory
@@ -43,14 +44,40 @@ func Write(path string, data []byte) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-// ErrReadableByOthers is what Read returns for a secret file whose mode
-// lets its group or others read or write it.
+// ErrReadableByOthers is what the readers return for a secret file
+// whose mode lets its group or others read or write it.
 var ErrReadableByOthers = errors.New("readable by others")
 
+// maxSecret bounds a secret file: a huge one is a mistake, not a password.
+const maxSecret = 64 << 10
+
+// checkMode refuses what is not a regular file that only its owner may
+// read or write: a secret that anyone on the host can read is no
+// secret, and saying so at once beats finding out later.
+func checkMode(path string, st os.FileInfo) error {
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file", path)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("%s is %w (mode %o): chmod 600 it", path, ErrReadableByOthers, st.Mode().Perm())
+	}
+	return nil
+}
+
+// CheckPrivate returns an error unless path is a regular file that no
+// one but its owner may read or write.
+func CheckPrivate(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	return checkMode(path, st)
+}
+
 // Read returns the contents of a secret file (a password, a token),
-// refusing one that its group or others may read or write: a secret
-// that anyone on the host can read is no secret, and saying so at once
-// beats finding out later.
+// refusing one that CheckPrivate refuses or that is over 64 KiB. The
+// mode is checked on the open file, so a swap after the check changes
+// nothing.
 func Read(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -61,14 +88,9 @@ func Read(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
+	if err := checkMode(path, st); err != nil {
+		return nil, err
 	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s is %w (mode %o): chmod 600 it", path, ErrReadableByOthers, st.Mode().Perm())
-	}
-	// A secret file is small; a huge one is a mistake, not a password.
-	const maxSecret = 64 << 10
 	data, err := io.ReadAll(io.LimitReader(f, maxSecret+1))
 	if err != nil {
 		return nil, err
@@ -77,4 +99,18 @@ func Read(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: larger than %d bytes: not a secret file", path, maxSecret)
 	}
 	return data, nil
+}
+
+// ReadSecret reads a one-line secret from a file that Read accepts,
+// without its line end. The secret never appears in an error.
+func ReadSecret(path string) (string, error) {
+	b, err := Read(path)
+	if err != nil {
+		return "", err
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return s, nil
 }

@@ -79,3 +79,24 @@ func TestReadRefusesWhatOthersCanRead(t *testing.T) {
 		t.Fatal("a 64 KiB+1 file was read as a secret")
 	}
 }
+
+func TestReadSecretRefusesOpenFiles(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "pw")
+	if err := os.WriteFile(p, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := ReadSecret(p); err != nil || s != "s3cret" {
+		t.Fatalf("ReadSecret = %q, %v", s, err)
+	}
+	for _, mode := range []os.FileMode{0o640, 0o604, 0o620} {
+		os.Chmod(p, mode)
+		s, err := ReadSecret(p)
+		if err == nil || !strings.Contains(err.Error(), "chmod 600") || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("mode %o: ReadSecret = %q, %v; want a refusal that names chmod 600 and not the secret", mode, s, err)
+		}
+	}
+	if err := CheckPrivate(dir); err == nil {
+		t.Error("a directory passed as a private file")
+	}
+}

@@ -1,4 +1,4 @@
-package profiles
+package store
 
 import (
 	"context"
@@ -118,14 +118,18 @@ type BootBinding struct {
 	Expires time.Time
 }
 
-// Store is the machine inventory and state in one SQLite file.
-type Store struct {
-	db *sql.DB
+// DB is the machine inventory and state in a SQL database: one SQLite
+// file (OpenSQLite) or a PostgreSQL database shared by several servers.
+type DB struct {
+	db *sqlDB
 }
 
 // migrations are applied in order, each once, each in a transaction;
-// PRAGMA user_version counts the applied ones. Never edit one that has
-// shipped: add another.
+// the dialect's version record counts the applied ones (SQLite's PRAGMA
+// user_version, a schema_version table on PostgreSQL). They are the one
+// schema of both backends, written as SQLite reads it; dialect.schema
+// turns them into PostgreSQL's DDL. Never edit one that has shipped: add
+// another.
 var migrations = []string{
 	`CREATE TABLE machines (
 		mac TEXT PRIMARY KEY,
@@ -179,12 +183,13 @@ var migrations = []string{
 		expires_at INTEGER NOT NULL,
 		PRIMARY KEY (mac, addr)
 	);`,
-	factsSchema, // store_facts.go
+	factsSchema,  // facts.go
+	claimsSchema, // claims.go
 }
 
-// OpenStore opens (creating, mode 0600) the database at path and brings
+// OpenSQLite opens (creating, mode 0600) the database at path and brings
 // its schema up to date.
-func OpenStore(ctx context.Context, path string) (*Store, error) {
+func OpenSQLite(ctx context.Context, path string) (*DB, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("state database: %w", err)
@@ -208,7 +213,7 @@ func OpenStore(ctx context.Context, path string) (*Store, error) {
 	// pool of connections turns a boot storm into "database is locked"
 	// errors instead of a short queue.
 	db.SetMaxOpenConns(1)
-	s := &Store{db: db}
+	s := &DB{db: &sqlDB{DB: db, d: sqliteDialect}}
 	if err := connect(ctx, db); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("state database %s: %w", path, err)
@@ -243,14 +248,15 @@ func connect(ctx context.Context, db *sql.DB) error {
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *DB) Close() error { return s.db.Close() }
 
-// migrate applies the missing migrations. It reads user_version inside
-// each write transaction (BEGIN IMMEDIATE, from _txlock in the DSN), so
-// that when several processes open a fresh database at once, one
-// migrates and the others find the new version instead of creating the
-// tables again.
-func (s *Store) migrate(ctx context.Context) error {
+// migrate applies the missing migrations. It reads the version inside
+// each write transaction (on SQLite, user_version under BEGIN IMMEDIATE,
+// from _txlock in the DSN; on PostgreSQL, a table under an advisory
+// lock), so that when several processes open a fresh database at once,
+// one migrates and the others find the new version instead of creating
+// the tables again.
+func (s *DB) migrate(ctx context.Context) error {
 	for {
 		done, err := s.migrateOne(ctx)
 		if err != nil || done {
@@ -260,14 +266,18 @@ func (s *Store) migrate(ctx context.Context) error {
 }
 
 // migrateOne applies the next migration, if any, in one transaction.
-func (s *Store) migrateOne(ctx context.Context) (done bool, err error) {
+func (s *DB) migrateOne(ctx context.Context) (done bool, err error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return false, err
 	}
 	defer tx.Rollback()
-	var version int
-	if err := tx.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
+	d := s.db.d
+	if err := d.lockMigrations(ctx, tx); err != nil {
+		return false, err
+	}
+	version, err := d.version(ctx, tx)
+	if err != nil {
 		return false, err
 	}
 	if version > len(migrations) {
@@ -276,10 +286,10 @@ func (s *Store) migrateOne(ctx context.Context) (done bool, err error) {
 	if version == len(migrations) {
 		return true, nil
 	}
-	if _, err := tx.ExecContext(ctx, migrations[version]); err != nil {
+	if _, err := tx.ExecContext(ctx, d.schema(migrations[version])); err != nil {
 		return false, fmt.Errorf("migration %d: %w", version+1, err)
 	}
-	if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, version+1)); err != nil {
+	if err := d.setVersion(ctx, tx, version+1); err != nil {
 		return false, fmt.Errorf("migration %d: %w", version+1, err)
 	}
 	return false, tx.Commit()
@@ -310,7 +320,7 @@ func scanMachine(r scanner) (MachineRecord, error) {
 // discover policy boots, or a config entry without one), or updates the
 // hostname and profile of a known one. It never changes a known
 // machine's state.
-func (s *Store) UpsertMachine(ctx context.Context, mac, hostname, profile string) (MachineRecord, error) {
+func (s *DB) UpsertMachine(ctx context.Context, mac, hostname, profile string) (MachineRecord, error) {
 	mac = normMAC(mac)
 	now := unix(time.Now())
 	state := StateNew
@@ -336,21 +346,18 @@ var ErrLimit = errors.New("limit reached")
 // without a profile: then it returns ErrLimit. A machine the store
 // knows is never refused. The count and the insert are one statement,
 // so concurrent discoveries cannot pass the limit together.
-func (s *Store) Discover(ctx context.Context, mac string, limit int) (MachineRecord, error) {
+func (s *DB) Discover(ctx context.Context, mac string, limit int) (MachineRecord, error) {
 	mac = normMAC(mac)
 	if _, err := s.Machine(ctx, mac); err == nil {
 		return s.UpsertMachine(ctx, mac, "", "")
 	} else if !errors.Is(err, ErrNotFound) {
 		return MachineRecord{}, err
 	}
-	now := unix(time.Now())
-	res, err := s.db.ExecContext(ctx, `INSERT INTO machines (mac, state, created_at, updated_at)
-		SELECT ?, ?, ?, ? WHERE (SELECT count(*) FROM machines WHERE profile = '') < ?
-		ON CONFLICT(mac) DO NOTHING`, mac, StateDiscovered, now, now, limit)
+	n, err := s.discoverInsert(ctx, mac, limit)
 	if err != nil {
 		return MachineRecord{}, fmt.Errorf("register machine %s: %w", mac, err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
+	if n == 0 {
 		if _, err := s.Machine(ctx, mac); err == nil {
 			return s.UpsertMachine(ctx, mac, "", "") // registered meanwhile
 		}
@@ -359,8 +366,38 @@ func (s *Store) Discover(ctx context.Context, mac string, limit int) (MachineRec
 	return s.Machine(ctx, mac)
 }
 
+// discoverInsert inserts a discovered machine unless limit machines
+// without a profile are recorded, and reports whether it did. The
+// transaction's lock keeps concurrent discoveries from counting the same
+// rows (PostgreSQL reads committed rows; SQLite's writers take turns).
+func (s *DB) discoverInsert(ctx context.Context, mac string, limit int) (int64, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	if err := s.db.d.lock(ctx, tx, "discover"); err != nil {
+		return 0, err
+	}
+	now := unix(time.Now())
+	// The casts type the parameters of a SELECT list, which PostgreSQL
+	// would otherwise take for text.
+	res, err := tx.ExecContext(ctx, `INSERT INTO machines (mac, state, created_at, updated_at)
+		SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT)
+		WHERE (SELECT count(*) FROM machines WHERE profile = '') < ?
+		ON CONFLICT(mac) DO NOTHING`, mac, StateDiscovered, now, now, limit)
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, err
+	}
+	return n, tx.Commit()
+}
+
 // Machine returns one machine.
-func (s *Store) Machine(ctx context.Context, mac string) (MachineRecord, error) {
+func (s *DB) Machine(ctx context.Context, mac string) (MachineRecord, error) {
 	m, err := scanMachine(s.db.QueryRowContext(ctx, `SELECT `+machineCols+` FROM machines WHERE mac = ?`, normMAC(mac)))
 	if errors.Is(err, sql.ErrNoRows) {
 		return m, fmt.Errorf("machine %s: %w", mac, ErrNotFound)
@@ -369,7 +406,7 @@ func (s *Store) Machine(ctx context.Context, mac string) (MachineRecord, error) 
 }
 
 // Machines returns every machine, sorted by MAC.
-func (s *Store) Machines(ctx context.Context) ([]MachineRecord, error) {
+func (s *DB) Machines(ctx context.Context) ([]MachineRecord, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+machineCols+` FROM machines ORDER BY mac`)
 	if err != nil {
 		return nil, err
@@ -390,7 +427,7 @@ func (s *Store) Machines(ctx context.Context) ([]MachineRecord, error) {
 // records message as an event, in one transaction. Moves the state graph
 // does not allow are refused; failing is always allowed. Reaching
 // installed clears the reinstall flag.
-func (s *Store) Transition(ctx context.Context, mac string, to State, phase, errMsg, message string) error {
+func (s *DB) Transition(ctx context.Context, mac string, to State, phase, errMsg, message string) error {
 	mac = normMAC(mac)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -398,7 +435,7 @@ func (s *Store) Transition(ctx context.Context, mac string, to State, phase, err
 	}
 	defer tx.Rollback()
 	var from State
-	if err := tx.QueryRowContext(ctx, `SELECT state FROM machines WHERE mac = ?`, mac).Scan(&from); err != nil {
+	if err := tx.QueryRowContext(ctx, `SELECT state FROM machines WHERE mac = ?`+s.db.d.forUpdate, mac).Scan(&from); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("machine %s: %w", mac, ErrNotFound)
 		}
@@ -435,9 +472,9 @@ func canMove(from, to State) bool {
 }
 
 // AddEvent records a note on a machine in its current state.
-func (s *Store) AddEvent(ctx context.Context, mac, phase, message string) error {
+func (s *DB) AddEvent(ctx context.Context, mac, phase, message string) error {
 	res, err := s.db.ExecContext(ctx, `INSERT INTO events (mac, time, state, phase, message)
-		SELECT mac, ?, state, ?, ? FROM machines WHERE mac = ?`, unix(time.Now()), phase, message, normMAC(mac))
+		SELECT mac, CAST(? AS BIGINT), state, ?, ? FROM machines WHERE mac = ?`, unix(time.Now()), phase, message, normMAC(mac))
 	if err != nil {
 		return err
 	}
@@ -448,13 +485,13 @@ func (s *Store) AddEvent(ctx context.Context, mac, phase, message string) error 
 }
 
 // Events returns up to limit events of a machine with ID above afterID.
-func (s *Store) Events(ctx context.Context, mac string, afterID int64, limit int) ([]Event, error) {
+func (s *DB) Events(ctx context.Context, mac string, afterID int64, limit int) ([]Event, error) {
 	return s.queryEvents(ctx, `WHERE mac = ? AND id > ? ORDER BY id LIMIT ?`, normMAC(mac), afterID, limit)
 }
 
 // queryEvents returns the events that where (a WHERE clause with its
 // ORDER and LIMIT) selects.
-func (s *Store) queryEvents(ctx context.Context, where string, args ...any) ([]Event, error) {
+func (s *DB) queryEvents(ctx context.Context, where string, args ...any) ([]Event, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, mac, time, state, phase, message FROM events `+where, args...)
 	if err != nil {
 		return nil, err
@@ -474,7 +511,7 @@ func (s *Store) queryEvents(ctx context.Context, where string, args ...any) ([]E
 }
 
 // AppendLog adds lines to a machine's install log.
-func (s *Store) AppendLog(ctx context.Context, mac string, lines ...string) error {
+func (s *DB) AppendLog(ctx context.Context, mac string, lines ...string) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -491,7 +528,7 @@ func (s *Store) AppendLog(ctx context.Context, mac string, lines ...string) erro
 
 // LastLogSeq is the seq of a machine's latest log line, 0 if none: an
 // install's lines are those after it.
-func (s *Store) LastLogSeq(ctx context.Context, mac string) (int64, error) {
+func (s *DB) LastLogSeq(ctx context.Context, mac string) (int64, error) {
 	var seq sql.NullInt64
 	err := s.db.QueryRowContext(ctx, `SELECT MAX(seq) FROM logs WHERE mac = ?`, normMAC(mac)).Scan(&seq)
 	return seq.Int64, err
@@ -500,7 +537,7 @@ func (s *Store) LastLogSeq(ctx context.Context, mac string) (int64, error) {
 // TrimLog bounds the log lines of a machine after seq after: it keeps
 // the first head and the last tail of them, and the line after the
 // first head becomes marker, standing for all the lines between.
-func (s *Store) TrimLog(ctx context.Context, mac string, after int64, head, tail int, marker string) error {
+func (s *DB) TrimLog(ctx context.Context, mac string, after int64, head, tail int, marker string) error {
 	mac = normMAC(mac)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -528,7 +565,7 @@ func (s *Store) TrimLog(ctx context.Context, mac string, after int64, head, tail
 }
 
 // Log returns up to limit log lines of a machine after seq afterSeq.
-func (s *Store) Log(ctx context.Context, mac string, afterSeq int64, limit int) ([]LogLine, error) {
+func (s *DB) Log(ctx context.Context, mac string, afterSeq int64, limit int) ([]LogLine, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT seq, time, line FROM logs WHERE mac = ? AND seq > ? ORDER BY seq LIMIT ?`,
 		normMAC(mac), afterSeq, limit)
 	if err != nil {
@@ -552,7 +589,7 @@ func (s *Store) Log(ctx context.Context, mac string, afterSeq int64, limit int) 
 // voids the machine's unused earlier boots. A
 // zero CreatedAt means now: token expiry and "latest boot" are reckoned
 // from it.
-func (s *Store) CreateBoot(ctx context.Context, b Boot) error {
+func (s *DB) CreateBoot(ctx context.Context, b Boot) error {
 	if b.CreatedAt.IsZero() {
 		b.CreatedAt = time.Now()
 	}
@@ -561,6 +598,11 @@ func (s *Store) CreateBoot(ctx context.Context, b Boot) error {
 		return err
 	}
 	defer tx.Rollback()
+	// Two boots of one machine at once take turns, so that one of them
+	// voids the other and a machine has one live boot at most.
+	if err := s.db.d.lock(ctx, tx, "boot "+normMAC(b.MAC)); err != nil {
+		return err
+	}
 	// A new boot ends the machine's earlier ones that were never used:
 	// their tokens open nothing and their keys are erased.
 	if _, err := tx.ExecContext(ctx, `UPDATE boots SET voided_at = ?, void_reason = 'superseded by a newer boot', host_key_private = x''
@@ -594,12 +636,12 @@ func scanBoot(r scanner) (Boot, error) {
 }
 
 // BootByToken returns the boot of a token.
-func (s *Store) BootByToken(ctx context.Context, token string) (Boot, error) {
+func (s *DB) BootByToken(ctx context.Context, token string) (Boot, error) {
 	return scanBoot(s.db.QueryRowContext(ctx, `SELECT `+bootCols+` FROM boots WHERE token = ?`, token))
 }
 
 // LatestBoot returns the newest boot of a machine.
-func (s *Store) LatestBoot(ctx context.Context, mac string) (Boot, error) {
+func (s *DB) LatestBoot(ctx context.Context, mac string) (Boot, error) {
 	return scanBoot(s.db.QueryRowContext(ctx, `SELECT `+bootCols+` FROM boots WHERE mac = ? ORDER BY created_at DESC, rowid DESC LIMIT 1`, normMAC(mac)))
 }
 
@@ -617,7 +659,7 @@ var ErrBootVoided = errors.New("boot voided")
 // UseToken marks a boot's token used and erases its private host key:
 // the installer has it now, and nothing else may. Exactly one caller
 // wins; the others get ErrTokenUsed (or ErrBootVoided).
-func (s *Store) UseToken(ctx context.Context, token string) (Boot, error) {
+func (s *DB) UseToken(ctx context.Context, token string) (Boot, error) {
 	res, err := s.db.ExecContext(ctx, `UPDATE boots SET used_at = ?, host_key_private = x''
 		WHERE token = ? AND used_at IS NULL AND voided_at IS NULL`, unix(time.Now()), token)
 	if err != nil {
@@ -640,7 +682,7 @@ func (s *Store) UseToken(ctx context.Context, token string) (Boot, error) {
 // TakeInitrd marks a boot's extra initrd served and returns the boot,
 // with its private key, to the first caller only; later callers get
 // first == false (and no key from this call).
-func (s *Store) TakeInitrd(ctx context.Context, token string) (b Boot, first bool, err error) {
+func (s *DB) TakeInitrd(ctx context.Context, token string) (b Boot, first bool, err error) {
 	// One statement marks and reads: a request that loses the race
 	// voids the boot, erasing the key, and may do so between a separate
 	// UPDATE and SELECT of the winner.
@@ -664,7 +706,7 @@ func (s *Store) TakeInitrd(ctx context.Context, token string) (b Boot, first boo
 // VoidBoot ends a boot that is not used yet: its token opens nothing
 // any more and its private host key is erased. It reports whether the
 // boot was live.
-func (s *Store) VoidBoot(ctx context.Context, token, reason string) (bool, error) {
+func (s *DB) VoidBoot(ctx context.Context, token, reason string) (bool, error) {
 	res, err := s.db.ExecContext(ctx, `UPDATE boots SET voided_at = ?, void_reason = ?, host_key_private = x''
 		WHERE token = ? AND used_at IS NULL AND voided_at IS NULL`, unix(time.Now()), reason, token)
 	if err != nil {
@@ -675,7 +717,7 @@ func (s *Store) VoidBoot(ctx context.Context, token, reason string) (bool, error
 }
 
 // VoidBoots voids every boot of a machine that is not used yet.
-func (s *Store) VoidBoots(ctx context.Context, mac, reason string) (int, error) {
+func (s *DB) VoidBoots(ctx context.Context, mac, reason string) (int, error) {
 	res, err := s.db.ExecContext(ctx, `UPDATE boots SET voided_at = ?, void_reason = ?, host_key_private = x''
 		WHERE mac = ? AND used_at IS NULL AND voided_at IS NULL`, unix(time.Now()), reason, normMAC(mac))
 	if err != nil {
@@ -688,7 +730,7 @@ func (s *Store) VoidBoots(ctx context.Context, mac, reason string) (int, error) 
 // EraseExpiredKeys erases the private host keys of boots created
 // before cutoff: their tokens have expired, and the keys are of no use
 // to anybody but a thief.
-func (s *Store) EraseExpiredKeys(ctx context.Context, cutoff time.Time) (int, error) {
+func (s *DB) EraseExpiredKeys(ctx context.Context, cutoff time.Time) (int, error) {
 	res, err := s.db.ExecContext(ctx, `UPDATE boots SET host_key_private = x''
 		WHERE created_at < ? AND length(host_key_private) > 0`, unix(cutoff))
 	if err != nil {
@@ -713,7 +755,7 @@ type Pruned struct {
 // machine's newest, and keepBoots is at least 1. Install logs are not
 // touched here. In a database with auto_vacuum on, the freed pages go
 // back to the file system.
-func (s *Store) Prune(ctx context.Context, keepBoots, keepEvents int, expiredBefore time.Time) (Pruned, error) {
+func (s *DB) Prune(ctx context.Context, keepBoots, keepEvents int, expiredBefore time.Time) (Pruned, error) {
 	var p Pruned
 	keepBoots, keepEvents = max(keepBoots, 1), max(keepEvents, 1)
 	macs, err := s.macsOver(ctx, "boots", keepBoots)
@@ -744,9 +786,9 @@ func (s *Store) Prune(ctx context.Context, keepBoots, keepEvents int, expiredBef
 		n, _ := res.RowsAffected()
 		p.Events += int(n)
 	}
-	if p.Boots+p.Events > 0 {
+	if p.Boots+p.Events > 0 && s.db.d.vacuum != "" {
 		// A no-op unless the database was made with auto_vacuum.
-		if _, err := s.db.ExecContext(ctx, `PRAGMA incremental_vacuum`); err != nil {
+		if _, err := s.db.ExecContext(ctx, s.db.d.vacuum); err != nil {
 			return p, fmt.Errorf("incremental vacuum: %w", err)
 		}
 	}
@@ -754,7 +796,7 @@ func (s *Store) Prune(ctx context.Context, keepBoots, keepEvents int, expiredBef
 }
 
 // macsOver lists the machines with more than keep rows in table.
-func (s *Store) macsOver(ctx context.Context, table string, keep int) ([]string, error) {
+func (s *DB) macsOver(ctx context.Context, table string, keep int) ([]string, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT mac FROM `+table+` GROUP BY mac HAVING count(*) > ?`, keep)
 	if err != nil {
 		return nil, fmt.Errorf("prune %s: %w", table, err)
@@ -773,7 +815,7 @@ func (s *Store) macsOver(ctx context.Context, table string, keep int) ([]string,
 
 // Hold fails a machine after a security event and holds it there: it
 // boots nothing from us until RequestReinstall.
-func (s *Store) Hold(ctx context.Context, mac, errMsg, message string) error {
+func (s *DB) Hold(ctx context.Context, mac, errMsg, message string) error {
 	if err := s.Transition(ctx, mac, StateFailed, "", errMsg, message); err != nil {
 		return err
 	}
@@ -783,7 +825,7 @@ func (s *Store) Hold(ctx context.Context, mac, errMsg, message string) error {
 
 // SaveBinding records (or extends) an address that DHCP saw a machine
 // hold.
-func (s *Store) SaveBinding(ctx context.Context, b BootBinding) error {
+func (s *DB) SaveBinding(ctx context.Context, b BootBinding) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO bindings (mac, addr, via, seen_at, expires_at) VALUES (?, ?, ?, ?, ?)
 		ON CONFLICT(mac, addr) DO UPDATE SET via = excluded.via, seen_at = excluded.seen_at, expires_at = excluded.expires_at`,
 		normMAC(b.MAC), b.Addr, b.Via, unix(b.Seen), unix(b.Expires))
@@ -791,14 +833,14 @@ func (s *Store) SaveBinding(ctx context.Context, b BootBinding) error {
 }
 
 // DeleteBinding forgets one binding, as a DHCP release does.
-func (s *Store) DeleteBinding(ctx context.Context, mac, addr string) error {
+func (s *DB) DeleteBinding(ctx context.Context, mac, addr string) error {
 	_, err := s.db.ExecContext(ctx, `DELETE FROM bindings WHERE mac = ? AND addr = ?`, normMAC(mac), addr)
 	return err
 }
 
 // Bindings deletes the bindings that expired before now and returns
 // the others.
-func (s *Store) Bindings(ctx context.Context, now time.Time) ([]BootBinding, error) {
+func (s *DB) Bindings(ctx context.Context, now time.Time) ([]BootBinding, error) {
 	if _, err := s.db.ExecContext(ctx, `DELETE FROM bindings WHERE expires_at < ?`, unix(now)); err != nil {
 		return nil, err
 	}
@@ -822,14 +864,14 @@ func (s *Store) Bindings(ctx context.Context, now time.Time) ([]BootBinding, err
 
 // SetFirmware records the firmware DHCP saw a machine boot with ("bios",
 // "efi-x64", "efi-arm64"); it writes only when that changed.
-func (s *Store) SetFirmware(ctx context.Context, mac, firmware string) error {
+func (s *DB) SetFirmware(ctx context.Context, mac, firmware string) error {
 	_, err := s.db.ExecContext(ctx, `UPDATE machines SET firmware = ? WHERE mac = ? AND firmware != ?`, firmware, normMAC(mac), firmware)
 	return err
 }
 
 // RequestReinstall makes the machine's next PXE boot install again, and
 // releases a machine held after a security event.
-func (s *Store) RequestReinstall(ctx context.Context, mac string) error {
+func (s *DB) RequestReinstall(ctx context.Context, mac string) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE machines SET reinstall = 1, held = 0, updated_at = ? WHERE mac = ?`, unix(time.Now()), normMAC(mac))
 	if err != nil {
 		return err
@@ -841,7 +883,7 @@ func (s *Store) RequestReinstall(ctx context.Context, mac string) error {
 }
 
 // Forget deletes a machine and all it left: boots, events, logs.
-func (s *Store) Forget(ctx context.Context, mac string) error {
+func (s *DB) Forget(ctx context.Context, mac string) error {
 	mac = normMAC(mac)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -855,7 +897,7 @@ func (s *Store) Forget(ctx context.Context, mac string) error {
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("machine %s: %w", mac, ErrNotFound)
 	}
-	for _, t := range []string{"boots", "events", "logs", "bindings", "facts", "assignments"} {
+	for _, t := range []string{"boots", "events", "logs", "bindings", "facts", "assignments", "claims"} {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM `+t+` WHERE mac = ?`, mac); err != nil {
 			return err
 		}
@@ -863,38 +905,8 @@ func (s *Store) Forget(ctx context.Context, mac string) error {
 	return tx.Commit()
 }
 
-// MarkInterrupted fails every install that a previous server run left
-// half done: those machines are neither installed nor still installing.
-func (s *Store) MarkInterrupted(ctx context.Context) (int, error) {
-	recs, err := s.Machines(ctx)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, m := range recs {
-		if m.State != StateInstallerUp && m.State != StateInstalling {
-			continue
-		}
-		// A discovered machine (no profile) waits in installer-up with
-		// no install running: a restart cut nothing off.
-		if m.State == StateInstallerUp && m.Profile == "" {
-			continue
-		}
-		where := m.Phase
-		if where == "" {
-			where = string(m.State)
-		}
-		msg := "interrupted: server restarted during " + where
-		if err := s.Transition(ctx, m.MAC, StateFailed, m.Phase, msg, msg); err != nil {
-			return n, err
-		}
-		n++
-	}
-	return n, nil
-}
-
 // LastEvents returns each machine's latest event, by MAC.
-func (s *Store) LastEvents(ctx context.Context) (map[string]Event, error) {
+func (s *DB) LastEvents(ctx context.Context) (map[string]Event, error) {
 	evs, err := s.queryEvents(ctx, `WHERE id IN (SELECT MAX(id) FROM events GROUP BY mac)`)
 	if err != nil {
 		return nil, err
@@ -910,12 +922,12 @@ func (s *Store) LastEvents(ctx context.Context) (map[string]Event, error) {
 // that ended well ("phase X done in D", written by provision), newest
 // first: the history that the status page's progress estimate is
 // drawn from.
-func (s *Store) PhaseDoneMessages(ctx context.Context, limit int) ([]Event, error) {
+func (s *DB) PhaseDoneMessages(ctx context.Context, limit int) ([]Event, error) {
 	return s.queryEvents(ctx, `WHERE phase != '' AND message LIKE 'phase % done in %' ORDER BY id DESC LIMIT ?`, limit)
 }
 
 // LastEvent returns a machine's latest event; ErrNotFound when it has none.
-func (s *Store) LastEvent(ctx context.Context, mac string) (Event, error) {
+func (s *DB) LastEvent(ctx context.Context, mac string) (Event, error) {
 	evs, err := s.queryEvents(ctx, `WHERE mac = ? ORDER BY id DESC LIMIT 1`, normMAC(mac))
 	if err != nil {
 		return Event{}, err

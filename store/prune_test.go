@@ -1,4 +1,4 @@
-package profiles
+package store
 
 import (
 	"context"
@@ -11,9 +11,11 @@ import (
 // the limits, keeping its newest boots (the live one among them) and
 // events; a machine under the limits, and boots that have not ended,
 // are untouched; the freed pages go back to the file system.
-func TestStorePrune(t *testing.T) {
+func TestStorePrune(t *testing.T) { forBackends(t, testStorePrune) }
+
+func testStorePrune(t *testing.T, be backend) {
 	ctx := context.Background()
-	s, _ := openTestStore(t)
+	s, _ := be.open(t)
 	const (
 		flooded = "52:54:00:00:02:01"
 		quiet   = "52:54:00:00:02:02"
@@ -78,6 +80,9 @@ func TestStorePrune(t *testing.T) {
 	}
 	pages := func() (count, free int) {
 		t.Helper()
+		if be.name != "sqlite" {
+			return 0, 0 // PostgreSQL's autovacuum returns space in its own time
+		}
 		if err := s.db.QueryRowContext(ctx, `PRAGMA page_count`).Scan(&count); err != nil {
 			t.Fatal(err)
 		}
@@ -135,7 +140,7 @@ func TestStorePrune(t *testing.T) {
 		t.Errorf("boots that have not ended: %d kept, want all %d", c, keepB+5)
 	}
 	after, free := pages()
-	if after >= before || free != 0 {
+	if be.name == "sqlite" && (after >= before || free != 0) {
 		t.Errorf("pages: %d before pruning, %d after with %d free; want fewer and none free (auto_vacuum)", before, after, free)
 	}
 	if again, err := s.Prune(ctx, keepB, keepE, cutoff); err != nil || again != (Pruned{}) {

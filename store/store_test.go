@@ -1,4 +1,4 @@
-package profiles
+package store
 
 import (
 	"context"
@@ -13,20 +13,11 @@ import (
 	"time"
 )
 
-func openTestStore(t *testing.T) (*Store, string) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "state.db")
-	s, err := OpenStore(context.Background(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s, path
-}
+func TestStorePersistsAcrossReopen(t *testing.T) { forBackends(t, testStorePersistsAcrossReopen) }
 
-func TestStorePersistsAcrossReopen(t *testing.T) {
+func testStorePersistsAcrossReopen(t *testing.T, be backend) {
 	ctx := context.Background()
-	s, path := openTestStore(t)
+	s, where := be.open(t)
 	if _, err := s.UpsertMachine(ctx, "52:54:00:AA:00:01", "web-01", "web"); err != nil {
 		t.Fatal(err)
 	}
@@ -37,14 +28,16 @@ func TestStorePersistsAcrossReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	st, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
+	if be.name == "sqlite" {
+		st, err := os.Stat(where)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Fatalf("database mode %o, want 600", st.Mode().Perm())
+		}
 	}
-	if st.Mode().Perm() != 0o600 {
-		t.Fatalf("database mode %o, want 600", st.Mode().Perm())
-	}
-	s2, err := OpenStore(ctx, path)
+	s2, err := be.openAt(ctx, where)
 	if err != nil {
 		t.Fatalf("reopen (migrations must be idempotent): %v", err)
 	}
@@ -66,7 +59,9 @@ func TestStorePersistsAcrossReopen(t *testing.T) {
 	}
 }
 
-func TestStoreTransitions(t *testing.T) {
+func TestStoreTransitions(t *testing.T) { forBackends(t, testStoreTransitions) }
+
+func testStoreTransitions(t *testing.T, be backend) {
 	tests := []struct {
 		name string
 		path []State
@@ -83,7 +78,7 @@ func TestStoreTransitions(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
-			s, _ := openTestStore(t)
+			s, _ := be.open(t)
 			if _, err := s.UpsertMachine(ctx, "52:54:00:00:00:01", "h", "p"); err != nil {
 				t.Fatal(err)
 			}
@@ -100,9 +95,11 @@ func TestStoreTransitions(t *testing.T) {
 	}
 }
 
-func TestStoreUseTokenOnce(t *testing.T) {
+func TestStoreUseTokenOnce(t *testing.T) { forBackends(t, testStoreUseTokenOnce) }
+
+func testStoreUseTokenOnce(t *testing.T, be backend) {
 	ctx := context.Background()
-	s, _ := openTestStore(t)
+	s, _ := be.open(t)
 	if _, err := s.UpsertMachine(ctx, "52:54:00:00:00:02", "h", "p"); err != nil {
 		t.Fatal(err)
 	}
@@ -142,48 +139,11 @@ func TestStoreUseTokenOnce(t *testing.T) {
 	}
 }
 
-func TestStoreMarkInterrupted(t *testing.T) {
-	ctx := context.Background()
-	s, _ := openTestStore(t)
-	for _, mac := range []string{"52:54:00:00:00:10", "52:54:00:00:00:11", "52:54:00:00:00:12"} {
-		if _, err := s.UpsertMachine(ctx, mac, "", "p"); err != nil {
-			t.Fatal(err)
-		}
-		_ = s.Transition(ctx, mac, StateBooting, "", "", "")
-		_ = s.Transition(ctx, mac, StateInstallerUp, "", "", "")
-	}
-	_ = s.Transition(ctx, "52:54:00:00:00:11", StateInstalling, "disko", "", "")
-	_ = s.Transition(ctx, "52:54:00:00:00:12", StateInstalling, "install", "", "")
-	_ = s.Transition(ctx, "52:54:00:00:00:12", StateInstalled, "", "", "")
-	// Discovered: no profile, its installer waits for one; nothing ran.
-	discovered := "52:54:00:00:00:13"
-	if _, err := s.UpsertMachine(ctx, discovered, "", ""); err != nil {
-		t.Fatal(err)
-	}
-	for _, st := range []State{StateBooting, StateInstallerUp} {
-		if err := s.Transition(ctx, discovered, st, "", "", ""); err != nil {
-			t.Fatal(err)
-		}
-	}
-	n, err := s.MarkInterrupted(ctx)
-	if err != nil || n != 2 {
-		t.Fatalf("n=%d err=%v, want 2", n, err)
-	}
-	m, _ := s.Machine(ctx, "52:54:00:00:00:11")
-	if m.State != StateFailed || m.Phase != "disko" || m.Error != "interrupted: server restarted during disko" {
-		t.Fatalf("interrupted machine: %+v", m)
-	}
-	if m, _ := s.Machine(ctx, "52:54:00:00:00:12"); m.State != StateInstalled {
-		t.Fatalf("installed machine touched: %+v", m)
-	}
-	if m, _ := s.Machine(ctx, discovered); m.State != StateInstallerUp || m.Error != "" {
-		t.Fatalf("discovered machine touched: %+v", m)
-	}
-}
+func TestStoreReinstallAndForget(t *testing.T) { forBackends(t, testStoreReinstallAndForget) }
 
-func TestStoreReinstallAndForget(t *testing.T) {
+func testStoreReinstallAndForget(t *testing.T, be backend) {
 	ctx := context.Background()
-	s, _ := openTestStore(t)
+	s, _ := be.open(t)
 	mac := "52:54:00:00:00:20"
 	if _, err := s.UpsertMachine(ctx, mac, "", "p"); err != nil {
 		t.Fatal(err)
@@ -220,19 +180,23 @@ func TestStoreReinstallAndForget(t *testing.T) {
 // database at the same moment: exactly one migrates, and the others
 // see its schema instead of creating the tables a second time.
 func TestStoreConcurrentOpenOfFreshDatabase(t *testing.T) {
+	forBackends(t, testStoreConcurrentOpenOfFreshDatabase)
+}
+
+func testStoreConcurrentOpenOfFreshDatabase(t *testing.T, be backend) {
 	for round := 0; round < 5; round++ {
-		path := filepath.Join(t.TempDir(), "state.db")
+		where := be.create(t)
 		const n = 8
 		start := make(chan struct{})
 		errs := make([]error, n)
-		stores := make([]*Store, n)
+		stores := make([]*DB, n)
 		var wg sync.WaitGroup
 		for i := range n {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				<-start
-				stores[i], errs[i] = OpenStore(context.Background(), path)
+				stores[i], errs[i] = be.openAt(context.Background(), where)
 			}()
 		}
 		close(start)
@@ -249,18 +213,19 @@ func TestStoreConcurrentOpenOfFreshDatabase(t *testing.T) {
 				t.Fatalf("round %d: store %d: %v", round, i+1, err)
 			}
 		}
-		var version int
-		if err := stores[0].db.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil || version != len(migrations) {
-			t.Fatalf("round %d: user_version %d (%v), want %d", round, version, err, len(migrations))
+		if version := schemaVersion(t, stores[0]); version != len(migrations) {
+			t.Fatalf("round %d: schema version %d, want %d", round, version, len(migrations))
 		}
 	}
 }
 
 // A boot recorded without a time is a boot of now: token expiry and the
 // choice of the latest boot are reckoned from CreatedAt.
-func TestStoreCreateBootWithoutTime(t *testing.T) {
+func TestStoreCreateBootWithoutTime(t *testing.T) { forBackends(t, testStoreCreateBootWithoutTime) }
+
+func testStoreCreateBootWithoutTime(t *testing.T, be backend) {
 	ctx := context.Background()
-	s, _ := openTestStore(t)
+	s, _ := be.open(t)
 	mac := "52:54:00:00:00:40"
 	if _, err := s.UpsertMachine(ctx, mac, "h", "p"); err != nil {
 		t.Fatal(err)
@@ -288,7 +253,7 @@ func TestStoreCreateBootWithoutTime(t *testing.T) {
 
 // newBoot records a boot of mac with a private key that names it, and
 // returns its token.
-func newBoot(t *testing.T, s *Store, mac, token string, created time.Time) string {
+func newBoot(t *testing.T, s *DB, mac, token string, created time.Time) string {
 	t.Helper()
 	if err := s.CreateBoot(context.Background(), Boot{Token: token, MAC: mac, IP: "10.0.0.5", Firmware: "bios",
 		HostKeyPublic: "ssh-ed25519 AAAA" + token, HostKeyPrivate: []byte("private key of " + token), CreatedAt: created}); err != nil {
@@ -297,7 +262,7 @@ func newBoot(t *testing.T, s *Store, mac, token string, created time.Time) strin
 	return token
 }
 
-func bootOf(t *testing.T, s *Store, token string) Boot {
+func bootOf(t *testing.T, s *DB, token string) Boot {
 	t.Helper()
 	b, err := s.BootByToken(context.Background(), token)
 	if err != nil {
@@ -308,7 +273,7 @@ func bootOf(t *testing.T, s *Store, token string) Boot {
 
 // liveKey reports whether a boot still holds its private key, and
 // checks that the public key stays whatever happens to the private one.
-func liveKey(t *testing.T, s *Store, token string) bool {
+func liveKey(t *testing.T, s *DB, token string) bool {
 	t.Helper()
 	b := bootOf(t, s, token)
 	if b.HostKeyPublic != "ssh-ed25519 AAAA"+token {
@@ -328,10 +293,12 @@ func liveKey(t *testing.T, s *Store, token string) bool {
 // private key, goes to one caller however many ask at once; the losers
 // void the boot, as provision does, and the winner still holds the key
 // it was promised. A used or voided boot gives its initrd to nobody.
-func TestStoreTakeInitrdOnce(t *testing.T) {
+func TestStoreTakeInitrdOnce(t *testing.T) { forBackends(t, testStoreTakeInitrdOnce) }
+
+func testStoreTakeInitrdOnce(t *testing.T, be backend) {
 	ctx := context.Background()
 	for round := 0; round < 20; round++ {
-		s, _ := openTestStore(t)
+		s, _ := be.open(t)
 		mac := "52:54:00:00:01:01"
 		tok := newBoot(t, s, mac, "tok", time.Now())
 		const n = 16
@@ -376,7 +343,7 @@ func TestStoreTakeInitrdOnce(t *testing.T) {
 		}
 	}
 
-	s, _ := openTestStore(t)
+	s, _ := be.open(t)
 	used := newBoot(t, s, "52:54:00:00:01:02", "used", time.Now())
 	if _, err := s.UseToken(ctx, used); err != nil {
 		t.Fatal(err)
@@ -405,8 +372,12 @@ func TestStoreTakeInitrdOnce(t *testing.T) {
 }
 
 func TestStoreUseTokenErasesPrivateKey(t *testing.T) {
+	forBackends(t, testStoreUseTokenErasesPrivateKey)
+}
+
+func testStoreUseTokenErasesPrivateKey(t *testing.T, be backend) {
 	ctx := context.Background()
-	s, _ := openTestStore(t)
+	s, _ := be.open(t)
 	tok := newBoot(t, s, "52:54:00:00:01:10", "tok", time.Now())
 	if !liveKey(t, s, tok) {
 		t.Fatal("a new boot has no private key")
@@ -426,9 +397,11 @@ func TestStoreUseTokenErasesPrivateKey(t *testing.T) {
 // TestStoreNewBootSupersedes: a new boot voids the machine's earlier
 // boot that was never used, but leaves a used one alone (its install
 // may be running) and other machines' boots.
-func TestStoreNewBootSupersedes(t *testing.T) {
+func TestStoreNewBootSupersedes(t *testing.T) { forBackends(t, testStoreNewBootSupersedes) }
+
+func testStoreNewBootSupersedes(t *testing.T, be backend) {
 	ctx := context.Background()
-	s, _ := openTestStore(t)
+	s, _ := be.open(t)
 	mac, other := "52:54:00:aa:01:20", "52:54:00:00:01:21"
 	t0 := time.Now().Add(-time.Hour)
 	usedTok := newBoot(t, s, mac, "used", t0)
@@ -462,9 +435,11 @@ func TestStoreNewBootSupersedes(t *testing.T) {
 
 // TestStoreVoid: voiding touches live boots only; it never rewrites
 // how a boot ended, and a voided token opens nothing.
-func TestStoreVoid(t *testing.T) {
+func TestStoreVoid(t *testing.T) { forBackends(t, testStoreVoid) }
+
+func testStoreVoid(t *testing.T, be backend) {
 	ctx := context.Background()
-	s, _ := openTestStore(t)
+	s, _ := be.open(t)
 	mac, other := "52:54:00:aa:01:30", "52:54:00:00:01:31"
 	t0 := time.Now().Add(-time.Hour)
 	used := newBoot(t, s, mac, "used", t0)
@@ -522,9 +497,11 @@ func TestStoreVoid(t *testing.T) {
 	}
 }
 
-func TestStoreEraseExpiredKeys(t *testing.T) {
+func TestStoreEraseExpiredKeys(t *testing.T) { forBackends(t, testStoreEraseExpiredKeys) }
+
+func testStoreEraseExpiredKeys(t *testing.T, be backend) {
 	ctx := context.Background()
-	s, _ := openTestStore(t)
+	s, _ := be.open(t)
 	cutoff := time.Now().Add(-time.Hour)
 	// Each boot on its own machine: a newer boot of the same machine
 	// would void (and erase) the older one itself.
@@ -542,9 +519,11 @@ func TestStoreEraseExpiredKeys(t *testing.T) {
 	}
 }
 
-func TestStoreHoldAndRelease(t *testing.T) {
+func TestStoreHoldAndRelease(t *testing.T) { forBackends(t, testStoreHoldAndRelease) }
+
+func testStoreHoldAndRelease(t *testing.T, be backend) {
 	ctx := context.Background()
-	s, _ := openTestStore(t)
+	s, _ := be.open(t)
 	mac := "52:54:00:aa:01:50"
 	if _, err := s.UpsertMachine(ctx, mac, "h", "p"); err != nil {
 		t.Fatal(err)
@@ -573,9 +552,11 @@ func TestStoreHoldAndRelease(t *testing.T) {
 	}
 }
 
-func TestStoreBindings(t *testing.T) {
+func TestStoreBindings(t *testing.T) { forBackends(t, testStoreBindings) }
+
+func testStoreBindings(t *testing.T, be backend) {
 	ctx := context.Background()
-	s, _ := openTestStore(t)
+	s, _ := be.open(t)
 	a, b := "52:54:00:aa:01:60", "52:54:00:bb:01:61"
 	for _, mac := range []string{a, b} {
 		if _, err := s.UpsertMachine(ctx, mac, "", "p"); err != nil {
@@ -669,14 +650,13 @@ func TestStoreMigratesVersion1(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s, err := OpenStore(ctx, path)
+	s, err := OpenSQLite(ctx, path)
 	if err != nil {
 		t.Fatalf("opening a version 1 database: %v", err)
 	}
 	t.Cleanup(func() { s.Close() })
-	var version int
-	if err := s.db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil || version != len(migrations) {
-		t.Fatalf("user_version %d (%v), want %d", version, err, len(migrations))
+	if version := schemaVersion(t, s); version != len(migrations) {
+		t.Fatalf("user_version %d, want %d", version, len(migrations))
 	}
 	m, err := s.Machine(ctx, "52:54:00:00:01:70")
 	if err != nil || m.Hostname != "web-01" || m.State != StateBooting || !m.Reinstall || m.Held || !m.CreatedAt.Equal(created) {
@@ -697,4 +677,22 @@ func TestStoreMigratesVersion1(t *testing.T) {
 	if err := s.SaveBinding(ctx, BootBinding{MAC: m.MAC, Addr: "10.0.0.5", Via: "br0", Seen: time.Now(), Expires: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatalf("SaveBinding after migration: %v", err)
 	}
+}
+
+// schemaVersion is how many migrations s's database has applied.
+func schemaVersion(t *testing.T, s *DB) int {
+	t.Helper()
+	tx, err := s.db.BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if err := s.db.d.lockMigrations(context.Background(), tx); err != nil {
+		t.Fatal(err)
+	}
+	v, err := s.db.d.version(context.Background(), tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

@@ -1,4 +1,4 @@
-package profiles
+package store
 
 import (
 	"context"
@@ -49,7 +49,7 @@ type MachineFacts struct {
 }
 
 // SaveFacts records the facts read from a machine, replacing older ones.
-func (s *Store) SaveFacts(ctx context.Context, mac, facts, facter, addr string) error {
+func (s *DB) SaveFacts(ctx context.Context, mac, facts, facter, addr string) error {
 	if len(facts) > MaxFactsBytes || len(facter) > MaxFacterBytes {
 		return fmt.Errorf("facts of %s: %d + %d bytes, more than the store keeps (%d, %d)", mac, len(facts), len(facter), MaxFactsBytes, MaxFacterBytes)
 	}
@@ -63,7 +63,7 @@ func (s *Store) SaveFacts(ctx context.Context, mac, facts, facter, addr string) 
 }
 
 // SaveDHCPContext records the DHCP context of a machine's boot.
-func (s *Store) SaveDHCPContext(ctx context.Context, mac, dhcp string) error {
+func (s *DB) SaveDHCPContext(ctx context.Context, mac, dhcp string) error {
 	if len(dhcp) > MaxDHCPBytes {
 		return fmt.Errorf("DHCP context of %s: %d bytes, more than %d", mac, len(dhcp), MaxDHCPBytes)
 	}
@@ -77,7 +77,7 @@ func (s *Store) SaveDHCPContext(ctx context.Context, mac, dhcp string) error {
 }
 
 // Facts returns what discovery learned of mac; ErrNotFound when nothing.
-func (s *Store) Facts(ctx context.Context, mac string) (MachineFacts, error) {
+func (s *DB) Facts(ctx context.Context, mac string) (MachineFacts, error) {
 	f := MachineFacts{MAC: normMAC(mac)}
 	var collected, dhcpAt int64
 	err := s.db.QueryRowContext(ctx, `SELECT facts, facter, dhcp, addr, collected_at, dhcp_at FROM facts WHERE mac = ?`, f.MAC).
@@ -105,7 +105,7 @@ type Assignment struct {
 
 // Assign gives a recorded machine a profile and hostname and records
 // who did and why, with an event, in one transaction.
-func (s *Store) Assign(ctx context.Context, mac, profile, hostname, source, reason string) error {
+func (s *DB) Assign(ctx context.Context, mac, profile, hostname, source, reason string) error {
 	mac = normMAC(mac)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -129,7 +129,7 @@ func (s *Store) Assign(ctx context.Context, mac, profile, hostname, source, reas
 		msg = fmt.Sprintf("assigned profile %s, hostname %s, by %s: %s", profile, hostname, source, reason)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO events (mac, time, state, phase, message)
-		SELECT mac, ?, state, '', ? FROM machines WHERE mac = ?`, now, msg, mac); err != nil {
+		SELECT mac, CAST(? AS BIGINT), state, '', ? FROM machines WHERE mac = ?`, now, msg, mac); err != nil {
 		return err
 	}
 	return tx.Commit()
@@ -137,7 +137,7 @@ func (s *Store) Assign(ctx context.Context, mac, profile, hostname, source, reas
 
 // Unassign takes back a profile that a rule or an operator gave, with
 // an event saying why; a machine without an assignment is left as is.
-func (s *Store) Unassign(ctx context.Context, mac, why string) error {
+func (s *DB) Unassign(ctx context.Context, mac, why string) error {
 	mac = normMAC(mac)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -156,14 +156,14 @@ func (s *Store) Unassign(ctx context.Context, mac, why string) error {
 		return err
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO events (mac, time, state, phase, message)
-		SELECT mac, ?, state, '', ? FROM machines WHERE mac = ?`, now, "assignment taken back: "+why, mac); err != nil {
+		SELECT mac, CAST(? AS BIGINT), state, '', ? FROM machines WHERE mac = ?`, now, "assignment taken back: "+why, mac); err != nil {
 		return err
 	}
 	return tx.Commit()
 }
 
 // GetAssignment returns mac's assignment; ErrNotFound when it has none.
-func (s *Store) GetAssignment(ctx context.Context, mac string) (Assignment, error) {
+func (s *DB) GetAssignment(ctx context.Context, mac string) (Assignment, error) {
 	a := Assignment{MAC: normMAC(mac)}
 	var at int64
 	err := s.db.QueryRowContext(ctx, `SELECT source, reason, at FROM assignments WHERE mac = ?`, a.MAC).Scan(&a.Source, &a.Reason, &at)
@@ -175,7 +175,7 @@ func (s *Store) GetAssignment(ctx context.Context, mac string) (Assignment, erro
 }
 
 // Assignments returns every assignment by MAC.
-func (s *Store) Assignments(ctx context.Context) (map[string]Assignment, error) {
+func (s *DB) Assignments(ctx context.Context) (map[string]Assignment, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT mac, source, reason, at FROM assignments`)
 	if err != nil {
 		return nil, err
@@ -196,7 +196,7 @@ func (s *Store) Assignments(ctx context.Context) (map[string]Assignment, error) 
 
 // CountAssignments is how many machines a rule or an operator gave a
 // profile.
-func (s *Store) CountAssignments(ctx context.Context) (int, error) {
+func (s *DB) CountAssignments(ctx context.Context) (int, error) {
 	var n int
 	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM assignments`).Scan(&n)
 	return n, err

@@ -1,4 +1,4 @@
-package profiles
+package store
 
 import (
 	"context"
@@ -7,9 +7,11 @@ import (
 	"testing"
 )
 
-func TestStoreFactsAndAssignments(t *testing.T) {
+func TestStoreFactsAndAssignments(t *testing.T) { forBackends(t, testStoreFactsAndAssignments) }
+
+func testStoreFactsAndAssignments(t *testing.T, be backend) {
 	ctx := context.Background()
-	s, _ := openTestStore(t)
+	s, _ := be.open(t)
 	const mac = "52:54:00:77:20:09"
 	if _, err := s.Facts(ctx, mac); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("facts of an unknown machine: %v", err)

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/pgtest"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
+)
+
+// TestServeOnPostgres: with server.database set, the real binary keeps
+// its state in that PostgreSQL database (a real server the test starts;
+// the password from a private file), not in state_dir: the config's
+// machine is recorded there at start, and a machine's DHCP exchange
+// writes its firmware there.
+func TestServeOnPostgres(t *testing.T) {
+	netlab.Require(t, "udhcpc")
+	bindir := pgtest.Require(t)
+	ctx := context.Background()
+	pg, err := pgtest.Start(ctx, bindir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := pg.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	dbname, err := pg.NewDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "pxe-anywhere")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	pwfile := filepath.Join(dir, "db-password")
+	if err := os.WriteFile(pwfile, []byte(pg.Password+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ipxe := filepath.Join(dir, "ipxe")
+	os.MkdirAll(ipxe, 0o755)
+	os.WriteFile(filepath.Join(ipxe, "undionly.kpxe"), []byte("undionly"), 0o644)
+	for _, f := range []string{"bzImage", "initrd"} {
+		os.WriteFile(filepath.Join(dir, f), []byte(f), 0o644)
+	}
+	const mac = "52:54:00:8d:00:01"
+	url := pg.URLWithoutPassword(dbname)
+	cfgPath := filepath.Join(dir, "config.yaml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`server:
+  interfaces: [br0]
+  state_dir: %[1]s/state
+  database: %[2]s
+  database_password_file: %[3]s
+dhcp:
+  mode: authoritative
+  subnet: 10.141.0.0/24
+  range: [10.141.0.100, 10.141.0.120]
+images:
+  test: {kernel: %[1]s/bzImage, initrd: [%[1]s/initrd]}
+profiles:
+  web:
+    image: test
+    store_paths: {disko: /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-disko, system: /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-system}
+machines:
+  - {mac: "%[4]s", profile: web, hostname: pg-01}
+`, dir, url, pwfile, mac)), 0o644)
+
+	lab := netlab.New(t, "10.141.0.0/24")
+	cl := lab.Client(mac)
+	var logs syncbuf.Buffer
+	srv := lab.Command(lab.Server, bin, "serve", "--config", cfgPath, "--ipxe-dir", ipxe)
+	srv.Stdout, srv.Stderr = &logs, &logs
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- srv.Wait() }()
+	t.Cleanup(func() {
+		srv.Process.Kill()
+		if t.Failed() {
+			t.Logf("server log:\n%s", logs.String())
+		}
+	})
+
+	st, err := store.OpenPostgres(ctx, store.PostgresOptions{URL: url, Password: pg.Password})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	waitFor := func(what string, ok func(store.MachineRecord) bool) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			m, err := st.Machine(ctx, mac)
+			if err == nil && ok(m) {
+				return
+			}
+			select {
+			case err := <-exited:
+				t.Fatalf("serve exited (%v) before %s", err, what)
+			case <-time.After(100 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within a minute (last: %+v, %v)", what, m, err)
+			}
+		}
+	}
+	waitFor("the config's machine recorded in PostgreSQL", func(m store.MachineRecord) bool {
+		return m.Hostname == "pg-01" && m.Profile == "web" && m.State == store.StateNew
+	})
+	// The firmware's DHCP exchange; udhcpc retries until the server
+	// answers, each attempt bounded.
+	if out, err := lab.Command(cl, "udhcpc", "-q", "-n", "-f", "-i", "eth0", "-t", "10", "-T", "1", "-s", "/bin/true",
+		"-V", "PXEClient:Arch:00000:UNDI:002001").CombinedOutput(); err != nil {
+		t.Fatalf("udhcpc: %v\n%s", err, out)
+	}
+	waitFor("the firmware DHCP saw, recorded in PostgreSQL", func(m store.MachineRecord) bool { return m.Firmware == "bios" })
+	if _, err := os.Stat(filepath.Join(dir, "state", "state.db")); !os.IsNotExist(err) {
+		t.Errorf("state.db in state_dir with server.database set: %v", err)
+	}
+	if strings.Contains(logs.String(), pg.Password) {
+		t.Error("the database password is in the server's log")
+	}
+	srv.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("serve after SIGTERM: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop within 30 s of SIGTERM")
+	}
+}

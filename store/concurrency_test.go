@@ -1,0 +1,143 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+)
+
+// The one-shot operations hold across connections: on PostgreSQL each
+// goroutine below may run on its own connection, as two servers would.
+// (UseToken and TakeInitrd have theirs in store_test.go.)
+
+// race runs f(i) for i in [0, n) at once and waits for all.
+func race(n int, f func(i int)) {
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			f(i)
+		}()
+	}
+	close(start)
+	wg.Wait()
+}
+
+// TestStoreDiscoverLimitConcurrent: discoveries at once never record
+// more machines without a profile than the limit.
+func TestStoreDiscoverLimitConcurrent(t *testing.T) { forBackends(t, testStoreDiscoverLimitConcurrent) }
+
+func testStoreDiscoverLimitConcurrent(t *testing.T, be backend) {
+	ctx := context.Background()
+	for round := range 5 {
+		s, _ := be.open(t)
+		const n, limit = 16, 3
+		errs := make([]error, n)
+		race(n, func(i int) {
+			_, errs[i] = s.Discover(ctx, fmt.Sprintf("52:54:00:00:05:%02x", i), limit)
+		})
+		ok := 0
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				ok++
+			case !errors.Is(err, ErrLimit):
+				t.Fatalf("round %d: discover %d: %v", round, i, err)
+			}
+		}
+		ms, err := s.Machines(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok != limit || len(ms) != limit {
+			t.Fatalf("round %d: %d discoveries succeeded, %d machines recorded; want %d", round, ok, len(ms), limit)
+		}
+	}
+}
+
+// TestStoreCreateBootConcurrent: boots of one machine made at once leave
+// one live boot; the others are voided, their keys erased.
+func TestStoreCreateBootConcurrent(t *testing.T) { forBackends(t, testStoreCreateBootConcurrent) }
+
+func testStoreCreateBootConcurrent(t *testing.T, be backend) {
+	ctx := context.Background()
+	s, _ := be.open(t)
+	const mac = "52:54:00:00:05:40"
+	if _, err := s.UpsertMachine(ctx, mac, "h", "p"); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 10 {
+		const n = 8
+		toks := make([]string, n)
+		race(n, func(i int) {
+			toks[i] = fmt.Sprintf("r%d-%d", round, i)
+			if err := s.CreateBoot(ctx, Boot{Token: toks[i], MAC: mac, IP: "10.0.0.5", HostKeyPublic: "ssh-ed25519 AAAA",
+				HostKeyPrivate: []byte("key")}); err != nil {
+				t.Error(err)
+			}
+		})
+		live := 0
+		for _, tok := range toks {
+			b, err := s.BootByToken(ctx, tok)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b.VoidedAt == nil {
+				live++
+			} else if len(b.HostKeyPrivate) != 0 {
+				t.Fatalf("round %d: voided boot %s keeps its key", round, tok)
+			}
+		}
+		if live != 1 {
+			t.Fatalf("round %d: %d live boots of one machine, want 1", round, live)
+		}
+	}
+}
+
+// TestStoreTransitionConcurrent: a move is checked against the state
+// the machine is in when it is made. An install that ends while another
+// caller moves it on within installing leaves it installed, or refuses
+// the other move: never installing again after installed, which the
+// state graph does not allow.
+func TestStoreTransitionConcurrent(t *testing.T) { forBackends(t, testStoreTransitionConcurrent) }
+
+func testStoreTransitionConcurrent(t *testing.T, be backend) {
+	ctx := context.Background()
+	s, _ := be.open(t)
+	for round := range 20 {
+		mac := fmt.Sprintf("52:54:00:00:06:%02x", round)
+		if _, err := s.UpsertMachine(ctx, mac, "h", "p"); err != nil {
+			t.Fatal(err)
+		}
+		for _, st := range []State{StateBooting, StateInstallerUp, StateInstalling} {
+			if err := s.Transition(ctx, mac, st, "", "", ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		const n = 8
+		errs := make([]error, n)
+		race(n, func(i int) {
+			to, phase := StateInstalling, "install"
+			if i == 0 {
+				to, phase = StateInstalled, ""
+			}
+			errs[i] = s.Transition(ctx, mac, to, phase, "", "")
+		})
+		for i, err := range errs {
+			if err != nil && !errors.Is(err, ErrNoTransition) {
+				t.Fatalf("round %d: move %d: %v", round, i, err)
+			}
+		}
+		if errs[0] != nil {
+			t.Fatalf("round %d: the install's end was refused: %v", round, errs[0])
+		}
+		if m, err := s.Machine(ctx, mac); err != nil || m.State != StateInstalled {
+			t.Fatalf("round %d: machine %s after an install ended: %s (%v), want installed", round, mac, m.State, err)
+		}
+	}
+}
