@@ -93,6 +93,7 @@ func TestRack(t *testing.T) {
 	// Power on together: the BMC's machine through the server's API
 	// and its BMC, the other three as qemu starts.
 	start := time.Now()
+	serverCPU0, machineCPU0 := procCPU(s.pid), machineCPU()
 	out := cli(t, s, lab, "power", rackBMC, "on")
 	if !strings.Contains(out, "power on through BMC ipmi 127.0.0.1:9623: done") {
 		t.Fatalf("machines power on: %s", out)
@@ -113,10 +114,13 @@ func TestRack(t *testing.T) {
 	bios2.name += "-bios2"
 	uefiVM := launchVMOpts(t, lab, uefi, rackUEFI, nil, vmOpts{})
 	uefiVM.name += "-uefi"
-	// IPv6 PXE off, so the firmware goes from its IPv4 PXE attempt
-	// (which gets no boot file) straight to HTTP Boot instead of
-	// waiting for DHCPv6 first.
-	httpVM := launchVMOpts(t, lab, uefi, rackHTTP, nil, vmOpts{Extra: []string{"-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"}})
+	// PXE off in the firmware, IPv4 and IPv6, as a machine set up for
+	// HTTP Boot usually is: OVMF then offers no PXE boot options and
+	// goes straight to UEFI HTTPv4. With IPv4 PXE on, it tried PXE four
+	// times on the offer without a boot file first (about 60 s here).
+	httpVM := launchVMOpts(t, lab, uefi, rackHTTP, nil, vmOpts{Extra: []string{
+		"-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
+		"-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"}})
 	httpVM.name += "-httpboot"
 	rack := []struct {
 		v   *vm
@@ -134,14 +138,34 @@ func TestRack(t *testing.T) {
 	rackTime := time.Since(start).Round(100 * time.Millisecond)
 	t.Logf("RACK four installs at once: %s; one alone: %s; ratio %.2f (goal <= 1.5; TCG, %d CPUs)",
 		rackTime, aloneTime, float64(rackTime)/float64(aloneTime), runtime.NumCPU())
+	// Where the CPU went while the four installed: the server, each
+	// qemu (started with the phase, so its total is its share), and
+	// the whole machine (other work on it included).
+	serverCPU, allCPU := procCPU(s.pid)-serverCPU0, machineCPU()-machineCPU0
+	qemuCPU := pidFileCPU(pidFile)
+	cpus := fmt.Sprintf("qemu %s %s", bmcVM.name, qemuCPU)
+	for _, m := range rack[1:] {
+		c := procCPU(m.v.cmd.Process.Pid)
+		qemuCPU += c
+		cpus += fmt.Sprintf(", qemu %s %s", m.v.name, c)
+	}
+	t.Logf("RACK CPU over the four installs (%s wall, %d CPUs = %s available): server %s (%.1f%%), qemus %s (%.1f%%; %s), whole machine busy %s (%.1f%%)",
+		rackTime, runtime.NumCPU(), rackTime*time.Duration(runtime.NumCPU()),
+		serverCPU, pct(serverCPU, rackTime, runtime.NumCPU()), qemuCPU, pct(qemuCPU, rackTime, runtime.NumCPU()), cpus,
+		allCPU, pct(allCPU, rackTime, runtime.NumCPU()))
 
 	// The HTTP Boot machine's firmware PXE got an address without a
 	// boot file, and its HTTP Boot got iPXE.
 	if l := s.logLineWith("mac="+rackHTTP, "+httpboot", "reply=ACK"); l == "" || !strings.Contains(l, "file=http://") {
 		t.Errorf("no DHCP answer to %s's UEFI HTTP Boot with an http:// boot file: %q", rackHTTP, l)
 	}
-	if l := s.logLineWith("mac="+rackHTTP, "pxe=true", "boot=false"); l == "" {
-		t.Errorf("%s's firmware PXE attempt was not answered without a boot file", rackHTTP)
+	// Its firmware PXE is off: had it tried PXE anyway, it would have
+	// had an address without a boot file (netboot: http), which the
+	// log would show.
+	if l := s.logLineWith("mac="+rackHTTP, "pxe=true", "boot=false"); l != "" {
+		t.Logf("RACK %s's firmware still tried PXE (answered without a boot file): %s", rackHTTP, l)
+	} else {
+		t.Logf("RACK %s's firmware went straight to HTTP Boot (no PXE attempt)", rackHTTP)
 	}
 	// The uncabled NIC never reached the server.
 	if s.logHas(rackUncabled) {
@@ -256,4 +280,9 @@ func killPidFile(path string) {
 	if err == nil && strings.Contains(string(cmdline), path) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+}
+
+// pct is d as a percentage of n CPUs over wall.
+func pct(d, wall time.Duration, n int) float64 {
+	return 100 * float64(d) / float64(wall*time.Duration(n))
 }
