@@ -83,8 +83,11 @@ func TestRuleBMCWithFactsAddress(t *testing.T) {
 	if _, err := f.p.Power(ctx, byRuleMAC, admin.PowerOn, "operator (API)"); err != nil {
 		t.Fatalf("power on through the rule's BMC: %v (dialed %v)", err, dialed)
 	}
-	if len(sim.MachinePIDs()) == 0 {
-		t.Fatal("ipmi_sim did not power the machine on")
+	// ipmi_sim starts the machine after it answers.
+	for deadline := time.Now().Add(10 * time.Second); len(sim.MachinePIDs()) == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("ipmi_sim did not power the machine on within 10 s")
+		}
 	}
 	v, err := f.p.Power(ctx, byRuleMAC, admin.PowerStatus, "operator (API)")
 	if err != nil || v.Power != "on" {
