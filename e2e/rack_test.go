@@ -266,8 +266,14 @@ func qemuRunning(path string) bool {
 
 // killPidFile ends the qemu that ipmi_sim started, whose pid it wrote;
 // only if that process still is this qemu (its command line names the
-// pid file), never another that took the number.
+// pid file), never another that took the number. It waits (up to 10
+// s) until that qemu is gone, so that its disk's lock is released.
 func killPidFile(path string) {
+	defer func() {
+		for deadline := time.Now().Add(10 * time.Second); qemuRunning(path) && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return
