@@ -223,11 +223,26 @@ var pageTmpl = template.Must(template.New("pages").Funcs(pageFuncs).Parse(`
 // "assign" joins them with discovery.
 var pageActions = []string{"reinstall", "cancel", "forget", "assign"}
 
+// pagePowerActions drive the machine's BMC; offered when the server
+// has power control (Config.Power).
+var pagePowerActions = []string{"power-on", "power-off", "power-cycle"}
+
+// actions are the page actions this server offers.
+func (s *Server) actions() []string {
+	if s.cfg.Power == nil {
+		return pageActions
+	}
+	return append(slices.Clip(pageActions), pagePowerActions...)
+}
+
 var actionWhat = map[string]string{
-	"reinstall": "The machine's next PXE boot installs it again, wiping its disks as its profile says. An unused boot handed out before is voided.",
-	"cancel":    "The running or queued install stops now; the machine becomes failed and its slot goes to the next machine.",
-	"forget":    "The machine and its whole history are removed. A machine still in the config cannot be forgotten.",
-	"assign":    "The machine gets this profile (and hostname). If its installer is up, the install starts at once, wiping its disks as the profile says; else at its next PXE boot. Machines listed in the config cannot be assigned here.",
+	"reinstall":   "The machine's next PXE boot installs it again, wiping its disks as its profile says. An unused boot handed out before is voided.",
+	"cancel":      "The running or queued install stops now; the machine becomes failed and its slot goes to the next machine.",
+	"forget":      "The machine and its whole history are removed. A machine still in the config cannot be forgotten.",
+	"assign":      "The machine gets this profile (and hostname). If its installer is up, the install starts at once, wiping its disks as the profile says; else at its next PXE boot. Machines listed in the config cannot be assigned here.",
+	"power-on":    "The machine's BMC powers it on.",
+	"power-off":   "The machine's BMC cuts its power now (a hard power-off: the running system is not shut down).",
+	"power-cycle": "The machine's BMC power-cycles it now (the running system is not shut down); a machine that is off is powered on.",
 }
 
 type row struct {
@@ -362,7 +377,7 @@ func (s *Server) machinePage(w http.ResponseWriter, r *http.Request) {
 		LogAfter int64
 		Actions  []string
 		Done     string
-	}{pageBase: b, Row: s.row(s.typical(r), m, time.Now()), Actions: pageActions, Done: doneMessages[r.URL.Query().Get("done")]}
+	}{pageBase: b, Row: s.row(s.typical(r), m, time.Now()), Actions: s.actions(), Done: doneMessages[r.URL.Query().Get("done")]}
 	if bv, err := s.inv.LatestBoot(r.Context(), mac); err == nil {
 		data.Boot = &bv
 	} else if !errors.Is(err, ErrNotFound) {
@@ -407,9 +422,12 @@ func (s *Server) pageLog(w http.ResponseWriter, r *http.Request) {
 }
 
 var doneMessages = map[string]string{
-	"reinstall": "Reinstall requested: the next PXE boot installs again.",
-	"cancel":    "Install cancelled: the machine is failed (cancelled by operator).",
-	"assign":    "Assigned: the install starts at once if the machine's installer is up, else at its next PXE boot.",
+	"reinstall":   "Reinstall requested: the next PXE boot installs again.",
+	"cancel":      "Install cancelled: the machine is failed (cancelled by operator).",
+	"assign":      "Assigned: the install starts at once if the machine's installer is up, else at its next PXE boot.",
+	"power-on":    "Powered on through the BMC.",
+	"power-off":   "Powered off through the BMC.",
+	"power-cycle": "Power-cycled through the BMC.",
 }
 
 // csrfToken is the value an action form must carry: tied to the
@@ -422,9 +440,9 @@ func (s *Server) csrfToken() string {
 }
 
 // actionParam is the {action} of the route, or 404.
-func actionParam(w http.ResponseWriter, r *http.Request) (string, bool) {
+func (s *Server) actionParam(w http.ResponseWriter, r *http.Request) (string, bool) {
 	a := chi.URLParam(r, "action")
-	if !slices.Contains(pageActions, a) {
+	if !slices.Contains(s.actions(), a) {
 		http.NotFound(w, r)
 		return "", false
 	}
@@ -445,7 +463,7 @@ func (s *Server) needSession(w http.ResponseWriter, r *http.Request) bool {
 // confirmAction asks whether to go on, with a form that posts the
 // action: without a script, a confirmation is a page.
 func (s *Server) confirmAction(w http.ResponseWriter, r *http.Request) {
-	action, ok := actionParam(w, r)
+	action, ok := s.actionParam(w, r)
 	if !ok || !s.needSession(w, r) {
 		return
 	}
@@ -463,7 +481,7 @@ func (s *Server) confirmAction(w http.ResponseWriter, r *http.Request) {
 // doAction runs a confirmed action and goes back to the machine (or,
 // once forgotten, to the overview).
 func (s *Server) doAction(w http.ResponseWriter, r *http.Request) {
-	action, ok := actionParam(w, r)
+	action, ok := s.actionParam(w, r)
 	if !ok {
 		return
 	}
@@ -496,10 +514,14 @@ func (s *Server) doAction(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 		err = s.inv.Assign(r.Context(), mac, r.PostFormValue("profile"), r.PostFormValue("hostname"), by)
+	default: // power-on, power-off, power-cycle: actionParam offers them only with s.cfg.Power
+		_, err = s.cfg.Power.Power(r.Context(), mac, strings.TrimPrefix(action, "power-"), by)
 	}
 	if err != nil {
 		code := http.StatusInternalServerError
 		switch {
+		case errors.Is(err, ErrBMC):
+			code = http.StatusBadGateway // the BMC's error names it, never a password
 		case errors.Is(err, ErrNotFound):
 			code = http.StatusNotFound
 		case errors.Is(err, ErrConflict):

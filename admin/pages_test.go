@@ -355,7 +355,14 @@ if(p.get("token")){fetch("/login",{method:"POST",credentials:"same-origin",body:
 
 func servePages(t *testing.T, r *rack, requireLogin bool) *pageServer {
 	t.Helper()
-	s := New(Config{APIToken: testAPIToken, RequireLogin: requireLogin, Log: slog.New(slog.NewTextHandler(&syncbuf.Buffer{}, nil))}, r)
+	return servePagesConfig(t, r, Config{APIToken: testAPIToken, RequireLogin: requireLogin})
+}
+
+// servePagesConfig is servePages with the admin side's whole config.
+func servePagesConfig(t *testing.T, r *rack, cfg Config) *pageServer {
+	t.Helper()
+	cfg.Log = slog.New(slog.NewTextHandler(&syncbuf.Buffer{}, nil))
+	s := New(cfg, r)
 	p := &pageServer{}
 	p.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.URL.Path == "/test-driver" {

@@ -58,6 +58,7 @@ type server struct {
 	stateDir string
 	logPath  string
 	http     *http.Client
+	pid      int // the serve process (ip netns exec execs it in place)
 }
 
 // profileSpec is what a test varies in the profile it installs.
@@ -120,6 +121,7 @@ profiles:
 		cancel()
 		t.Fatalf("starting pxe-anywhere serve: %v", err)
 	}
+	s.pid = cmd.Process.Pid
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	t.Cleanup(func() {

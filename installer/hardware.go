@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -29,6 +30,10 @@ type Hardware struct {
 	NICs        []HardwareNIC  `json:"nics"`
 	Firmware    string         `json:"firmware"` // "bios" or "uefi"
 	Arch        string         `json:"arch"`     // uname -m
+	// BMCAddress is the IPv4 address of the machine's own BMC, as
+	// `ipmitool lan print` reports it (channel 1); "" when the image
+	// has no ipmitool, the machine no BMC, or the BMC no address.
+	BMCAddress string `json:"bmc_address,omitempty"`
 	// Facter is the nixos-facter report (JSON), when the image has the
 	// tool and its report fits the limit; nil otherwise.
 	Facter json.RawMessage `json:"-"`
@@ -91,6 +96,10 @@ for i in /sys/class/net/*; do
 	drv=; [ -e "$i/device/driver" ] && drv=$(readlink "$i/device/driver")
 	printf 'nic\t%s\t%s\t%s\t%s\t%s\n' "$name" "$(v $i/address)" "${drv##*/}" "$(v $i/operstate)" "$(v $i/speed 2>/dev/null)"
 done
+if command -v ipmitool >/dev/null 2>&1; then
+	a=$(timeout 15 ipmitool lan print 2>/dev/null </dev/null | head -c 16384 | grep -m1 -E '^IP Address +:' | cut -d: -f2- | head -c 64 | tr -d ' \t\r')
+	printf 'bmc_address\t%s\n' "$a"
+fi
 `
 
 // facterCommand prints nixos-facter's report, or exits 3 when the image
@@ -198,6 +207,12 @@ func parseHardware(out []byte) (Hardware, error) {
 			}
 		case "arch":
 			hw.Arch = val(1)
+		case "bmc_address":
+			// An IPv4 address a BMC can be reached at; 0.0.0.0 is a
+			// BMC without one.
+			if ip := net.ParseIP(val(1)).To4(); ip != nil && !ip.IsUnspecified() && !ip.IsLoopback() && !ip.IsMulticast() {
+				hw.BMCAddress = ip.String()
+			}
 		case "disk":
 			if len(hw.Disks) >= maxDevices {
 				continue

@@ -98,3 +98,45 @@ func TestCollectHardwareRefusesOtherHostKey(t *testing.T) {
 		t.Fatalf("err %v, want a host key mismatch", err)
 	}
 }
+
+// lanPrint is `ipmitool lan print` of a BMC at 10.20.30.40, as
+// ipmitool 1.8 prints it.
+const lanPrint = `Set in Progress         : Set Complete
+Auth Type Support       : NONE MD2 MD5 PASSWORD
+IP Address Source       : Static Address
+IP Address              : %s
+Subnet Mask             : 255.255.255.0
+MAC Address             : 00:11:22:33:44:55
+Default Gateway IP      : 10.20.30.1
+`
+
+// TestCollectHardwareBMCAddress: an ipmitool on the target (first on
+// its PATH) tells the BMC's LAN address; one that fails, prints no
+// address, 0.0.0.0, or garbage leaves the fact empty, and the rest of
+// the facts stand.
+func TestCollectHardwareBMCAddress(t *testing.T) {
+	for _, tt := range []struct {
+		name, script, want string
+	}{
+		{"lan print", `[ "$*" = "lan print" ] || exit 2; cat <<'E'
+` + strings.ReplaceAll(lanPrint, "%s", "10.20.30.40") + "E\n", "10.20.30.40"},
+		{"no BMC", `echo "Could not open device at /dev/ipmi0: No such file or directory" >&2; exit 1`, ""},
+		{"unset address", "cat <<'E'\n" + strings.ReplaceAll(lanPrint, "%s", "0.0.0.0") + "E\n", ""},
+		{"not an address", "cat <<'E'\n" + strings.ReplaceAll(lanPrint, "%s", "10.20.30.40; rm -rf /") + "E\n", ""},
+		{"endless output", `yes "IP Address Source       : Static Address"`, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := start(t, rackServer(sshtarget.Options{StandIns: map[string]string{"ipmitool": tt.script + "\n"}}))
+			hw, err := installer.CollectHardware(context.Background(), installer.HardwareOptions{
+				Target:  installer.Target{Host: e.tg.Host, Port: e.tg.Port},
+				Signers: []ssh.Signer{e.signer}, HostKey: e.tg.HostKey,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if hw.BMCAddress != tt.want || hw.Vendor != "Acme Computers" {
+				t.Fatalf("bmc_address %q (vendor %q), want %q", hw.BMCAddress, hw.Vendor, tt.want)
+			}
+		})
+	}
+}

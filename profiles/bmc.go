@@ -11,6 +11,8 @@ import (
 
 	"github.com/pxe-anywhere/pxe-anywhere/internal/privfile"
 	"gopkg.in/yaml.v3"
+
+	"github.com/pxe-anywhere/pxe-anywhere/rules"
 )
 
 // BMC is a `bmc:` block: how to reach a machine's baseboard management
@@ -37,6 +39,13 @@ const (
 	BMCIPMI    = "ipmi"
 	BMCRedfish = "redfish"
 )
+
+// BMCAddressFacts is the bmc.address that stands for the address that
+// discovery read on the machine itself (`ipmitool lan print`, fact
+// bmc_address): for blocks that serve many machines, a rule's or a
+// profile's. A machine that the config lists is not discovered, so
+// its merged block needs a real address.
+const BMCAddressFacts = "facts"
 
 // Merge returns b with the fields that over sets replacing its own. A
 // nil side yields the other.
@@ -78,6 +87,9 @@ func (c *Config) BMCOf(mac net.HardwareAddr) *BMC {
 	return prof.Merge(m.BMC)
 }
 
+// RuleBMC is rule r's bmc: block; nil when it has none.
+func (c *Config) RuleBMC(r *rules.Rule) *BMC { return c.ruleBMC[r] }
+
 // bmc decodes a bmc: block. Fields may be missing here and come from
 // the block it is merged with; validateBMCs checks the merged whole.
 func (d *decoder) bmc(n *yaml.Node, w string) *BMC {
@@ -99,7 +111,7 @@ func (d *decoder) bmc(n *yaml.Node, w string) *BMC {
 			d.errf(f["password_file"], w+".password_file", "", "%v", err)
 		}
 	}
-	if b.Address != "" {
+	if b.Address != "" && b.Address != BMCAddressFacts {
 		if err := checkBMCAddress(b.Address); err != nil {
 			d.errf(f["address"], w+".address", "host, host:port (ipmi) or https://host[/redfish/v1/Systems/ID] (redfish)", "%v", err)
 		}
@@ -137,6 +149,28 @@ func (d *decoder) validateBMCs(c *Config) {
 			d.errAt(line, w, "type: ipmi or type: redfish, on the machine or in its profile's bmc", "missing type")
 		case b.Address == "":
 			d.errAt(line, w, "each machine's BMC has its own address: set bmc.address on the machine", "missing address")
+		case b.Type == BMCIPMI && strings.Contains(b.Address, "://"):
+			d.errAt(line, w, "ipmi takes host or host:port", "address %q is a URL", b.Address)
+		case b.Address == BMCAddressFacts:
+			d.errAt(line, w, "a listed machine is not discovered, so has no BMC address in its facts: set bmc.address on the machine", "address: facts")
+		}
+	}
+	for i, r := range c.Rules {
+		rb := c.RuleBMC(r)
+		if rb == nil {
+			continue
+		}
+		var prof *BMC
+		if p := c.Profile(r.Profile); p != nil {
+			prof = p.BMC
+		}
+		b := prof.Merge(rb)
+		line, w := d.lines[rb.Where], fmt.Sprintf("rules[%d]: bmc", i)
+		switch {
+		case b.Type == "":
+			d.errAt(line, w, "type: ipmi or type: redfish, on the rule or in its profile's bmc", "missing type")
+		case b.Address == "":
+			d.errAt(line, w, "address: facts (what discovery read with ipmitool), or a host", "missing address")
 		case b.Type == BMCIPMI && strings.Contains(b.Address, "://"):
 			d.errAt(line, w, "ipmi takes host or host:port", "address %q is a URL", b.Address)
 		}

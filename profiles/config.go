@@ -34,6 +34,9 @@ type Config struct {
 	// Rules decide a profile for machines that Machines does not list,
 	// first match wins (rules package).
 	Rules []*rules.Rule
+	// ruleBMC holds the bmc: block of each rule that has one (see
+	// RuleBMC).
+	ruleBMC map[*rules.Rule]*BMC
 }
 
 // UnknownPolicy says what to do with a machine whose MAC is not listed.

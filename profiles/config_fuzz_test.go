@@ -26,6 +26,7 @@ func FuzzParse(f *testing.F) {
 		base,
 		base + "machines:\n  - {mac: \"52:54:00:12:34:01\", profile: web, ip: 10.77.0.5}\n",
 		base + "    bmc: {type: ipmi, user: admin}\nmachines:\n  - {mac: \"52:54:00:12:34:01\", profile: web, netboot: http, bmc: {address: \"10.0.0.5:623\", timeout: 5s}}\n",
+		base + "    bmc: {type: ipmi, user: admin}\nserver:\n  unknown_machines: discover\n  discover_image: nixos\nrules:\n  - {match: {serial: \"R3-*\"}, profile: web, bmc: {address: facts}}\n",
 		"a: &x [*x]\n",
 		"server: &s {max_installs: 2}\ndhcp: *s\n",
 		"{\"images\": {\"a\": {\"kernel\": \"k\", \"initrd\": [\"i\"]}}}",

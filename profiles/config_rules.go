@@ -21,6 +21,7 @@ const maxRules = 1000
 //	    match: {product: "PowerEdge R7*", memory: ">= 256GiB"}
 //	    profile: storage
 //	    hostname: "st-{serial}"
+//	    bmc: {address: facts}   # over the profile's bmc: block
 //
 // Each rule is compiled here, so that `config check` reports a bad
 // pattern, an unknown matcher or template field, or a profile that does
@@ -37,7 +38,7 @@ func (d *decoder) rules(c *Config, n *yaml.Node) {
 	names := map[string]int{}
 	for i, rn := range n.Content {
 		w := fmt.Sprintf("rules[%d]", i)
-		f := d.fields(rn, w, "name", "match", "profile", "hostname")
+		f := d.fields(rn, w, "name", "match", "profile", "hostname", "bmc")
 		var s rules.Spec
 		d.setStr(&s.Name, f["name"], w+".name")
 		if s.Name != "" {
@@ -54,6 +55,10 @@ func (d *decoder) rules(c *Config, n *yaml.Node) {
 			d.errf(f["profile"], w+".profile", suggest(s.Profile, d.profileOrder, "add it under profiles:"), "unknown profile %q", s.Profile)
 		}
 		d.setStr(&s.Hostname, f["hostname"], w+".hostname")
+		var rb *BMC // decoded even when the rule has other errors
+		if f["bmc"] != nil {
+			rb = d.bmc(f["bmc"], w+".bmc")
+		}
 		matchNodes := map[string]*yaml.Node{}
 		if f["match"] == nil {
 			d.errf(rn, w, "for example match: {mac_prefix: \"52:54:00\"}", "missing match")
@@ -81,6 +86,12 @@ func (d *decoder) rules(c *Config, n *yaml.Node) {
 				"the rule needs hardware facts, which only discovery collects")
 		}
 		c.Rules = append(c.Rules, r)
+		if rb != nil {
+			if c.ruleBMC == nil {
+				c.ruleBMC = map[*rules.Rule]*BMC{}
+			}
+			c.ruleBMC[r] = rb
+		}
 	}
 }
 

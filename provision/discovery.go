@@ -312,6 +312,9 @@ func (p *Provisioner) collectFacts(ctx context.Context, b store.Boot, ip string)
 	}
 	msg := fmt.Sprintf("facts collected: %s %s, serial %q; %d CPUs; %s memory; disks: %s; firmware %s %s",
 		orNone(hw.Vendor), orNone(hw.Product), hw.Serial, hw.CPUCount, gib(hw.MemoryBytes), orNone(strings.Join(disks, ", ")), hw.Firmware, hw.Arch)
+	if hw.BMCAddress != "" {
+		msg += "; BMC at " + hw.BMCAddress
+	}
 	if hw.Facter != nil {
 		msg += "; nixos-facter report kept"
 	}

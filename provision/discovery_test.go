@@ -50,7 +50,9 @@ func newDiscoveryHandoff(t *testing.T, serial string) *handoff {
 func (h *handoff) rackMachine(t *testing.T, hostKey, authKeys []byte) *sshtarget.Target {
 	t.Helper()
 	reboot := `cp -a /mnt "$PXE_TARGET_DIR/disk"; rm -f "$PXE_TARGET_DIR/next"; kill "$(cat "$PXE_TARGET_DIR/sshd.pid")"` + "\n"
-	tg := sshtarget.Start(t, sshtarget.Options{HostKeyPEM: hostKey, AuthorizedKeys: authKeys, StandIns: map[string]string{"reboot": reboot},
+	// Its BMC's LAN settings, as ipmitool prints them.
+	ipmitool := `[ "$*" = "lan print" ] || exit 2; printf 'IP Address Source       : Static Address\nIP Address              : 10.77.9.9\nSubnet Mask             : 255.255.255.0\n'` + "\n"
+	tg := sshtarget.Start(t, sshtarget.Options{HostKeyPEM: hostKey, AuthorizedKeys: authKeys, StandIns: map[string]string{"reboot": reboot, "ipmitool": ipmitool},
 		NetNS: h.client.Name, ListenAddr: h.ip,
 		DMI:   map[string]string{"sys_vendor": "Acme\n", "product_name": "Rack 9000\n", "product_serial": "SN-77\n", "product_uuid": "4c4c4544-0000\n"},
 		Files: map[string]string{"/proc/meminfo": "MemTotal:        4194304 kB\n"}})
@@ -94,13 +96,14 @@ func TestDiscoveryRuleInstallsInSameBoot(t *testing.T) {
 		t.Fatalf("installed as %+v, want profile web, hostname node-sn-77", rec)
 	}
 	calls := tg.Calls()
-	if len(calls) < 3 || calls[0] != "disko" || calls[len(calls)-1] != "reboot" {
+	if len(calls) < 4 || calls[0] != "ipmitool lan print" || calls[1] != "disko" || calls[len(calls)-1] != "reboot" {
 		t.Fatalf("target calls %q", calls)
 	}
 	ev := h.events(t)
 	for _, w := range []string{
 		"PXE boot into the installer (discover)",
 		`facts collected: Acme Rack 9000, serial "SN-77"`,
+		"; BMC at 10.77.9.9",
 		`assigned profile web, hostname node-sn-77, by rule: rule "rack9000" (rules[0]) matched: memory="4294967296" (pattern ">= 1GiB"), product="Rack 9000" (pattern "Rack 9000"), serial="SN-77" (pattern "SN-*") (after discovery)`,
 		"its installer is up at " + h.ip + ": installing with profile web in this boot",
 		"installed with profile web",
@@ -120,8 +123,9 @@ func TestDiscoveryRuleInstallsInSameBoot(t *testing.T) {
 		Product     string `json:"product"`
 		Serial      string `json:"serial"`
 		MemoryBytes int64  `json:"memory_bytes"`
+		BMCAddress  string `json:"bmc_address"`
 	}
-	if err := json.Unmarshal(v.Facts.Hardware, &hw); err != nil || hw.Product != "Rack 9000" || hw.Serial != "SN-77" || hw.MemoryBytes != 4<<30 {
+	if err := json.Unmarshal(v.Facts.Hardware, &hw); err != nil || hw.Product != "Rack 9000" || hw.Serial != "SN-77" || hw.MemoryBytes != 4<<30 || hw.BMCAddress != "10.77.9.9" {
 		t.Fatalf("facts in the API: %s (%v)", v.Facts.Hardware, err)
 	}
 	var dc struct {
@@ -155,8 +159,9 @@ func TestDiscoveryAssignStartsAtOnce(t *testing.T) {
 	if r, _ := h.store.Machine(context.Background(), macA); r.State != store.StateInstallerUp || r.Profile != "" {
 		t.Fatalf("unmatched machine: %+v", r)
 	}
-	if len(tg.Calls()) != 0 {
-		t.Fatalf("unmatched machine was touched: %q", tg.Calls())
+	// Discovery only read its facts (ipmitool lan print among them).
+	if c := tg.Calls(); len(c) != 1 || c[0] != "ipmitool lan print" {
+		t.Fatalf("unmatched machine was touched: %q", c)
 	}
 	if code, _ := h.adminCurl(t, "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", `{"profile":"web"}`, h.admin+"/api/v1/machines/"+macA+"/assign"); code != "401" {
 		t.Fatalf("assign without the API token: %s", code)

@@ -10,6 +10,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/installer"
 	"github.com/pxe-anywhere/pxe-anywhere/power"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+	"github.com/pxe-anywhere/pxe-anywhere/rules"
 )
 
 // maxPowerCalls bounds the BMC operations under way at once: each holds
@@ -29,19 +30,32 @@ var newController = func(b *profiles.BMC) (power.Controller, error) {
 }
 
 // bmcOf returns the controller of mac's BMC and a name for it in
-// events ("BMC ipmi 10.0.0.5").
-func (p *Provisioner) bmcOf(mac string) (power.Controller, string, error) {
+// events ("BMC ipmi 10.0.0.5"). A machine the config lists has its
+// block over its profile's; one that a rule assigned, the rule's block
+// (if the rule that matches it now still names its profile) over the
+// profile's; one an operator assigned, its profile's. The address
+// "facts" is the one discovery read on the machine.
+func (p *Provisioner) bmcOf(ctx context.Context, mac string) (power.Controller, string, error) {
 	hw, err := net.ParseMAC(mac)
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %v", admin.ErrNotFound, err)
 	}
 	cfg := p.cfg.Load()
-	if cfg.MachineByMAC(hw) == nil {
-		return nil, "", fmt.Errorf("%w: machine %s is not in the config", admin.ErrNotFound, mac)
+	b, err := p.bmcBlock(ctx, cfg, hw.String())
+	if err != nil {
+		return nil, "", err
 	}
-	b := cfg.BMCOf(hw)
-	if b == nil {
-		return nil, "", fmt.Errorf("%w: machine %s has no bmc: in the config (on the machine or its profile)", admin.ErrConflict, mac)
+	if b.Address == profiles.BMCAddressFacts {
+		_, facts, err := p.storedInput(ctx, hw.String())
+		switch {
+		case err != nil:
+			return nil, "", err
+		case facts == nil || facts.BMCAddress == "":
+			return nil, "BMC " + b.Type + " (address from facts)", fmt.Errorf("%w: %s: address: facts, but discovery read no BMC address on machine %s (ipmitool lan print)", admin.ErrConflict, b.Where, mac)
+		}
+		c := *b
+		c.Address = facts.BMCAddress
+		b = &c
 	}
 	name := "BMC " + b.Type + " " + b.Address
 	c, err := newController(b)
@@ -49,6 +63,43 @@ func (p *Provisioner) bmcOf(mac string) (power.Controller, string, error) {
 		return nil, name, fmt.Errorf("%w: %v", admin.ErrBMC, err)
 	}
 	return c, name, nil
+}
+
+// bmcBlock is the merged bmc: block that applies to mac (see bmcOf).
+func (p *Provisioner) bmcBlock(ctx context.Context, cfg *profiles.Config, mac string) (*profiles.BMC, error) {
+	if cfg.MachineByMAC(mustMAC(mac)) != nil {
+		if b := cfg.BMCOf(mustMAC(mac)); b != nil {
+			return b, nil
+		}
+		return nil, fmt.Errorf("%w: machine %s has no bmc: in the config (on the machine or its profile)", admin.ErrConflict, mac)
+	}
+	m, by, err := p.machineFor(ctx, cfg, mac)
+	if err != nil {
+		return nil, err
+	}
+	if m == nil {
+		return nil, fmt.Errorf("%w: machine %s is not in the config, and no rule or operator assigned it a profile", admin.ErrNotFound, mac)
+	}
+	var b *profiles.BMC
+	if prof := cfg.Profile(m.Profile); prof != nil {
+		b = prof.BMC
+	}
+	if by == byRule && len(cfg.Rules) > 0 {
+		seen, facts, err := p.storedInput(ctx, mac)
+		if err != nil {
+			return nil, err
+		}
+		if d := rules.Evaluate(cfg.Rules, seen.input(mac, facts)); d.Rule != nil && d.Rule.Profile == m.Profile {
+			b = b.Merge(cfg.RuleBMC(d.Rule))
+		}
+	}
+	if b == nil {
+		return nil, fmt.Errorf("%w: machine %s has no bmc: in the config (on its rule or its profile %s)", admin.ErrConflict, mac, m.Profile)
+	}
+	if b.Type == "" || b.Address == "" {
+		return nil, fmt.Errorf("%w: %s of machine %s: missing type or address", admin.ErrConflict, b.Where, mac)
+	}
+	return b, nil
 }
 
 // powerCall runs f with a slot, and records a failure in mac's events
@@ -72,7 +123,7 @@ func (p *Provisioner) powerCall(ctx context.Context, mac, what, by string, f fun
 // fails.
 func (p *Provisioner) Power(ctx context.Context, mac, action, by string) (admin.PowerView, error) {
 	v := admin.PowerView{MAC: mac, Action: action}
-	c, name, err := p.bmcOf(mac)
+	c, name, err := p.bmcOf(ctx, mac)
 	if err != nil {
 		if name != "" {
 			p.event(context.WithoutCancel(ctx), mac, "", fmt.Sprintf("power %s requested by %s: %s: %v", action, by, name, err))
@@ -119,7 +170,7 @@ func (p *Provisioner) ReinstallPowerCycle(ctx context.Context, mac, by string) (
 	v := admin.PowerView{MAC: mac, Action: "reinstall+cycle"}
 	// The BMC is checked first, so a machine without one is not left
 	// armed by a request that cannot be carried out.
-	c, name, err := p.bmcOf(mac)
+	c, name, err := p.bmcOf(ctx, mac)
 	if err != nil {
 		return v, err
 	}
@@ -150,7 +201,7 @@ func (p *Provisioner) poweroffByBMC(ctx context.Context, mac string, prof *profi
 	if prof.AfterInstall != profiles.AfterPoweroff || !errors.As(err, &pe) || pe.Phase != installer.PhaseReboot {
 		return false
 	}
-	c, name, berr := p.bmcOf(mac)
+	c, name, berr := p.bmcOf(ctx, mac)
 	if berr != nil {
 		return false
 	}

@@ -63,6 +63,10 @@ type Facts struct {
 	NICs        []NIC  `json:"nics"`
 	Firmware    string `json:"firmware"` // "bios" or "uefi"
 	Arch        string `json:"arch"`     // x86_64, aarch64, i686
+	// BMCAddress is the machine's own BMC's IPv4 address, as discovery
+	// read it (ipmitool lan print); "" when it could not. A bmc: block
+	// with address: facts uses it.
+	BMCAddress string `json:"bmc_address,omitempty"`
 }
 
 // Input is everything rules may look at. Facts is nil until the machine
