@@ -40,6 +40,18 @@ const (
 	UnknownDiscover  UnknownPolicy = "discover"
 )
 
+// RAMode says whether serve answers IPv6 router solicitations on its
+// interfaces (package ra).
+type RAMode string
+
+// The router_advertisements values.
+const (
+	// RAAuto answers, except on an interface where another router
+	// advertises.
+	RAAuto RAMode = "auto"
+	RAOff  RAMode = "off"
+)
+
 // Server is the `server:` section.
 type Server struct {
 	Interfaces []string
@@ -78,6 +90,9 @@ type Server struct {
 	// Trust is how boots are bound to machines, for profiles that do
 	// not say and for discovered machines.
 	Trust Trust
+	// RouterAdvertisements ends iPXE's wait for IPv6 routers (auto) or
+	// leaves it to run out (off).
+	RouterAdvertisements RAMode
 
 	// limits (state): what strangers can make the server
 	// keep is bounded.

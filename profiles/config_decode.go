@@ -239,7 +239,7 @@ func (d *decoder) config(root *yaml.Node) *Config {
 	c := &Config{
 		Server: Server{
 			AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere",
-			MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP,
+			MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP, RouterAdvertisements: RAAuto,
 			KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents,
 			MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered,
 			Limits: DefaultLimits(),
@@ -290,6 +290,7 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	const w = "server"
 	f := d.fields(n, w, "interfaces", "advertise", "http_listen", "admin_listen", "tls_cert", "tls_key", "tftp_listen",
 		"state_dir", "ipxe_dir", "api_token_file", "ssh_key", "max_installs", "unknown_machines", "discover_image", "trust",
+		"router_advertisements",
 		// limits (state)
 		"keep_boots", "keep_events", "max_unknown_macs", "max_discovered",
 		// limits (protocol bounds)
@@ -332,6 +333,9 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	d.setStr(&s.DiscoverImage, f["discover_image"], w+".discover_image")
 	if v, ok := d.enum(f["trust"], w+".trust", string(TrustDHCP), string(TrustMAC)); ok {
 		s.Trust = Trust(v)
+	}
+	if v, ok := d.enum(f["router_advertisements"], w+".router_advertisements", string(RAAuto), string(RAOff)); ok {
+		s.RouterAdvertisements = RAMode(v)
 	}
 	// limits (state)
 	d.setInt(&s.KeepBoots, f["keep_boots"], w+".keep_boots", 1, 100000)

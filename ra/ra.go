@@ -358,7 +358,10 @@ func Advertisement() []byte {
 func (s *Server) advertise(l *link, to netip.Addr) error {
 	dst := allNodes
 	if !to.IsUnspecified() {
-		dst = &net.IPAddr{IP: to.AsSlice(), Zone: l.ifi.Name}
+		// No zone: the interface index of the control message scopes
+		// the link-local address. (A zone name would go through the
+		// net package's process-wide name→index cache.)
+		dst = &net.IPAddr{IP: to.AsSlice()}
 	}
 	if _, err := s.conn.WriteTo(Advertisement(), &ipv6.ControlMessage{IfIndex: l.ifi.Index, HopLimit: 255}, dst); err != nil {
 		return err

@@ -20,85 +20,6 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
 )
 
-// heard is one router advertisement a test host received.
-type heard struct {
-	from     netip.Addr
-	hopLimit int
-	msg      []byte
-}
-
-// solicit sends n router solicitations from ns's link, gap apart, and
-// returns the advertisements that arrive until wait after the last.
-func solicit(t *testing.T, ns *netlab.NS, n int, gap, wait time.Duration) []heard {
-	t.Helper()
-	var got []heard
-	err := netlab.Do(ns, func() error {
-		ifi, err := net.InterfaceByName(ns.Link)
-		if err != nil {
-			return err
-		}
-		raw, err := icmp.ListenPacket("ip6:ipv6-icmp", "::")
-		if err != nil {
-			return err
-		}
-		defer raw.Close()
-		c := raw.IPv6PacketConn()
-		var f ipv6.ICMPFilter
-		f.SetAll(true)
-		f.Accept(ipv6.ICMPTypeRouterAdvertisement)
-		c.SetICMPFilter(&f)
-		c.SetControlMessage(ipv6.FlagHopLimit|ipv6.FlagInterface, true)
-		c.SetMulticastHopLimit(255)
-		rs, _ := (&icmp.Message{Type: ipv6.ICMPTypeRouterSolicitation, Body: &icmp.RawBody{Data: make([]byte, 4)}}).Marshal(nil)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			for i := 0; i < n; i++ {
-				if i > 0 {
-					time.Sleep(gap)
-				}
-				if _, err := c.WriteTo(rs, &ipv6.ControlMessage{IfIndex: ifi.Index}, allRouters); err != nil {
-					t.Errorf("send solicitation: %v", err)
-				}
-			}
-		}()
-		c.SetReadDeadline(time.Now().Add(time.Duration(n-1)*gap + wait))
-		buf := make([]byte, 1500)
-		for {
-			m, cm, src, err := c.ReadFrom(buf)
-			if err != nil {
-				<-done
-				return nil // the deadline
-			}
-			a, _ := netip.AddrFromSlice(ipOf(src))
-			h := heard{from: a.WithZone(""), msg: bytes.Clone(buf[:m])}
-			if cm != nil {
-				h.hopLimit = cm.HopLimit
-			}
-			got = append(got, h)
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return got
-}
-
-// linkLocal waits until dev in ns has a link-local address that passed
-// duplicate address detection, and returns it.
-func linkLocal(t *testing.T, lab *netlab.Lab, ns *netlab.NS, dev string) netip.Addr {
-	t.Helper()
-	re := regexp.MustCompile(`inet6 (fe80::[0-9a-f:]+)/64 scope link`)
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		out := lab.Run(ns, "ip", "-6", "addr", "show", "dev", dev)
-		if m := re.FindStringSubmatch(out); m != nil && !strings.Contains(out, "tentative") {
-			return netip.MustParseAddr(m[1])
-		}
-	}
-	t.Fatalf("%s has no usable link-local address:\n%s", dev, lab.Run(ns, "ip", "-6", "addr", "show", "dev", dev))
-	return netip.Addr{}
-}
-
 // start runs a responder on the lab's bridge and returns its metrics
 // and log; it stops when the test ends.
 func start(t *testing.T, lab *netlab.Lab, listenFirst time.Duration) (*prometheus.Registry, *syncbuf.Buffer) {
@@ -130,10 +51,20 @@ func start(t *testing.T, lab *netlab.Lab, listenFirst time.Duration) (*prometheu
 	return reg, &logs
 }
 
-func from(hs []heard, a netip.Addr) []heard {
-	var out []heard
+// solicit is netlab.Solicit that fails t on error.
+func solicit(t *testing.T, ns *netlab.NS, n int, gap, wait time.Duration) []netlab.Advert {
+	t.Helper()
+	got, err := netlab.Solicit(ns, n, gap, wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func from(hs []netlab.Advert, a netip.Addr) []netlab.Advert {
+	var out []netlab.Advert
 	for _, h := range hs {
-		if h.from == a {
+		if h.From == a {
 			out = append(out, h)
 		}
 	}
@@ -161,8 +92,9 @@ func TestHarmlessToLinuxHost(t *testing.T) {
 	netlab.Require(t)
 	lab := netlab.New(t, "10.151.0.0/24")
 	host := lab.Client("52:54:00:97:01:01")
-	linkLocal(t, lab, host, "eth0")
-	ours := linkLocal(t, lab, lab.Server, lab.Bridge)
+	lab.LinkLocal(host, "eth0")
+	lab.QuietKernel(host, "eth0")
+	ours := lab.LinkLocal(lab.Server, lab.Bridge)
 	// The host's own kernel solicits at link-up; let those pass first
 	// (3 tries, 4 s apart, then it stops) so that "before" is settled.
 	state := func() string {
@@ -182,8 +114,8 @@ func TestHarmlessToLinuxHost(t *testing.T) {
 	if len(got) != 1 {
 		t.Fatalf("%d advertisements for 3 solicitations within a second, want 1", len(got))
 	}
-	if h := got[0]; h.hopLimit != 255 || !bytes.Equal(h.msg[4:], make([]byte, 12)) || h.msg[0] != 134 || h.msg[1] != 0 || len(h.msg) != 16 {
-		t.Errorf("advertisement: hop limit %d, % x; want 255 and type 134, code 0, then 12 zero bytes", h.hopLimit, h.msg)
+	if h := got[0]; h.HopLimit != 255 || !bytes.Equal(h.Msg[4:], make([]byte, 12)) || h.Msg[0] != 134 || h.Msg[1] != 0 || len(h.Msg) != 16 {
+		t.Errorf("advertisement: hop limit %d, % x; want 255 and type 134, code 0, then 12 zero bytes", h.HopLimit, h.Msg)
 	}
 	// A second later the same host is answered again.
 	time.Sleep(time.Second)
@@ -210,15 +142,15 @@ func TestForeignRouterSilences(t *testing.T) {
 		lab := netlab.New(t, "10.152.0.0/24")
 		host := lab.Client("52:54:00:97:02:01")
 		router := lab.Client("52:54:00:97:02:02")
-		linkLocal(t, lab, host, "eth0")
-		linkLocal(t, lab, router, "eth0")
-		ours := linkLocal(t, lab, lab.Server, lab.Bridge)
+		lab.LinkLocal(host, "eth0")
+		lab.QuietKernel(host, "eth0")
+		ours := lab.LinkLocal(lab.Server, lab.Bridge)
 		// Like radvd with AdvRASolicitedUnicast (its default): it
 		// answers each solicitation to the solicitor only.
 		stop := runRouter(t, router, false)
 		defer stop()
 		// The router answers before the responder starts.
-		routerLL := linkLocal(t, lab, router, "eth0")
+		routerLL := lab.LinkLocal(router, "eth0")
 		for i := 0; len(from(solicit(t, host, 1, 0, 500*time.Millisecond), routerLL)) == 0; i++ {
 			if i == 20 {
 				t.Fatal("the test router does not answer")
@@ -235,9 +167,10 @@ func TestForeignRouterSilences(t *testing.T) {
 		lab := netlab.New(t, "10.153.0.0/24")
 		host := lab.Client("52:54:00:97:03:01")
 		router := lab.Client("52:54:00:97:03:02")
-		linkLocal(t, lab, host, "eth0")
-		linkLocal(t, lab, router, "eth0")
-		ours := linkLocal(t, lab, lab.Server, lab.Bridge)
+		lab.LinkLocal(host, "eth0")
+		lab.QuietKernel(host, "eth0")
+		lab.LinkLocal(router, "eth0")
+		ours := lab.LinkLocal(lab.Server, lab.Bridge)
 		reg, logs := start(t, lab, 500*time.Millisecond)
 		time.Sleep(time.Second)
 		if got := from(solicit(t, host, 1, 0, time.Second), ours); len(got) != 1 {
@@ -311,7 +244,7 @@ func runRouter(t *testing.T, ns *netlab.NS, announce bool) (stop func()) {
 					return nil
 				}
 				dst := src.(*net.IPAddr)
-				dst.Zone = ifi.Name
+				dst.Zone = ""
 				c.WriteTo(ra, &ipv6.ControlMessage{IfIndex: ifi.Index}, dst)
 			}
 		})
