@@ -164,6 +164,12 @@ func TestFirmwareBootOptions(t *testing.T) {
 				if mode == Authoritative && !resp.YourIPAddr.Equal(net.ParseIP("10.80.0.100")) {
 					t.Errorf("authoritative offer address %s", resp.YourIPAddr)
 				}
+				// Only iPXE, only from the authoritative server (a proxy
+				// offer has no address: iPXE must wait for the other's).
+				wantNoProxy := mode == Authoritative && tt.userClass != ""
+				if got := resp.Options.Get(optIPXEEncap); wantNoProxy != (got != nil) || (wantNoProxy && !bytes.Equal(got, []byte{176, 1, 1})) {
+					t.Errorf("option 175 %x, want iPXE's no-ProxyDHCP flag: %v", got, wantNoProxy)
+				}
 			})
 		}
 	}

@@ -272,9 +272,24 @@ func (s *Server) lease(req *dhcpv4.DHCPv4, m Machine, mt dhcpv4.MessageType, ip 
 		if err := s.bootOptions(req, resp, m); err != nil && !s.noBootFile(err, m) {
 			s.log.Warn("no boot options for this machine", "mac", m.MAC.String(), "err", err)
 		}
+		if m.Firmware.IPXE {
+			// This offer carries the address and the script both:
+			// iPXE need not wait for ProxyDHCP offers.
+			resp.UpdateOption(dhcpv4.OptGeneric(optIPXEEncap, ipxeNoProxyDHCP))
+		}
 	}
 	return resp, nil
 }
+
+// optIPXEEncap is iPXE's encapsulated option space (175), and
+// ipxeNoProxyDHCP its sub-option 176 (DHCP_EB_NO_PXEDHCP) set to 1:
+// "skip PXE DHCP extensions such as ProxyDHCP". An authoritative offer
+// is the only one that matters to iPXE here; without the flag iPXE may
+// hold the offer for up to its ProxyDHCP timeout before requesting it.
+// Other clients ignore option 175.
+const optIPXEEncap = dhcpv4.GenericOptionCode(175)
+
+var ipxeNoProxyDHCP = []byte{176, 1, 1}
 
 func (s *Server) networkOptions(resp *dhcpv4.DHCPv4) {
 	resp.UpdateOption(dhcpv4.OptServerIdentifier(s.cfg.ServerIP.AsSlice()))

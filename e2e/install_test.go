@@ -66,6 +66,7 @@ type profileSpec struct {
 	system string // store path of the system toplevel
 	mac    string
 	proxy  bool // proxy DHCP beside another server, not authoritative
+	raOff  bool // server.router_advertisements: off
 }
 
 // startServer writes a config for one machine and starts the server.
@@ -86,6 +87,7 @@ func startServer(t *testing.T, lab *netlab.Lab, p profileSpec) *server {
   tftp_listen: ":69"
   state_dir: %[2]s
   unknown_machines: ignore
+  router_advertisements: %[11]s
 %[10]s
 images:
   test:
@@ -104,7 +106,7 @@ machines:
   - mac: "%[9]s"
     profile: e2e
     hostname: e2e-01
-`, serverIP, state, kernel, initrd, p.disko, p.system, diskKey, extra, p.mac, dhcpConfig(p.proxy))
+`, serverIP, state, kernel, initrd, p.disko, p.system, diskKey, extra, p.mac, dhcpConfig(p.proxy), raMode(p.raOff))
 	cfgPath := filepath.Join(dir, "config.yaml")
 	writeFile(t, cfgPath, cfg, 0o600)
 
@@ -188,6 +190,13 @@ func dhcpConfig(proxy bool) string {
   range: [10.77.0.100, 10.77.0.200]
   router: ` + serverIP + `
   lease_time: 1h`
+}
+
+func raMode(off bool) string {
+	if off {
+		return "off"
+	}
+	return "auto"
 }
 
 // plainDHCP runs dnsmasq as the site's existing DHCP server: addresses
