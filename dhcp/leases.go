@@ -299,23 +299,28 @@ func (p *pool) runFlusher(ctx context.Context, onErr func(error)) {
 	p.mu.Lock()
 	p.flush = make(chan struct{}, 1)
 	p.mu.Unlock()
-	write := func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if err := p.save(); err != nil {
-			onErr(err)
-		}
-	}
 	for {
 		select {
 		case <-ctx.Done():
 			p.mu.Lock()
 			p.flush = nil
+			err := p.save()
 			p.mu.Unlock()
-			write()
+			if err != nil {
+				onErr(err)
+			}
 			return
 		case <-p.flush:
-			write()
+			// Only the copy is made under the lock: encoding and
+			// writing thousands of leases there held up every packet
+			// for as long. This goroutine is the only writer while
+			// p.flush is set.
+			p.mu.Lock()
+			leases := p.current()
+			p.mu.Unlock()
+			if err := p.write(leases); err != nil {
+				onErr(err)
+			}
 			select {
 			case <-ctx.Done():
 			case <-time.After(flushEvery):
@@ -327,14 +332,25 @@ func (p *pool) runFlusher(ctx context.Context, onErr func(error)) {
 // save writes the bound leases to the lease file atomically, mode 0600;
 // the caller holds p.mu.
 func (p *pool) save() error {
-	if p.file == "" {
-		return nil
-	}
+	return p.write(p.current())
+}
+
+// current copies the leases in force; the caller holds p.mu.
+func (p *pool) current() []Lease {
 	leases := make([]Lease, 0, len(p.byMAC))
+	now := p.now()
 	for _, l := range p.byMAC {
-		if p.now().Before(l.Expiry) {
+		if now.Before(l.Expiry) {
 			leases = append(leases, *l)
 		}
+	}
+	return leases
+}
+
+// write writes leases to the lease file atomically, mode 0600.
+func (p *pool) write(leases []Lease) error {
+	if p.file == "" {
+		return nil
 	}
 	data, err := json.MarshalIndent(leases, "", "  ")
 	if err != nil {
