@@ -118,6 +118,9 @@ type Server struct {
 type Limits struct {
 	// TFTPMaxTransfers caps TFTP transfers under way at once.
 	TFTPMaxTransfers int
+	// TFTPWindow is how many blocks a TFTP transfer sends before it
+	// waits for their ACKs (1: RFC 1350's lock step).
+	TFTPWindow int
 	// HTTPHeaderTimeout and HTTPReadTimeout bound reading a request's
 	// headers and the whole request; HTTPIdleTimeout a keep-alive
 	// connection between requests.
@@ -143,6 +146,7 @@ type Limits struct {
 func DefaultLimits() Limits {
 	return Limits{
 		TFTPMaxTransfers:     256,
+		TFTPWindow:           1,
 		HTTPHeaderTimeout:    10 * time.Second,
 		HTTPReadTimeout:      30 * time.Second,
 		HTTPIdleTimeout:      60 * time.Second,

@@ -294,7 +294,7 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 		// limits (state)
 		"keep_boots", "keep_events", "max_unknown_macs", "max_discovered",
 		// limits (protocol bounds)
-		"tftp_max_transfers", "http_header_timeout", "http_read_timeout", "http_idle_timeout", "http_write_timeout",
+		"tftp_max_transfers", "tftp_window", "http_header_timeout", "http_read_timeout", "http_idle_timeout", "http_write_timeout",
 		"boot_max_per_source", "boot_scripts_per_minute", "sse_write_timeout", "sse_max_subscribers",
 		// limits (engine)
 		"target_line_bytes", "target_output_bytes", "install_log_head", "install_log_tail")
@@ -348,6 +348,7 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 // limits decodes the protocol bounds of `server:`.
 func (d *decoder) limits(l *Limits, f map[string]*yaml.Node, w string) {
 	d.setInt(&l.TFTPMaxTransfers, f["tftp_max_transfers"], w+".tftp_max_transfers", 1, 65535)
+	d.setInt(&l.TFTPWindow, f["tftp_window"], w+".tftp_window", 1, 60)
 	d.setDuration(&l.HTTPHeaderTimeout, f["http_header_timeout"], w+".http_header_timeout", time.Second, time.Hour)
 	d.setDuration(&l.HTTPReadTimeout, f["http_read_timeout"], w+".http_read_timeout", time.Second, time.Hour)
 	d.setDuration(&l.HTTPIdleTimeout, f["http_idle_timeout"], w+".http_idle_timeout", time.Second, time.Hour)

@@ -271,6 +271,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	lim := cfg.Server.Limits // read at start; a reload does not change them
 	tsrv.SetMaxTransfers(lim.TFTPMaxTransfers)
+	tsrv.SetWindow(lim.TFTPWindow)
 	if err := tsrv.Listen(cfg.Server.TFTPListen); err != nil {
 		return privilegeHint(err)
 	}
