@@ -90,6 +90,9 @@ pxa_config() { # file mode nmachines unknown image
 	  ipxe_dir: $WORK/tftproot
 	  max_installs: 2
 	  unknown_machines: $unknown
+	  # One client namespace (one address) makes all the HTTP load:
+	  # the per-source cap (default 8) would answer most of it 429.
+	  boot_max_per_source: 10000
 	dhcp:
 	  mode: $mode
 	  subnet: 10.77.0.0/16

@@ -114,13 +114,15 @@ func TestChainTimings(t *testing.T) {
 			case len(secs) == 0:
 				b.WriteString(" not seen |")
 			default:
+				// The best run: other work on the machine only ever
+				// adds time to a boot.
 				sort.Float64s(secs)
-				fmt.Fprintf(&b, " %.1f s (%s) |", secs[len(secs)/2], strings.Join(all, ", "))
+				fmt.Fprintf(&b, " %.1f s (%s) |", secs[0], strings.Join(all, ", "))
 			}
 		}
 		b.WriteString("\n")
 	}
-	t.Logf("chain timings, seconds after qemu started, median of %d (each run):%s", reps, b.String())
+	t.Logf("chain timings, seconds after qemu started, best of %d (each run):%s", reps, b.String())
 }
 
 // chainTimeline polls done every 100 ms until the installer kernel
