@@ -6,7 +6,7 @@ PKGS    := ./...
 # sudo drops /usr/local/go/bin from PATH; tests and the lab call go too.
 export PATH := $(patsubst %/,%,$(dir $(GO))):$(PATH)
 
-.PHONY: all build test lint run demo e2e bench setup check fuzz clean
+.PHONY: all build test lint run demo e2e bench chain-bench setup check fuzz clean
 
 all: build
 
@@ -42,6 +42,12 @@ run: demo
 
 bench: setup build
 	./bench/run.sh all
+
+# Power-on to installer kernel, BIOS and UEFI, pxe-anywhere beside
+# dnsmasq: one VM at a time under the VM lock (about 3 minutes per
+# repetition; PXE_CHAIN_REPS, default 2).
+chain-bench: build
+	flock /tmp/pxe-vm.lock env PXE_E2E=1 PXE_E2E_CHAIN=1 PXE_CHAIN_REPS=$${PXE_CHAIN_REPS:-2} PXE_LAB_REQUIRED=1 PXE_E2E_BIN=$(abspath $(BIN)) $(GO) test -count=1 -timeout 60m -v -run TestChainTimings ./e2e/
 
 check: setup lint
 	PXE_LAB_REQUIRED=1 $(MAKE) test

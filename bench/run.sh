@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/run.sh [dhcp|tftp|http|storm|all]: pxe-anywhere against reference
-# servers (dnsmasq, tftpd-hpa, nginx), each run inside network namespaces
+# servers (dnsmasq, Kea, tftpd-hpa, nginx), each run inside network namespaces
 # this script makes and always removes. Nothing binds to a real interface.
 # Prints a table per section: ours, reference, ratio (>1 means ours wins).
 #
@@ -90,6 +90,9 @@ pxa_config() { # file mode nmachines unknown image
 	  ipxe_dir: $WORK/tftproot
 	  max_installs: 2
 	  unknown_machines: $unknown
+	  # One client namespace (one address) makes all the HTTP load:
+	  # the per-source cap (default 8) would answer most of it 429.
+	  boot_max_per_source: 10000
 	dhcp:
 	  mode: $mode
 	  subnet: 10.77.0.0/16
@@ -198,8 +201,36 @@ dnsmasq_dhcp() { # extra args
 	sleep 0.5
 }
 
+# Kea's DHCPv4 server with its memfile lease file (persisted, appended to
+# on every lease change), raw sockets on br0 as for clients on the link.
+kea_dhcp() {
+	local n=$RANDOM
+	cat >"$WORK/kea-$n.json" <<-JSON
+	{"Dhcp4": {
+	  "interfaces-config": {"interfaces": ["br0/10.77.0.1"], "dhcp-socket-type": "raw"},
+	  "lease-database": {"type": "memfile", "persist": true, "name": "$WORK/kea-$n.leases", "lfc-interval": 0},
+	  "valid-lifetime": 3600,
+	  "subnet4": [{"id": 1, "subnet": "10.77.0.0/16", "pools": [{"pool": "10.77.1.0 - 10.77.250.255"}],
+	    "option-data": [{"name": "routers", "data": "10.77.0.1"}]}],
+	  "loggers": [{"name": "kea-dhcp4", "output_options": [{"output": "$WORK/kea-$n.log"}], "severity": "WARN"}]
+	}}
+	JSON
+	KEA_LEASES=$WORK/kea-$n.leases
+	start_bg kea-$n env KEA_PIDFILE_DIR="$WORK" KEA_LOCKFILE_DIR="$WORK" kea-dhcp4 -c "$WORK/kea-$n.json"
+	REF_PID=$LASTPID
+	sleep 1
+}
+
+# Leases a stopped server left on disk: ours (leases.json in state_dir)
+# and Kea's memfile (a CSV appended to on each change: distinct addresses).
+leases_ours() { grep -o '"mac"' "$1/leases.json" 2>/dev/null | wc -l; }
+leases_kea() { tail -n +2 "$1" 2>/dev/null | cut -d, -f1 | sort -u | wc -l; }
+
 bench_dhcp() {
-	local rates=${DHCP_RATES:-"200 400 800 1600 3200"} zero_ours_dhcp=0 zero_ref_dhcp=0 zero_ours_pxe=0 zero_ref_pxe=0
+	local rates=${DHCP_RATES:-"200 300 400 500 600 800 1000 1200 1600 2400 3200"} zero_ours_dhcp=0 zero_ref_dhcp=0 zero_ours_pxe=0 zero_ref_pxe=0 zero_kea=0 zero_ours_k=0
+	local have_kea=0
+	command -v kea-dhcp4 >/dev/null && have_kea=1
+	local KROWS=()
 	local cfg="$WORK/dhcp-auth.yaml" cfgp="$WORK/dhcp-proxy.yaml"
 	pxa_config "$cfg" authoritative 0 ignore small
 	pxa_config "$cfgp" proxy 0 local-boot small
@@ -209,8 +240,14 @@ bench_dhcp() {
 	for rate in $rates; do
 		for _ in $(seq 1 "$REPS"); do
 			# Fresh servers each run: an empty lease table for both.
-			sed -i "s|state_dir: .*|state_dir: $WORK/state-$RANDOM|" "$cfg"
+			local st=$WORK/state-$RANDOM
+			sed -i "s|state_dir: .*|state_dir: $st|" "$cfg"
 			start_pxa "$cfg"; perf "$rate" >>"$WORK/dhcp-ours-$rate"; stop "$PXA_PID"
+			echo "leases=$(leases_ours "$st")" >>"$WORK/leases-ours-$rate"
+			if [ $have_kea = 1 ]; then
+				kea_dhcp; perf "$rate" >>"$WORK/dhcp-kea-$rate"; stop "$REF_PID"
+				echo "leases=$(leases_kea "$KEA_LEASES")" >>"$WORK/leases-kea-$rate"
+			fi
 			dnsmasq_dhcp --dhcp-range=10.77.1.0,10.77.250.255,1h; perf "$rate" >>"$WORK/dhcp-ref-$rate"; stop "$REF_PID"
 			sed -i "s|state_dir: .*|state_dir: $WORK/state-$RANDOM|" "$cfgp"
 			start_pxa "$cfgp"; perf "$rate" -i "${pxeopts[@]}" >>"$WORK/pxe-ours-$rate"; stop "$PXA_PID"
@@ -227,11 +264,26 @@ bench_dhcp() {
 			if iszero "$od"; then eval "zero_ours_$kind=$rate"; fi
 			if iszero "$rd"; then eval "zero_ref_$kind=$rate"; fi
 		done
+		if [ $have_kea = 1 ]; then
+			local o k od kd ol kl ok kk
+			o=$(kv per_s <"$WORK/dhcp-ours-$rate" | median); k=$(kv per_s <"$WORK/dhcp-kea-$rate" | median)
+			od=$(kv drop_pct <"$WORK/dhcp-ours-$rate" | median); kd=$(kv drop_pct <"$WORK/dhcp-kea-$rate" | median)
+			ol=$(kv do_ms <"$WORK/dhcp-ours-$rate" | median); kl=$(kv do_ms <"$WORK/dhcp-kea-$rate" | median)
+			ok=$(kv leases <"$WORK/leases-ours-$rate" | median); kk=$(kv leases <"$WORK/leases-kea-$rate" | median)
+			KROWS+=("$(printf '| %s | %s | %s | %s | %s |' "DORA/s offered $rate/s" "$o/s, drops $od %, DO $ol ms, leases on disk $ok" "$k/s, drops $kd %, DO $kl ms, leases on disk $kk" "$(ratio "$o" "$k")" "")")
+			if iszero "$kd"; then zero_kea=$rate; fi
+			if iszero "$od"; then zero_ours_k=$rate; fi
+		fi
 	done
 	local zod=${zero_ours_dhcp:-0} zrd=${zero_ref_dhcp:-0} zop=${zero_ours_pxe:-0} zrp=${zero_ref_pxe:-0}
 	row "highest offered DORA/s with 0 drops" "$zod" "$zrd" "$(ratio "$zod" "$zrd")" "of the rates tried"
 	row "highest offered PXE DISCOVER/s with 0 drops" "$zop" "$zrp" "$(ratio "$zop" "$zrp")" "of the rates tried"
 	table "DHCP (perfdhcp, ${PERF_CLIENTS:-20000} clients, ${DHCP_SECS:-5} s per run)" "dnsmasq"
+	if [ $have_kea = 1 ]; then
+		ROWS=("${KROWS[@]}")
+		row "highest offered DORA/s with 0 drops" "$zero_ours_k" "$zero_kea" "$(ratio "$zero_ours_k" "$zero_kea")" "of the rates tried"
+		table "DHCP DORA against Kea (perfdhcp, ${PERF_CLIENTS:-20000} clients, ${DHCP_SECS:-5} s per run; leases on disk after the server stopped)" "Kea $(kea-dhcp4 -v 2>&1 | head -1), memfile"
+	fi
 }
 
 # ---------------------------------------------------------------- TFTP

@@ -146,8 +146,15 @@ func TestFirmwareBootOptions(t *testing.T) {
 				if resp.BootFileName != tt.file || string(resp.Options.Get(dhcpv4.OptionBootfileName)) != tt.file {
 					t.Errorf("boot file %q / option 67 %q, want %q", resp.BootFileName, resp.Options.Get(dhcpv4.OptionBootfileName), tt.file)
 				}
-				if got := string(resp.Options.Get(dhcpv4.OptionClassIdentifier)); got != tt.class {
-					t.Errorf("option 60 %q, want %q", got, tt.class)
+				// UEFI's own PXE client gets a plain authoritative offer
+				// (no "PXEClient"), which it takes without asking again
+				// on 4011.
+				wantClass := tt.class
+				if mode == Authoritative && tt.class == "PXEClient" && !tt.opt43 && tt.userClass == "" {
+					wantClass = ""
+				}
+				if got := string(resp.Options.Get(dhcpv4.OptionClassIdentifier)); got != wantClass {
+					t.Errorf("option 60 %q, want %q", got, wantClass)
 				}
 				if !resp.ServerIPAddr.Equal(net.ParseIP("10.80.0.1")) || !resp.ServerIdentifier().Equal(net.ParseIP("10.80.0.1")) {
 					t.Errorf("siaddr %s, option 54 %s", resp.ServerIPAddr, resp.ServerIdentifier())
@@ -1045,6 +1052,24 @@ func TestPoolReuse(t *testing.T) {
 			}
 			if ip, ok := p.offer(b, netip.Addr{}); ok {
 				t.Fatalf("third client in a two-address range got %s", ip)
+			}
+		}},
+		{"new clients take addresses in turn; the search wraps around", func(t *testing.T, p *pool, wait func(time.Duration)) {
+			c1, c2, c3 := "52:54:00:00:03:01", "52:54:00:00:03:02", "52:54:00:00:03:03"
+			ip2 := netip.MustParseAddr("10.80.0.101")
+			if ip, _ := p.offer(c1, netip.Addr{}); ip != ip1 {
+				t.Fatalf("first client offered %s", ip)
+			}
+			p.ack(c1, ip1, time.Hour)
+			p.release(c1, ip1)
+			// The search goes on from where it stopped (not from the
+			// start of the range, which costs a lookup per lease).
+			if ip, _ := p.offer(c2, netip.Addr{}); ip != ip2 {
+				t.Fatalf("second client offered %s, want %s", ip, ip2)
+			}
+			p.ack(c2, ip2, time.Hour)
+			if ip, ok := p.offer(c3, netip.Addr{}); !ok || ip != ip1 {
+				t.Fatalf("third client offered %s %v, want %s after wrapping around", ip, ok, ip1)
 			}
 		}},
 		{"declined address rests, then returns", func(t *testing.T, p *pool, wait func(time.Duration)) {

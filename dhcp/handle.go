@@ -328,16 +328,23 @@ func (s *Server) bootOptions(req, resp *dhcpv4.DHCPv4, m Machine) error {
 	resp.ServerIPAddr = s.cfg.ServerIP.AsSlice()
 	resp.BootFileName = file
 	resp.UpdateOption(dhcpv4.OptBootFileName(file))
+	// UEFI's own PXE client (EDK2) takes an authoritative offer without
+	// "PXEClient" as a plain DHCP offer with a boot file and fetches it
+	// at once; with "PXEClient" and no PXE vendor options it first asks
+	// again on port 4011 (a BINL offer), which cost OVMF 1.1 s before
+	// its TFTP request (docs/BENCHMARKS.md, chain timings).
 	if fw.HTTPBoot {
 		// UEFI HTTP Boot accepts only offers that echo its vendor class.
 		resp.UpdateOption(dhcpv4.OptClassIdentifier("HTTPClient"))
-	} else {
+	} else if s.cfg.Mode == Proxy || fw.IPXE || fw.Arch == ArchBIOS {
 		// PXE ROMs take boot options only from offers that carry
-		// "PXEClient" in option 60.
+		// "PXEClient" in option 60. So does iPXE, which then skips
+		// its wait for ProxyDHCP offers (up to 2 s, which dnsmasq's
+		// plain offers cost it).
 		resp.UpdateOption(dhcpv4.OptClassIdentifier("PXEClient"))
-		if !fw.IPXE {
-			resp.UpdateOption(dhcpv4.OptTFTPServerName(s.cfg.ServerIP.String()))
-		}
+	}
+	if !fw.IPXE && !fw.HTTPBoot {
+		resp.UpdateOption(dhcpv4.OptTFTPServerName(s.cfg.ServerIP.String()))
 	}
 	// Option 43 sub-option 6 only for BIOS ROMs: several UEFI firmwares
 	// treat a proxy offer with PXE vendor options as a boot-server

@@ -71,6 +71,7 @@ type profileSpec struct {
 	// machines the config's last sections ("": mac under machines:;
 	// rack_test.go and discovery_test.go write their own).
 	unknown, machines string
+	raOff  bool // server.router_advertisements: off
 }
 
 // startServer writes a config for one machine and starts the server.
@@ -91,6 +92,7 @@ func startServer(t *testing.T, lab *netlab.Lab, p profileSpec) *server {
   tftp_listen: ":69"
   state_dir: %[2]s
 %[11]s
+  router_advertisements: %[13]s
 %[10]s
 images:
   test:
@@ -105,7 +107,7 @@ profiles:
     extra_files: %[8]s
     chown: {/home/alice: "1000:100"}
     after_install: reboot
-%[12]s`, serverIP, state, kernel, initrd, p.disko, p.system, diskKey, extra, p.mac, dhcpConfig(p.proxy), p.unknownLine(), p.machinesSection())
+%[12]s`, serverIP, state, kernel, initrd, p.disko, p.system, diskKey, extra, p.mac, dhcpConfig(p.proxy), p.unknownLine(), p.machinesSection(), raMode(p.raOff))
 	cfgPath := filepath.Join(dir, "config.yaml")
 	writeFile(t, cfgPath, cfg, 0o600)
 
@@ -204,6 +206,13 @@ func dhcpConfig(proxy bool) string {
   range: [10.77.0.100, 10.77.0.200]
   router: ` + serverIP + `
   lease_time: 1h`
+}
+
+func raMode(off bool) string {
+	if off {
+		return "off"
+	}
+	return "auto"
 }
 
 // plainDHCP runs dnsmasq as the site's existing DHCP server: addresses

@@ -49,6 +49,18 @@ const (
 	UnknownDiscover  UnknownPolicy = "discover"
 )
 
+// RAMode says whether serve answers IPv6 router solicitations on its
+// interfaces (package ra).
+type RAMode string
+
+// The router_advertisements values.
+const (
+	// RAAuto answers, except on an interface where another router
+	// advertises.
+	RAAuto RAMode = "auto"
+	RAOff  RAMode = "off"
+)
+
 // Server is the `server:` section.
 type Server struct {
 	Interfaces []string
@@ -94,6 +106,9 @@ type Server struct {
 	// Trust is how boots are bound to machines, for profiles that do
 	// not say and for discovered machines.
 	Trust Trust
+	// RouterAdvertisements ends iPXE's wait for IPv6 routers (auto) or
+	// leaves it to run out (off).
+	RouterAdvertisements RAMode
 
 	// limits (state): what strangers can make the server
 	// keep is bounded.
@@ -119,6 +134,9 @@ type Server struct {
 type Limits struct {
 	// TFTPMaxTransfers caps TFTP transfers under way at once.
 	TFTPMaxTransfers int
+	// TFTPWindow is how many blocks a TFTP transfer sends before it
+	// waits for their ACKs (1: RFC 1350's lock step).
+	TFTPWindow int
 	// HTTPHeaderTimeout and HTTPReadTimeout bound reading a request's
 	// headers and the whole request; HTTPIdleTimeout a keep-alive
 	// connection between requests.
@@ -144,6 +162,7 @@ type Limits struct {
 func DefaultLimits() Limits {
 	return Limits{
 		TFTPMaxTransfers:     256,
+		TFTPWindow:           1,
 		HTTPHeaderTimeout:    10 * time.Second,
 		HTTPReadTimeout:      30 * time.Second,
 		HTTPIdleTimeout:      60 * time.Second,

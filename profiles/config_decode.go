@@ -239,7 +239,7 @@ func (d *decoder) config(root *yaml.Node) *Config {
 	c := &Config{
 		Server: Server{
 			AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere",
-			MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP,
+			MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP, RouterAdvertisements: RAAuto,
 			KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents,
 			MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered,
 			Limits: DefaultLimits(),
@@ -291,10 +291,11 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	const w = "server"
 	f := d.fields(n, w, "interfaces", "advertise", "http_listen", "admin_listen", "tls_cert", "tls_key", "tftp_listen",
 		"state_dir", "ipxe_dir", "api_token_file", "ssh_key", "max_installs", "unknown_machines", "discover_image", "trust",
+		"router_advertisements",
 		// limits (state)
 		"keep_boots", "keep_events", "max_unknown_macs", "max_discovered",
 		// limits (protocol bounds)
-		"tftp_max_transfers", "http_header_timeout", "http_read_timeout", "http_idle_timeout", "http_write_timeout",
+		"tftp_max_transfers", "tftp_window", "http_header_timeout", "http_read_timeout", "http_idle_timeout", "http_write_timeout",
 		"boot_max_per_source", "boot_scripts_per_minute", "sse_write_timeout", "sse_max_subscribers",
 		// limits (engine)
 		"target_line_bytes", "target_output_bytes", "install_log_head", "install_log_tail",
@@ -337,6 +338,9 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 	if v, ok := d.enum(f["trust"], w+".trust", string(TrustDHCP), string(TrustMAC)); ok {
 		s.Trust = Trust(v)
 	}
+	if v, ok := d.enum(f["router_advertisements"], w+".router_advertisements", string(RAAuto), string(RAOff)); ok {
+		s.RouterAdvertisements = RAMode(v)
+	}
 	// limits (state)
 	d.setInt(&s.KeepBoots, f["keep_boots"], w+".keep_boots", 1, 100000)
 	d.setInt(&s.KeepEvents, f["keep_events"], w+".keep_events", 10, 10000000)
@@ -348,6 +352,7 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 // limits decodes the protocol bounds of `server:`.
 func (d *decoder) limits(l *Limits, f map[string]*yaml.Node, w string) {
 	d.setInt(&l.TFTPMaxTransfers, f["tftp_max_transfers"], w+".tftp_max_transfers", 1, 65535)
+	d.setInt(&l.TFTPWindow, f["tftp_window"], w+".tftp_window", 1, 60)
 	d.setDuration(&l.HTTPHeaderTimeout, f["http_header_timeout"], w+".http_header_timeout", time.Second, time.Hour)
 	d.setDuration(&l.HTTPReadTimeout, f["http_read_timeout"], w+".http_read_timeout", time.Second, time.Hour)
 	d.setDuration(&l.HTTPIdleTimeout, f["http_idle_timeout"], w+".http_idle_timeout", time.Second, time.Hour)

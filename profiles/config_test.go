@@ -45,7 +45,7 @@ func TestLoadFull(t *testing.T) {
 			SSHKey:          filepath.Join(dir, "keys/id_ed25519"),
 			MaxInstalls:     2,
 			TargetLineBytes: 4096, TargetOutputBytes: 1 << 20, InstallLogHead: 100, InstallLogTail: 200,
-			UnknownMachines: UnknownDiscover, Trust: TrustDHCP,
+			UnknownMachines: UnknownDiscover, Trust: TrustDHCP, RouterAdvertisements: RAOff,
 			DiscoverImage: "nixos",
 			// limits (state)
 			KeepBoots: 5, KeepEvents: 200, MaxUnknownMACs: 100, MaxDiscovered: 10,
@@ -156,7 +156,7 @@ func TestDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
-			wantServer := Server{AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere", MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP,
+			wantServer := Server{AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere", MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP, RouterAdvertisements: RAAuto,
 				KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents, MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered, Limits: DefaultLimits(),
 
 				TargetLineBytes: 64 << 10, TargetOutputBytes: 16 << 20, InstallLogHead: 2000, InstallLogTail: 3000}

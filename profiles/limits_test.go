@@ -19,12 +19,13 @@ func TestLimits(t *testing.T) {
   boot_scripts_per_minute: 10
   sse_write_timeout: 3s
   sse_max_subscribers: 4
+  tftp_window: 8
 `
 	c, err := Parse("pxe.yaml", []byte(set))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Limits{TFTPMaxTransfers: 16, HTTPHeaderTimeout: 5 * time.Second, HTTPReadTimeout: time.Minute,
+	want := Limits{TFTPMaxTransfers: 16, TFTPWindow: 8, HTTPHeaderTimeout: 5 * time.Second, HTTPReadTimeout: time.Minute,
 		HTTPIdleTimeout: 90 * time.Second, HTTPWriteTimeout: 45 * time.Second, BootMaxPerSource: 2,
 		BootScriptsPerMinute: 10, SSEWriteTimeout: 3 * time.Second, SSEMaxSubscribers: 4}
 	if c.Server.Limits != want {
@@ -33,6 +34,7 @@ func TestLimits(t *testing.T) {
 	tests := []struct {
 		name, in, want string
 	}{
+		{"window past pin/tftp's 60", "server:\n  tftp_window: 61\n", `pxe.yaml:9: server.tftp_window: bad number "61" (a whole number from 1 to 60)`},
 		{"zero transfers", "server:\n  tftp_max_transfers: 0\n", `pxe.yaml:9: server.tftp_max_transfers: bad number "0" (a whole number from 1 to 65535)`},
 		{"no unit", "server:\n  http_idle_timeout: 30\n", `pxe.yaml:9: server.http_idle_timeout: bad duration "30"`},
 		{"zero write timeout", "server:\n  http_write_timeout: 0s\n", `pxe.yaml:9: server.http_write_timeout: bad duration "0s"`},

@@ -174,6 +174,11 @@ func TestParseErrors(t *testing.T) {
 			},
 		},
 		{
+			name: "router advertisements",
+			in:   "server:\n  router_advertisements: no\n",
+			want: []string{`pxe.yaml:2: server.router_advertisements: bad value "no" (one of auto, off)`},
+		},
+		{
 			name: "limits (state)",
 			in:   "server:\n  keep_boots: 0\n  keep_events: 5\n  max_unknown_macs: many\n  max_discovered: -1\n",
 			want: []string{

@@ -122,6 +122,18 @@ func (s *Server) SetMaxTransfers(n int) {
 	s.maxTransfers.Store(int64(n))
 }
 
+// SetWindow makes each transfer send up to n blocks before it waits for
+// their ACKs (pin/tftp's sender anticipation, at most 60); n <= 1 is
+// RFC 1350's lock step, the default. Clients need not know: they ACK
+// each block as it comes. A block lost in a window costs the whole
+// window again after the retransmit timeout. Call it before Serve.
+func (s *Server) SetWindow(n int) {
+	if n < 1 {
+		n = 1
+	}
+	s.srv.SetAnticipate(uint(n))
+}
+
 // Listen opens the server's socket on addr (":69" in production).
 func (s *Server) Listen(addr string) error {
 	conn, err := net.ListenPacket("udp4", addr)

@@ -488,3 +488,71 @@ func TestChangedFileServedFresh(t *testing.T) {
 		t.Fatalf("download after shrinking the file: %d bytes, want %d", len(got), len(shorter))
 	}
 }
+
+// TestWindowSendsAhead: with SetWindow(8) the server sends blocks 2 to 8
+// before block 1 is acknowledged; in lock step (the default) it sends
+// nothing more until then. Real clients download byte-identical files
+// either way (tftp-hpa, atftp with blksize 1468, curl).
+func TestWindowSendsAhead(t *testing.T) {
+	netlab.RequireTools(t, "tftp", "atftp", "curl")
+	for _, window := range []int{1, 8} {
+		t.Run(fmt.Sprint("window ", window), func(t *testing.T) {
+			root := t.TempDir()
+			big := make([]byte, 1<<20+77)
+			rand.Read(big)
+			os.WriteFile(filepath.Join(root, "big.bin"), big, 0o644)
+			s, err := New(root, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.SetWindow(window)
+			if err := s.Listen("127.0.0.1:0"); err != nil {
+				t.Fatal(err)
+			}
+			serveUntilCleanup(t, s.Serve)
+			addr := s.Addr().String()
+
+			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.WriteTo([]byte("\x00\x01big.bin\x00octet\x00"), s.Addr())
+			var blocks []int
+			buf := make([]byte, 600)
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			for {
+				n, _, err := c.ReadFrom(buf)
+				if err != nil {
+					break
+				}
+				if n >= 4 && buf[1] == 3 {
+					blocks = append(blocks, int(buf[2])<<8|int(buf[3]))
+				}
+			}
+			want := []int{1}
+			if window == 8 {
+				want = []int{1, 2, 3, 4, 5, 6, 7, 8}
+			}
+			if fmt.Sprint(blocks) != fmt.Sprint(want) {
+				t.Fatalf("blocks sent before any ACK (2 s): %v, want %v", blocks, want)
+			}
+
+			host, p, _ := net.SplitHostPort(addr)
+			out := filepath.Join(t.TempDir(), "out")
+			for _, cmd := range [][]string{
+				{"tftp", host, p, "-m", "binary", "-c", "get", "big.bin", out},
+				{"atftp", "--option", "blksize 1468", "-g", "-r", "big.bin", "-l", out, host, p},
+				{"curl", "-sS", "--max-time", "30", "-o", out, "tftp://" + addr + "/big.bin"},
+			} {
+				os.Remove(out)
+				if b, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
+					t.Fatalf("%s: %v %s", cmd[0], err, b)
+				}
+				if got, _ := os.ReadFile(out); !bytes.Equal(got, big) {
+					t.Fatalf("%s with window %d: download differs", cmd[0], window)
+				}
+			}
+		})
+	}
+}

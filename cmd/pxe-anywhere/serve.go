@@ -271,10 +271,18 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	lim := cfg.Server.Limits // read at start; a reload does not change them
 	tsrv.SetMaxTransfers(lim.TFTPMaxTransfers)
+	tsrv.SetWindow(lim.TFTPWindow)
 	if err := tsrv.Listen(cfg.Server.TFTPListen); err != nil {
 		return privilegeHint(err)
 	}
 	opened.add(tsrv.Close)
+	rsrv, err := listenRA(cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	if rsrv != nil {
+		opened.add(rsrv.Close)
+	}
 
 	rl := &reloader{
 		load: func() (*profiles.Config, error) { return loadServeConfig(&f) },
@@ -334,6 +342,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	g.Go(func() error { return dsrv.Serve(gctx) })
 	g.Go(func() error { return tsrv.Serve(gctx) })
+	if rsrv != nil {
+		g.Go(func() error { return rsrv.Serve(gctx) })
+	}
 	for _, side := range sides {
 		g.Go(func() error {
 			return httpserve.ServeTimeouts(gctx, side.l, side.h, log, httpserve.Timeouts{
