@@ -71,7 +71,7 @@ type profileSpec struct {
 	// machines the config's last sections ("": mac under machines:;
 	// rack_test.go and discovery_test.go write their own).
 	unknown, machines string
-	raOff  bool // server.router_advertisements: off
+	raOff             bool // server.router_advertisements: off
 }
 
 // startServer writes a config for one machine and starts the server.
