@@ -12,49 +12,18 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pxe-anywhere/pxe-anywhere/rules"
 	"golang.org/x/crypto/ssh"
 )
 
-// Hardware is what CollectHardware read on a machine. Its JSON names
-// are the fact names that rules match on.
+// Hardware is what CollectHardware read on a machine: the facts that
+// rules match on (their JSON names are the fact names), and the
+// nixos-facter report, kept apart.
 type Hardware struct {
-	Vendor      string         `json:"vendor"`
-	Product     string         `json:"product"`
-	Serial      string         `json:"serial"`
-	UUID        string         `json:"uuid"`
-	BoardSerial string         `json:"board_serial"`
-	CPUModel    string         `json:"cpu_model"`
-	CPUCount    int            `json:"cpu_count"`
-	MemoryBytes int64          `json:"memory_bytes"`
-	Disks       []HardwareDisk `json:"disks"`
-	NICs        []HardwareNIC  `json:"nics"`
-	Firmware    string         `json:"firmware"` // "bios" or "uefi"
-	Arch        string         `json:"arch"`     // uname -m
-	// BMCAddress is the IPv4 address of the machine's own BMC, as
-	// `ipmitool lan print` reports it (channel 1); "" when the image
-	// has no ipmitool, the machine no BMC, or the BMC no address.
-	BMCAddress string `json:"bmc_address,omitempty"`
+	rules.Facts
 	// Facter is the nixos-facter report (JSON), when the image has the
 	// tool and its report fits the limit; nil otherwise.
 	Facter json.RawMessage `json:"-"`
-}
-
-// HardwareDisk is one block device.
-type HardwareDisk struct {
-	Name       string `json:"name"`
-	Model      string `json:"model,omitempty"`
-	Serial     string `json:"serial,omitempty"`
-	Bytes      int64  `json:"bytes"`
-	Rotational bool   `json:"rotational"`
-}
-
-// HardwareNIC is one network interface.
-type HardwareNIC struct {
-	Name   string `json:"name"`
-	MAC    string `json:"mac"`
-	Driver string `json:"driver,omitempty"`
-	Link   string `json:"link,omitempty"`
-	Speed  int    `json:"speed,omitempty"` // Mb/s
 }
 
 // Limits of what a target's report may make the server keep: the
@@ -222,7 +191,7 @@ func parseHardware(out []byte) (Hardware, error) {
 			if sectors < 0 || sectors > 1<<53 {
 				sectors = 0
 			}
-			hw.Disks = append(hw.Disks, HardwareDisk{Name: val(1), Bytes: sectors * 512, Rotational: val(3) == "1", Model: val(4), Serial: val(5)})
+			hw.Disks = append(hw.Disks, rules.Disk{Name: val(1), Bytes: sectors * 512, Rotational: val(3) == "1", Model: val(4), Serial: val(5)})
 		case "nic":
 			if len(hw.NICs) >= maxDevices {
 				continue
@@ -231,7 +200,7 @@ func parseHardware(out []byte) (Hardware, error) {
 			if speed < 0 {
 				speed = 0 // a link that is down reports -1
 			}
-			hw.NICs = append(hw.NICs, HardwareNIC{Name: val(1), MAC: val(2), Driver: val(3), Link: val(4), Speed: speed})
+			hw.NICs = append(hw.NICs, rules.NIC{Name: val(1), MAC: val(2), Driver: val(3), Link: val(4), Speed: speed})
 		}
 	}
 	if err := sc.Err(); err != nil {
