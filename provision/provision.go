@@ -95,6 +95,13 @@ type Provisioner struct {
 	writeErr string
 	writeMAC string
 	pending  map[string]pendingState
+
+	// serverID names this server in install claims (claims.go); held
+	// counts the holders of each claim this server has.
+	serverID string
+	claimMu  sync.Mutex
+	held     map[string]int
+	lastBeat time.Time // the last heartbeat the store took
 }
 
 // pendingState is a machine's final state kept in memory because the
@@ -123,6 +130,9 @@ type Options struct {
 	// fetched its extra initrd before polling its SSH port; images
 	// without a callback rely on it. Zero means 20 s.
 	PollDelay time.Duration
+	// ServerID names this server among those that share the store
+	// (server.id); "" means "local".
+	ServerID string
 }
 
 // New makes a Provisioner for cfg. ctx bounds every install and poller
@@ -161,9 +171,14 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		baseCtx:  ctx,
 		pollWait: o.PollDelay,
 		discPort: o.DiscoverSSHPort,
+		serverID: o.ServerID,
+		held:     map[string]int{},
+	}
+	if p.serverID == "" {
+		p.serverID = "local"
 	}
 	p.queue = newInstallQueue(ctx, cfg.Server.MaxInstalls, &p.wg)
-	n, err := markInterrupted(ctx, p.store)
+	n, err := markInterrupted(ctx, p.store, p.serverID)
 	if err != nil {
 		return nil, fmt.Errorf("mark interrupted installs: %w", err)
 	}
@@ -183,7 +198,11 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 	if weak := cfg.WeakTrust(); len(weak) > 0 {
 		p.log.Warn("trust: mac: boots of these machines are bound to the MAC alone, not to an address DHCP gave; any host that reaches the boot listener can ask for them", "where", weak)
 	}
-	p.bg.Add(1)
+	p.bg.Add(2)
+	go func() {
+		defer p.bg.Done()
+		p.claimLoop(ctx)
+	}()
 	go func() {
 		defer p.bg.Done()
 		t := time.NewTicker(sweepEvery)
@@ -758,6 +777,16 @@ func (p *Provisioner) rejectToken(ctx context.Context, token string, remote neti
 // door for both the callback and the SSH poller, so exactly one of them
 // wins.
 func (p *Provisioner) claim(ctx context.Context, b store.Boot, addr netip.Addr, how string) error {
+	// Of several servers that share the store, the one that holds the
+	// machine's claim drives it; the others leave it alone.
+	if err := p.hold(ctx, b.MAC); err != nil {
+		if errors.Is(err, store.ErrClaimed) {
+			p.metrics.callbacks.WithLabelValues("rejected").Inc()
+			return p.claimedElsewhere(ctx, b.MAC, fmt.Sprintf("installer of boot %s up at %s (%s)", httpboot.ShortToken(b.Token), addrString(addr), how), err)
+		}
+		return p.unavailable(b.MAC, "claiming the install", err)
+	}
+	defer p.let(b.MAC)
 	if _, err := p.store.UseToken(ctx, b.Token); err != nil {
 		// A poller that finds the token used lost to the callback:
 		// nothing was refused, so nothing is worth an event.
