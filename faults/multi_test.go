@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pxe-anywhere/pxe-anywhere/internal/ipxescript"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/pgtest"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
@@ -210,4 +211,108 @@ func TestMultiKill9Takeover(t *testing.T) {
 		t.Fatalf("reinstall through rack-b: HTTP %d", code)
 	}
 	t.Logf("rack-b failed rack-a's install %s after the kill (claim_lease %s)", took.Round(time.Millisecond), claimLease)
+}
+
+// bootFrom is the machine's PXE boot up to its installer, with the
+// boot script of the server at base: the machine got an address from
+// rack-a's DHCP, and the boot options of whichever server answered
+// first, so the test names the server itself.
+func (f *fixture) bootFrom(t *testing.T, base string) (token string, hostKey, authKeys []byte) {
+	t.Helper()
+	for i := 0; ; i++ {
+		ip, _, err := f.udhcpc(t, f.machine, true)
+		if err == nil && ip == f.ip {
+			break
+		}
+		if i == 10 {
+			t.Fatalf("no lease at %s from rack-a's DHCP: %s %v", f.ip, ip, err)
+		}
+	}
+	script, err := f.curl(f.machine, "-f", base+scriptOf(f.mac))
+	if err != nil || !strings.Contains(script, "\nkernel ") {
+		t.Fatalf("script from %s: %v\n%s", base, err, script)
+	}
+	s, err := ipxescript.Parse([]byte(script))
+	if err != nil || len(s.Initrds) < 2 {
+		t.Fatalf("script without token or files (%v):\n%s", err, script)
+	}
+	dir := t.TempDir()
+	for _, url := range s.URLs() {
+		out := filepath.Join(dir, "fetched")
+		if _, err := f.curl(f.machine, "-f", "-o", out, url); err != nil {
+			t.Fatalf("fetching %s: %v", url, err)
+		}
+		if strings.Contains(url, "extra.cpio.gz") {
+			x := filepath.Join(dir, "x")
+			os.Mkdir(x, 0o700)
+			if b, err := exec.Command("sh", "-c", "cd "+x+" && gzip -dc "+out+" | cpio -id --quiet").CombinedOutput(); err != nil {
+				t.Fatalf("unpacking the extra initrd: %v %s", err, b)
+			}
+			hostKey, _ = os.ReadFile(filepath.Join(x, "ssh/ssh_host_ed25519_key"))
+			authKeys, _ = os.ReadFile(filepath.Join(x, "ssh/authorized_keys"))
+		}
+	}
+	if hostKey == nil || authKeys == nil {
+		t.Fatalf("incomplete boot: host key %d bytes, keys %d bytes", len(hostKey), len(authKeys))
+	}
+	return s.Token, hostKey, authKeys
+}
+
+// TestMultiOneSegmentOneInstall: rack-a and rack-b serve one segment
+// (rack-b in proxy mode) on one database, and one machine boots there.
+// Its installer calls back to both servers with its token (as an image
+// that knows both would), and mid-install it PXE-boots again to rack-b,
+// which leaves it to rack-a (local boot); exactly one install runs, seen from the
+// machine's real sshd: disko ran once, no engine overlapped, and after
+// two more leases nothing installed it again.
+func TestMultiOneSegmentOneInstall(t *testing.T) {
+	server, _ := multiDB(t, "rack-a")
+	f := newFixture(t, options{server: server})
+	if f == nil {
+		return
+	}
+	b := startRackB(t, f)
+	token, hostKey, authKeys := f.bootFrom(t, bootBase)
+	tg := f.installerUp(t, hostKey, authKeys)
+	tg.WriteFile(t, "hang", "")
+	f.callback(t, token)
+	code, _ := f.curl(f.machine, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json",
+		"-d", `{"token":"`+token+`","address":"`+f.ip+`"}`, "http://"+rackBIP+":8080/api/v1/callback")
+	if code == "200" {
+		t.Fatal("rack-b took the callback of a machine rack-a installs")
+	}
+	f.waitState(t, "installing", time.Minute)
+	// The machine PXE-boots again mid-install and asks rack-b: rack-b
+	// sees rack-a's live claim and sends it to its disk, neither
+	// failing the install as stale nor starting a second one.
+	script, err := f.curl(f.machine, "-f", "http://"+rackBIP+":8080"+scriptOf(f.mac))
+	if err != nil || strings.Contains(script, "\nkernel ") {
+		t.Fatalf("rack-b's script for a machine rack-a installs (%v):\n%s", err, script)
+	}
+	if m := f.machineState(t); m.State != "installing" {
+		t.Fatalf("after the PXE boot to rack-b the machine is %s (%q)", m.State, m.Error)
+	}
+	if ev := eventText(f.events(t)); !strings.Contains(ev, "while server rack-a holds the machine's install claim") {
+		t.Fatalf("no event for rack-b leaving the machine alone:\n%s", ev)
+	}
+	os.Remove(filepath.Join(tg.Dir, "hang"))
+	f.waitState(t, "installed", 2*time.Minute)
+	time.Sleep(2 * claimLease)
+	disko := 0
+	for _, c := range tg.Calls() {
+		if c == "disko" {
+			disko++
+		}
+	}
+	if disko != 1 {
+		t.Fatalf("disko ran %d times on the machine, want 1: %q", disko, tg.Calls())
+	}
+	if o, err := os.ReadFile(filepath.Join(f.engines, "overlaps")); err == nil {
+		t.Fatalf("two engines at once on the machine: %s", o)
+	}
+	var m machineView
+	if b.api(t, "GET", "/api/v1/machines/"+f.mac, &m); m.State != "installed" {
+		t.Fatalf("rack-b shows %s (%q), want installed", m.State, m.Error)
+	}
+	t.Logf("rack-b answered the second callback with HTTP %s", code)
 }

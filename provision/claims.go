@@ -78,6 +78,16 @@ func (p *Provisioner) let(mac string) {
 	}
 }
 
+// claimedByOther names the server other than this one that holds a
+// live claim on mac, or is "".
+func (p *Provisioner) claimedByOther(ctx context.Context, mac string) string {
+	c, err := p.store.ClaimOf(ctx, mac)
+	if err != nil || c.Server == p.serverID || !c.Expires.After(time.Now()) {
+		return ""
+	}
+	return c.Server
+}
+
 // claimedElsewhere records that another server holds mac's claim, so
 // this one leaves the machine alone; err wraps store.ErrClaimed.
 func (p *Provisioner) claimedElsewhere(ctx context.Context, mac, what string, err error) error {

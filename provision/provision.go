@@ -408,6 +408,13 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 		return httpboot.BootPlan{Action: httpboot.ActionLocal, Hostname: m.Hostname}, nil
 	}
 	busy := p.queue.busy(mac)
+	if holder := p.claimedByOther(ctx, mac); !busy && holder != "" {
+		// Another server that shares the store installs it: this one
+		// must neither settle the install as stale nor start a second.
+		p.event(ctx, mac, "", fmt.Sprintf("PXE boot from %s to server %s while server %s holds the machine's install claim: left alone, local boot", addrString(r.RemoteAddr), p.serverID, holder))
+		p.metrics.boots.WithLabelValues("local").Inc()
+		return httpboot.BootPlan{Action: httpboot.ActionLocal, Hostname: m.Hostname}, nil
+	}
 	if !busy && rec.State == store.StateInstalling {
 		// No engine runs for it: a state write failed when its install
 		// ended. It must not stay unbootable until a restart.
