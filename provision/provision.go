@@ -203,6 +203,13 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		defer p.bg.Done()
 		p.claimLoop(ctx)
 	}()
+	if w, ok := o.Store.(watcher); ok {
+		p.bg.Add(1)
+		go func() {
+			defer p.bg.Done()
+			p.watch(ctx, w)
+		}()
+	}
 	go func() {
 		defer p.bg.Done()
 		t := time.NewTicker(sweepEvery)

@@ -21,7 +21,8 @@ import (
 // segment's machine. A machine's DHCP exchange in each segment gets an
 // address from that segment's server, and only that server logs it;
 // both servers' APIs (the CLI, in each namespace) list both machines,
-// with the firmware each one's DHCP saw.
+// with the firmware each one's DHCP saw; and seg-a's status page event
+// stream shows a change made through seg-b.
 func TestServeTwoSegmentsOneDatabase(t *testing.T) {
 	netlab.Require(t, "udhcpc", "curl")
 	bindir := pgtest.Require(t)
@@ -132,6 +133,29 @@ machines:
 			time.Sleep(200 * time.Millisecond)
 		}
 	}
+	// Live updates across servers: the status page's event stream on
+	// seg-a shows a change made through seg-b (LISTEN/NOTIFY).
+	var sse syncbuf.Buffer
+	stream := segs[0].lab.Command(segs[0].lab.Server, "curl", "-sSN", "--max-time", "60", "http://127.0.0.1:8081/events")
+	stream.Stdout = &sse
+	if err := stream.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stream.Process.Kill(); stream.Wait() })
+	waitText := func(what string, b *syncbuf.Buffer, text string) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !strings.Contains(b.String(), text); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no %q in:\n%s", what, text, b.String())
+			}
+		}
+	}
+	waitText("seg-a's event stream", &sse, "machine updates")
+	if out, err := segs[1].lab.Command(segs[1].lab.Server, bin, "machines", "reinstall", segs[1].mac, "--token-file", filepath.Join(segs[1].state, "api-token")).CombinedOutput(); err != nil {
+		t.Fatalf("reinstall through seg-b: %v\n%s", err, out)
+	}
+	waitText("seg-a's event stream after a change through seg-b", &sse, segs[1].mac)
+
 	for i, s := range segs {
 		other := segs[1-i]
 		if !strings.Contains(s.logs.String(), "mac="+s.mac) || strings.Contains(s.logs.String(), "mac="+other.mac) {

@@ -221,15 +221,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var current imageSet
 	current.Store(&imgs)
 
-	st, err := openStore(ctx, cfg.Server)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
 	id, err := serverID(cfg.Server)
 	if err != nil {
 		return err
 	}
+	st, err := openStore(ctx, cfg.Server, id, log.With("component", "store"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
 	log.Info("server id (install claims)", "id", id, "claim_lease", cfg.Server.ClaimLease)
 
 	// A start that fails after provision.New must still stop the
