@@ -402,7 +402,8 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 	}
 	rec, err := p.store.UpsertMachine(ctx, mac, m.Hostname, m.Profile)
 	if err != nil {
-		return httpboot.BootPlan{}, err
+		// The database away (a restart): the machine retries.
+		return httpboot.BootPlan{}, p.unavailable(mac, "registering the machine", err)
 	}
 	if rec.Held {
 		p.event(ctx, mac, "", fmt.Sprintf("PXE boot from %s refused: the machine is held after a security event; `pxe-anywhere machines reinstall %s` arms it again", addrString(r.RemoteAddr), mac))
