@@ -221,3 +221,35 @@ func installing(m store.MachineRecord) bool {
 	}
 	return false
 }
+
+// checkConfigView records this server's config view of its machines in
+// the store and reports each machine that another server sharing the
+// store defines otherwise (another hostname or profile): a warning in
+// the log and an event on the machine. The servers' UpsertMachine calls
+// would otherwise overwrite each other's definitions in silence. A
+// failure to record is logged; it blocks nothing.
+func (p *Provisioner) checkConfigView(ctx context.Context, cfg *profiles.Config) {
+	view := make([]store.ConfigMachine, 0, len(cfg.Machines))
+	mine := map[string]store.ConfigMachine{}
+	for _, m := range cfg.Machines {
+		c := store.ConfigMachine{Server: p.serverID, MAC: m.MAC.String(), Hostname: m.Hostname, Profile: m.Profile}
+		view = append(view, c)
+		mine[c.MAC] = c
+	}
+	if err := p.store.SetConfigView(ctx, p.serverID, view); err != nil {
+		p.log.Warn("recording this server's config view failed: conflicts with other servers' configs go unreported", "err", err)
+		return
+	}
+	others, err := p.store.ConfigConflicts(ctx, p.serverID)
+	if err != nil {
+		p.log.Warn("checking the other servers' configs failed", "err", err)
+		return
+	}
+	for _, o := range others {
+		m := mine[o.MAC]
+		msg := fmt.Sprintf("config conflict: server %s defines this machine as hostname %q profile %q, server %s as hostname %q profile %q; the last server to start or reload wins: make the configs agree",
+			p.serverID, m.Hostname, m.Profile, o.Server, o.Hostname, o.Profile)
+		p.log.Warn(msg, "mac", o.MAC)
+		p.event(ctx, o.MAC, "", msg)
+	}
+}

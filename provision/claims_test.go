@@ -135,3 +135,49 @@ func TestClaimsTwoServers(t *testing.T) {
 	// stops it rather than finish an install the others failed.
 	l.remoteGone(t, 0)
 }
+
+// TestConfigConflictReported: another server sharing the store defines
+// this server's machine with another hostname and profile: at start the
+// machine gets an event naming both servers and both definitions. A
+// server that agrees is not reported; once the other server's config
+// agrees, a reload reports nothing new.
+func TestConfigConflictReported(t *testing.T) {
+	l := buildEngineLab(t, 1, 1, "", "", "")
+	ctx := context.Background()
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	mac := l.macs[0]
+	if err := st.SetConfigView(ctx, "rack-b", []store.ConfigMachine{{MAC: mac, Hostname: "db-07", Profile: "db"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetConfigView(ctx, "rack-c", []store.ConfigMachine{{MAC: mac, Hostname: "", Profile: "m0"}}); err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	p, err := New(pctx, l.cfg, Options{Store: st, Signer: l.signer, ServerID: "rack-a", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); p.Wait() })
+	l.store = st
+	ev := l.events(t, 0)
+	want := `config conflict: server rack-a defines this machine as hostname "" profile "m0", server rack-b as hostname "db-07" profile "db"`
+	if !strings.Contains(ev, want) {
+		t.Fatalf("no conflict event %q in:\n%s", want, ev)
+	}
+	if strings.Contains(ev, "rack-c") {
+		t.Fatalf("a server that agrees is reported:\n%s", ev)
+	}
+	if err := st.SetConfigView(ctx, "rack-b", []store.ConfigMachine{{MAC: mac, Hostname: "", Profile: "m0"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Reload(ctx, l.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(l.events(t, 0), "config conflict"); n != 1 {
+		t.Fatalf("%d conflict events after the configs agree, want the 1 from before", n)
+	}
+}

@@ -303,6 +303,7 @@ func (p *Provisioner) reload(ctx context.Context, cfg *profiles.Config, start bo
 		}
 	}
 	p.cfg.Store(cfg)
+	p.checkConfigView(ctx, cfg)
 	if err := p.reevaluate(ctx, cfg, start); err != nil {
 		return fmt.Errorf("running the rules again: %w", err)
 	}

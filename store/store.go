@@ -191,6 +191,7 @@ var migrations = []string{
 	);`,
 	factsSchema,  // facts.go
 	claimsSchema, // claims.go
+	viewsSchema,  // views.go
 }
 
 // OpenSQLite opens (creating, mode 0600) the database at path and brings
