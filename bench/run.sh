@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 MODE=${1:-all}
-case $MODE in dhcp|tftp|http|storm|all) ;; *) echo "usage: $0 [dhcp|tftp|http|storm|all]" >&2; exit 2;; esac
+case $MODE in dhcp|tftp|http|storm|storm-pg|all) ;; *) echo "usage: $0 [dhcp|tftp|http|storm|storm-pg|all]" >&2; exit 2;; esac
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (network namespaces)" >&2; exit 1; }
 
 REPS=${REPS:-3}
@@ -23,12 +23,15 @@ chmod 700 "$WORK"
 TAG=pxb$$
 SRV=$TAG-srv
 CL=$TAG-cl
+# storm-pg: a second segment, its own server namespace and client.
+SRV2=$TAG-srv2
+CL2=$TAG-cl2
 PIDS=()
 
 cleanup() {
 	set +e
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-	for ns in "$CL" "$SRV"; do
+	for ns in "$CL" "$SRV" "$CL2" "$SRV2"; do
 		for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
 		ip netns del "$ns" 2>/dev/null
 	done
@@ -64,7 +67,7 @@ tools() {
 		(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$PXA_BIN" ./cmd/pxe-anywhere)
 	fi
 	mkdir -p "$WORK/bin"
-	for t in tftpload httpload storm; do
+	for t in tftpload httpload storm pgserver; do
 		(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$WORK/bin/$t" ./bench/$t)
 	done
 }
@@ -389,6 +392,77 @@ bench_http() {
 }
 
 # ---------------------------------------------------------------- storm
+# storm-pg: the second segment (10.78.0.0/16), like lab's first.
+lab2() {
+	ip netns add "$SRV2"
+	ip netns add "$CL2"
+	inns "$SRV2" ip link set lo up
+	inns "$SRV2" ip link add br0 type bridge forward_delay 0 stp_state 0
+	inns "$SRV2" ip addr add 10.78.0.1/16 dev br0
+	inns "$SRV2" ip link set br0 up
+	ip link add "${TAG}i" netns "$SRV2" type veth peer name eth0 netns "$CL2"
+	inns "$SRV2" ip link set "${TAG}i" master br0 up
+	inns "$CL2" ip link set lo up
+	inns "$CL2" ip addr add 10.78.0.2/16 dev eth0
+	inns "$CL2" ip link set eth0 up
+}
+
+# bench_storm_pg: the storm split over two segments, each with its own
+# server, both on one PostgreSQL (a throwaway one, bench/pgserver), next
+# to the same storm against one server on SQLite.
+bench_storm_pg() {
+	local n=${STORM_N:-500} half
+	half=$((n / 2))
+	lab2
+	"$WORK/bin/pgserver" -url "$WORK/pg.url" -password "$WORK/pg.pw" >"$WORK/pgserver.log" 2>&1 &
+	local pgpid=$!
+	PIDS+=("$pgpid")
+	for _ in $(seq 1 300); do [ -s "$WORK/pg.url" ] && break; sleep 0.1; done
+	[ -s "$WORK/pg.url" ] || { echo "bench: PostgreSQL did not start:" >&2; cat "$WORK/pgserver.log" >&2; exit 1; }
+	local url; url=$(cat "$WORK/pg.url")
+	url=${url//&/\\&} # sed's replacement below
+	# The same storm against one server on SQLite, for the row next to it.
+	local cfg1="$WORK/storm-lite.yaml"
+	pxa_config "$cfg1" authoritative "$n" ignore storm
+	start_pxa "$cfg1"
+	local out1; out1=$(inns "$CL" "$WORK/bin/storm" -n "$n" -spread 10s -ranges 4 2>>"$WORK/storm-errors.log") || true
+	stop "$PXA_PID"
+	row "$n machines within 10 s, one segment, one server, SQLite" \
+		"all called back after $(kv all_done_s <<<"$out1") s; p50 $(kv p50_s <<<"$out1") s, p99 $(kv p99_s <<<"$out1") s; errors $(kv errors <<<"$out1")" "-" "-" "the reference for the rows below"
+	# Two servers on PostgreSQL, one per segment, half the machines each.
+	# storm leaves its leased addresses on eth0; the next run's server
+	# hands out the same ones.
+	inns "$CL" ip addr flush dev eth0
+	inns "$CL" ip addr add 10.77.0.2/16 dev eth0
+	local cfga="$WORK/storm-pg-a.yaml" cfgb="$WORK/storm-pg-b.yaml"
+	pxa_config "$cfga" authoritative "$half" ignore storm
+	pxa_config "$cfgb" authoritative "$half" ignore storm
+	sed -i "s|^  max_installs: 2|  max_installs: 2\n  database: $url\n  database_password_file: $WORK/pg.pw\n  id: seg-a|" "$cfga"
+	sed -i -e "s|^  max_installs: 2|  max_installs: 2\n  database: $url\n  database_password_file: $WORK/pg.pw\n  id: seg-b|" \
+		-e 's/10\.77\./10.78./g' -e 's/52:54:01:/52:54:02:/' "$cfgb"
+	start_pxa "$cfga"
+	local pa=$PXA_PID
+	ip netns exec "$SRV2" "$PXA_BIN" serve --config "$cfgb" >"$WORK/pxa-b.log" 2>&1 &
+	local pb=$!
+	PIDS+=("$pb")
+	for _ in $(seq 1 300); do inns "$CL2" curl -fsS -o /dev/null http://10.78.0.1:8080/healthz 2>/dev/null && break; sleep 0.1; done
+	reset_hwm "$pa" "$pb"
+	local c0; c0=$(cpu_s "$pa" "$pb")
+	inns "$CL" "$WORK/bin/storm" -n "$half" -spread 10s -ranges 4 >"$WORK/storm-a.out" 2>>"$WORK/storm-errors.log" &
+	local sa=$!
+	inns "$CL2" "$WORK/bin/storm" -n "$half" -spread 10s -ranges 4 -mac-prefix 52:54:02 >"$WORK/storm-b.out" 2>>"$WORK/storm-errors.log" || true
+	wait "$sa" || true
+	local cpu; cpu=$(sub "$(cpu_s "$pa" "$pb")" "$c0")
+	local hwm; hwm=$(hwm_mb "$pa" "$pb")
+	stop "$pa"; stop "$pb"; stop "$pgpid"
+	local oa ob; oa=$(cat "$WORK/storm-a.out"); ob=$(cat "$WORK/storm-b.out")
+	row "$n machines within 10 s, two segments, two servers, one PostgreSQL" \
+		"segment A: all called back after $(kv all_done_s <<<"$oa") s, p50 $(kv p50_s <<<"$oa") s, p99 $(kv p99_s <<<"$oa") s, errors $(kv errors <<<"$oa"); segment B: after $(kv all_done_s <<<"$ob") s, p50 $(kv p50_s <<<"$ob") s, p99 $(kv p99_s <<<"$ob") s, errors $(kv errors <<<"$ob")" \
+		"both servers: peak RSS $hwm MB, CPU $cpu s" "-" "target: 0 errors"
+	table "Boot storm: two servers on PostgreSQL next to one on SQLite (bench/run.sh storm-pg)" "servers"
+	if [ -s "$WORK/storm-errors.log" ]; then echo; echo "storm errors:"; head -5 "$WORK/storm-errors.log"; fi
+}
+
 # UDP datagrams the server namespace dropped because a socket's receive
 # buffer was full: a DHCP loop that stalls shows up here.
 udp_rcvbuf_errors() { inns "$SRV" awk '/^Udp:/ && $2 ~ /^[0-9]/ {print $6}' /proc/net/snmp; }
@@ -425,13 +499,14 @@ main() {
 	for f in undionly.kpxe ipxe.efi snponly.efi; do cp -L "$IPXE_DIR/$f" "$WORK/tftproot/"; done
 	mkimage small 1 1
 	case $MODE in http|all) mkimage big 8 "${HTTP_INITRD_MB:-300}" ;; esac
-	case $MODE in storm|all) mkimage storm 8 "${STORM_INITRD_MB:-64}" ;; esac
+	case $MODE in storm|storm-pg|all) mkimage storm 8 "${STORM_INITRD_MB:-64}" ;; esac
 	machine_info
 	case $MODE in
 	dhcp) bench_dhcp ;;
 	tftp) bench_tftp ;;
 	http) bench_http ;;
 	storm) bench_storm ;;
+	storm-pg) bench_storm_pg ;;
 	all) bench_dhcp; bench_tftp; bench_http; bench_storm ;;
 	esac
 }

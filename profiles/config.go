@@ -90,6 +90,12 @@ type Server struct {
 	// environment (PGPASSWORD, PGPASSFILE, ~/.pgpass).
 	Database             string
 	DatabasePasswordFile string
+	// ID names this server among those that share the database ("":
+	// the caller derives one and keeps it in StateDir). ClaimLease is
+	// how long an install claim lives without a heartbeat: the bound
+	// after which the other servers take a dead server's installs over.
+	ID         string
+	ClaimLease time.Duration
 
 	// limits (engine): bounds on what a target feeds the
 	// engine. A line longer than TargetLineBytes is cut; command output

@@ -2,6 +2,7 @@ package profiles
 
 import (
 	"net/url"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -30,6 +31,11 @@ func (d *decoder) database(s *Server, f map[string]*yaml.Node, w string) {
 			}
 		}
 	}
+	d.setStr(&s.ID, f["id"], w+".id")
+	if s.ID != "" && !ValidServerID(s.ID) {
+		d.errf(f["id"], w+".id", "1 to 64 letters, digits, '.', '_' or '-', like rack1", "bad server id %q", s.ID)
+	}
+	d.setDuration(&s.ClaimLease, f["claim_lease"], w+".claim_lease", MinClaimLease, time.Hour)
 	if p := s.DatabasePasswordFile; p != "" {
 		if s.Database == "" {
 			d.errf(f["database_password_file"], w+".database_password_file", "set server.database too, or remove this key", "without server.database")
@@ -37,4 +43,26 @@ func (d *decoder) database(s *Server, f map[string]*yaml.Node, w string) {
 			d.errf(f["database_password_file"], w+".database_password_file", "", "%v", err)
 		}
 	}
+}
+
+// DefaultClaimLease is server.claim_lease when unset; MinClaimLease its
+// least value (a heartbeat every third of it must fit several database
+// round trips).
+const (
+	DefaultClaimLease = 30 * time.Second
+	MinClaimLease     = 3 * time.Second
+)
+
+// ValidServerID reports whether id is usable as server.id: it names the
+// server in claims, events and logs.
+func ValidServerID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
 }

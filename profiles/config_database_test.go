@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestDatabaseKeys: server.database selects PostgreSQL by URL; a
@@ -48,6 +49,42 @@ func TestDatabaseKeys(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "s3cret") {
 				t.Fatalf("error shows the password: %v", err)
+			}
+		})
+	}
+}
+
+// TestServerIDAndClaimLease: server.id names the server in install
+// claims; server.claim_lease bounds how long a dead server's installs
+// stay claimed. Bad values are errors with file and line.
+func TestServerIDAndClaimLease(t *testing.T) {
+	tests := []struct {
+		name, server string
+		id           string
+		lease        time.Duration
+		want         string // "" means accepted
+	}{
+		{"defaults", "  max_installs: 2\n", "", DefaultClaimLease, ""},
+		{"set", "  id: rack1.dc-2\n  claim_lease: 10s\n", "rack1.dc-2", 10 * time.Second, ""},
+		{"bad id", "  id: \"rack 1\"\n", "", 0, `pxe.yaml:10: server.id: bad server id "rack 1"`},
+		{"long id", "  id: " + strings.Repeat("a", 65) + "\n", "", 0, "pxe.yaml:10: server.id: bad server id"},
+		{"short lease", "  claim_lease: 1s\n", "", 0, `pxe.yaml:10: server.claim_lease: bad duration "1s"`},
+		{"not a duration", "  claim_lease: soon\n", "", 0, `pxe.yaml:10: server.claim_lease: bad duration "soon"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse("pxe.yaml", []byte(base+"server:\n  interfaces: [br0]\n"+tt.server))
+			if tt.want != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.want) {
+					t.Fatalf("err = %v, want %q", err, tt.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Server.ID != tt.id || c.Server.ClaimLease != tt.lease {
+				t.Fatalf("id %q lease %s, want %q %s", c.Server.ID, c.Server.ClaimLease, tt.id, tt.lease)
 			}
 		})
 	}

@@ -240,7 +240,7 @@ func (d *decoder) config(root *yaml.Node) *Config {
 		Server: Server{
 			AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere",
 			MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP, RouterAdvertisements: RAAuto,
-			KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents,
+			KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents, ClaimLease: DefaultClaimLease,
 			MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered,
 			Limits: DefaultLimits(),
 			// limits (engine)
@@ -300,7 +300,7 @@ func (d *decoder) server(s *Server, n *yaml.Node) {
 		// limits (engine)
 		"target_line_bytes", "target_output_bytes", "install_log_head", "install_log_tail",
 		// the shared state store
-		"database", "database_password_file")
+		"database", "database_password_file", "id", "claim_lease")
 	s.Interfaces = d.strList(f["interfaces"], w+".interfaces")
 	for i, ifc := range s.Interfaces {
 		if ifc == "" || len(ifc) > 15 || strings.ContainsAny(ifc, "/ \t") {

@@ -48,7 +48,7 @@ func TestLoadFull(t *testing.T) {
 			UnknownMachines: UnknownDiscover, Trust: TrustDHCP, RouterAdvertisements: RAOff,
 			DiscoverImage: "nixos",
 			// limits (state)
-			KeepBoots: 5, KeepEvents: 200, MaxUnknownMACs: 100, MaxDiscovered: 10,
+			KeepBoots: 5, KeepEvents: 200, ClaimLease: DefaultClaimLease, MaxUnknownMACs: 100, MaxDiscovered: 10,
 			Limits: DefaultLimits(),
 		},
 		DHCP: DHCP{
@@ -157,7 +157,7 @@ func TestDefaults(t *testing.T) {
 				t.Fatalf("Load: %v", err)
 			}
 			wantServer := Server{AdminListen: "127.0.0.1:8081", TFTPListen: ":69", StateDir: "/var/lib/pxe-anywhere", MaxInstalls: 4, UnknownMachines: UnknownIgnore, Trust: TrustDHCP, RouterAdvertisements: RAAuto,
-				KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents, MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered, Limits: DefaultLimits(),
+				KeepBoots: DefaultKeepBoots, KeepEvents: DefaultKeepEvents, ClaimLease: DefaultClaimLease, MaxUnknownMACs: DefaultMaxUnknownMACs, MaxDiscovered: DefaultMaxDiscovered, Limits: DefaultLimits(),
 
 				TargetLineBytes: 64 << 10, TargetOutputBytes: 16 << 20, InstallLogHead: 2000, InstallLogTail: 3000}
 			if !reflect.DeepEqual(c.Server, wantServer) {

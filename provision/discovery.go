@@ -270,9 +270,14 @@ func (p *Provisioner) saveDHCP(ctx context.Context, mac string, seen dhcpSeen) {
 // key this boot injected), keeps them, and runs the rules again. A
 // match installs the machine in this same boot.
 func (p *Provisioner) discovered(b store.Boot, ip string) {
+	if err := p.hold(p.baseCtx, b.MAC); err != nil {
+		p.log.Warn("not reading the facts of a discovered machine: claiming it failed", "mac", b.MAC, "err", err)
+		return
+	}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
+		defer p.let(b.MAC)
 		ctx, cancel := context.WithTimeout(p.baseCtx, factsTimeout)
 		defer cancel()
 		if err := p.collectFacts(ctx, b, ip); err != nil {

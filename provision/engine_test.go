@@ -35,6 +35,7 @@ type engineLab struct {
 	targets []*sshtarget.Target
 	macs    []string
 	shared  string // the counter: cur (inside now), seen (one line per entry: the count then)
+	signer  ssh.Signer
 }
 
 // newEngineLab starts n targets and a Provisioner with max_installs
@@ -46,6 +47,30 @@ func newEngineLab(t *testing.T, n, slots int, profile string) *engineLab {
 // newEngineLabSSH is newEngineLab with sshExtra added to each profile's
 // ssh: settings.
 func newEngineLabSSH(t *testing.T, n, slots int, profile, sshExtra string) *engineLab {
+	t.Helper()
+	l := buildEngineLab(t, n, slots, profile, sshExtra, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(ctx, l.cfg, Options{Store: st, Signer: l.signer, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		p.Wait()
+		st.Close()
+	})
+	l.p, l.store = p, st
+	return l
+}
+
+// buildEngineLab makes the targets and the config of an engineLab,
+// with server appended to the config's server: section, without a
+// Provisioner.
+func buildEngineLab(t *testing.T, n, slots int, profile, sshExtra, server string) *engineLab {
 	t.Helper()
 	netlab.Require(t, "nix-store", "/usr/sbin/sshd", "flock")
 	shared, err := os.MkdirTemp("", "i11b-engine-")
@@ -82,13 +107,13 @@ echo "disko: partitioned and mounted /mnt"
 
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	signer, _ := ssh.NewSignerFromKey(priv)
-	l := &engineLab{shared: shared}
+	l := &engineLab{shared: shared, signer: signer}
 	dir := t.TempDir()
 	for _, f := range []string{"bzImage", "initrd"} {
 		os.WriteFile(filepath.Join(dir, f), []byte(f), 0o644)
 	}
 	var y strings.Builder
-	fmt.Fprintf(&y, "server:\n  interfaces: [br0]\n  max_installs: %d\nimages:\n  test:\n    kernel: %s/bzImage\n    initrd: [%s/initrd]\nprofiles:\n", slots, dir, dir)
+	fmt.Fprintf(&y, "server:\n  interfaces: [br0]\n  max_installs: %d\n%simages:\n  test:\n    kernel: %s/bzImage\n    initrd: [%s/initrd]\nprofiles:\n", slots, server, dir, dir)
 	var machines strings.Builder
 	for i := 0; i < n; i++ {
 		tg := sshtarget.Start(t, sshtarget.Options{AuthorizedKeys: ssh.MarshalAuthorizedKey(signer.PublicKey())})
@@ -104,21 +129,6 @@ echo "disko: partitioned and mounted /mnt"
 		t.Fatal(err)
 	}
 	l.cfg = cfg
-	ctx, cancel := context.WithCancel(context.Background())
-	st, err := store.OpenSQLite(ctx, filepath.Join(dir, "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := New(ctx, cfg, Options{Store: st, Signer: signer, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		p.Wait()
-		st.Close()
-	})
-	l.p, l.store = p, st
 	return l
 }
 

@@ -3,8 +3,10 @@ package provision
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/pxe-anywhere/pxe-anywhere/admin"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
 // feedBuffer is how many changes a subscriber may lag behind before it
@@ -55,4 +57,21 @@ func (f *feed) len() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return len(f.subs)
+}
+
+// watcher is a store that tells of changes that other servers sharing
+// it make (store.DB on PostgreSQL; on SQLite its Watch returns at once).
+type watcher interface {
+	Watch(ctx context.Context, retry time.Duration, fn func(store.Change)) error
+}
+
+// watch feeds the live views with the machines that other servers
+// change, until ctx ends. This server's own changes reach the feed where
+// they are made.
+func (p *Provisioner) watch(ctx context.Context, w watcher) {
+	_ = w.Watch(ctx, 2*time.Second, func(c store.Change) {
+		if c.Server != p.serverID {
+			p.publish(ctx, c.MAC)
+		}
+	})
 }

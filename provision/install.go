@@ -33,10 +33,24 @@ func (p *Provisioner) startInstall(b store.Boot, m *profiles.Machine, ip string)
 // startInstallPort is startInstall on an installer whose sshd listens
 // on port, not where the profile says (0: the profile's): the discover
 // image, when a discovered machine installs in the boot that found it.
+//
+// The install holds this server's claim on the machine (claims.go)
+// from here until it has ended; a machine another server claimed is
+// left alone.
 func (p *Provisioner) startInstallPort(b store.Boot, m *profiles.Machine, ip string, port int) {
-	p.queue.start(b.MAC,
-		func(ctx context.Context) { p.install(ctx, b, m, ip, port) },
-		func(ctx context.Context) { p.stopped(ctx, b.MAC, "queued") })
+	if err := p.hold(p.baseCtx, b.MAC); err != nil {
+		if errors.Is(err, store.ErrClaimed) {
+			_ = p.claimedElsewhere(p.baseCtx, b.MAC, "install", err)
+			return
+		}
+		p.finalFail(context.WithoutCancel(p.baseCtx), b.MAC, "", "claiming the install failed: "+err.Error(), "install not started: claiming it failed: "+err.Error())
+		return
+	}
+	if !p.queue.start(b.MAC,
+		func(ctx context.Context) { defer p.let(b.MAC); p.install(ctx, b, m, ip, port) },
+		func(ctx context.Context) { defer p.let(b.MAC); p.stopped(ctx, b.MAC, "queued") }) {
+		p.let(b.MAC)
+	}
 }
 
 // Cancel stops the install of mac, queued or running: the engine's
@@ -66,6 +80,15 @@ func (p *Provisioner) stopped(ctx context.Context, mac, phase string) {
 		defer cancel()
 		p.finalFail(wctx, mac, phase, "cancelled by operator",
 			fmt.Sprintf("install cancelled by %s during %s; the slot is free", c.by, phaseName(phase)))
+		return
+	}
+	var lost *claimLost
+	if errors.As(context.Cause(ctx), &lost) {
+		p.metrics.installs.WithLabelValues("failed").Inc()
+		wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		p.finalFail(wctx, mac, phase, "interrupted: "+lost.Error(),
+			fmt.Sprintf("install interrupted during %s: server %s %v", phaseName(phase), p.serverID, lost))
 		return
 	}
 	p.interrupted(mac, phase)

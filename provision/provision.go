@@ -95,6 +95,13 @@ type Provisioner struct {
 	writeErr string
 	writeMAC string
 	pending  map[string]pendingState
+
+	// serverID names this server in install claims (claims.go); held
+	// counts the holders of each claim this server has.
+	serverID string
+	claimMu  sync.Mutex
+	held     map[string]int
+	lastBeat time.Time // the last heartbeat the store took
 }
 
 // pendingState is a machine's final state kept in memory because the
@@ -123,6 +130,9 @@ type Options struct {
 	// fetched its extra initrd before polling its SSH port; images
 	// without a callback rely on it. Zero means 20 s.
 	PollDelay time.Duration
+	// ServerID names this server among those that share the store
+	// (server.id); "" means "local".
+	ServerID string
 }
 
 // New makes a Provisioner for cfg. ctx bounds every install and poller
@@ -161,9 +171,14 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		baseCtx:  ctx,
 		pollWait: o.PollDelay,
 		discPort: o.DiscoverSSHPort,
+		serverID: o.ServerID,
+		held:     map[string]int{},
+	}
+	if p.serverID == "" {
+		p.serverID = "local"
 	}
 	p.queue = newInstallQueue(ctx, cfg.Server.MaxInstalls, &p.wg)
-	n, err := markInterrupted(ctx, p.store)
+	n, err := markInterrupted(ctx, p.store, p.serverID)
 	if err != nil {
 		return nil, fmt.Errorf("mark interrupted installs: %w", err)
 	}
@@ -183,7 +198,18 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 	if weak := cfg.WeakTrust(); len(weak) > 0 {
 		p.log.Warn("trust: mac: boots of these machines are bound to the MAC alone, not to an address DHCP gave; any host that reaches the boot listener can ask for them", "where", weak)
 	}
-	p.bg.Add(1)
+	p.bg.Add(2)
+	go func() {
+		defer p.bg.Done()
+		p.claimLoop(ctx)
+	}()
+	if w, ok := o.Store.(watcher); ok {
+		p.bg.Add(1)
+		go func() {
+			defer p.bg.Done()
+			p.watch(ctx, w)
+		}()
+	}
 	go func() {
 		defer p.bg.Done()
 		t := time.NewTicker(sweepEvery)
@@ -277,6 +303,7 @@ func (p *Provisioner) reload(ctx context.Context, cfg *profiles.Config, start bo
 		}
 	}
 	p.cfg.Store(cfg)
+	p.checkConfigView(ctx, cfg)
 	if err := p.reevaluate(ctx, cfg, start); err != nil {
 		return fmt.Errorf("running the rules again: %w", err)
 	}
@@ -376,7 +403,8 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 	}
 	rec, err := p.store.UpsertMachine(ctx, mac, m.Hostname, m.Profile)
 	if err != nil {
-		return httpboot.BootPlan{}, err
+		// The database away (a restart): the machine retries.
+		return httpboot.BootPlan{}, p.unavailable(mac, "registering the machine", err)
 	}
 	if rec.Held {
 		p.event(ctx, mac, "", fmt.Sprintf("PXE boot from %s refused: the machine is held after a security event; `pxe-anywhere machines reinstall %s` arms it again", addrString(r.RemoteAddr), mac))
@@ -389,6 +417,13 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 		return httpboot.BootPlan{Action: httpboot.ActionLocal, Hostname: m.Hostname}, nil
 	}
 	busy := p.queue.busy(mac)
+	if holder := p.claimedByOther(ctx, mac); !busy && holder != "" {
+		// Another server that shares the store installs it: this one
+		// must neither settle the install as stale nor start a second.
+		p.event(ctx, mac, "", fmt.Sprintf("PXE boot from %s to server %s while server %s holds the machine's install claim: left alone, local boot", addrString(r.RemoteAddr), p.serverID, holder))
+		p.metrics.boots.WithLabelValues("local").Inc()
+		return httpboot.BootPlan{Action: httpboot.ActionLocal, Hostname: m.Hostname}, nil
+	}
 	if !busy && rec.State == store.StateInstalling {
 		// No engine runs for it: a state write failed when its install
 		// ended. It must not stay unbootable until a restart.
@@ -758,6 +793,16 @@ func (p *Provisioner) rejectToken(ctx context.Context, token string, remote neti
 // door for both the callback and the SSH poller, so exactly one of them
 // wins.
 func (p *Provisioner) claim(ctx context.Context, b store.Boot, addr netip.Addr, how string) error {
+	// Of several servers that share the store, the one that holds the
+	// machine's claim drives it; the others leave it alone.
+	if err := p.hold(ctx, b.MAC); err != nil {
+		if errors.Is(err, store.ErrClaimed) {
+			p.metrics.callbacks.WithLabelValues("rejected").Inc()
+			return p.claimedElsewhere(ctx, b.MAC, fmt.Sprintf("installer of boot %s up at %s (%s)", httpboot.ShortToken(b.Token), addrString(addr), how), err)
+		}
+		return p.unavailable(b.MAC, "claiming the install", err)
+	}
+	defer p.let(b.MAC)
 	if _, err := p.store.UseToken(ctx, b.Token); err != nil {
 		// A poller that finds the token used lost to the callback:
 		// nothing was refused, so nothing is worth an event.

@@ -21,6 +21,12 @@ type PostgresOptions struct {
 	Password string
 	// MaxConns bounds the connections the server opens (0: 16).
 	MaxConns int
+	// Name is the server's name on its connections (application_name):
+	// change notifications carry it (Watch), so a server can tell its
+	// own changes from the others'.
+	Name string
+	// OnWatchError, when set, hears why Watch's connection broke.
+	OnWatchError func(error)
 }
 
 // OpenPostgres connects to a PostgreSQL database and brings its schema
@@ -43,6 +49,9 @@ func OpenPostgres(ctx context.Context, o PostgresOptions) (*DB, error) {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 10 * time.Second
 	}
+	if o.Name != "" {
+		cfg.RuntimeParams["application_name"] = o.Name
+	}
 	where := fmt.Sprintf("state database postgres %s@%s:%d/%s", cfg.User, cfg.Host, cfg.Port, cfg.Database)
 	db := stdlib.OpenDB(*cfg)
 	if o.MaxConns <= 0 {
@@ -57,8 +66,12 @@ func OpenPostgres(ctx context.Context, o PostgresOptions) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
-	s := &DB{db: &sqlDB{DB: db, d: postgresDialect}}
+	s := &DB{db: &sqlDB{DB: db, d: postgresDialect}, pgcfg: cfg.Copy(), onWatchErr: o.OnWatchError}
 	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	if err := s.installNotify(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"modernc.org/sqlite" // the pure-Go driver: no cgo in the server binary
 	sqlite3 "modernc.org/sqlite/lib"
 )
@@ -122,6 +124,10 @@ type BootBinding struct {
 // file (OpenSQLite) or a PostgreSQL database shared by several servers.
 type DB struct {
 	db *sqlDB
+	// pgcfg is how to reach PostgreSQL again, for Watch's own
+	// connection (nil on SQLite); onWatchErr hears why it broke.
+	pgcfg      *pgx.ConnConfig
+	onWatchErr func(error)
 }
 
 // migrations are applied in order, each once, each in a transaction;
@@ -185,6 +191,7 @@ var migrations = []string{
 	);`,
 	factsSchema,  // facts.go
 	claimsSchema, // claims.go
+	viewsSchema,  // views.go
 }
 
 // OpenSQLite opens (creating, mode 0600) the database at path and brings

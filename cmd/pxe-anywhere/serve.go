@@ -221,11 +221,16 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var current imageSet
 	current.Store(&imgs)
 
-	st, err := openStore(ctx, cfg.Server)
+	id, err := serverID(cfg.Server)
+	if err != nil {
+		return err
+	}
+	st, err := openStore(ctx, cfg.Server, id, log.With("component", "store"))
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	log.Info("server id (install claims)", "id", id, "claim_lease", cfg.Server.ClaimLease)
 
 	// A start that fails after provision.New must still stop the
 	// pollers it resumed before the store closes.
@@ -234,6 +239,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	g, gctx := errgroup.WithContext(ctx)
 	prov, err := provision.New(gctx, cfg, provision.Options{
 		Store: st, Signer: signer, KeyFile: installKeyPath(cfg), Log: log.With("component", "provision"), Metrics: provision.NewMetrics(reg),
+		ServerID: id,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/pxe-anywhere/pxe-anywhere/profiles"
+)
+
+// serverIDFile is where a server without server.id keeps the id it
+// made up, in its state_dir, so that a restart knows its own install
+// claims again.
+const serverIDFile = "server-id"
+
+// serverID is the id this server claims installs under: server.id, or
+// else the one kept in state_dir, made once from the host name and a
+// random suffix (two servers on one host have two state_dirs, so two
+// ids).
+func serverID(s profiles.Server) (string, error) {
+	if s.ID != "" {
+		return s.ID, nil
+	}
+	path := filepath.Join(s.StateDir, serverIDFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		id := strings.TrimSpace(string(b))
+		if !profiles.ValidServerID(id) {
+			return "", fmt.Errorf("%s: bad server id %q: remove the file (a new id is made) or set server.id", path, id)
+		}
+		return id, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return "", fmt.Errorf("server id: %w", err)
+	}
+	host, _ := os.Hostname()
+	host = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' {
+			return r
+		}
+		return '-'
+	}, strings.SplitN(host, ".", 2)[0])
+	if len(host) > 40 {
+		host = host[:40]
+	}
+	if host == "" {
+		host = "server"
+	}
+	suffix := make([]byte, 3)
+	if _, err := rand.Read(suffix); err != nil {
+		return "", err
+	}
+	id := host + "-" + hex.EncodeToString(suffix)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("server id: %w", err)
+	}
+	if _, err := f.WriteString(id + "\n"); err != nil {
+		f.Close()
+		return "", fmt.Errorf("server id: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return "", fmt.Errorf("server id: %w", err)
+	}
+	return id, nil
+}

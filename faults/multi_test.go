@@ -1,0 +1,318 @@
+package faults
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pxe-anywhere/pxe-anywhere/internal/ipxescript"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/pgtest"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
+)
+
+// Two servers, one PostgreSQL database: rack-a is the fixture's server
+// (authoritative DHCP on the bridge); rack-b runs in the namespace of
+// the fixture's "other" host on the same bridge, at 10.86.0.2, in proxy
+// mode, with its own state_dir.
+const (
+	rackBIP    = "10.86.0.2"
+	claimLease = 3 * time.Second
+)
+
+// multiDB starts PostgreSQL (in the lab's child run only) and returns
+// the server lines that put a fixture's state there as server id.
+func multiDB(t *testing.T, id string) (server string, pg *pgtest.Server) {
+	t.Helper()
+	bindir := pgtest.Require(t)
+	if l, _ := netlab.Inherited(t); l == nil {
+		return "", nil // the parent only makes the lab
+	}
+	ctx := context.Background()
+	pg, err := pgtest.Start(ctx, bindir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Stop() })
+	db, err := pg.NewDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw := filepath.Join(t.TempDir(), "db-password")
+	if err := os.WriteFile(pw, []byte(pg.Password+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("  database: %s\n  database_password_file: %s\n  id: %s\n  claim_lease: %s\n", pg.URLWithoutPassword(db), pw, id, claimLease), pg
+}
+
+// rackB is the second server: serve in ns, its admin API reached there.
+type rackB struct {
+	f     *fixture
+	ns    *netlab.NS
+	state string
+	token string
+	srv   *exec.Cmd
+}
+
+// startRackB runs a second serve on rack-a's config, changed to be
+// another server on the same segment: its own address, state_dir and
+// id, DHCP in proxy mode.
+func startRackB(t *testing.T, f *fixture) *rackB {
+	t.Helper()
+	b := &rackB{f: f, ns: f.other, state: filepath.Join(f.dir, "state-b")}
+	f.lab.Run(b.ns, "ip", "addr", "add", rackBIP+"/24", "dev", "eth0")
+	raw, err := os.ReadFile(f.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(raw), "\n") {
+		switch strings.TrimSpace(strings.SplitN(line, ":", 2)[0]) {
+		case "subnet", "range", "router":
+			continue // proxy mode: rack-a's DHCP gives the addresses
+		}
+		line = strings.Replace(line, "interfaces: [br0]", "interfaces: [eth0]", 1)
+		line = strings.Replace(line, "advertise: "+serverIP, "advertise: "+rackBIP, 1)
+		line = strings.Replace(line, "state_dir: "+f.state, "state_dir: "+b.state, 1)
+		line = strings.Replace(line, "id: rack-a", "id: rack-b", 1)
+		line = strings.Replace(line, "mode: authoritative", "mode: proxy", 1)
+		line = strings.Replace(line, ", ip: "+ipA+"}", "}", 1)
+		line = strings.Replace(line, ", ip: "+ipB+"}", "}", 1)
+		out = append(out, line)
+	}
+	cfg := filepath.Join(f.dir, "config-b.yaml")
+	if err := os.WriteFile(cfg, []byte(strings.Join(out, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncbuf.Buffer{}
+	b.srv = f.lab.Command(b.ns, f.bin, "serve", "--config", cfg)
+	b.srv.Stdout, b.srv.Stderr = logs, logs
+	if err := b.srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- b.srv.Wait() }()
+	t.Cleanup(func() {
+		_ = b.srv.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("rack-b log:\n%s", tail(logs.String(), 200))
+		}
+	})
+	deadline := time.Now().Add(time.Minute)
+	for {
+		select {
+		case err := <-exited:
+			t.Fatalf("rack-b exited at start: %v\n%s", err, logs.String())
+		default:
+		}
+		if code, _ := httpGet("http://" + rackBIP + ":8080/healthz"); code != 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rack-b did not answer within a minute\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tok, err := os.ReadFile(filepath.Join(b.state, "api-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.token = strings.TrimSpace(string(tok))
+	return b
+}
+
+// api calls rack-b's admin side (127.0.0.1 in its namespace) and
+// decodes into out; it returns the HTTP status.
+func (b *rackB) api(t *testing.T, method, path string, out any) int {
+	t.Helper()
+	body, err := b.f.curl(b.ns, "-X", method, "-H", "Authorization: Bearer "+b.token, "-w", "\n%{http_code}", "http://127.0.0.1:8081"+path)
+	if err != nil {
+		t.Fatalf("rack-b %s %s: %v", method, path, err)
+	}
+	i := strings.LastIndex(body, "\n")
+	var code int
+	fmt.Sscanf(body[i+1:], "%d", &code)
+	if out != nil && code/100 == 2 {
+		if err := json.Unmarshal([]byte(body[:i]), out); err != nil {
+			t.Fatalf("rack-b %s %s: %v\n%s", method, path, err, body)
+		}
+	}
+	return code
+}
+
+// TestMultiKill9Takeover: rack-a installs a machine (disko hangs on the
+// real sshd of its installer) and is killed with SIGKILL. rack-b, on
+// the same database, finds rack-a's claim lapsed and fails the install
+// as interrupted, naming rack-a, within the lease and a heartbeat period
+// (plus slack for a loaded machine); a reinstall through rack-b's API
+// is accepted, and rack-a's events from before the kill are all there.
+func TestMultiKill9Takeover(t *testing.T) {
+	server, _ := multiDB(t, "rack-a")
+	f := newFixture(t, options{server: server})
+	if f == nil {
+		return
+	}
+	// rack-a alone answers the machine's boot (rack-b's proxy offer
+	// might come first); rack-b starts while rack-a installs.
+	tg := f.installerUpHanging(t)
+	b := startRackB(t, f)
+	var list []struct{ MAC, State string }
+	if code := b.api(t, "GET", "/api/v1/machines", &list); code != 200 || len(list) != 2 {
+		t.Fatalf("rack-b's machine list: HTTP %d, %+v", code, list)
+	}
+	// Two leases: rack-a's heartbeat keeps its claim; rack-b leaves
+	// the install alone.
+	time.Sleep(2 * claimLease)
+	var m machineView
+	if b.api(t, "GET", "/api/v1/machines/"+f.mac, &m); m.State != "installing" {
+		t.Fatalf("with rack-a alive, rack-b shows %s (%q), want installing", m.State, m.Error)
+	}
+	before := f.events(t)
+
+	killed := time.Now()
+	f.stop(t, syscall.SIGKILL)
+	tg.Stop()
+	for {
+		if code := b.api(t, "GET", "/api/v1/machines/"+f.mac, &m); code != 200 {
+			t.Fatalf("rack-b: machine: HTTP %d", code)
+		}
+		if m.State != "installing" {
+			break
+		}
+		if time.Since(killed) > time.Minute {
+			t.Fatal("rack-b never took over rack-a's install")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	took := time.Since(killed)
+	if m.State != "failed" || m.Error != "interrupted: server rack-a stopped" {
+		t.Fatalf("after rack-a's kill, rack-b shows %s (%q), want failed, interrupted by rack-a", m.State, m.Error)
+	}
+	// The bound: the lease, then at most a heartbeat period until
+	// rack-b's reaper runs; the rest is slack, not a speed claim.
+	if bound := claimLease + claimLease/3 + 5*time.Second; took > bound {
+		t.Errorf("rack-b took %s to fail rack-a's install, bound %s", took, bound)
+	}
+	var evs []event
+	b.api(t, "GET", "/api/v1/machines/"+f.mac+"/events?after=0", &evs)
+	eventsKept(t, before, evs[:min(len(evs), len(before))])
+	if !strings.Contains(eventText(evs), "server rack-a stopped renewing its claim") {
+		t.Fatalf("no event naming rack-a:\n%s", eventText(evs))
+	}
+	if code := b.api(t, "POST", "/api/v1/machines/"+f.mac+"/reinstall", nil); code/100 != 2 {
+		t.Fatalf("reinstall through rack-b: HTTP %d", code)
+	}
+	t.Logf("rack-b failed rack-a's install %s after the kill (claim_lease %s)", took.Round(time.Millisecond), claimLease)
+}
+
+// bootFrom is the machine's PXE boot up to its installer, with the
+// boot script of the server at base: the machine got an address from
+// rack-a's DHCP, and the boot options of whichever server answered
+// first, so the test names the server itself.
+func (f *fixture) bootFrom(t *testing.T, base string) (token string, hostKey, authKeys []byte) {
+	t.Helper()
+	for i := 0; ; i++ {
+		ip, _, err := f.udhcpc(t, f.machine, true)
+		if err == nil && ip == f.ip {
+			break
+		}
+		if i == 10 {
+			t.Fatalf("no lease at %s from rack-a's DHCP: %s %v", f.ip, ip, err)
+		}
+	}
+	script, err := f.curl(f.machine, "-f", base+scriptOf(f.mac))
+	if err != nil || !strings.Contains(script, "\nkernel ") {
+		t.Fatalf("script from %s: %v\n%s", base, err, script)
+	}
+	s, err := ipxescript.Parse([]byte(script))
+	if err != nil || len(s.Initrds) < 2 {
+		t.Fatalf("script without token or files (%v):\n%s", err, script)
+	}
+	dir := t.TempDir()
+	for _, url := range s.URLs() {
+		out := filepath.Join(dir, "fetched")
+		if _, err := f.curl(f.machine, "-f", "-o", out, url); err != nil {
+			t.Fatalf("fetching %s: %v", url, err)
+		}
+		if strings.Contains(url, "extra.cpio.gz") {
+			x := filepath.Join(dir, "x")
+			os.Mkdir(x, 0o700)
+			if b, err := exec.Command("sh", "-c", "cd "+x+" && gzip -dc "+out+" | cpio -id --quiet").CombinedOutput(); err != nil {
+				t.Fatalf("unpacking the extra initrd: %v %s", err, b)
+			}
+			hostKey, _ = os.ReadFile(filepath.Join(x, "ssh/ssh_host_ed25519_key"))
+			authKeys, _ = os.ReadFile(filepath.Join(x, "ssh/authorized_keys"))
+		}
+	}
+	if hostKey == nil || authKeys == nil {
+		t.Fatalf("incomplete boot: host key %d bytes, keys %d bytes", len(hostKey), len(authKeys))
+	}
+	return s.Token, hostKey, authKeys
+}
+
+// TestMultiOneSegmentOneInstall: rack-a and rack-b serve one segment
+// (rack-b in proxy mode) on one database, and one machine boots there.
+// Its installer calls back to both servers with its token (as an image
+// that knows both would), and mid-install it PXE-boots again to rack-b,
+// which leaves it to rack-a (local boot); exactly one install runs, seen from the
+// machine's real sshd: disko ran once, no engine overlapped, and after
+// two more leases nothing installed it again.
+func TestMultiOneSegmentOneInstall(t *testing.T) {
+	server, _ := multiDB(t, "rack-a")
+	f := newFixture(t, options{server: server})
+	if f == nil {
+		return
+	}
+	b := startRackB(t, f)
+	token, hostKey, authKeys := f.bootFrom(t, bootBase)
+	tg := f.installerUp(t, hostKey, authKeys)
+	tg.WriteFile(t, "hang", "")
+	f.callback(t, token)
+	code, _ := f.curl(f.machine, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json",
+		"-d", `{"token":"`+token+`","address":"`+f.ip+`"}`, "http://"+rackBIP+":8080/api/v1/callback")
+	if code == "200" {
+		t.Fatal("rack-b took the callback of a machine rack-a installs")
+	}
+	f.waitState(t, "installing", time.Minute)
+	// The machine PXE-boots again mid-install and asks rack-b: rack-b
+	// sees rack-a's live claim and sends it to its disk, neither
+	// failing the install as stale nor starting a second one.
+	script, err := f.curl(f.machine, "-f", "http://"+rackBIP+":8080"+scriptOf(f.mac))
+	if err != nil || strings.Contains(script, "\nkernel ") {
+		t.Fatalf("rack-b's script for a machine rack-a installs (%v):\n%s", err, script)
+	}
+	if m := f.machineState(t); m.State != "installing" {
+		t.Fatalf("after the PXE boot to rack-b the machine is %s (%q)", m.State, m.Error)
+	}
+	if ev := eventText(f.events(t)); !strings.Contains(ev, "while server rack-a holds the machine's install claim") {
+		t.Fatalf("no event for rack-b leaving the machine alone:\n%s", ev)
+	}
+	os.Remove(filepath.Join(tg.Dir, "hang"))
+	f.waitState(t, "installed", 2*time.Minute)
+	time.Sleep(2 * claimLease)
+	disko := 0
+	for _, c := range tg.Calls() {
+		if c == "disko" {
+			disko++
+		}
+	}
+	if disko != 1 {
+		t.Fatalf("disko ran %d times on the machine, want 1: %q", disko, tg.Calls())
+	}
+	if o, err := os.ReadFile(filepath.Join(f.engines, "overlaps")); err == nil {
+		t.Fatalf("two engines at once on the machine: %s", o)
+	}
+	var m machineView
+	if b.api(t, "GET", "/api/v1/machines/"+f.mac, &m); m.State != "installed" {
+		t.Fatalf("rack-b shows %s (%q), want installed", m.State, m.Error)
+	}
+	t.Logf("rack-b answered the second callback with HTTP %s", code)
+}

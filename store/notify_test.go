@@ -1,0 +1,77 @@
+package store
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestWatchAcrossServers: on PostgreSQL, a change that server "a" makes
+// to a machine (its row, or an event) reaches server "b"'s
+// Watch, named for "a"; after PostgreSQL restarts, Watch reconnects and
+// hears the next change. On SQLite, Watch returns at once.
+func TestWatchAcrossServers(t *testing.T) {
+	ctx := context.Background()
+	lite, err := OpenSQLite(ctx, sqliteBackend.create(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lite.Close()
+	if err := lite.Watch(ctx, time.Second, func(Change) { t.Error("a change on SQLite") }); err != nil {
+		t.Fatal(err)
+	}
+
+	url := postgresBackend.create(t)
+	open := func(name string) *DB {
+		s, err := OpenPostgres(ctx, PostgresOptions{URL: url, Password: pg.srv.Password, Name: name, OnWatchError: func(err error) { t.Logf("watch of %s: %v", name, err) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a, b := open("a"), open("b")
+	changes := make(chan Change, 100)
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.Watch(wctx, 200*time.Millisecond, func(c Change) { changes <- c })
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	// Not a timing assertion: the bound only ends a hang.
+	expect := func(mac string, write func()) {
+		t.Helper()
+		deadline := time.After(30 * time.Second)
+		tick := time.NewTicker(300 * time.Millisecond)
+		defer tick.Stop()
+		write()
+		for {
+			select {
+			case c := <-changes:
+				if c.Server == "a" && c.MAC == mac {
+					return
+				}
+			case <-tick.C:
+				write() // Watch may not be listening yet (or again)
+			case <-deadline:
+				t.Fatalf("no change of %s from a", mac)
+			}
+		}
+	}
+	const mac = "52:54:00:77:00:01"
+	if _, err := a.UpsertMachine(ctx, mac, "w-01", "p"); err != nil {
+		t.Fatal(err)
+	}
+	expect(mac, func() { a.AddEvent(ctx, mac, "", "an event") })
+	expect(mac, func() { a.RequestReinstall(ctx, mac) })
+	if err := pg.srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expect(mac, func() {
+		if err := a.AddEvent(ctx, mac, "", "after the restart"); err != nil && !strings.Contains(err.Error(), "conn") {
+			t.Logf("write during reconnect: %v", err)
+		}
+	})
+}
