@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pxe-anywhere/pxe-anywhere/internal/ipxescript"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/pgtest"
@@ -30,10 +32,17 @@ const (
 // multiDB starts PostgreSQL (in the lab's child run only) and returns
 // the server lines that put a fixture's state there as server id.
 func multiDB(t *testing.T, id string) (server string, pg *pgtest.Server) {
+	server, pg, _ = multiDBURL(t, id)
+	return server, pg
+}
+
+// multiDBURL is multiDB that also returns the database's URL (with its
+// password), for a test that reads the shared rows itself.
+func multiDBURL(t *testing.T, id string) (server string, pg *pgtest.Server, url string) {
 	t.Helper()
 	bindir := pgtest.Require(t)
 	if l, _ := netlab.Inherited(t); l == nil {
-		return "", nil // the parent only makes the lab
+		return "", nil, "" // the parent only makes the lab
 	}
 	ctx := context.Background()
 	pg, err := pgtest.Start(ctx, bindir)
@@ -49,7 +58,7 @@ func multiDB(t *testing.T, id string) (server string, pg *pgtest.Server) {
 	if err := os.WriteFile(pw, []byte(pg.Password+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return fmt.Sprintf("  database: %s\n  database_password_file: %s\n  id: %s\n  claim_lease: %s\n", pg.URLWithoutPassword(db), pw, id, claimLease), pg
+	return fmt.Sprintf("  database: %s\n  database_password_file: %s\n  id: %s\n  claim_lease: %s\n", pg.URLWithoutPassword(db), pw, id, claimLease), pg, pg.URL(db)
 }
 
 // rackB is the second server: serve in ns, its admin API reached there.
@@ -152,10 +161,15 @@ func (b *rackB) api(t *testing.T, method, path string, out any) int {
 // real sshd of its installer) and is killed with SIGKILL. rack-b, on
 // the same database, finds rack-a's claim lapsed and fails the install
 // as interrupted, naming rack-a, within the lease and a heartbeat period
-// (plus slack for a loaded machine); a reinstall through rack-b's API
-// is accepted, and rack-a's events from before the kill are all there.
+// (plus slack for a loaded machine); rack-a's events from before the
+// kill are all there. Then the reinstall works through rack-b: armed on
+// its API, the machine boots again from rack-b (script, kernel, initrds,
+// a new installer with the new keys, callback) and rack-b installs it:
+// disko and nixos-install run once on the new installer, the row in the
+// shared database says installed with rack-b's claim gone, and the
+// events name the takeover, then rack-b's install.
 func TestMultiKill9Takeover(t *testing.T) {
-	server, _ := multiDB(t, "rack-a")
+	server, _, dbURL := multiDBURL(t, "rack-a")
 	f := newFixture(t, options{server: server})
 	if f == nil {
 		return
@@ -180,6 +194,12 @@ func TestMultiKill9Takeover(t *testing.T) {
 	killed := time.Now()
 	f.stop(t, syscall.SIGKILL)
 	tg.Stop()
+	// rack-a's disko died with its installer, holding the lock that
+	// finds two engines at once; the machine's next installer starts
+	// with it free.
+	if err := os.Remove(filepath.Join(f.engines, "lock")); err != nil {
+		t.Fatalf("rack-a's disko held no lock: %v", err)
+	}
 	for {
 		if code := b.api(t, "GET", "/api/v1/machines/"+f.mac, &m); code != 200 {
 			t.Fatalf("rack-b: machine: HTTP %d", code)
@@ -211,6 +231,96 @@ func TestMultiKill9Takeover(t *testing.T) {
 		t.Fatalf("reinstall through rack-b: HTTP %d", code)
 	}
 	t.Logf("rack-b failed rack-a's install %s after the kill (claim_lease %s)", took.Round(time.Millisecond), claimLease)
+
+	// The machine boots again. rack-a's DHCP went with rack-a; the
+	// machine's lease from it still holds (its address stays on its
+	// link), and its PXE boot goes to rack-b, the server left.
+	started := time.Now()
+	token, hostKey, authKeys := f.fetchBoot(t, "http://"+rackBIP+":8080")
+	tg2 := f.installerUp(t, hostKey, authKeys)
+	code, _ := f.curl(f.machine, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json",
+		"-d", `{"token":"`+token+`","address":"`+f.ip+`"}`, "http://"+rackBIP+":8080/api/v1/callback")
+	if code != "200" {
+		t.Fatalf("callback to rack-b: HTTP %s", code)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if code := b.api(t, "GET", "/api/v1/machines/"+f.mac, &m); code != 200 {
+			t.Fatalf("rack-b: machine: HTTP %d", code)
+		}
+		if m.State == "installed" {
+			break
+		}
+		if m.State == "failed" || time.Now().After(deadline) {
+			b.api(t, "GET", "/api/v1/machines/"+f.mac+"/events?after=0", &evs)
+			t.Fatalf("rack-b's reinstall: machine %s (%q), want installed; events:\n%s", m.State, m.Error, eventText(evs))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	reinstalled := time.Since(started)
+	// Exactly once more, on the machine's new installer: rack-a's
+	// installer is gone with its boot, and rack-a is dead.
+	count := func(calls []string, name string) (n int) {
+		for _, c := range calls {
+			if c == name || strings.HasPrefix(c, name+" ") {
+				n++
+			}
+		}
+		return n
+	}
+	if calls := tg2.Calls(); count(calls, "disko") != 1 || count(calls, "nixos-install") != 1 || calls[len(calls)-1] != "reboot" {
+		t.Fatalf("the new installer's calls %q, want disko and nixos-install once, then reboot", calls)
+	}
+	if old := tg.Calls(); count(old, "disko") != 1 || count(old, "nixos-install") != 0 {
+		t.Fatalf("rack-a's installer got more calls after the kill: %q", old)
+	}
+	if o, err := os.ReadFile(filepath.Join(f.engines, "overlaps")); err == nil {
+		t.Fatalf("two engines at once on the machine: %s", o)
+	}
+	// The shared database itself, not a server's view of it.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var state, errText string
+	var claims int
+	if err := conn.QueryRow(ctx, "SELECT state, error FROM machines WHERE mac = $1", f.mac).Scan(&state, &errText); err != nil {
+		t.Fatalf("the machine's row in PostgreSQL: %v", err)
+	}
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM claims WHERE mac = $1", f.mac).Scan(&claims); err != nil {
+		t.Fatalf("the machine's claims in PostgreSQL: %v", err)
+	}
+	if state != "installed" || errText != "" || claims != 0 {
+		t.Fatalf("PostgreSQL: the machine is %s (%q) with %d claims, want installed and none", state, errText, claims)
+	}
+	// The events: rack-a's, the takeover, then rack-b's new install.
+	evs = nil
+	for {
+		var page []event
+		b.api(t, "GET", fmt.Sprintf("/api/v1/machines/%s/events?after=%d", f.mac, lastID(evs)), &page)
+		if len(page) == 0 {
+			break
+		}
+		evs = append(evs, page...)
+	}
+	eventsKept(t, before, evs)
+	text := eventText(evs)
+	takeover, installing := -1, -1
+	for i, e := range evs {
+		switch {
+		case takeover < 0 && strings.Contains(e.Message, "server rack-a stopped renewing its claim"):
+			takeover = i
+		case takeover >= 0 && installing < 0 && e.State == "installing":
+			installing = i
+		}
+	}
+	if takeover < 0 || installing < 0 || evs[len(evs)-1].State != "installed" {
+		t.Fatalf("events do not show the takeover, then a new install to installed:\n%s", text)
+	}
+	t.Logf("rack-b reinstalled the machine in %s (boot, callback, install)", reinstalled.Round(time.Millisecond))
 }
 
 // bootFrom is the machine's PXE boot up to its installer, with the
@@ -228,6 +338,14 @@ func (f *fixture) bootFrom(t *testing.T, base string) (token string, hostKey, au
 			t.Fatalf("no lease at %s from rack-a's DHCP: %s %v", f.ip, ip, err)
 		}
 	}
+	return f.fetchBoot(t, base)
+}
+
+// fetchBoot is the rest of a PXE boot, once the machine has its
+// address: the script from the server at base, every file it names,
+// and the extra initrd's keys.
+func (f *fixture) fetchBoot(t *testing.T, base string) (token string, hostKey, authKeys []byte) {
+	t.Helper()
 	script, err := f.curl(f.machine, "-f", base+scriptOf(f.mac))
 	if err != nil || !strings.Contains(script, "\nkernel ") {
 		t.Fatalf("script from %s: %v\n%s", base, err, script)
