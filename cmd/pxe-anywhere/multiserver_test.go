@@ -1,17 +1,14 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
-	"github.com/pxe-anywhere/pxe-anywhere/internal/pgtest"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
 )
 
@@ -25,32 +22,8 @@ import (
 // stream shows a change made through seg-b.
 func TestServeTwoSegmentsOneDatabase(t *testing.T) {
 	netlab.Require(t, "udhcpc", "curl")
-	bindir := pgtest.Require(t)
-	ctx := context.Background()
-	pg, err := pgtest.Start(ctx, bindir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pg.Stop() })
-	dbname, err := pg.NewDatabase(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "pxe-anywhere")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	pwfile := filepath.Join(dir, "db-password")
-	if err := os.WriteFile(pwfile, []byte(pg.Password+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ipxe := filepath.Join(dir, "ipxe")
-	os.MkdirAll(ipxe, 0o755)
-	os.WriteFile(filepath.Join(ipxe, "undionly.kpxe"), []byte("undionly"), 0o644)
-	for _, f := range []string{"bzImage", "initrd"} {
-		os.WriteFile(filepath.Join(dir, f), []byte(f), 0o644)
-	}
+	fx := newPGServe(t)
+	pg, dbname, dir, bin, pwfile, ipxe := fx.pg, fx.db, fx.dir, fx.bin, fx.pwfile, fx.ipxe
 
 	type segment struct {
 		id, net, mac, host string
