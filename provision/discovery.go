@@ -1,14 +1,12 @@
 package provision
 
 import (
-	"container/list"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -87,52 +85,8 @@ func (s dhcpSeen) input(mac string, facts *rules.Facts) rules.Input {
 
 // dhcpContexts remembers the DHCP context of the latest boot request of
 // the machines DHCP let boot that the config does not list, until
-// their script request comes. It holds at most a given number of MACs
-// and forgets the least recently seen first: DHCP packets are
-// unauthenticated, and one host can invent as many MACs as it likes.
-type dhcpContexts struct {
-	mu    sync.Mutex
-	order *list.List // of *seenEntry, the most recent in front
-	byMAC map[string]*list.Element
-}
-
-type seenEntry struct {
-	mac  string
-	seen dhcpSeen
-}
-
-func newDHCPContexts() *dhcpContexts {
-	return &dhcpContexts{order: list.New(), byMAC: map[string]*list.Element{}}
-}
-
-func (c *dhcpContexts) put(mac string, s dhcpSeen, limit int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.byMAC[mac]; ok {
-		e.Value.(*seenEntry).seen = s
-		c.order.MoveToFront(e)
-		return
-	}
-	c.byMAC[mac] = c.order.PushFront(&seenEntry{mac: mac, seen: s})
-	for c.order.Len() > max(limit, 1) {
-		delete(c.byMAC, c.order.Remove(c.order.Back()).(*seenEntry).mac)
-	}
-}
-
-func (c *dhcpContexts) get(mac string) (dhcpSeen, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.byMAC[mac]; ok {
-		return e.Value.(*seenEntry).seen, true
-	}
-	return dhcpSeen{}, false
-}
-
-func (c *dhcpContexts) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.byMAC)
-}
+// their script request comes, for at most max_unknown_macs machines.
+type dhcpContexts = recent[dhcpSeen]
 
 // decideUnlisted answers DHCP for a machine the config does not list:
 // boot it when unknown machines are discovered, or when a rule that

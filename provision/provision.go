@@ -165,7 +165,7 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		limited:  &lograte.Limiter{Log: o.Log, Every: time.Minute},
 		firmware: map[string]string{},
 		unknown:  newUnknownMACs(),
-		contexts: newDHCPContexts(),
+		contexts: newRecent[dhcpSeen](),
 		polling:  map[string]context.CancelFunc{},
 		pending:  map[string]pendingState{},
 		baseCtx:  ctx,

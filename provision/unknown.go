@@ -1,7 +1,6 @@
 package provision
 
 import (
-	"container/list"
 	"sync"
 	"time"
 )
@@ -17,15 +16,14 @@ const unknownLogEvery = time.Minute
 // as many MACs as it likes.
 type unknownMACs struct {
 	mu      sync.Mutex
-	order   *list.List // of string MACs, the most recently seen in front
-	byMAC   map[string]*list.Element
+	macs    *recent[struct{}]
 	pending int // new MACs not logged yet
 	lastLog time.Time
 	now     func() time.Time
 }
 
 func newUnknownMACs() *unknownMACs {
-	return &unknownMACs{order: list.New(), byMAC: map[string]*list.Element{}, now: time.Now}
+	return &unknownMACs{macs: newRecent[struct{}](), now: time.Now}
 }
 
 // seen records mac, keeping at most limit MACs. logNow says whether a
@@ -34,13 +32,8 @@ func newUnknownMACs() *unknownMACs {
 func (u *unknownMACs) seen(mac string, limit int) (logNow bool, others int) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if e, ok := u.byMAC[mac]; ok {
-		u.order.MoveToFront(e)
+	if u.macs.put(mac, struct{}{}, limit) {
 		return false, 0
-	}
-	u.byMAC[mac] = u.order.PushFront(mac)
-	for u.order.Len() > max(limit, 1) {
-		delete(u.byMAC, u.order.Remove(u.order.Back()).(string))
 	}
 	now := u.now()
 	if !u.lastLog.IsZero() && now.Sub(u.lastLog) < unknownLogEvery {
@@ -66,8 +59,4 @@ func (u *unknownMACs) due() int {
 }
 
 // len is how many MACs are remembered.
-func (u *unknownMACs) len() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return len(u.byMAC)
-}
+func (u *unknownMACs) len() int { return u.macs.len() }
