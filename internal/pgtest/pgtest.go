@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"syscall"
@@ -135,11 +136,25 @@ func (s *Server) run(ctx context.Context) error {
 	}
 	defer logf.Close()
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	if err := s.cmd.Start(); err != nil {
+	// Linux sends Pdeathsig when the thread that forked exits, not the
+	// process: a goroutine that locks whatever thread it lands on and
+	// ends locked (netlab.Do) would kill the server mid-test. So the
+	// server is forked from a thread of its own, locked until the
+	// server exits.
+	started := make(chan error, 1)
+	s.done = make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: see above
+		if err := s.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		s.done <- s.cmd.Wait()
+	}()
+	if err := <-started; err != nil {
 		return fmt.Errorf("postgres: %w", err)
 	}
-	s.done = make(chan error, 1)
-	go func() { s.done <- s.cmd.Wait() }()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		c, err := pgx.Connect(ctx, s.URL("postgres"))
