@@ -44,7 +44,7 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 		// iPXE retries a failed script fetch; the text says why to
 		// whoever reads the console, /healthz says it to the operator.
 		w.Header().Set("Retry-After", "10")
-		http.Error(w, "unavailable: the server's state store cannot write (disk full?); try again later", http.StatusServiceUnavailable)
+		http.Error(w, "unavailable: the server's state store cannot be read or written now (database restarting? disk full?); try again later", http.StatusServiceUnavailable)
 		return
 	}
 	if err != nil {

@@ -30,9 +30,10 @@ import (
 var (
 	ErrUnknownToken = errors.New("unknown or expired boot token") // 404
 	ErrForbidden    = errors.New("forbidden")                     // 403
-	// ErrUnavailable: the server cannot record the boot now (its state
-	// store fails to write); the machine may try again later.
-	ErrUnavailable = errors.New("state store cannot write") // 503
+	// ErrUnavailable: the server cannot decide or record the boot now
+	// (its state store fails to read or write); the machine may try
+	// again later.
+	ErrUnavailable = errors.New("state store unavailable") // 503
 )
 
 // Action is what a machine's iPXE script makes it do.

@@ -171,7 +171,7 @@ func (p *Provisioner) byRule(ctx context.Context, cfg *profiles.Config, mac stri
 	seen.Addr = addrString(r.RemoteAddr)
 	_, facts, err := p.storedInput(ctx, mac)
 	if err != nil {
-		return nil, err
+		return nil, p.unavailable(mac, "reading its facts", err)
 	}
 	d := rules.Evaluate(cfg.Rules, seen.input(mac, facts))
 	if d.Rule == nil {
@@ -186,7 +186,7 @@ func (p *Provisioner) byRule(ctx context.Context, cfg *profiles.Config, mac stri
 	}
 	p.saveDHCP(ctx, mac, seen)
 	if err := p.store.Assign(ctx, mac, d.Rule.Profile, d.Hostname, byRule, d.Why+" (at the PXE request)"); err != nil {
-		return nil, err
+		return nil, p.unavailable(mac, "assigning it by rule", err)
 	}
 	p.metrics.dhcpDecisions.WithLabelValues("rule").Inc()
 	return &profiles.Machine{MAC: mustMAC(mac), Profile: d.Rule.Profile, Hostname: d.Hostname}, nil
@@ -201,14 +201,16 @@ func (p *Provisioner) register(ctx context.Context, cfg *profiles.Config, mac st
 	}
 	n, err := p.store.CountAssignments(ctx)
 	if err != nil {
-		return err
+		return p.unavailable(mac, "counting assigned machines", err)
 	}
 	if n >= cfg.Server.MaxDiscovered {
 		p.logLimited("assign-limit", "a rule matched, but server.max_discovered machines are assigned already; `pxe-anywhere machines forget MAC` makes room, or raise the limit", "mac", mac)
 		return fmt.Errorf("%w: %d machines assigned by rules or operators (server.max_discovered)", httpboot.ErrForbidden, n)
 	}
-	_, err = p.store.UpsertMachine(ctx, mac, "", "")
-	return err
+	if _, err = p.store.UpsertMachine(ctx, mac, "", ""); err != nil {
+		return p.unavailable(mac, "registering the machine", err)
+	}
+	return nil
 }
 
 // saveDHCP keeps the DHCP context of a boot of an unlisted machine.

@@ -154,7 +154,7 @@ func TestStateWritesFail(t *testing.T) {
 		return !f.p.queue.busy(macA)
 	})
 	err := f.p.Health(ctx)
-	if err == nil || !strings.Contains(err.Error(), "state writes fail") || !strings.Contains(err.Error(), "full") ||
+	if err == nil || !strings.Contains(err.Error(), "state store fails") || !strings.Contains(err.Error(), "full") ||
 		!strings.Contains(err.Error(), "the final state of 1 machine(s) is kept in memory only") {
 		t.Fatalf("Health while the disk is full: %v", err)
 	}

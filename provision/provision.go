@@ -375,7 +375,7 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 	mac := r.MAC.String()
 	m, _, err := p.machineFor(ctx, cfg, mac)
 	if err != nil {
-		return httpboot.BootPlan{}, err
+		return httpboot.BootPlan{}, p.unavailable(mac, "reading its assignment", err)
 	}
 	if m == nil {
 		if m, err = p.byRule(ctx, cfg, mac, r); err != nil {
@@ -428,7 +428,7 @@ func (p *Provisioner) Boot(ctx context.Context, r httpboot.BootRequest) (httpboo
 		// No engine runs for it: a state write failed when its install
 		// ended. It must not stay unbootable until a restart.
 		if err := p.settleStale(ctx, rec); err != nil {
-			return httpboot.BootPlan{}, err
+			return httpboot.BootPlan{}, p.unavailable(mac, "settling a stale install", err)
 		}
 	}
 	if busy {
@@ -472,7 +472,7 @@ func (p *Provisioner) discover(ctx context.Context, cfg *profiles.Config, mac st
 		return httpboot.BootPlan{Action: httpboot.ActionIgnore}, nil
 	}
 	if err != nil {
-		return httpboot.BootPlan{}, err
+		return httpboot.BootPlan{}, p.unavailable(mac, "recording a discovery", err)
 	}
 	if rec.Held {
 		p.event(ctx, mac, "", fmt.Sprintf("PXE boot from %s refused: the machine is held after a security event; `pxe-anywhere machines reinstall %s` arms it again", addrString(r.RemoteAddr), mac))
@@ -519,7 +519,7 @@ func (p *Provisioner) checkOwner(ctx context.Context, mac string, remote netip.A
 		return nil
 	}
 	if err != nil {
-		return err
+		return p.unavailable(mac, "reading its latest boot", err)
 	}
 	b, err := p.liveBoot(ctx, latest.Token)
 	if err != nil || b.IP == addrString(remote) {
@@ -909,15 +909,15 @@ func (p *Provisioner) finalFail(ctx context.Context, mac, phase, errMsg, msg str
 // storeFailed notes a failed state write for Health.
 func (p *Provisioner) storeFailed(mac, what string, err error) {
 	p.writeMu.Lock()
-	p.writeErr = fmt.Sprintf("state writes fail: %s of %s: %v", what, mac, err)
+	p.writeErr = fmt.Sprintf("state store fails: %s of %s: %v", what, mac, err)
 	p.writeMAC = mac
 	p.writeMu.Unlock()
-	p.logLimited("state-write", "state write failed", "mac", mac, "what", what, "err", err)
+	p.logLimited("state-store", "state store failed", "mac", mac, "what", what, "err", err)
 }
 
-// unavailable turns a failed write of a boot into the boot side's 503
-// and tells Health; answers such as a refused transition pass as they
-// are.
+// unavailable turns a failed read or write of the state store on the
+// boot side into a 503 (the machine retries) and tells Health; answers
+// such as a refused transition pass as they are.
 func (p *Provisioner) unavailable(mac, what string, err error) error {
 	if permanent(err) {
 		return err

@@ -178,11 +178,18 @@ func (s *Server) run(ctx context.Context) error {
 // Restart stops the server (fast shutdown: its clients' connections
 // break) and starts it again on the same data.
 func (s *Server) Restart(ctx context.Context) error {
-	if err := s.stop(); err != nil {
+	if err := s.Down(); err != nil {
 		return err
 	}
-	return s.run(ctx)
+	return s.Up(ctx)
 }
+
+// Down stops the server (fast shutdown) and keeps its data, for a test
+// of its clients while the database is away; Up starts it again.
+func (s *Server) Down() error { return s.stop() }
+
+// Up starts a server that Down stopped, and waits until it answers.
+func (s *Server) Up(ctx context.Context) error { return s.run(ctx) }
 
 // URL is the connection string of database db, with the password.
 func (s *Server) URL(db string) string {
