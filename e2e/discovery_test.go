@@ -90,5 +90,6 @@ func TestDiscoveryRuleInstall(t *testing.T) {
 	}
 	checkInstalledDisk(t, v.Disk, system, []extraFile{
 		{Path: "/etc/e2e-extra", UID: 0, GID: 0, Content: "extra file from pxe-anywhere"},
+		{Path: "/etc/hostname", UID: 0, GID: 0, Content: "node-e2e-0042\n"},
 	})
 }

@@ -259,3 +259,56 @@ func TestFullAttributePath(t *testing.T) {
 		t.Errorf("nix calls\n got %q\nwant %q", got, want)
 	}
 }
+
+// The machine's hostname goes into the installed system's
+// /etc/hostname (mode 644), unless the extra files brought one; a
+// hostname that is not one is refused before anything is written.
+func TestHostnameWritten(t *testing.T) {
+	tests := []struct {
+		name, hostname, extra string // extra: the extra files' /etc/hostname ("": none)
+		want, wantLine        string
+		wantErr               bool
+	}{
+		{name: "written", hostname: "node-e2e-0042", want: "node-e2e-0042\n", wantLine: "hostname written to /etc/hostname: node-e2e-0042"},
+		{name: "the extra files' kept", hostname: "node-7", extra: "mine\n", want: "mine\n", wantLine: "/etc/hostname of the extra files kept"},
+		{name: "not a hostname", hostname: "x;touch /mnt/pwned", wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := start(t, sshtarget.Options{})
+			nix, _ := fakeNix(t, nil)
+			o := e.opts()
+			o.LocalNix = nix
+			o.Phases = []string{"install"}
+			o.StorePaths = &installer.StorePaths{Disko: "/nix/store/unused", System: system}
+			o.Hostname = tc.hostname
+			if tc.extra != "" {
+				extra := t.TempDir()
+				must(t, os.MkdirAll(filepath.Join(extra, "etc"), 0o755))
+				must(t, os.WriteFile(filepath.Join(extra, "etc/hostname"), []byte(tc.extra), 0o644))
+				o.ExtraFiles = extra
+			}
+			sink := &recSink{}
+			err := installer.Run(context.Background(), o, sink)
+			got := e.tg.Shell(t, `stat -c '%a %U' /mnt/etc/hostname 2>/dev/null && cat /mnt/etc/hostname; ls /mnt`)
+			if tc.wantErr {
+				if err == nil || !strings.Contains(err.Error(), "not an RFC 1123 hostname") {
+					t.Fatalf("Run: %v, want the hostname refused", err)
+				}
+				if strings.Contains(got, "pwned") || strings.Contains(got, "644") {
+					t.Fatalf("a refused hostname left files:\n%s", got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			if want := "644 root\n" + tc.want; !strings.HasPrefix(got, want) {
+				t.Errorf("/mnt/etc/hostname: got %q, want %q first", got, want)
+			}
+			if !slices.Contains(sink.lines, tc.wantLine) {
+				t.Errorf("no line %q in %q", tc.wantLine, sink.lines)
+			}
+		})
+	}
+}

@@ -111,6 +111,12 @@ type Options struct {
 	ExtraFiles   string // local directory copied to /mnt
 	Chowns       []Chown
 	CopyHostKeys bool
+	// Hostname, when set, is written to the installed system's
+	// /etc/hostname, unless the extra files brought one: the name of a
+	// machine that shares its profile's system with others (a rule's
+	// template, `machines assign --hostname`). A NixOS system reads it
+	// when its networking.hostName is "".
+	Hostname string
 
 	BuildOn                   string // auto (default) | local | remote
 	NoSubstituteOnDestination bool

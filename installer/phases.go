@@ -21,6 +21,7 @@ import (
 	"unicode"
 
 	"github.com/pxe-anywhere/pxe-anywhere/images"
+	"github.com/pxe-anywhere/pxe-anywhere/rules"
 )
 
 // kexecURL is the nixos-images release used when no --kexec is given,
@@ -320,6 +321,11 @@ func (r *run) install(ctx context.Context) error {
 			return err
 		}
 	}
+	if h := r.opts.Hostname; h != "" {
+		if err := r.hostname(ctx, h); err != nil {
+			return err
+		}
+	}
 	if r.opts.CopyHostKeys {
 		cmd := `mkdir -m 755 -p /mnt/etc/ssh && for p in /etc/ssh/ssh_host_*; do [ -e "$p" ] && cp -a "$p" /mnt/etc/ssh/; done; true`
 		if err := r.conn.exec(ctx, cmd, nil); err != nil {
@@ -351,6 +357,18 @@ func (r *run) install(ctx context.Context) error {
 		cmd += "NIXOS_NO_CHECK=" + quote(*r.opts.NixOSNoCheck) + " "
 	}
 	return r.conn.exec(ctx, cmd+"nixos-install --no-root-passwd --no-channel-copy --system "+quote(system), nil)
+}
+
+// hostname writes h into /mnt/etc/hostname, leaving one that the extra
+// files brought alone; the target's output line says which.
+func (r *run) hostname(ctx context.Context, h string) error {
+	if !rules.ValidHostname(h) {
+		return &PhaseError{Phase: r.conn.phase, Err: fmt.Errorf("hostname %q is not an RFC 1123 hostname", h)}
+	}
+	cmd := `if [ -e /mnt/etc/hostname ]; then echo "/etc/hostname of the extra files kept"; ` +
+		`else mkdir -m 755 -p /mnt/etc && printf '%s\n' ` + quote(h) + ` > /mnt/etc/hostname.tmp && ` +
+		`chmod 644 /mnt/etc/hostname.tmp && mv /mnt/etc/hostname.tmp /mnt/etc/hostname && echo "hostname written to /etc/hostname: "` + quote(h) + `; fi`
+	return r.conn.exec(ctx, cmd, nil)
 }
 
 // extraFiles streams the directory as a tar archive owned by root; the

@@ -125,7 +125,3 @@ func (d *decoder) ruleErrors(err error, w string, rn *yaml.Node, f map[string]*y
 		d.errf(node, w+"."+fe.Field, "", "%v", fe.Err)
 	}
 }
-
-// ValidHostname reports whether h is an RFC 1123 hostname, as
-// machines[].hostname must be.
-func ValidHostname(h string) bool { return validHostname(h) }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"path"
 	"strings"
+
+	"github.com/pxe-anywhere/pxe-anywhere/rules"
 )
 
 // validate runs the checks that span sections: references between
@@ -177,21 +179,5 @@ func isStorePath(p string) bool {
 	return ok && rest != "" && p == path.Clean(p)
 }
 
-// validHostname checks RFC 1123 names: dot-separated labels of letters,
-// digits and '-', neither starting nor ending with '-'.
-func validHostname(h string) bool {
-	if h == "" || len(h) > 253 {
-		return false
-	}
-	for _, l := range strings.Split(h, ".") {
-		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
-			return false
-		}
-		for _, r := range l {
-			if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-') {
-				return false
-			}
-		}
-	}
-	return true
-}
+// validHostname checks RFC 1123 names (rules.ValidHostname).
+func validHostname(h string) bool { return rules.ValidHostname(h) }

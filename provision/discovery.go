@@ -361,7 +361,7 @@ func (p *Provisioner) Assign(ctx context.Context, mac, profile, hostname, by str
 	if cfg.Profile(profile) == nil {
 		return fmt.Errorf("%w: no profile %q in the config", admin.ErrInvalid, profile)
 	}
-	if hostname != "" && !profiles.ValidHostname(hostname) {
+	if hostname != "" && !rules.ValidHostname(hostname) {
 		return fmt.Errorf("%w: bad hostname %q (letters, digits and '-', dot-separated labels of at most 63)", admin.ErrInvalid, hostname)
 	}
 	rec, err := p.store.Machine(ctx, mac)

@@ -3,6 +3,8 @@ package provision
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -95,6 +97,9 @@ func TestDiscoveryRuleInstallsInSameBoot(t *testing.T) {
 	if rec.Profile != "web" || rec.Hostname != "node-sn-77" {
 		t.Fatalf("installed as %+v, want profile web, hostname node-sn-77", rec)
 	}
+	if got, _ := os.ReadFile(filepath.Join(tg.Dir, "disk/etc/hostname")); string(got) != "node-sn-77\n" {
+		t.Fatalf("installed system's /etc/hostname: %q, want the rule's node-sn-77", got)
+	}
 	calls := tg.Calls()
 	if len(calls) < 4 || calls[0] != "ipmitool lan print" || calls[1] != "disko" || calls[len(calls)-1] != "reboot" {
 		t.Fatalf("target calls %q", calls)
@@ -175,6 +180,9 @@ func TestDiscoveryAssignStartsAtOnce(t *testing.T) {
 	rec := h.waitFor(t, store.StateInstalled)
 	if rec.Hostname != "db-7" || rec.Profile != "web" {
 		t.Fatalf("installed as %+v", rec)
+	}
+	if got, _ := os.ReadFile(filepath.Join(tg.Dir, "disk/etc/hostname")); string(got) != "db-7\n" {
+		t.Fatalf("installed system's /etc/hostname: %q, want the operator's db-7", got)
 	}
 	if v := h.machineView(t); v.DecidedBy != "operator" || v.DecidedWhy != "by operator (API)" {
 		t.Fatalf("decided %q %q", v.DecidedBy, v.DecidedWhy)

@@ -119,6 +119,7 @@ func (p *Provisioner) install(ctx context.Context, b store.Boot, m *profiles.Mac
 	if port != 0 {
 		opts.Target.Port = port
 	}
+	opts.Hostname = m.Hostname
 	if err != nil {
 		fail("", err)
 		return

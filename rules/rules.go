@@ -426,6 +426,27 @@ func parseTemplate(s string) (out []piece, facts bool, err error) {
 	return out, facts, nil
 }
 
+// ValidHostname reports whether h is an RFC 1123 hostname: dot-separated
+// labels of letters, digits and '-', neither starting nor ending with
+// '-', at most 63 bytes each and 253 in all. Configured hostnames,
+// operators' and the ones written into installed systems must be.
+func ValidHostname(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(h, ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, r := range l {
+			if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // maxHostname is the longest hostname a template makes (one DNS label).
 const maxHostname = 63
 
