@@ -148,11 +148,12 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if err := s.inv.Cancel(r.Context(), mac, byAPI); err != nil {
+	status, err := s.inv.Cancel(r.Context(), mac, byAPI)
+	if err != nil {
 		s.inventoryError(w, err)
 		return
 	}
-	httpserve.WriteJSON(w, http.StatusOK, map[string]string{"status": "install cancelled: the machine is failed (cancelled by operator)"})
+	httpserve.WriteJSON(w, http.StatusOK, map[string]string{"status": status})
 }
 
 // assignRequest is the body of POST /api/v1/machines/{mac}/assign.

@@ -505,7 +505,7 @@ func (s *Server) doAction(w http.ResponseWriter, r *http.Request) {
 	case "reinstall":
 		err = s.inv.Reinstall(r.Context(), mac, by)
 	case "cancel":
-		err = s.inv.Cancel(r.Context(), mac, by)
+		_, err = s.inv.Cancel(r.Context(), mac, by)
 	case "forget":
 		err = s.inv.Forget(r.Context(), mac, by)
 	case "assign":

@@ -192,23 +192,23 @@ func (r *rack) Reinstall(ctx context.Context, mac, by string) error {
 	return nil
 }
 
-func (r *rack) Cancel(ctx context.Context, mac, by string) error {
+func (r *rack) Cancel(ctx context.Context, mac, by string) (string, error) {
 	m, err := r.Machine(ctx, mac)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if m.State != "installing" {
-		return fmt.Errorf("%w: machine %s has no install running or queued: nothing to cancel", ErrConflict, mac)
+		return "", fmt.Errorf("%w: machine %s has no install running or queued: nothing to cancel", ErrConflict, mac)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := r.act("cancel", mac, by); err != nil {
-		return err
+		return "", err
 	}
 	m.State, m.Error = "failed", "cancelled by operator"
 	r.machines[mac] = m
 	r.note(mac, "install cancelled by "+by+" during "+m.Phase+"; the slot is free")
-	return nil
+	return "install cancelled", nil
 }
 
 func (r *rack) Assign(ctx context.Context, mac, profile, hostname, by string) error {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -433,4 +434,58 @@ func TestMultiOneSegmentOneInstall(t *testing.T) {
 		t.Fatalf("rack-b shows %s (%q), want installed", m.State, m.Error)
 	}
 	t.Logf("rack-b answered the second callback with HTTP %s", code)
+}
+
+// TestMultiCancelThroughOtherServer: rack-a installs a machine (disko
+// hangs); an operator asks rack-b, which does not run the install, to
+// cancel it. rack-b leaves the cancel on rack-a's claim and says so;
+// rack-a stops the install at its next heartbeat: the machine is failed
+// ("cancelled by operator") in disko, its events name who asked and
+// through which server. Then nothing runs anywhere: a second cancel
+// through rack-b is a conflict.
+func TestMultiCancelThroughOtherServer(t *testing.T) {
+	server, _ := multiDB(t, "rack-a")
+	f := newFixture(t, options{server: server})
+	if f == nil {
+		return
+	}
+	tg := f.installerUpHanging(t)
+	b := startRackB(t, f)
+	var out struct{ Status string }
+	asked := time.Now()
+	if code := b.api(t, "POST", "/api/v1/machines/"+f.mac+"/cancel", &out); code != 200 || !strings.Contains(out.Status, "cancel asked of server rack-a, which runs the install") {
+		t.Fatalf("cancel through rack-b: HTTP %d, %q", code, out.Status)
+	}
+	m := f.waitState(t, "failed", time.Minute)
+	took := time.Since(asked)
+	if m.Error != "cancelled by operator" || m.Phase != "disko" {
+		t.Fatalf("after the cancel: %q in %q, want cancelled by operator in disko", m.Error, m.Phase)
+	}
+	// A heartbeat period at most; the rest is slack, not a speed claim.
+	if bound := claimLease/3 + 5*time.Second; took > bound {
+		t.Errorf("rack-a stopped the install %s after the cancel through rack-b, bound %s", took, bound)
+	}
+	ev := eventText(f.events(t))
+	for _, want := range []string{
+		"cancel asked by operator (API) through server rack-b; server rack-a runs the install",
+		"install cancelled by operator (API) through server rack-b during disko",
+	} {
+		if !strings.Contains(ev, want) {
+			t.Fatalf("events lack %q:\n%s", want, ev)
+		}
+	}
+	// rack-a let its claim go with the install: nothing to cancel now.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		code := b.api(t, "POST", "/api/v1/machines/"+f.mac+"/cancel", nil)
+		if code == 409 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a second cancel through rack-b: HTTP %d, want 409 (nothing runs)", code)
+		}
+	}
+	if c := tg.Calls(); slices.Contains(c, "nixos-install") {
+		t.Fatalf("the cancelled install went on: %q", c)
+	}
+	t.Logf("rack-a stopped the install %s after the cancel through rack-b (claim_lease %s)", took.Round(time.Millisecond), claimLease)
 }

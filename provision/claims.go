@@ -157,6 +157,12 @@ func (p *Provisioner) heartbeat(ctx context.Context) {
 			why = "this server could not renew it for a whole server.claim_lease: " + err.Error()
 		case !c.Expires.After(now):
 			why = "it lapsed before this server renewed it"
+		case c.CancelBy != "":
+			// An operator asked another server; the claim carried it.
+			if found, err := p.queue.cancel(ctx, mac, &cancelled{by: c.CancelBy}); found && err != nil {
+				p.log.Warn("stopping an install cancelled through another server", "mac", mac, "err", err)
+			}
+			continue
 		default:
 			continue
 		}

@@ -290,14 +290,14 @@ func TestCancelHungInstall(t *testing.T) {
 	waitFor(t, "disko on machine 0", func() bool { return l.running(0) })
 	l.start(t, 1) // queued behind 0: one slot
 	ctx := context.Background()
-	if err := l.p.Cancel(ctx, l.macs[1], "operator (API)"); err != nil {
+	if _, err := l.p.Cancel(ctx, l.macs[1], "operator (API)"); err != nil {
 		t.Fatalf("cancel of the queued install: %v", err)
 	}
 	if r := l.wait(t, 1, store.StateFailed); r.Error != "cancelled by operator" {
 		t.Fatalf("queued machine after cancel: error %q", r.Error)
 	}
 	l.start(t, 1) // queued again
-	if err := l.p.Cancel(ctx, l.macs[0], "operator (API)"); err != nil {
+	if _, err := l.p.Cancel(ctx, l.macs[0], "operator (API)"); err != nil {
 		t.Fatalf("Cancel: %v", err)
 	}
 	r := l.wait(t, 0, store.StateFailed)
@@ -310,7 +310,7 @@ func TestCancelHungInstall(t *testing.T) {
 	l.remoteGone(t, 0)
 	// The slot is free: the queued machine installs.
 	l.wait(t, 1, store.StateInstalled)
-	err := l.p.Cancel(ctx, l.macs[0], "operator (API)")
+	_, err := l.p.Cancel(ctx, l.macs[0], "operator (API)")
 	if !errors.Is(err, admin.ErrConflict) || !strings.Contains(err.Error(), "has no install running or queued: nothing to cancel") {
 		t.Errorf("cancel with nothing running: %v, want a conflict that says so", err)
 	}

@@ -29,7 +29,14 @@ type Claim struct {
 	Server    string
 	ClaimedAt time.Time
 	Expires   time.Time
+	// CancelBy, when set, is an operator's request, made through
+	// another server, that the holder stop the install: who asked
+	// (RequestCancel). The holder finds it at its next heartbeat.
+	CancelBy string
 }
+
+// cancelSchema is the migration that lets a cancel ride on a claim.
+const cancelSchema = `ALTER TABLE claims ADD COLUMN cancel_by TEXT NOT NULL DEFAULT '';`
 
 // The store's claim primitives take the time from the caller: the
 // servers that share a database must keep their clocks close (NTP),
@@ -44,7 +51,8 @@ func (s *DB) Claim(ctx context.Context, mac, server string, lease time.Duration,
 	mac = normMAC(mac)
 	res, err := s.db.ExecContext(ctx, `INSERT INTO claims (mac, server, claimed_at, expires_at) VALUES (?, ?, ?, ?)
 		ON CONFLICT(mac) DO UPDATE SET server = excluded.server, expires_at = excluded.expires_at,
-			claimed_at = CASE WHEN claims.server = excluded.server THEN claims.claimed_at ELSE excluded.claimed_at END
+			claimed_at = CASE WHEN claims.server = excluded.server THEN claims.claimed_at ELSE excluded.claimed_at END,
+			cancel_by = CASE WHEN claims.server = excluded.server THEN claims.cancel_by ELSE '' END
 		WHERE claims.server = excluded.server OR claims.expires_at < ?`,
 		mac, server, unix(now), unix(now.Add(lease)), unix(now))
 	if err != nil {
@@ -65,7 +73,7 @@ func (s *DB) Claim(ctx context.Context, mac, server string, lease time.Duration,
 func (s *DB) ClaimOf(ctx context.Context, mac string) (Claim, error) {
 	c := Claim{MAC: normMAC(mac)}
 	var at, exp int64
-	err := s.db.QueryRowContext(ctx, `SELECT server, claimed_at, expires_at FROM claims WHERE mac = ?`, c.MAC).Scan(&c.Server, &at, &exp)
+	err := s.db.QueryRowContext(ctx, `SELECT server, claimed_at, expires_at, cancel_by FROM claims WHERE mac = ?`, c.MAC).Scan(&c.Server, &at, &exp, &c.CancelBy)
 	if errors.Is(err, sql.ErrNoRows) {
 		return c, fmt.Errorf("claim on %s: %w", mac, ErrNotFound)
 	}
@@ -86,6 +94,23 @@ func (s *DB) Heartbeat(ctx context.Context, server string, lease time.Duration, 
 	return int(n), nil
 }
 
+// RequestCancel asks the server that holds a live claim on mac, other
+// than from, to stop the install: by (who asked) is kept on the claim
+// until the holder releases it. It returns the claim; ErrNotFound when
+// no other server holds a live one.
+func (s *DB) RequestCancel(ctx context.Context, mac, from, by string, now time.Time) (Claim, error) {
+	mac = normMAC(mac)
+	res, err := s.db.ExecContext(ctx, `UPDATE claims SET cancel_by = ? WHERE mac = ? AND server <> ? AND expires_at >= ?`,
+		by, mac, from, unix(now))
+	if err != nil {
+		return Claim{}, fmt.Errorf("cancel request on %s: %w", mac, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return Claim{}, fmt.Errorf("no other server holds a live claim on %s: %w", mac, ErrNotFound)
+	}
+	return s.ClaimOf(ctx, mac)
+}
+
 // Release gives up server's claim on mac, and reports whether it held
 // one.
 func (s *DB) Release(ctx context.Context, mac, server string) (bool, error) {
@@ -100,7 +125,7 @@ func (s *DB) Release(ctx context.Context, mac, server string) (bool, error) {
 // LapsedClaims returns the claims whose lease ended before now: their
 // servers stopped renewing them.
 func (s *DB) LapsedClaims(ctx context.Context, now time.Time) ([]Claim, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT mac, server, claimed_at, expires_at FROM claims WHERE expires_at < ? ORDER BY mac`, unix(now))
+	rows, err := s.db.QueryContext(ctx, `SELECT mac, server, claimed_at, expires_at, cancel_by FROM claims WHERE expires_at < ? ORDER BY mac`, unix(now))
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +134,7 @@ func (s *DB) LapsedClaims(ctx context.Context, now time.Time) ([]Claim, error) {
 	for rows.Next() {
 		var c Claim
 		var at, exp int64
-		if err := rows.Scan(&c.MAC, &c.Server, &at, &exp); err != nil {
+		if err := rows.Scan(&c.MAC, &c.Server, &at, &exp, &c.CancelBy); err != nil {
 			return nil, err
 		}
 		c.ClaimedAt, c.Expires = fromUnix(at), fromUnix(exp)

@@ -97,6 +97,55 @@ func testStoreClaims(t *testing.T, be backend) {
 	}
 }
 
+// TestStoreCancelRequest: a cancel asked through one server rides on
+// another server's live claim until the holder releases it; it is not
+// put on the asker's own claim, nor on a lapsed one, and a takeover
+// starts without it.
+func TestStoreCancelRequest(t *testing.T) { forBackends(t, testStoreCancelRequest) }
+
+func testStoreCancelRequest(t *testing.T, be backend) {
+	ctx := context.Background()
+	s, _ := be.open(t)
+	const mac = "52:54:00:00:07:02"
+	t0 := time.Date(2026, 12, 2, 2, 0, 0, 0, time.UTC)
+	lease := time.Minute
+	if _, err := s.RequestCancel(ctx, mac, "b", "operator (API)", t0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("cancel request without a claim: %v", err)
+	}
+	if _, err := s.Claim(ctx, mac, "a", lease, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RequestCancel(ctx, mac, "a", "operator (API)", t0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("cancel request on the asker's own claim: %v", err)
+	}
+	c, err := s.RequestCancel(ctx, "52:54:00:00:07:02", "b", "operator (API) through server b", t0.Add(time.Second))
+	if err != nil || c.Server != "a" || c.CancelBy != "operator (API) through server b" {
+		t.Fatalf("cancel request through b: %+v %v", c, err)
+	}
+	// The holder's heartbeat keeps it; it reads it with the claim.
+	if _, err := s.Heartbeat(ctx, "a", lease, t0.Add(20*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := s.ClaimOf(ctx, mac); err != nil || c.CancelBy != "operator (API) through server b" {
+		t.Fatalf("claim after a heartbeat: %+v %v", c, err)
+	}
+	if c, err := s.Claim(ctx, mac, "a", lease, t0.Add(30*time.Second)); err != nil || c.CancelBy == "" {
+		t.Fatalf("the holder's renewal by Claim dropped the request: %+v %v", c, err)
+	}
+	// Lapsed: no request is put on it, and the server that takes it
+	// over starts clean.
+	late := t0.Add(5 * time.Minute)
+	if _, err := s.RequestCancel(ctx, mac, "c", "operator (API)", late); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("cancel request on a lapsed claim: %v", err)
+	}
+	if lapsed, err := s.LapsedClaims(ctx, late); err != nil || len(lapsed) != 1 || lapsed[0].CancelBy == "" {
+		t.Fatalf("lapsed claims: %+v %v", lapsed, err)
+	}
+	if c, err := s.Claim(ctx, mac, "b", lease, late); err != nil || c.Server != "b" || c.CancelBy != "" {
+		t.Fatalf("takeover: %+v %v, want b's claim without a's cancel request", c, err)
+	}
+}
+
 // TestStoreClaimConcurrent: of servers that claim one machine at once,
 // or reap one lapsed claim at once, exactly one succeeds.
 func TestStoreClaimConcurrent(t *testing.T) { forBackends(t, testStoreClaimConcurrent) }

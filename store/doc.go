@@ -72,6 +72,7 @@ type Store interface {
 	Release(ctx context.Context, mac, server string) (bool, error)
 	LapsedClaims(ctx context.Context, now time.Time) ([]Claim, error)
 	ReapClaim(ctx context.Context, c Claim, now time.Time) (bool, error)
+	RequestCancel(ctx context.Context, mac, from, by string, now time.Time) (Claim, error)
 
 	// Each server's view of its configured machines (views.go).
 	SetConfigView(ctx context.Context, server string, machines []ConfigMachine) error

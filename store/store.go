@@ -192,6 +192,7 @@ var migrations = []string{
 	factsSchema,  // facts.go
 	claimsSchema, // claims.go
 	viewsSchema,  // views.go
+	cancelSchema, // claims.go
 }
 
 // OpenSQLite opens (creating, mode 0600) the database at path and brings

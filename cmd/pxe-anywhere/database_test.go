@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
-	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
 	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
@@ -49,20 +48,8 @@ machines:
 
 	lab := netlab.New(t, "10.141.0.0/24")
 	cl := lab.Client(mac)
-	var logs syncbuf.Buffer
-	srv := lab.Command(lab.Server, bin, "serve", "--config", cfgPath, "--ipxe-dir", ipxe)
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- srv.Wait() }()
-	t.Cleanup(func() {
-		srv.Process.Kill()
-		if t.Failed() {
-			t.Logf("server log:\n%s", logs.String())
-		}
-	})
+	srv := serveInLab(t, lab, bin, "serve", "--config", cfgPath, "--ipxe-dir", ipxe)
+	logs, exited := srv.logs, srv.exited
 
 	st, err := store.OpenPostgres(ctx, store.PostgresOptions{URL: url, Password: pg.Password})
 	if err != nil {

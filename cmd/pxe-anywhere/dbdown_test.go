@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
-	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
 )
 
 // TestServeDatabaseDown: while PostgreSQL is down, every kind of boot
@@ -50,21 +49,7 @@ machines:
 	lab := netlab.New(t, "10.145.0.0/24")
 	cl := lab.Client("52:54:00:91:ff:ff")
 	lab.Run(cl, "ip", "addr", "add", "10.145.0.50/24", "dev", "eth0")
-	var logs syncbuf.Buffer
-	srv := lab.Command(lab.Server, fx.bin, "serve", "--config", cfg, "--ipxe-dir", fx.ipxe)
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { srv.Wait(); close(done) }()
-	t.Cleanup(func() {
-		srv.Process.Kill()
-		<-done
-		if t.Failed() {
-			t.Logf("server log:\n%s", logs.String())
-		}
-	})
+	serveInLab(t, lab, fx.bin, "serve", "--config", cfg, "--ipxe-dir", fx.ipxe)
 	// get fetches url from the client: the status, the Retry-After
 	// header and the body.
 	get := func(url string) (code, retryAfter, body string) {

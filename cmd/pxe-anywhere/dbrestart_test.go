@@ -55,21 +55,7 @@ machines:
 	lab := netlab.New(t, "10.144.0.0/24")
 	cl := lab.Client("52:54:00:8f:ff:ff")
 	lab.Run(cl, "ip", "addr", "add", "10.144.0.50/24", "dev", "eth0")
-	var logs syncbuf.Buffer
-	srv := lab.Command(lab.Server, bin, "serve", "--config", cfg, "--ipxe-dir", ipxe)
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { srv.Wait(); close(done) }()
-	t.Cleanup(func() {
-		srv.Process.Kill()
-		<-done
-		if t.Failed() {
-			t.Logf("server log:\n%s", logs.String())
-		}
-	})
+	logs := serveInLab(t, lab, bin, "serve", "--config", cfg, "--ipxe-dir", ipxe).logs
 	// One request per machine, in order, each bounded; a file per
 	// answer: the body, then the status on the last line.
 	out := filepath.Join(dir, "answers")

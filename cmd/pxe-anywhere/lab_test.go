@@ -67,20 +67,8 @@ machines:
 `
 	cfg := fmt.Sprintf(cfgTmpl, dir, "10.83.0.10")
 	os.WriteFile(cfgPath, []byte(cfg), 0o644)
-	var logs syncbuf.Buffer
-	srv := lab.Command(lab.Server, bin, "serve", "--config", cfgPath)
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- srv.Wait() }()
-	t.Cleanup(func() {
-		srv.Process.Kill()
-		if t.Failed() {
-			t.Logf("server log:\n%s", logs.String())
-		}
-	})
+	srv := serveInLab(t, lab, bin, "serve", "--config", cfgPath)
+	logs, exited := srv.logs, srv.exited
 	// udhcpc retries until the server is up; each attempt is bounded.
 	script := filepath.Join(dir, "udhcpc.sh")
 	os.WriteFile(script, []byte("#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr flush dev \"$interface\"\nip addr add \"$ip/${mask:-24}\" dev \"$interface\"\necho \"$ip $siaddr $boot_file\" > \"$OUT\"\n"), 0o755)
@@ -323,4 +311,34 @@ func bindIn(ns *netlab.NS, network, addr string) (io.Closer, error) {
 		return err
 	})
 	return c, err
+}
+
+// labServer is `pxe-anywhere serve` that a test started in its lab's
+// server namespace.
+type labServer struct {
+	*exec.Cmd
+	logs   *syncbuf.Buffer
+	exited chan error // Wait's result, once
+}
+
+// serveInLab starts bin with args in lab's server namespace. The test's
+// cleanup kills it, waits for it, and logs what it wrote when the test
+// failed.
+func serveInLab(t *testing.T, lab *netlab.Lab, bin string, args ...string) *labServer {
+	t.Helper()
+	s := &labServer{Cmd: lab.Command(lab.Server, bin, args...), logs: &syncbuf.Buffer{}, exited: make(chan error, 1)}
+	s.Stdout, s.Stderr = s.logs, s.logs
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { s.exited <- s.Wait(); close(done) }()
+	t.Cleanup(func() {
+		s.Process.Kill()
+		<-done
+		if t.Failed() {
+			t.Logf("server log:\n%s", s.logs.String())
+		}
+	})
+	return s
 }

@@ -132,20 +132,20 @@ func (f *fakeInventory) Reinstall(ctx context.Context, mac, by string) error {
 	return nil
 }
 
-func (f *fakeInventory) Cancel(ctx context.Context, mac, by string) error {
+func (f *fakeInventory) Cancel(ctx context.Context, mac, by string) (string, error) {
 	if by != "operator (API)" {
-		return fmt.Errorf("cancel by %q: the API must name itself", by)
+		return "", fmt.Errorf("cancel by %q: the API must name itself", by)
 	}
 	if mac != "52:54:00:00:00:01" {
 		if _, err := machineByMAC(mac); err != nil {
-			return err
+			return "", err
 		}
-		return fmt.Errorf("%w: machine %s has no install running or queued: nothing to cancel", admin.ErrConflict, mac)
+		return "", fmt.Errorf("%w: machine %s has no install running or queued: nothing to cancel", admin.ErrConflict, mac)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.done = append(f.done, "cancel "+mac)
-	return nil
+	return "install cancelled: the machine is failed (cancelled by operator)", nil
 }
 
 func (f *fakeInventory) Assign(ctx context.Context, mac, profile, hostname, by string) error {
