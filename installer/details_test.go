@@ -262,7 +262,7 @@ func TestFullAttributePath(t *testing.T) {
 
 // The machine's hostname goes into the installed system's
 // /etc/hostname (mode 644), unless the extra files brought one; a
-// hostname that is not one is refused before anything is written.
+// hostname that is not one is refused before any phase runs.
 func TestHostnameWritten(t *testing.T) {
 	tests := []struct {
 		name, hostname, extra string // extra: the extra files' /etc/hostname ("": none)
@@ -292,8 +292,9 @@ func TestHostnameWritten(t *testing.T) {
 			err := installer.Run(context.Background(), o, sink)
 			got := e.tg.Shell(t, `stat -c '%a %U' /mnt/etc/hostname 2>/dev/null && cat /mnt/etc/hostname; ls /mnt`)
 			if tc.wantErr {
-				if err == nil || !strings.Contains(err.Error(), "not an RFC 1123 hostname") {
-					t.Fatalf("Run: %v, want the hostname refused", err)
+				// Refused before any phase: nothing ran on the target.
+				if err == nil || !strings.Contains(err.Error(), "not an RFC 1123 hostname") || len(e.tg.Calls()) != 0 {
+					t.Fatalf("Run: %v, target calls %q; want the hostname refused before any phase", err, e.tg.Calls())
 				}
 				if strings.Contains(got, "pwned") || strings.Contains(got, "644") {
 					t.Fatalf("a refused hostname left files:\n%s", got)

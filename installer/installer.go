@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pxe-anywhere/pxe-anywhere/rules"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -356,6 +357,9 @@ func (o *Options) validate() error {
 	}
 	if o.GenerateHardwareConfig != "" && o.HardwareConfigPath == "" {
 		return errors.New("generating a hardware config needs a path to write it to")
+	}
+	if o.Hostname != "" && !rules.ValidHostname(o.Hostname) {
+		return fmt.Errorf("hostname %q is not an RFC 1123 hostname", o.Hostname)
 	}
 	return nil
 }

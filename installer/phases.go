@@ -21,7 +21,6 @@ import (
 	"unicode"
 
 	"github.com/pxe-anywhere/pxe-anywhere/images"
-	"github.com/pxe-anywhere/pxe-anywhere/rules"
 )
 
 // kexecURL is the nixos-images release used when no --kexec is given,
@@ -359,12 +358,10 @@ func (r *run) install(ctx context.Context) error {
 	return r.conn.exec(ctx, cmd+"nixos-install --no-root-passwd --no-channel-copy --system "+quote(system), nil)
 }
 
-// hostname writes h into /mnt/etc/hostname, leaving one that the extra
-// files brought alone; the target's output line says which.
+// hostname writes h (checked by Options.validate, before any phase)
+// into /mnt/etc/hostname, leaving one that the extra files brought
+// alone; the target's output line says which.
 func (r *run) hostname(ctx context.Context, h string) error {
-	if !rules.ValidHostname(h) {
-		return &PhaseError{Phase: r.conn.phase, Err: fmt.Errorf("hostname %q is not an RFC 1123 hostname", h)}
-	}
 	cmd := `if [ -e /mnt/etc/hostname ]; then echo "/etc/hostname of the extra files kept"; ` +
 		`else mkdir -m 755 -p /mnt/etc && printf '%s\n' ` + quote(h) + ` > /mnt/etc/hostname.tmp && ` +
 		`chmod 644 /mnt/etc/hostname.tmp && mv /mnt/etc/hostname.tmp /mnt/etc/hostname && echo "hostname written to /etc/hostname: "` + quote(h) + `; fi`
