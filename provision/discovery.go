@@ -95,6 +95,12 @@ type dhcpContexts = recent[dhcpSeen]
 func (p *Provisioner) decideUnlisted(cfg *profiles.Config, m dhcp.Machine) (dhcp.Decision, string) {
 	mac := m.MAC.String()
 	seen := seenOf(m)
+	if p.assigned.has(mac) {
+		// A rule or an operator gave it a profile: it boots whatever
+		// the policy for unknown machines says now.
+		p.contexts.put(mac, seen, cfg.Server.MaxUnknownMACs)
+		return dhcp.Boot, "assigned"
+	}
 	if cfg.Server.UnknownMachines == profiles.UnknownDiscover {
 		p.contexts.put(mac, seen, cfg.Server.MaxUnknownMACs)
 		return dhcp.Boot, "unknown-discover"
@@ -188,6 +194,7 @@ func (p *Provisioner) byRule(ctx context.Context, cfg *profiles.Config, mac stri
 	if err := p.store.Assign(ctx, mac, d.Rule.Profile, d.Hostname, byRule, d.Why+" (at the PXE request)"); err != nil {
 		return nil, p.unavailable(mac, "assigning it by rule", err)
 	}
+	p.refreshAssigned(ctx)
 	p.metrics.dhcpDecisions.WithLabelValues("rule").Inc()
 	return &profiles.Machine{MAC: mustMAC(mac), Profile: d.Rule.Profile, Hostname: d.Hostname}, nil
 }
@@ -315,6 +322,7 @@ func (p *Provisioner) decideDiscovered(ctx context.Context, b store.Boot, ip str
 		p.log.Warn("assigning a discovered machine failed", "mac", b.MAC, "err", err)
 		return
 	}
+	p.refreshAssigned(ctx)
 	p.startUp(ctx, cfg, b.MAC, &profiles.Machine{MAC: mustMAC(b.MAC), Profile: d.Rule.Profile, Hostname: d.Hostname}, &b, ip)
 }
 
@@ -374,6 +382,7 @@ func (p *Provisioner) Assign(ctx context.Context, mac, profile, hostname, by str
 	if err := p.store.Assign(ctx, mac, profile, hostname, byOperator, "by "+by); err != nil {
 		return notFound(err)
 	}
+	p.refreshAssigned(ctx)
 	p.log.Info("machine assigned", "mac", mac, "profile", profile, "hostname", hostname, "by", by)
 	if rec.State == store.StateInstalled && !rec.Reinstall {
 		p.event(ctx, mac, "", fmt.Sprintf("the machine is installed: `pxe-anywhere machines reinstall %s` installs it with profile %s", mac, profile))
@@ -391,6 +400,7 @@ func (p *Provisioner) Assign(ctx context.Context, mac, profile, hostname, by str
 // is set), and a rule's assignment that no rule makes any more is
 // taken back.
 func (p *Provisioner) reevaluate(ctx context.Context, cfg *profiles.Config, start bool) error {
+	defer p.refreshAssigned(ctx)
 	recs, err := p.store.Machines(ctx)
 	if err != nil {
 		return err

@@ -71,6 +71,7 @@ type watcher interface {
 func (p *Provisioner) watch(ctx context.Context, w watcher) {
 	_ = w.Watch(ctx, 2*time.Second, func(c store.Change) {
 		if c.Server != p.serverID {
+			p.refreshAssignedMAC(ctx, c.MAC) // another server may have assigned it
 			p.publish(ctx, c.MAC)
 		}
 	})

@@ -190,6 +190,7 @@ func (p *Provisioner) Forget(ctx context.Context, mac, by string) error {
 		return notFound(err)
 	}
 	p.bindings.forget(mac)
+	p.refreshAssigned(ctx)
 	p.log.Info("machine forgotten", "mac", mac, "by", by)
 	p.feed.send(admin.MachineView{MAC: mac, State: "forgotten"})
 	return nil

@@ -76,16 +76,20 @@ type Provisioner struct {
 	bindings *bindingTable
 	unknown  *unknownMACs  // unknown MACs ignored, for the log
 	contexts *dhcpContexts // DHCP context of unlisted machines DHCP let boot, for the rules
+	assigned assignedMACs  // unlisted MACs with a profile assignment (assigned.go)
+	assignMu sync.Mutex    // one writer of assigned at a time
 
 	mu       sync.Mutex
-	limited  *lograte.Limiter              // logLimited
-	firmware map[string]string             // configured MAC → firmware DHCP saw last (bounded by the config)
-	polling  map[string]context.CancelFunc // token → SSH poller of a machine without callback
-	wg       sync.WaitGroup                // installs and pollers
-	bg       sync.WaitGroup                // the sweeper, which runs until ctx ends
-	baseCtx  context.Context
-	pollWait time.Duration
-	discPort int // Options.DiscoverSSHPort
+	limited  *lograte.Limiter  // logLimited
+	firmware map[string]string // configured MAC → firmware DHCP saw last (bounded by the config)
+	// firmwareWrites holds a token per firmware note being written.
+	firmwareWrites chan struct{}
+	polling        map[string]context.CancelFunc // token → SSH poller of a machine without callback
+	wg             sync.WaitGroup                // installs and pollers
+	bg             sync.WaitGroup                // the sweeper, which runs until ctx ends
+	baseCtx        context.Context
+	pollWait       time.Duration
+	discPort       int // Options.DiscoverSSHPort
 
 	// State writes: writeErr says why the last one failed ("" when it
 	// worked), writeMAC on which machine; pending holds final states
@@ -153,26 +157,27 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 		o.PollDelay = 20 * time.Second
 	}
 	p := &Provisioner{
-		store:    o.Store,
-		signer:   o.Signer,
-		keyFile:  o.KeyFile,
-		authKey:  ssh.MarshalAuthorizedKey(o.Signer.PublicKey()),
-		log:      o.Log,
-		metrics:  o.Metrics,
-		engine:   o.Engine,
-		feed:     newFeed(),
-		bindings: newBindingTable(),
-		limited:  &lograte.Limiter{Log: o.Log, Every: time.Minute},
-		firmware: map[string]string{},
-		unknown:  newUnknownMACs(),
-		contexts: newRecent[dhcpSeen](),
-		polling:  map[string]context.CancelFunc{},
-		pending:  map[string]pendingState{},
-		baseCtx:  ctx,
-		pollWait: o.PollDelay,
-		discPort: o.DiscoverSSHPort,
-		serverID: o.ServerID,
-		held:     map[string]int{},
+		store:          o.Store,
+		signer:         o.Signer,
+		keyFile:        o.KeyFile,
+		authKey:        ssh.MarshalAuthorizedKey(o.Signer.PublicKey()),
+		log:            o.Log,
+		metrics:        o.Metrics,
+		engine:         o.Engine,
+		feed:           newFeed(),
+		bindings:       newBindingTable(),
+		limited:        &lograte.Limiter{Log: o.Log, Every: time.Minute},
+		firmware:       map[string]string{},
+		firmwareWrites: make(chan struct{}, firmwareWrites),
+		unknown:        newUnknownMACs(),
+		contexts:       newRecent[dhcpSeen](),
+		polling:        map[string]context.CancelFunc{},
+		pending:        map[string]pendingState{},
+		baseCtx:        ctx,
+		pollWait:       o.PollDelay,
+		discPort:       o.DiscoverSSHPort,
+		serverID:       o.ServerID,
+		held:           map[string]int{},
 	}
 	if p.serverID == "" {
 		p.serverID = "local"
@@ -191,6 +196,7 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 	if err := p.loadBindings(ctx); err != nil {
 		return nil, fmt.Errorf("load DHCP bindings: %w", err)
 	}
+	p.refreshAssigned(ctx)
 	p.sweep(ctx)
 	if err := p.resumePolls(ctx); err != nil {
 		return nil, fmt.Errorf("resume SSH polling: %w", err)
@@ -249,6 +255,7 @@ func (p *Provisioner) sweep(ctx context.Context) {
 	if n := p.unknown.due(); n > 0 {
 		p.log.Info("ignored unknown machines (server.unknown_machines: ignore), not logged one by one", "count", n)
 	}
+	p.refreshAssigned(ctx)
 }
 
 // resumePolls starts again the SSH pollers that a previous run lost:
@@ -352,7 +359,10 @@ func (p *Provisioner) Decide(ctx context.Context, m dhcp.Machine) dhcp.Decision 
 }
 
 // noteFirmware records the firmware DHCP saw a configured machine boot
-// with, for the operator's views; it writes only when that changed.
+// with, for the operator's views; it writes only when that changed. The
+// write runs beside the DHCP loop, bounded in time and in number: a
+// slow store must not hold up leases, and a note that finds
+// firmwareWrites busy is dropped (the next change writes again).
 func (p *Provisioner) noteFirmware(ctx context.Context, mac, fw string) {
 	p.mu.Lock()
 	same := p.firmware[mac] == fw
@@ -361,10 +371,32 @@ func (p *Provisioner) noteFirmware(ctx context.Context, mac, fw string) {
 	if same {
 		return
 	}
-	if err := p.store.SetFirmware(ctx, mac, fw); err != nil {
-		p.logLimited("firmware", "recording a machine's firmware failed", "mac", mac, "err", err)
+	select {
+	case p.firmwareWrites <- struct{}{}:
+	default:
+		p.logLimited("firmware", "recording a machine's firmware skipped: earlier writes still wait for the store", "mac", mac)
+		p.mu.Lock()
+		delete(p.firmware, mac) // written at its next DHCP request
+		p.mu.Unlock()
+		return
 	}
+	go func() {
+		defer func() { <-p.firmwareWrites }()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := p.store.SetFirmware(ctx, mac, fw); err != nil {
+			p.logLimited("firmware", "recording a machine's firmware failed", "mac", mac, "err", err)
+			p.mu.Lock()
+			if p.firmware[mac] == fw {
+				delete(p.firmware, mac) // written at its next DHCP request
+			}
+			p.mu.Unlock()
+		}
+	}()
 }
+
+// firmwareWrites bounds the firmware notes in flight.
+const firmwareWrites = 8
 
 // Boot chooses the iPXE script of one machine. Installed machines boot
 // their disk unless a reinstall was asked for; everything else that the

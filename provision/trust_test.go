@@ -284,9 +284,8 @@ func TestFirmwareFromDHCP(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, testConfig(t, "ignore"), "")
 	f.p.Decide(ctx, dhcp.Machine{MAC: mac(macA), Firmware: dhcp.Firmware{Arch: dhcp.ArchEFIx64}})
-	if r := f.state(t, macA); r.Firmware != "efi-x64" {
-		t.Fatalf("firmware after DHCP: %q", r.Firmware)
-	}
+	// Written beside the DHCP loop, not in it.
+	waitFor(t, "the firmware after DHCP", func() bool { return f.state(t, macA).Firmware == "efi-x64" })
 	f.boot(t, macA)
 	if r := f.state(t, macA); r.Firmware != "efi-x64" {
 		t.Fatalf("firmware after a boot without arch: %q", r.Firmware)

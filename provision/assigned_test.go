@@ -1,0 +1,169 @@
+package provision
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"database/sql"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
+	"github.com/pxe-anywhere/pxe-anywhere/internal/pgtest"
+	"github.com/pxe-anywhere/pxe-anywhere/store"
+	"golang.org/x/crypto/ssh"
+)
+
+// TestAssignedBootsUnderIgnore: under unknown_machines: ignore, DHCP
+// still lets a machine boot that an operator assigned a profile (its
+// reinstall must not stop working when discovery is turned off), and
+// stops once it is forgotten. An assignment written by another server
+// counts from the next refresh (a sweep, or the store's notification).
+func TestAssignedBootsUnderIgnore(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, testConfig(t, "ignore"), "")
+	decide := func(m string) dhcp.Decision { return f.p.Decide(ctx, dhcp.Machine{MAC: mac(m)}) }
+	if d := decide(macX); d != dhcp.Ignore {
+		t.Fatalf("unlisted machine under ignore: %v", d)
+	}
+	if _, err := f.store.UpsertMachine(ctx, macX, "", ""); err != nil { // discovered earlier
+		t.Fatal(err)
+	}
+	if err := f.p.Assign(ctx, macX, "web", "db-1", "operator (API)"); err != nil {
+		t.Fatal(err)
+	}
+	if d := decide(macX); d != dhcp.Boot {
+		t.Fatalf("operator-assigned machine under ignore: %v, want boot", d)
+	}
+	if err := f.p.Forget(ctx, macX, "operator (API)"); err != nil {
+		t.Fatal(err)
+	}
+	if d := decide(macX); d != dhcp.Ignore {
+		t.Fatalf("forgotten machine under ignore: %v", d)
+	}
+	// Another server's assignment: the store has it, this server's
+	// snapshot not yet.
+	const macY = "52:54:00:aa:bb:07"
+	if _, err := f.store.UpsertMachine(ctx, macY, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.Assign(ctx, macY, "web", "", "operator", "by operator (API) on another server"); err != nil {
+		t.Fatal(err)
+	}
+	f.p.sweep(ctx)
+	if d := decide(macY); d != dhcp.Boot {
+		t.Fatalf("machine assigned through another server, after a sweep: %v, want boot", d)
+	}
+}
+
+// TestDHCPDoesNotWaitForTheStore: while another connection holds the
+// state store's write lock, DHCP still decides (the firmware note it
+// makes is written beside it), and the note lands once the lock goes.
+func TestDHCPDoesNotWaitForTheStore(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, testConfig(t, "ignore"), "")
+	db, err := sql.Open("sqlite", "file:"+f.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN EXCLUSIVE"); err != nil {
+		t.Fatal(err)
+	}
+	decided := make(chan dhcp.Decision, 1)
+	go func() {
+		decided <- f.p.Decide(ctx, dhcp.Machine{MAC: mac(macA), Firmware: dhcp.Firmware{Arch: dhcp.ArchEFIx64}})
+	}()
+	// A Decide that wrote in line would wait out the store's busy
+	// timeout (10 s) here; half of it is slack enough for a loaded
+	// machine, for a decision that takes microseconds.
+	select {
+	case d := <-decided:
+		if d != dhcp.Boot {
+			t.Fatalf("configured machine: %v", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("DHCP's decision waited for the store's write lock")
+	}
+	if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	// The first note may have given up on the lock; the machine's next
+	// request writes it again.
+	waitFor(t, "the firmware note", func() bool {
+		f.p.Decide(ctx, dhcp.Machine{MAC: mac(macA), Firmware: dhcp.Firmware{Arch: dhcp.ArchEFIx64}})
+		return f.state(t, macA).Firmware == "efi-x64"
+	})
+}
+
+// TestAssignedThroughOtherServer: two servers on one PostgreSQL, both
+// under unknown_machines: ignore. An operator assigns a machine through
+// rack-a; rack-b's DHCP lets it boot once the store's notification
+// arrives, long before rack-b's next sweep, and ignores it again once
+// it is forgotten through rack-a.
+func TestAssignedThroughOtherServer(t *testing.T) {
+	bindir := pgtest.Require(t)
+	ctx := context.Background()
+	pg, err := pgtest.Start(ctx, bindir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Stop() })
+	db, err := pg.NewDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, "ignore")
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := ssh.NewSignerFromKey(priv)
+	start := func(id string) *Provisioner {
+		st, err := store.OpenPostgres(ctx, store.PostgresOptions{URL: pg.URLWithoutPassword(db), Password: pg.Password})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pctx, cancel := context.WithCancel(ctx)
+		p, err := New(pctx, cfg, Options{Store: st, Signer: signer, ServerID: id, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cancel()
+			p.Wait()
+			st.Close()
+		})
+		return p
+	}
+	pa, pb := start("rack-a"), start("rack-b")
+	decideB := func() dhcp.Decision { return pb.Decide(ctx, dhcp.Machine{MAC: mac(macX)}) }
+	if d := decideB(); d != dhcp.Ignore {
+		t.Fatalf("rack-b, before the assignment: %v", d)
+	}
+	if _, err := pa.store.UpsertMachine(ctx, macX, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := pa.Assign(ctx, macX, "web", "", "operator (API)"); err != nil {
+		t.Fatal(err)
+	}
+	until := func(what string, want dhcp.Decision) {
+		t.Helper()
+		// Well inside the one-minute sweep: only the notification can
+		// have told rack-b.
+		for deadline := time.Now().Add(20 * time.Second); decideB() != want; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("rack-b %s: still not %v after 20 s", what, want)
+			}
+		}
+	}
+	until("after the assignment through rack-a", dhcp.Boot)
+	if err := pa.Forget(ctx, macX, "operator (API)"); err != nil {
+		t.Fatal(err)
+	}
+	until("after the machine was forgotten through rack-a", dhcp.Ignore)
+}
