@@ -105,9 +105,10 @@ func TestDHCPDoesNotWaitForTheStore(t *testing.T) {
 
 // TestAssignedThroughOtherServer: two servers on one PostgreSQL, both
 // under unknown_machines: ignore. An operator assigns a machine through
-// rack-a; rack-b's DHCP lets it boot once the store's notification
-// arrives, long before rack-b's next sweep, and ignores it again once
-// it is forgotten through rack-a.
+// rack-a; rack-b's DHCP lets it boot long before rack-b's next sweep:
+// from the store's notification, or, when rack-b's listener connected
+// only after the assignment, from the full read it makes on connecting.
+// It ignores the machine again once it is forgotten through rack-a.
 func TestAssignedThroughOtherServer(t *testing.T) {
 	bindir := pgtest.Require(t)
 	ctx := context.Background()

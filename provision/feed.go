@@ -70,6 +70,12 @@ type watcher interface {
 // they are made.
 func (p *Provisioner) watch(ctx context.Context, w watcher) {
 	_ = w.Watch(ctx, 2*time.Second, func(c store.Change) {
+		if c.MAC == "" {
+			// Listening (again): another server's assignments made
+			// meanwhile would be missed until the next sweep.
+			p.refreshAssigned(ctx)
+			return
+		}
 		if c.Server != p.serverID {
 			p.refreshAssignedMAC(ctx, c.MAC) // another server may have assigned it
 			p.publish(ctx, c.MAC)

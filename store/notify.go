@@ -52,7 +52,10 @@ func (s *DB) installNotify(ctx context.Context) error {
 }
 
 // Change is one notification: a server (by its application_name)
-// changed machine MAC or added one of its events.
+// changed machine MAC or added one of its events. A Change with no MAC
+// says that Watch is listening, at its start and after each reconnect:
+// changes made before it may have been missed, so what a caller keeps
+// from the store it should read again.
 type Change struct {
 	Server string
 	MAC    string
@@ -61,8 +64,9 @@ type Change struct {
 // Watch calls fn with every change that any server (this one too)
 // makes to a machine, until ctx ends. It listens on a connection of its
 // own and reconnects when that breaks (a database restart), every
-// retry seconds; changes while it was away are not replayed. On SQLite
-// it returns at once: one server, nothing to hear.
+// retry seconds; changes while it was away are not replayed, but each
+// time it starts listening it says so (a Change with no MAC). On
+// SQLite it returns at once: one server, nothing to hear.
 func (s *DB) Watch(ctx context.Context, retry time.Duration, fn func(Change)) error {
 	if s.pgcfg == nil {
 		return nil
@@ -95,6 +99,7 @@ func (s *DB) listen(ctx context.Context, fn func(Change)) error {
 	if _, err := c.Exec(ctx, "LISTEN "+changesChannel); err != nil {
 		return fmt.Errorf("listening for changes: %w", err)
 	}
+	fn(Change{}) // listening (again): what changed before may be missed
 	for {
 		n, err := c.WaitForNotification(ctx)
 		if err != nil {

@@ -64,11 +64,28 @@ func TestWatchAcrossServers(t *testing.T) {
 	if _, err := a.UpsertMachine(ctx, mac, "w-01", "p"); err != nil {
 		t.Fatal(err)
 	}
+	// Watch says when it listens: before any change of a's, and again
+	// after the restart below.
+	listening := func(what string) {
+		t.Helper()
+		for deadline := time.After(30 * time.Second); ; {
+			select {
+			case c := <-changes:
+				if c.MAC == "" {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("Watch never said it listens %s", what)
+			}
+		}
+	}
+	listening("at its start")
 	expect(mac, func() { a.AddEvent(ctx, mac, "", "an event") })
 	expect(mac, func() { a.RequestReinstall(ctx, mac) })
 	if err := pg.srv.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
+	listening("again after the restart")
 	expect(mac, func() {
 		if err := a.AddEvent(ctx, mac, "", "after the restart"); err != nil && !strings.Contains(err.Error(), "conn") {
 			t.Logf("write during reconnect: %v", err)
