@@ -41,20 +41,11 @@ func multiDB(t *testing.T, id string) (server string, pg *pgtest.Server) {
 // password), for a test that reads the shared rows itself.
 func multiDBURL(t *testing.T, id string) (server string, pg *pgtest.Server, url string) {
 	t.Helper()
-	bindir := pgtest.Require(t)
+	pgtest.Require(t)
 	if l, _ := netlab.Inherited(t); l == nil {
 		return "", nil, "" // the parent only makes the lab
 	}
-	ctx := context.Background()
-	pg, err := pgtest.Start(ctx, bindir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pg.Stop() })
-	db, err := pg.NewDatabase(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pg, db := pgtest.ForTest(t)
 	pw := filepath.Join(t.TempDir(), "db-password")
 	if err := os.WriteFile(pw, []byte(pg.Password+"\n"), 0o600); err != nil {
 		t.Fatal(err)

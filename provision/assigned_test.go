@@ -110,17 +110,8 @@ func TestDHCPDoesNotWaitForTheStore(t *testing.T) {
 // only after the assignment, from the full read it makes on connecting.
 // It ignores the machine again once it is forgotten through rack-a.
 func TestAssignedThroughOtherServer(t *testing.T) {
-	bindir := pgtest.Require(t)
+	pg, db := pgtest.ForTest(t)
 	ctx := context.Background()
-	pg, err := pgtest.Start(ctx, bindir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pg.Stop() })
-	db, err := pg.NewDatabase(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := testConfig(t, "ignore")
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	signer, _ := ssh.NewSignerFromKey(priv)

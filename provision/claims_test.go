@@ -29,18 +29,10 @@ import (
 // reaps the lapsed claim and fails the install naming rack-a, within a
 // few leases, and a reinstall through rack-b is accepted.
 func TestClaimsTwoServers(t *testing.T) {
-	bindir := pgtest.Require(t)
+	pgtest.Require(t)
 	l := buildEngineLab(t, 1, 2, "", "", "  claim_lease: 3s\n")
 	ctx := context.Background()
-	pg, err := pgtest.Start(ctx, bindir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pg.Stop() })
-	db, err := pg.NewDatabase(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pg, db := pgtest.ForTest(t)
 	start := func(id string) (*Provisioner, *store.DB) {
 		st, err := store.OpenPostgres(ctx, store.PostgresOptions{URL: pg.URLWithoutPassword(db), Password: pg.Password})
 		if err != nil {
@@ -82,7 +74,7 @@ func TestClaimsTwoServers(t *testing.T) {
 	if err := stb.CreateBoot(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	err = pb.claim(ctx, b, netip.MustParseAddr("127.0.0.1"), "callback")
+	err := pb.claim(ctx, b, netip.MustParseAddr("127.0.0.1"), "callback")
 	if !errors.Is(err, admin.ErrConflict) || !strings.Contains(err.Error(), "rack-a") {
 		t.Fatalf("rack-b's claim: %v; want a conflict naming rack-a", err)
 	}

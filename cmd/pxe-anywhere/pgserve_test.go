@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,21 +21,7 @@ type pgServe struct {
 
 func newPGServe(t *testing.T) *pgServe {
 	t.Helper()
-	bindir := pgtest.Require(t)
-	ctx := context.Background()
-	pg, err := pgtest.Start(ctx, bindir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := pg.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	db, err := pg.NewDatabase(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pg, db := pgtest.ForTest(t)
 	s := &pgServe{pg: pg, db: db, dir: t.TempDir()}
 	s.bin = filepath.Join(s.dir, "pxe-anywhere")
 	if out, err := exec.Command("go", "build", "-o", s.bin, ".").CombinedOutput(); err != nil {

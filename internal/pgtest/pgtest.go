@@ -58,6 +58,28 @@ func Require(t testing.TB) string {
 	return d
 }
 
+// ForTest starts a server for t (skipped or failed as Require says when
+// PostgreSQL is missing), stops it when t ends, and returns it with a
+// fresh database in it.
+func ForTest(t testing.TB) (s *Server, db string) {
+	t.Helper()
+	bindir := Require(t)
+	ctx := context.Background()
+	s, err := Start(ctx, bindir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	if db, err = s.NewDatabase(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return s, db
+}
+
 // Server is a running throwaway PostgreSQL.
 type Server struct {
 	Dir      string // the temporary directory: data, socket
