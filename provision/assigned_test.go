@@ -5,14 +5,11 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"database/sql"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/pxe-anywhere/pxe-anywhere/dhcp"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/pgtest"
-	"github.com/pxe-anywhere/pxe-anywhere/store"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -115,24 +112,8 @@ func TestAssignedThroughOtherServer(t *testing.T) {
 	cfg := testConfig(t, "ignore")
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	signer, _ := ssh.NewSignerFromKey(priv)
-	start := func(id string) *Provisioner {
-		st, err := store.OpenPostgres(ctx, store.PostgresOptions{URL: pg.URLWithoutPassword(db), Password: pg.Password})
-		if err != nil {
-			t.Fatal(err)
-		}
-		pctx, cancel := context.WithCancel(ctx)
-		p, err := New(pctx, cfg, Options{Store: st, Signer: signer, ServerID: id, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cancel()
-			p.Wait()
-			st.Close()
-		})
-		return p
-	}
-	pa, pb := start("rack-a"), start("rack-b")
+	pa, _ := startOnPostgres(t, pg, db, cfg, signer, "rack-a")
+	pb, _ := startOnPostgres(t, pg, db, cfg, signer, "rack-b")
 	decideB := func() dhcp.Decision { return pb.Decide(ctx, dhcp.Machine{MAC: mac(macX)}) }
 	if d := decideB(); d != dhcp.Ignore {
 		t.Fatalf("rack-b, before the assignment: %v", d)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pxe-anywhere/pxe-anywhere/admin"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/pgtest"
+	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 	"github.com/pxe-anywhere/pxe-anywhere/store"
 )
 
@@ -33,25 +34,8 @@ func TestClaimsTwoServers(t *testing.T) {
 	l := buildEngineLab(t, 1, 2, "", "", "  claim_lease: 3s\n")
 	ctx := context.Background()
 	pg, db := pgtest.ForTest(t)
-	start := func(id string) (*Provisioner, *store.DB) {
-		st, err := store.OpenPostgres(ctx, store.PostgresOptions{URL: pg.URLWithoutPassword(db), Password: pg.Password})
-		if err != nil {
-			t.Fatal(err)
-		}
-		pctx, cancel := context.WithCancel(ctx)
-		p, err := New(pctx, l.cfg, Options{Store: st, Signer: l.signer, ServerID: id, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cancel()
-			p.Wait()
-			st.Close()
-		})
-		return p, st
-	}
-	pa, sta := start("rack-a")
-	pb, stb := start("rack-b")
+	pa, sta := startOnPostgres(t, pg, db, l.cfg, l.signer, "rack-a")
+	pb, stb := startOnPostgres(t, pg, db, l.cfg, l.signer, "rack-b")
 	l.p, l.store = pa, stb // rack-b's pool reads the state: it outlives rack-a's
 
 	mac := l.macs[0]
@@ -172,4 +156,28 @@ func TestConfigConflictReported(t *testing.T) {
 	if n := strings.Count(l.events(t, 0), "config conflict"); n != 1 {
 		t.Fatalf("%d conflict events after the configs agree, want the 1 from before", n)
 	}
+}
+
+// startOnPostgres starts a server named id on database db of pg, as
+// one of several that share it; the test's end stops it.
+func startOnPostgres(t *testing.T, pg *pgtest.Server, db string, cfg *profiles.Config, signer ssh.Signer, id string) (*Provisioner, *store.DB) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := store.OpenPostgres(ctx, store.PostgresOptions{URL: pg.URLWithoutPassword(db), Password: pg.Password})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	p, err := New(ctx, cfg, Options{Store: st, Signer: signer, ServerID: id, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		cancel()
+		st.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		p.Wait()
+		st.Close()
+	})
+	return p, st
 }
