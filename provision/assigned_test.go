@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"database/sql"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -57,7 +58,9 @@ func TestAssignedBootsUnderIgnore(t *testing.T) {
 
 // TestDHCPDoesNotWaitForTheStore: while another connection holds the
 // state store's write lock, DHCP still decides (the firmware note it
-// makes is written beside it), and the note lands once the lock goes.
+// makes is written beside it), a new binding's save gives up after its
+// bound (the binding kept in memory), and the note lands once the lock
+// goes.
 func TestDHCPDoesNotWaitForTheStore(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, testConfig(t, "ignore"), "")
@@ -88,6 +91,23 @@ func TestDHCPDoesNotWaitForTheStore(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("DHCP's decision waited for the store's write lock")
+	}
+	// A new binding is saved before its ACK (a restart must know it),
+	// but not for longer than bindingWriteTimeout: still under the
+	// lock, Bound returns well before the store's 10 s busy timeout,
+	// and the binding holds in memory.
+	bound := make(chan struct{})
+	go func() {
+		f.p.Bound(ctx, dhcp.Binding{MAC: mac(macB), Addr: netip.MustParseAddr("10.77.0.12"), Interface: "br0", Expires: time.Now().Add(time.Hour)})
+		close(bound)
+	}()
+	select {
+	case <-bound:
+	case <-time.After(bindingWriteTimeout + 4*time.Second):
+		t.Fatal("DHCP's binding write waited for the store's write lock past its bound")
+	}
+	if _, ok := f.p.bindings.lookup(macB, netip.MustParseAddr("10.77.0.12")); !ok {
+		t.Fatal("a binding the store could not take was not kept in memory")
 	}
 	if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
 		t.Fatal(err)

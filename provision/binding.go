@@ -186,11 +186,20 @@ func (p *Provisioner) wantsBinding(b dhcp.Binding) bool {
 	return ok
 }
 
+// bindingWriteTimeout bounds each store write that DHCP's loop makes
+// for a binding: a binding is saved before its ACK goes out, so that a
+// restarted server still knows it, but a store that hangs (a database
+// behind a broken network) must not hold up every lease for minutes.
+// A write that runs out leaves the binding in memory only (logged).
+const bindingWriteTimeout = 3 * time.Second
+
 // Bound implements dhcp.Binder: DHCP saw b.MAC take b.Addr.
 func (p *Provisioner) Bound(ctx context.Context, b dhcp.Binding) {
 	if !p.wantsBinding(b) {
 		return
 	}
+	ctx, cancel := context.WithTimeout(ctx, bindingWriteTimeout)
+	defer cancel()
 	mac := b.MAC.String()
 	a := b.Addr.Unmap()
 	now := time.Now()
@@ -220,6 +229,8 @@ func (p *Provisioner) Released(ctx context.Context, b dhcp.Binding) {
 		return
 	}
 	p.bindings.remove(mac, a)
+	ctx, cancel := context.WithTimeout(ctx, bindingWriteTimeout)
+	defer cancel()
 	if err := p.store.DeleteBinding(ctx, mac, a.String()); err != nil {
 		p.log.Warn("deleting a DHCP binding failed", "mac", mac, "ip", a.String(), "err", err)
 	}
