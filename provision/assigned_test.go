@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,4 +160,35 @@ func TestAssignedThroughOtherServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	until("after the machine was forgotten through rack-a", dhcp.Ignore)
+}
+
+// TestAssignedBootsUnderIgnoreOverDHCP is TestAssignedBootsUnderIgnore
+// with a real DHCP client (udhcpc as iPXE) against the real DHCP
+// server, and the operator's actions through the admin API: an
+// unlisted machine gets a lease and no boot file; assigned, its next
+// DHCP names its script; forgotten, no boot file again.
+func TestAssignedBootsUnderIgnoreOverDHCP(t *testing.T) {
+	h := newHandoffWith(t, false, "  unknown_machines: ignore\n", "")
+	if h == nil {
+		return
+	}
+	if _, boot := h.dhcpAs(t, h.client); boot != "" {
+		t.Fatalf("unlisted machine under ignore got boot file %q", boot)
+	}
+	if _, err := h.store.UpsertMachine(context.Background(), macA, "", ""); err != nil { // discovered before
+		t.Fatal(err)
+	}
+	auth := "Authorization: Bearer " + h.apiToken
+	if out, err := h.adminCurl(t, "-f", "-X", "POST", "-H", auth, "-d", `{"profile":"web"}`, h.admin+"/api/v1/machines/"+macA+"/assign"); err != nil {
+		t.Fatalf("assign: %v %s", err, out)
+	}
+	if _, boot := h.dhcpAs(t, h.client); !strings.HasSuffix(boot, scriptURL) {
+		t.Fatalf("assigned machine under ignore: boot file %q, want its script", boot)
+	}
+	if out, err := h.adminCurl(t, "-f", "-X", "DELETE", "-H", auth, h.admin+"/api/v1/machines/"+macA); err != nil {
+		t.Fatalf("forget: %v %s", err, out)
+	}
+	if _, boot := h.dhcpAs(t, h.client); boot != "" {
+		t.Fatalf("forgotten machine under ignore got boot file %q", boot)
+	}
 }
