@@ -34,6 +34,10 @@ func (a *assignedMACs) has(mac string) bool {
 // snapshot; on failure the old snapshot stays (and the next refresh
 // tries again).
 func (p *Provisioner) refreshAssigned(ctx context.Context) {
+	// Read and stored under assignMu: an older read must not replace
+	// a newer one.
+	p.assignMu.Lock()
+	defer p.assignMu.Unlock()
 	all, err := p.store.Assignments(ctx)
 	if err != nil {
 		p.logLimited("assigned", "reading profile assignments for DHCP failed; DHCP keeps the ones read before", "err", err)
@@ -43,14 +47,14 @@ func (p *Provisioner) refreshAssigned(ctx context.Context) {
 	for mac := range all {
 		s[mac] = struct{}{}
 	}
-	p.assignMu.Lock()
-	defer p.assignMu.Unlock()
 	p.assigned.set.Store(&s)
 }
 
 // refreshAssignedMAC reads one machine's assignment into the snapshot,
 // for a change that another server made to it.
 func (p *Provisioner) refreshAssignedMAC(ctx context.Context, mac string) {
+	p.assignMu.Lock()
+	defer p.assignMu.Unlock()
 	_, err := p.store.GetAssignment(ctx, mac)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return // the next sweep reads them all
@@ -58,8 +62,6 @@ func (p *Provisioner) refreshAssignedMAC(ctx context.Context, mac string) {
 	if (err == nil) == p.assigned.has(mac) {
 		return
 	}
-	p.assignMu.Lock()
-	defer p.assignMu.Unlock()
 	s := map[string]struct{}{}
 	if old := p.assigned.set.Load(); old != nil {
 		s = maps.Clone(*old)

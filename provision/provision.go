@@ -380,9 +380,11 @@ func (p *Provisioner) noteFirmware(ctx context.Context, mac, fw string) {
 		p.mu.Unlock()
 		return
 	}
+	p.wg.Add(1)
 	go func() {
+		defer p.wg.Done()
 		defer func() { <-p.firmwareWrites }()
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		ctx, cancel := context.WithTimeout(p.baseCtx, 10*time.Second) // the server stopping ends it
 		defer cancel()
 		if err := p.store.SetFirmware(ctx, mac, fw); err != nil {
 			p.logLimited("firmware", "recording a machine's firmware failed", "mac", mac, "err", err)
@@ -782,7 +784,12 @@ func (p *Provisioner) Callback(ctx context.Context, token string, remote, claime
 	if claimed.IsValid() && claimed != remote.Unmap() {
 		return refuse("address", fmt.Sprintf("callback of boot %s from %s names address %s: refused (the engine connects only to where the callback comes from)", httpboot.ShortToken(token), addrString(remote), claimed))
 	}
-	trust := p.trustOfMachine(ctx, b.MAC)
+	trust, err := p.trustOfMachine(ctx, b.MAC)
+	if err != nil {
+		// Never the server-wide trust in place of the profile's: a
+		// store that fails must not weaken the check.
+		return p.unavailable(b.MAC, "reading its profile", err)
+	}
 	if err := p.checkSource(ctx, b.MAC, remote, trust, "callback"); err != nil {
 		p.metrics.callbacks.WithLabelValues("rejected").Inc()
 		return err
@@ -801,12 +808,16 @@ func (p *Provisioner) Callback(ctx context.Context, token string, remote, claime
 }
 
 // trustOfMachine is the trust in force for mac's profile.
-func (p *Provisioner) trustOfMachine(ctx context.Context, mac string) profiles.Trust {
+func (p *Provisioner) trustOfMachine(ctx context.Context, mac string) (profiles.Trust, error) {
 	cfg := p.cfg.Load()
-	if m, _, err := p.machineFor(ctx, cfg, mac); err == nil && m != nil {
-		return cfg.TrustOf(cfg.Profile(m.Profile))
+	m, _, err := p.machineFor(ctx, cfg, mac)
+	if err != nil {
+		return "", err
 	}
-	return cfg.TrustOf(nil)
+	if m != nil {
+		return cfg.TrustOf(cfg.Profile(m.Profile)), nil
+	}
+	return cfg.TrustOf(nil), nil
 }
 
 // rejectToken leaves an event on the machine a bad token belongs to, if

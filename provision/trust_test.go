@@ -2,10 +2,16 @@ package provision
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +19,7 @@ import (
 	"github.com/pxe-anywhere/pxe-anywhere/httpboot"
 	"github.com/pxe-anywhere/pxe-anywhere/profiles"
 	"github.com/pxe-anywhere/pxe-anywhere/store"
+	"golang.org/x/crypto/ssh"
 )
 
 var stranger = netip.MustParseAddr("10.77.0.66")
@@ -289,5 +296,68 @@ func TestFirmwareFromDHCP(t *testing.T) {
 	f.boot(t, macA)
 	if r := f.state(t, macA); r.Firmware != "efi-x64" {
 		t.Fatalf("firmware after a boot without arch: %q", r.Firmware)
+	}
+}
+
+// failingAssignments is the state store with its assignment reads
+// failing on demand, as a database that went away between two reads
+// does.
+type failingAssignments struct {
+	store.Store
+	fail atomic.Bool
+}
+
+func (s *failingAssignments) GetAssignment(ctx context.Context, mac string) (store.Assignment, error) {
+	if s.fail.Load() {
+		return store.Assignment{}, errors.New("connection to the database lost")
+	}
+	return s.Store.GetAssignment(ctx, mac)
+}
+
+// TestCallbackTrustWhenStoreFails: server.trust is mac, the assigned
+// machine's profile says dhcp. When its profile cannot be read at the
+// callback, the callback is answered "unavailable" (the installer
+// retries), never checked against the weaker server-wide trust: a
+// stranger's callback must not start the install.
+func TestCallbackTrustWhenStoreFails(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := testConfig(t, "ignore")
+	cfg.Server.Trust = profiles.TrustMAC
+	cfg.Profile("web").Trust = profiles.TrustDHCP
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := &failingAssignments{Store: st}
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := ssh.NewSignerFromKey(priv)
+	eng := &recordingEngine{}
+	p, err := New(ctx, cfg, Options{Store: fs, Signer: signer, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Engine: eng.run, PollDelay: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); p.Wait(); st.Close() }()
+	if _, err := st.UpsertMachine(ctx, macX, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Assign(ctx, macX, "web", "", "operator (API)"); err != nil {
+		t.Fatal(err)
+	}
+	p.Decide(ctx, dhcp.Machine{MAC: mac(macX)})
+	p.Bound(ctx, dhcp.Binding{MAC: mac(macX), Addr: machineIP, Interface: "br0", Expires: time.Now().Add(time.Hour)})
+	plan, err := p.Boot(ctx, httpboot.BootRequest{MAC: mac(macX), RemoteAddr: machineIP})
+	if err != nil || plan.Token == "" {
+		t.Fatalf("boot: %+v %v", plan, err)
+	}
+	if _, err := p.ExtraInitrd(ctx, plan.Token, machineIP); err != nil {
+		t.Fatal(err)
+	}
+	fs.fail.Store(true)
+	if err := p.Callback(ctx, plan.Token, stranger, netip.Addr{}); !errors.Is(err, httpboot.ErrUnavailable) {
+		t.Fatalf("a stranger's callback while the profile cannot be read: %v, want unavailable", err)
+	}
+	if r, _ := st.Machine(ctx, macX); r.State != store.StateBooting {
+		t.Fatalf("the machine went on to %s", r.State)
 	}
 }
