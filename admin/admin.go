@@ -125,10 +125,11 @@ type Inventory interface {
 	// The actions: by names who asked, "operator (API)" or
 	// "operator (web, 192.0.2.1)", and goes into the machine's events.
 	Reinstall(ctx context.Context, mac, by string) error
-	// Cancel stops the install of mac that is queued or running (or
-	// asks the server that runs it to), and returns the status to show;
-	// the machine becomes failed. ErrConflict when none runs.
-	Cancel(ctx context.Context, mac, by string) (string, error)
+	// Cancel stops the install of mac that is queued or running, and
+	// returns ""; the machine becomes failed. When another server that
+	// shares the store runs it, Cancel asks that server to, and returns
+	// its name. ErrConflict when none runs.
+	Cancel(ctx context.Context, mac, by string) (asked string, err error)
 	Forget(ctx context.Context, mac, by string) error
 	// Assign gives a machine that the config does not list a profile
 	// and a hostname ("": none); if its installer is up, the install

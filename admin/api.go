@@ -148,12 +148,12 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	status, err := s.inv.Cancel(r.Context(), mac, byAPI)
+	asked, err := s.inv.Cancel(r.Context(), mac, byAPI)
 	if err != nil {
 		s.inventoryError(w, err)
 		return
 	}
-	httpserve.WriteJSON(w, http.StatusOK, map[string]string{"status": status})
+	httpserve.WriteJSON(w, http.StatusOK, map[string]string{"status": cancelStatus(asked)})
 }
 
 // assignRequest is the body of POST /api/v1/machines/{mac}/assign.
@@ -207,4 +207,13 @@ func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpserve.WriteJSON(w, http.StatusOK, map[string]string{"status": "reloaded"})
+}
+
+// cancelStatus says what a cancel did: stopped the install here, or
+// asked the server that runs it (asked).
+func cancelStatus(asked string) string {
+	if asked == "" {
+		return "install cancelled: the machine is failed (cancelled by operator)"
+	}
+	return "cancel asked of server " + asked + ", which runs the install: it stops it at its next heartbeat (every server.claim_lease/3)"
 }

@@ -422,12 +422,13 @@ func (s *Server) pageLog(w http.ResponseWriter, r *http.Request) {
 }
 
 var doneMessages = map[string]string{
-	"reinstall":   "Reinstall requested: the next PXE boot installs again.",
-	"cancel":      "Install cancelled: the machine is failed (cancelled by operator).",
-	"assign":      "Assigned: the install starts at once if the machine's installer is up, else at its next PXE boot.",
-	"power-on":    "Powered on through the BMC.",
-	"power-off":   "Powered off through the BMC.",
-	"power-cycle": "Power-cycled through the BMC.",
+	"reinstall":    "Reinstall requested: the next PXE boot installs again.",
+	"cancel":       "Install cancelled: the machine is failed (cancelled by operator).",
+	"cancel-asked": "Cancel asked of the server that runs the install: it stops it at its next heartbeat (every server.claim_lease/3); the machine's events say when.",
+	"assign":       "Assigned: the install starts at once if the machine's installer is up, else at its next PXE boot.",
+	"power-on":     "Powered on through the BMC.",
+	"power-off":    "Powered off through the BMC.",
+	"power-cycle":  "Power-cycled through the BMC.",
 }
 
 // csrfToken is the value an action form must carry: tied to the
@@ -505,7 +506,10 @@ func (s *Server) doAction(w http.ResponseWriter, r *http.Request) {
 	case "reinstall":
 		err = s.inv.Reinstall(r.Context(), mac, by)
 	case "cancel":
-		_, err = s.inv.Cancel(r.Context(), mac, by)
+		var asked string
+		if asked, err = s.inv.Cancel(r.Context(), mac, by); asked != "" {
+			action = "cancel-asked" // for the message below
+		}
 	case "forget":
 		err = s.inv.Forget(r.Context(), mac, by)
 	case "assign":

@@ -41,6 +41,9 @@ type rack struct {
 	// onSubscribe, if set, runs (once) after the first subscriber is
 	// in: a change made then reaches a page that is already loaded.
 	onSubscribe func()
+	// runsElsewhere, if set, is the server that runs the installs: a
+	// cancel is asked of it, as provision does with several servers.
+	runsElsewhere string
 	// endStreams ends every stream after what is pending: a browser
 	// under a virtual time budget waits for the network to go idle,
 	// which an endless stream never does.
@@ -197,6 +200,9 @@ func (r *rack) Cancel(ctx context.Context, mac, by string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if r.runsElsewhere != "" {
+		return r.runsElsewhere, r.act("cancel", mac, by)
+	}
 	if m.State != "installing" {
 		return "", fmt.Errorf("%w: machine %s has no install running or queued: nothing to cancel", ErrConflict, mac)
 	}
@@ -208,7 +214,7 @@ func (r *rack) Cancel(ctx context.Context, mac, by string) (string, error) {
 	m.State, m.Error = "failed", "cancelled by operator"
 	r.machines[mac] = m
 	r.note(mac, "install cancelled by "+by+" during "+m.Phase+"; the slot is free")
-	return "install cancelled", nil
+	return "", nil
 }
 
 func (r *rack) Assign(ctx context.Context, mac, profile, hostname, by string) error {
@@ -611,6 +617,18 @@ func TestPageActionsNeedSessionAndCSRF(t *testing.T) {
 	resp, body := h.do(t, http.MethodPost, "/machines/"+macInstalled+"/cancel", "csrf="+string(m[1]), form...)
 	if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), "nothing to cancel") {
 		t.Fatalf("cancel of an installed machine: %d %s", resp.StatusCode, body)
+	}
+	// A cancel that another server carries out is said as asked, not
+	// as done.
+	r.mu.Lock()
+	r.runsElsewhere = "rack-a"
+	r.mu.Unlock()
+	resp, _ = h.do(t, http.MethodPost, "/machines/"+macFailed+"/cancel", "csrf="+string(m[1]), form...)
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || loc != "/machines/"+macFailed+"?done=cancel-asked" {
+		t.Fatalf("cancel run by another server: %d %q", resp.StatusCode, loc)
+	}
+	if _, page := h.get(t, "/machines/"+macFailed+"?done=cancel-asked"); !strings.Contains(string(page), "Cancel asked of the server that runs the install") || strings.Contains(string(page), "Install cancelled") {
+		t.Fatalf("page after a cancel asked of another server:\n%s", page)
 	}
 }
 

@@ -56,10 +56,10 @@ func (p *Provisioner) startInstallPort(b store.Boot, m *profiles.Machine, ip str
 // Cancel stops the install of mac, queued or running: the engine's
 // connection closes, which ends the remote command, the machine becomes
 // failed ("cancelled by operator") and its slot goes to the next one.
-// It returns once all that is done, with the status to show. When
-// another server that shares the store holds the install's claim, the
-// cancel is left on that claim: the holder stops the install at its
-// next heartbeat. A machine with no install running anywhere is a
+// It returns once all that is done. When another server that shares
+// the store holds the install's claim, the cancel is left on that
+// claim, and Cancel returns that server's name: the holder stops the
+// install at its next heartbeat. A machine with no install running anywhere is a
 // conflict.
 func (p *Provisioner) Cancel(ctx context.Context, mac, by string) (string, error) {
 	if _, err := p.store.Machine(ctx, mac); err != nil {
@@ -67,7 +67,7 @@ func (p *Provisioner) Cancel(ctx context.Context, mac, by string) (string, error
 	}
 	found, err := p.queue.cancel(ctx, mac, &cancelled{by: by})
 	if found {
-		return "install cancelled: the machine is failed (cancelled by operator)", err
+		return "", err
 	}
 	c, err := p.store.RequestCancel(ctx, mac, p.serverID, by+" through server "+p.serverID, time.Now())
 	if errors.Is(err, store.ErrNotFound) {
@@ -77,7 +77,7 @@ func (p *Provisioner) Cancel(ctx context.Context, mac, by string) (string, error
 		return "", err
 	}
 	p.event(ctx, mac, "", fmt.Sprintf("cancel asked by %s through server %s; server %s runs the install", by, p.serverID, c.Server))
-	return fmt.Sprintf("cancel asked of server %s, which runs the install: it stops it at its next heartbeat (every server.claim_lease/3)", c.Server), nil
+	return c.Server, nil
 }
 
 // stopped records why an install ended under its context: an operator

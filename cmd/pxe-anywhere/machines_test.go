@@ -145,7 +145,7 @@ func (f *fakeInventory) Cancel(ctx context.Context, mac, by string) (string, err
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.done = append(f.done, "cancel "+mac)
-	return "install cancelled: the machine is failed (cancelled by operator)", nil
+	return "", nil
 }
 
 func (f *fakeInventory) Assign(ctx context.Context, mac, profile, hostname, by string) error {
