@@ -56,15 +56,28 @@ func serverID(s profiles.Server) (string, error) {
 		return "", err
 	}
 	id := host + "-" + hex.EncodeToString(suffix)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	// Written whole beside the file, then linked into place: a crash or
+	// a full disk never leaves an empty server-id behind, and of two
+	// starts at once the second finds the first one's id.
+	f, err := os.CreateTemp(s.StateDir, ".server-id-*")
 	if err != nil {
 		return "", fmt.Errorf("server id: %w", err)
 	}
-	if _, err := f.WriteString(id + "\n"); err != nil {
-		f.Close()
-		return "", fmt.Errorf("server id: %w", err)
+	defer os.Remove(f.Name())
+	_, err = f.WriteString(id + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	if err := f.Close(); err != nil {
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o644)
+	}
+	if err == nil {
+		err = os.Link(f.Name(), path)
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return serverID(s)
+	}
+	if err != nil {
 		return "", fmt.Errorf("server id: %w", err)
 	}
 	return id, nil

@@ -35,3 +35,35 @@ func TestServerID(t *testing.T) {
 		t.Fatalf("spoiled file: %v", err)
 	}
 }
+
+// TestServerIDStartsAtOnce: servers that start at once on one fresh
+// state_dir agree on one id (the file is made whole, then linked into
+// place), and no temporary file stays behind.
+func TestServerIDStartsAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	ids := make(chan string, 8)
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			id, err := serverID(profiles.Server{StateDir: dir})
+			ids <- id
+			errs <- err
+		}()
+	}
+	first := ""
+	for range 8 {
+		id, err := <-ids, <-errs
+		if err != nil {
+			t.Fatalf("a start at once: %v", err)
+		}
+		if first == "" {
+			first = id
+		}
+		if id != first {
+			t.Fatalf("two ids for one state_dir: %q and %q", first, id)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 || entries[0].Name() != serverIDFile {
+		t.Fatalf("state_dir holds %v, want only %s", entries, serverIDFile)
+	}
+}
