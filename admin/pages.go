@@ -117,7 +117,7 @@ var pageTmpl = template.Must(template.New("pages").Funcs(pageFuncs).Parse(`
 <div class="actions">{{if .LoggedIn}}{{range .Actions}}<form method="get" action="/machines/{{$.Row.M.MAC}}/{{.}}"><button type="submit">{{.}}…</button></form>{{end}}
 {{else}}<p><a href="/login?next={{.Path}}">Log in</a> to reinstall, cancel or forget this machine.</p>{{end}}</div>
 <h3>Facts</h3>
-<div id="facts">{{with .Row.M.Facts}}{{with .CollectedAt}}<p class="muted">Read over SSH {{when .}}{{end}}{{with $.Row.M.Facts.Addr}} from {{.}}{{end}}{{if .Facter}} · nixos-facter report kept{{end}}</p>
+<div id="facts">{{with .Row.M.Facts}}<p class="muted">{{with .CollectedAt}}Read over SSH {{when .}}{{end}}{{with $.Row.M.Facts.Addr}} from {{.}}{{end}}{{if .Facter}} · nixos-facter report kept{{end}}</p>
 {{with .Hardware}}<pre id="hardware">{{indentJSON .}}</pre>{{end}}
 {{with .DHCP}}<p>DHCP context of its latest boot:</p><pre id="dhcp">{{indentJSON .}}</pre>{{end}}
 {{else}}<p class="muted">No facts: the machine was not discovered (server.unknown_machines: discover reads them when an unlisted machine boots).</p>{{end}}</div>

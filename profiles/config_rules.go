@@ -18,7 +18,7 @@ const maxRules = 1000
 //
 //	rules:
 //	  - name: rack3-storage
-//	    match: {product: "PowerEdge R7*", memory: ">= 256GiB"}
+//	    match: {product: "PowerEdge R7*", memory: ">= 250GiB"}
 //	    profile: storage
 //	    hostname: "st-{serial}"
 //	    bmc: {address: facts}   # over the profile's bmc: block
