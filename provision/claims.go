@@ -159,9 +159,9 @@ func (p *Provisioner) heartbeat(ctx context.Context) {
 			why = "it lapsed before this server renewed it"
 		case c.CancelBy != "":
 			// An operator asked another server; the claim carried it.
-			if found, err := p.queue.cancel(ctx, mac, &cancelled{by: c.CancelBy}); found && err != nil {
-				p.log.Warn("stopping an install cancelled through another server", "mac", mac, "err", err)
-			}
+			// Not waited for: the heartbeat must go on renewing the
+			// other claims while this install unwinds.
+			p.queue.stop(mac, &cancelled{by: c.CancelBy})
 			continue
 		default:
 			continue
@@ -169,9 +169,7 @@ func (p *Provisioner) heartbeat(ctx context.Context) {
 		msg := fmt.Sprintf("server %s lost its claim on the machine (%s): its install here stops", p.serverID, why)
 		p.log.Warn(msg, "mac", mac)
 		p.event(ctx, mac, "", msg)
-		if _, err := p.queue.cancel(ctx, mac, &claimLost{why: why}); err != nil {
-			p.log.Warn("stopping an install whose claim was lost", "mac", mac, "err", err)
-		}
+		p.queue.stop(mac, &claimLost{why: why}) // not waited for, as above
 	}
 }
 

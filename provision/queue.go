@@ -73,16 +73,25 @@ func (q *installQueue) busy(mac string) bool {
 	return q.running[mac] != nil
 }
 
-// cancel stops mac's install with cause and waits until it has ended
-// or ctx is done. It returns false when mac has no install.
-func (q *installQueue) cancel(ctx context.Context, mac string, cause error) (bool, error) {
+// stop stops mac's install with cause without waiting for it to end,
+// and returns it (nil when mac has no install).
+func (q *installQueue) stop(mac string, cause error) *installRun {
 	q.mu.Lock()
 	r := q.running[mac]
 	q.mu.Unlock()
+	if r != nil {
+		r.cancel(cause)
+	}
+	return r
+}
+
+// cancel stops mac's install with cause and waits until it has ended
+// or ctx is done. It returns false when mac has no install.
+func (q *installQueue) cancel(ctx context.Context, mac string, cause error) (bool, error) {
+	r := q.stop(mac, cause)
 	if r == nil {
 		return false, nil
 	}
-	r.cancel(cause)
 	select {
 	case <-r.done:
 		return true, nil
