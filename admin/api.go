@@ -18,19 +18,31 @@ import (
 // token is one secret shared by every operator, so no more can be said.
 const byAPI = "operator (API)"
 
-// inventoryError maps an Inventory error to a status.
-func (s *Server) inventoryError(w http.ResponseWriter, err error) {
+// statusOf is the HTTP status of an Inventory or Power error that the
+// operator may read whole, or 0 for any other: an internal error, for
+// the log only. A BMC's error names the BMC and never holds a password.
+func statusOf(err error) int {
 	switch {
+	case errors.Is(err, ErrBMC):
+		return http.StatusBadGateway
 	case errors.Is(err, ErrNotFound):
-		httpserve.WriteError(w, http.StatusNotFound, err)
+		return http.StatusNotFound
 	case errors.Is(err, ErrConflict):
-		httpserve.WriteError(w, http.StatusConflict, err)
+		return http.StatusConflict
 	case errors.Is(err, ErrInvalid):
-		httpserve.WriteError(w, http.StatusBadRequest, err)
-	default:
-		s.cfg.Log.Error("API request failed", "err", err)
-		httpserve.WriteError(w, http.StatusInternalServerError, errors.New("internal error"))
+		return http.StatusBadRequest
 	}
+	return 0
+}
+
+// inventoryError answers an Inventory or Power error with its status.
+func (s *Server) inventoryError(w http.ResponseWriter, err error) {
+	if code := statusOf(err); code != 0 {
+		httpserve.WriteError(w, code, err)
+		return
+	}
+	s.cfg.Log.Error("API request failed", "err", err)
+	httpserve.WriteError(w, http.StatusInternalServerError, errors.New("internal error"))
 }
 
 // macParam returns the {mac} of the route in the store's form

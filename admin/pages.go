@@ -522,19 +522,10 @@ func (s *Server) doAction(w http.ResponseWriter, r *http.Request) {
 		_, err = s.cfg.Power.Power(r.Context(), mac, strings.TrimPrefix(action, "power-"), by)
 	}
 	if err != nil {
-		code := http.StatusInternalServerError
-		switch {
-		case errors.Is(err, ErrBMC):
-			code = http.StatusBadGateway // the BMC's error names it, never a password
-		case errors.Is(err, ErrNotFound):
-			code = http.StatusNotFound
-		case errors.Is(err, ErrConflict):
-			code = http.StatusConflict
-		case errors.Is(err, ErrInvalid):
-			code = http.StatusBadRequest
-		default:
+		code := statusOf(err)
+		if code == 0 {
 			s.cfg.Log.Error("page action failed", "action", action, "mac", mac, "err", err)
-			err = errors.New("internal error; see the server's log")
+			code, err = http.StatusInternalServerError, errors.New("internal error; see the server's log")
 		}
 		http.Error(w, fmt.Sprintf("%s %s: %v", action, mac, err), code)
 		return

@@ -48,16 +48,6 @@ type Power interface {
 	ReinstallPowerCycle(ctx context.Context, mac, by string) (PowerView, error)
 }
 
-// powerError maps a Power error to a status; the BMC's error is shown
-// whole (it names the BMC and never holds a password).
-func (s *Server) powerError(w http.ResponseWriter, err error) {
-	if errors.Is(err, ErrBMC) {
-		httpserve.WriteError(w, http.StatusBadGateway, err)
-		return
-	}
-	s.inventoryError(w, err)
-}
-
 func (s *Server) noPower(w http.ResponseWriter) bool {
 	if s.cfg.Power == nil {
 		httpserve.WriteError(w, http.StatusNotImplemented, errors.New("this server has no power control"))
@@ -88,7 +78,7 @@ func (s *Server) power(w http.ResponseWriter, r *http.Request) {
 	}
 	v, err := s.cfg.Power.Power(r.Context(), mac, action, byAPI)
 	if err != nil {
-		s.powerError(w, err)
+		s.inventoryError(w, err)
 		return
 	}
 	httpserve.WriteJSON(w, http.StatusOK, v)
@@ -101,7 +91,7 @@ func (s *Server) reinstallPowerCycle(w http.ResponseWriter, r *http.Request, mac
 	}
 	v, err := s.cfg.Power.ReinstallPowerCycle(r.Context(), mac, byAPI)
 	if err != nil {
-		s.powerError(w, err)
+		s.inventoryError(w, err)
 		return
 	}
 	httpserve.WriteJSON(w, http.StatusOK, v)
