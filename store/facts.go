@@ -128,8 +128,7 @@ func (s *DB) Assign(ctx context.Context, mac, profile, hostname, source, reason 
 	if hostname != "" {
 		msg = fmt.Sprintf("assigned profile %s, hostname %s, by %s: %s", profile, hostname, source, reason)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO events (mac, time, state, phase, message)
-		SELECT mac, CAST(? AS BIGINT), state, '', ? FROM machines WHERE mac = ?`, now, msg, mac); err != nil {
+	if _, err := tx.ExecContext(ctx, noteEvent, now, "", msg, mac); err != nil {
 		return err
 	}
 	return tx.Commit()
@@ -155,8 +154,7 @@ func (s *DB) Unassign(ctx context.Context, mac, why string) error {
 	if _, err := tx.ExecContext(ctx, `UPDATE machines SET profile = '', hostname = '', updated_at = ? WHERE mac = ?`, now, mac); err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO events (mac, time, state, phase, message)
-		SELECT mac, CAST(? AS BIGINT), state, '', ? FROM machines WHERE mac = ?`, now, "assignment taken back: "+why, mac); err != nil {
+	if _, err := tx.ExecContext(ctx, noteEvent, now, "", "assignment taken back: "+why, mac); err != nil {
 		return err
 	}
 	return tx.Commit()

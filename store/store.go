@@ -479,10 +479,14 @@ func canMove(from, to State) bool {
 	return false
 }
 
+// noteEvent records a note (time, phase, message) on a machine (mac) in
+// its current state; it inserts nothing for a machine not recorded.
+const noteEvent = `INSERT INTO events (mac, time, state, phase, message)
+		SELECT mac, CAST(? AS BIGINT), state, ?, ? FROM machines WHERE mac = ?`
+
 // AddEvent records a note on a machine in its current state.
 func (s *DB) AddEvent(ctx context.Context, mac, phase, message string) error {
-	res, err := s.db.ExecContext(ctx, `INSERT INTO events (mac, time, state, phase, message)
-		SELECT mac, CAST(? AS BIGINT), state, ?, ? FROM machines WHERE mac = ?`, unix(time.Now()), phase, message, normMAC(mac))
+	res, err := s.db.ExecContext(ctx, noteEvent, unix(time.Now()), phase, message, normMAC(mac))
 	if err != nil {
 		return err
 	}
