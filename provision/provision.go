@@ -196,8 +196,7 @@ func New(ctx context.Context, cfg *profiles.Config, o Options) (*Provisioner, er
 	if err := p.loadBindings(ctx); err != nil {
 		return nil, fmt.Errorf("load DHCP bindings: %w", err)
 	}
-	p.refreshAssigned(ctx)
-	p.sweep(ctx)
+	p.sweep(ctx) // reads the assignments for DHCP too (reload did already)
 	if err := p.resumePolls(ctx); err != nil {
 		return nil, fmt.Errorf("resume SSH polling: %w", err)
 	}
