@@ -209,7 +209,22 @@ func TestRack(t *testing.T) {
 	if data, _ := os.ReadFile(s.logPath); strings.Contains(string(data), bmcSecret) {
 		t.Error("the BMC password is in the server's log")
 	}
-	killPidFile(pidFile)
+	// Its disk is read next: the BMC powers the machine off first, so
+	// that ipmi_sim does not start its qemu again behind the test (a
+	// kill alone once left a restarted qemu holding the disk), and the
+	// test makes sure no qemu of it runs any more.
+	if out := cli(t, s, lab, "power", rackBMC, "off"); !strings.Contains(out, "done") {
+		t.Logf("machines power off: %s", out)
+	}
+	for deadline := time.Now().Add(time.Minute); ; {
+		killPidFile(pidFile)
+		if time.Sleep(time.Second); !qemuRunning(pidFile) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the BMC's qemu still runs a minute after power off; ipmi_sim output:\n%s", sim.Output())
+		}
+	}
 	files := []extraFile{{Path: "/etc/e2e-extra", UID: 0, GID: 0, Content: "extra file from pxe-anywhere"}}
 	for _, m := range rack {
 		checkInstalledDisk(t, m.v.Disk, system, files)
