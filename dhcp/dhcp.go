@@ -110,6 +110,14 @@ type Config struct {
 	// means two hours.
 	ProxyBindingTime time.Duration
 
+	// Relays are the relay agents whose forwarded requests (giaddr set)
+	// are answered, by the packet's source address; a relayed request
+	// from anywhere else is dropped. Empty: none is answered. A relay
+	// writes option 82 (the switch port); believing it from any host
+	// would let that host claim any port, and have its replies sent to
+	// any address it names as giaddr.
+	Relays []netip.Prefix
+
 	Metrics prometheus.Registerer // may be nil
 }
 
@@ -386,6 +394,12 @@ func (s *Server) loop(ctx context.Context, l listener) error {
 			s.log.Debug("DHCP request on an interface not in server.interfaces dropped", "interface", iface, "from", peer, "port", l.port)
 			continue
 		}
+		if !s.fromTrustedRelay(req, peer) {
+			s.packets.WithLabelValues(strings.ToLower(req.MessageType().String()), "untrusted-relay").Inc()
+			s.limited.Warn("untrusted-relay", "relayed DHCP request dropped: its sender is not in dhcp.relays",
+				"from", peer, "giaddr", req.GatewayIPAddr.String(), "mac", req.ClientHWAddr.String())
+			continue
+		}
 		resp, err := s.Handle(ctx, req, iface, l.port)
 		if err != nil {
 			s.log.Warn("DHCP request not answered", "req", describe(req), "err", err)
@@ -399,6 +413,30 @@ func (s *Server) loop(ctx context.Context, l listener) error {
 			s.log.Warn("sending DHCP reply failed", "to", dst, "err", err)
 		}
 	}
+}
+
+// fromTrustedRelay tells whether req may be handled as far as relays
+// go: a direct request (giaddr 0) may; a relayed one only when it was
+// sent from an address in Config.Relays.
+func (s *Server) fromTrustedRelay(req *dhcpv4.DHCPv4, peer net.Addr) bool {
+	if !addrOf(req.GatewayIPAddr).IsValid() {
+		return true
+	}
+	ua, ok := peer.(*net.UDPAddr)
+	if !ok {
+		return false
+	}
+	src, ok := netip.AddrFromSlice(ua.IP)
+	if !ok {
+		return false
+	}
+	src = src.Unmap()
+	for _, p := range s.cfg.Relays {
+		if p.Contains(src) {
+			return true
+		}
+	}
+	return false
 }
 
 // destination picks where a reply goes: to the relay that forwarded the

@@ -803,16 +803,42 @@ func TestPort4011Interface(t *testing.T) {
 
 // TestRelayAndMalformed plays a DHCP relay (RFC 1542) from a namespace
 // with an address on the lab subnet: garbage is dropped and counted,
-// and a relayed DISCOVER is answered to the relay's port 67.
+// and a relayed DISCOVER is answered to the relay's port 67. Another
+// host, not in Relays, that sends relayed requests, one naming the
+// real relay as giaddr and carrying option 82, is not answered and
+// its option 82 reaches no one.
 func TestRelayAndMalformed(t *testing.T) {
 	netlab.Require(t)
 	lab := netlab.New(t, "10.80.0.0/24")
-	s, _, _ := startInLab(t, lab, testConfig(Authoritative, filepath.Join(t.TempDir(), "leases.json")))
+	cfg := testConfig(Authoritative, filepath.Join(t.TempDir(), "leases.json"))
+	cfg.Relays = []netip.Prefix{netip.MustParsePrefix("10.80.0.2/32")}
+	s, d, _ := startInLab(t, lab, cfg)
+
+	stranger := peer(t, lab, "", "10.80.0.3", 67)
+	to := &net.UDPAddr{IP: net.ParseIP("10.80.0.1"), Port: 67}
+	for _, giaddr := range []string{"10.80.0.2", "10.80.0.3"} {
+		spoof := pxeRequest(t, dhcpv4.MessageTypeDiscover, "52:54:00:00:00:66", "PXEClient:Arch:00000", []uint16{0}, "", false)
+		spoof.GatewayIPAddr = net.ParseIP(giaddr)
+		spoof.HopCount = 1
+		spoof.UpdateOption(dhcpv4.OptRelayAgentInfo(dhcpv4.OptGeneric(dhcpv4.AgentCircuitIDSubOption, []byte("Eth1/0/1"))))
+		if _, err := stranger.WriteTo(spoof.ToBytes(), to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	untrusted := s.packets.WithLabelValues("discover", "untrusted-relay")
+	for deadline := time.Now().Add(10 * time.Second); testutil.ToFloat64(untrusted) != 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("relayed DISCOVERs from a host not in Relays counted as untrusted: %v, want 2", testutil.ToFloat64(untrusted))
+		}
+	}
+
 	conn := peer(t, lab, "", "10.80.0.2", 67)
-	req := pxeRequest(t, dhcpv4.MessageTypeDiscover, "52:54:00:00:00:77", "", nil, "", false)
+	req := pxeRequest(t, dhcpv4.MessageTypeDiscover, "52:54:00:00:00:77", "PXEClient:Arch:00000", []uint16{0}, "", false)
 	req.GatewayIPAddr = net.ParseIP("10.80.0.2")
 	req.HopCount = 1
 	resp, from := exchange(t, conn, "10.80.0.1:67", []byte{1, 1, 6, 0, 0xde, 0xad}, req.ToBytes())
+	// Had the spoofed request naming 10.80.0.2 been answered, its OFFER
+	// would have reached this socket first.
 	if resp.MessageType() != dhcpv4.MessageTypeOffer || resp.TransactionID != req.TransactionID ||
 		!resp.YourIPAddr.Equal(net.ParseIP("10.80.0.100")) || !resp.GatewayIPAddr.Equal(net.ParseIP("10.80.0.2")) {
 		t.Fatalf("relay got %s", resp.Summary())
@@ -824,6 +850,13 @@ func TestRelayAndMalformed(t *testing.T) {
 	// before the DISCOVER whose reply we hold.
 	if got := testutil.ToFloat64(s.packets.WithLabelValues("malformed", "dropped")); got != 1 {
 		t.Errorf("malformed packets counted: %v, want 1", got)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, m := range d.asked {
+		if m.MAC.String() != "52:54:00:00:00:77" || m.CircuitID != "" {
+			t.Errorf("the Decider was asked about %+v: only the relay's machine should reach it", m)
+		}
 	}
 }
 

@@ -226,6 +226,11 @@ type DHCP struct {
 	DNS        []netip.Addr
 	Domain     string
 	LeaseTime  time.Duration
+	// Relays are the DHCP relay agents whose forwarded requests are
+	// answered, matched against a packet's source address (not its
+	// giaddr, which the sender writes). Empty: every relayed request is
+	// dropped, so no host can claim a switch port with option 82.
+	Relays []netip.Prefix
 }
 
 // Image is one entry of `images:`; exactly one of KexecTarball,

@@ -419,7 +419,7 @@ func (d *decoder) bootFile(dst *string, n *yaml.Node, where string, optional boo
 
 func (d *decoder) dhcp(c *DHCP, n *yaml.Node) {
 	const w = "dhcp"
-	f := d.fields(n, w, "mode", "efi_x64_boot", "arm64_boot", "subnet", "range", "router", "dns", "domain", "lease_time")
+	f := d.fields(n, w, "mode", "efi_x64_boot", "arm64_boot", "subnet", "range", "router", "dns", "domain", "lease_time", "relays")
 	if v, ok := d.enum(f["mode"], w+".mode", string(DHCPProxy), string(DHCPAuthoritative)); ok {
 		c.Mode = DHCPMode(v)
 	}
@@ -467,6 +467,42 @@ func (d *decoder) dhcp(c *DHCP, n *yaml.Node) {
 			c.LeaseTime = t
 		}
 	}
+	if rn := d.want(f["relays"], w+".relays", yaml.SequenceNode, "write [10.88.0.2, 10.90.0.0/24]"); rn != nil {
+		if len(rn.Content) > maxRelays {
+			d.errf(rn, w+".relays", "list the relay agents, or the prefixes they send from", "%d entries; at most %d", len(rn.Content), maxRelays)
+		} else {
+			for i, e := range rn.Content {
+				if p, ok := d.ipv4Prefix(e, fmt.Sprintf("%s.relays[%d]", w, i)); ok {
+					c.Relays = append(c.Relays, p)
+				}
+			}
+		}
+	}
+}
+
+// maxRelays bounds dhcp.relays: every relayed packet is checked
+// against it.
+const maxRelays = 256
+
+// ipv4Prefix reads an IPv4 address (a /32) or an IPv4 prefix.
+func (d *decoder) ipv4Prefix(n *yaml.Node, where string) (netip.Prefix, bool) {
+	s, ok := d.str(n, where)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
+		return netip.PrefixFrom(a, 32), true
+	}
+	p, err := netip.ParsePrefix(s)
+	switch {
+	case err != nil || !p.Addr().Is4():
+		d.errf(n, where, "an IPv4 address like 10.88.0.2 or a prefix like 10.88.0.0/24", "bad relay address %q", s)
+	case p.Masked() != p:
+		d.errf(n, where, fmt.Sprintf("did you mean %q?", p.Masked().String()), "prefix %q has host bits set", s)
+	default:
+		return p, true
+	}
+	return netip.Prefix{}, false
 }
 
 func (d *decoder) image(name string, n *yaml.Node, w string) *Image {

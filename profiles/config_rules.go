@@ -85,6 +85,9 @@ func (d *decoder) rules(c *Config, n *yaml.Node) {
 			d.errf(f["match"], w, "set server.unknown_machines: discover, or match on DHCP context only (mac_prefix, circuit_id, remote_id, interface, subnet, vendor_class, arch, firmware)",
 				"the rule needs hardware facts, which only discovery collects")
 		}
+		if len(c.DHCP.Relays) == 0 {
+			d.needRelays(s, w, f, matchNodes)
+		}
 		c.Rules = append(c.Rules, r)
 		if rb != nil {
 			if c.ruleBMC == nil {
@@ -123,5 +126,21 @@ func (d *decoder) ruleErrors(err error, w string, rn *yaml.Node, f map[string]*y
 			node = rn
 		}
 		d.errf(node, w+"."+fe.Field, "", "%v", fe.Err)
+	}
+}
+
+// needRelays refuses a rule that reads option 82 (circuit_id or
+// remote_id, in its match or its hostname) when dhcp.relays lists no
+// relay: relayed requests are then all dropped, and the rule could
+// never see what it asks for.
+func (d *decoder) needRelays(s rules.Spec, w string, f, match map[string]*yaml.Node) {
+	const hint = "list the relay agents that add option 82 under dhcp.relays; requests relayed from anywhere else are dropped"
+	for _, key := range []string{"circuit_id", "remote_id"} {
+		if _, ok := s.Match[key]; ok {
+			d.errf(match[key], w+".match."+key, hint, "%s comes from a relay's option 82, and dhcp.relays lists no relay", key)
+		}
+		if strings.Contains(s.Hostname, "{"+key+"}") {
+			d.errf(f["hostname"], w+".hostname", hint, "{%s} comes from a relay's option 82, and dhcp.relays lists no relay", key)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package profiles
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -19,12 +20,17 @@ func TestRulesParse(t *testing.T) {
     hostname: "node-{serial}"
   - match: {circuit_id: "Eth1/0/*"}
     profile: web
+dhcp:
+  relays: [10.9.0.1, 10.90.0.0/24]
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(c.Rules) != 2 || c.Rules[0].Name != "lab" || !c.Rules[0].NeedsFacts() || c.Rules[1].NeedsFacts() || c.Rules[1].Profile != "web" {
 		t.Fatalf("rules decoded wrong: %+v", c.Rules)
+	}
+	if fmt.Sprint(c.DHCP.Relays) != "[10.9.0.1/32 10.90.0.0/24]" {
+		t.Fatalf("dhcp.relays decoded as %v", c.DHCP.Relays)
 	}
 }
 
@@ -63,6 +69,15 @@ func TestRulesErrors(t *testing.T) {
 			name: "facts without discovery",
 			in:   base + "rules:\n  - match: {serial: \"X*\"}\n    profile: web\n",
 			want: []string{`pxe.yaml:9: rules[0]: the rule needs hardware facts, which only discovery collects`},
+		},
+		{
+			name: "option 82 without relays",
+			in:   discoverBase + "  - match: {circuit_id: \"Eth1/*\", remote_id: \"tor-3\"}\n    profile: web\n    hostname: \"r3-{circuit_id}\"\n",
+			want: []string{
+				`pxe.yaml:12: rules[0].match.circuit_id: circuit_id comes from a relay's option 82, and dhcp.relays lists no relay (list the relay agents that add option 82 under dhcp.relays; requests relayed from anywhere else are dropped)`,
+				`pxe.yaml:12: rules[0].match.remote_id: remote_id comes from a relay's option 82, and dhcp.relays lists no relay (list the relay agents that add option 82 under dhcp.relays; requests relayed from anywhere else are dropped)`,
+				`pxe.yaml:14: rules[0].hostname: {circuit_id} comes from a relay's option 82, and dhcp.relays lists no relay (list the relay agents that add option 82 under dhcp.relays; requests relayed from anywhere else are dropped)`,
+			},
 		},
 		{
 			name: "bad size",

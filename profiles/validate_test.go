@@ -157,6 +157,20 @@ func TestParseErrors(t *testing.T) {
 			want: []string{`pxe.yaml:2: dhcp.lease_time: bad duration "1 hour" (a duration of at least 1m, like "1h" or "30m")`},
 		},
 		{
+			name: "bad relays",
+			in:   "dhcp:\n  relays: [10.88.0.2, 10.88.0.1/24, fe80::1, relay1]\n",
+			want: []string{
+				`pxe.yaml:2: dhcp.relays[1]: prefix "10.88.0.1/24" has host bits set (did you mean "10.88.0.0/24"?)`,
+				`pxe.yaml:2: dhcp.relays[2]: bad relay address "fe80::1" (an IPv4 address like 10.88.0.2 or a prefix like 10.88.0.0/24)`,
+				`pxe.yaml:2: dhcp.relays[3]: bad relay address "relay1" (an IPv4 address like 10.88.0.2 or a prefix like 10.88.0.0/24)`,
+			},
+		},
+		{
+			name: "relays not a list",
+			in:   "dhcp:\n  relays: 10.88.0.2\n",
+			want: []string{`pxe.yaml:2: dhcp.relays: must be a list, got the value "10.88.0.2" (write [10.88.0.2, 10.90.0.0/24])`},
+		},
+		{
 			name: "short lease",
 			in:   "dhcp:\n  lease_time: 5s\n",
 			want: []string{`pxe.yaml:2: dhcp.lease_time: bad duration "5s" (a duration of at least 1m, like "1h" or "30m")`},

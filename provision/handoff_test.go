@@ -221,6 +221,7 @@ func (h *handoff) start(t *testing.T, cfg *profiles.Config, dbPath string) {
 		BootFiles: map[dhcp.Arch]string{dhcp.ArchBIOS: "undionly.kpxe"},
 		Subnet:    cfg.DHCP.Subnet, RangeStart: cfg.DHCP.RangeStart, RangeEnd: cfg.DHCP.RangeEnd, Router: cfg.DHCP.Router,
 		LeaseTime: time.Hour, LeaseFile: filepath.Join(h.dir, "leases.json"),
+		Relays: cfg.DHCP.Relays,
 	}, p, log)
 	if err != nil {
 		t.Fatal(err)

@@ -44,6 +44,7 @@ dhcp:
   subnet: 10.89.0.0/24
   range: [10.89.0.100, 10.89.0.110]
   router: 10.89.0.1
+  relays: [10.88.0.2]   # dhcrelay sends from here; its giaddr is 10.89.0.1
 images:
   test:
     kernel: %[1]s/bzImage

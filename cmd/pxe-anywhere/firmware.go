@@ -78,6 +78,7 @@ func dhcpConfig(cfg *profiles.Config, advertise netip.Addr, baseURL string, reg 
 			return httpboot.IPXEBinaryURL(baseURL, name)
 		},
 		BootFiles: files,
+		Relays:    cfg.DHCP.Relays,
 		Metrics:   reg,
 	}
 	if cfg.DHCP.Mode == profiles.DHCPAuthoritative {

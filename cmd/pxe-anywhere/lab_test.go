@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
+
 	"github.com/pxe-anywhere/pxe-anywhere/internal/netlab"
 	"github.com/pxe-anywhere/pxe-anywhere/internal/syncbuf"
 )
@@ -56,6 +58,7 @@ dhcp:
   mode: authoritative
   subnet: 10.83.0.0/24
   range: [10.83.0.100, 10.83.0.120]
+  relays: [10.83.0.10]
 images:
   test: {kernel: %[1]s/bzImage, initrd: [%[1]s/initrd], cmdline: "console=ttyS0"}
 profiles:
@@ -85,6 +88,28 @@ machines:
 	if len(fw) != 3 || fw[0] != "10.83.0.10" || fw[1] != "10.83.0.1" || fw[2] != "undionly.kpxe" {
 		t.Fatalf("firmware DHCP: %q", fw)
 	}
+	// dhcp.relays reaches DHCP: a DISCOVER relayed from the listed
+	// address (the client's, here) is answered to its port 67.
+	var relay *net.UDPConn
+	if err := netlab.Do(cl, func() (err error) {
+		relay, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("10.83.0.10"), Port: 67})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	relayed, err := dhcpv4.New(dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover), dhcpv4.WithHwAddr(net.HardwareAddr{0x52, 0x54, 0, 0x83, 0, 0x99}),
+		dhcpv4.WithGatewayIP(net.ParseIP("10.83.0.10")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	relay.WriteTo(relayed.ToBytes(), &net.UDPAddr{IP: net.ParseIP("10.83.0.1"), Port: 67})
+	relay.SetReadDeadline(time.Now().Add(20 * time.Second))
+	rbuf := make([]byte, 1500)
+	rn, _, err := relay.ReadFrom(rbuf)
+	if offer, perr := dhcpv4.FromBytes(rbuf[:rn]); err != nil || perr != nil || offer.MessageType() != dhcpv4.MessageTypeOffer || offer.TransactionID != relayed.TransactionID {
+		t.Fatalf("relayed DISCOVER from the listed relay: no offer: %v %v", err, perr)
+	}
+	relay.Close()
 	// ipxe.efi is a symlink out of /usr/lib/ipxe on Debian: it must be
 	// served all the same.
 	for _, name := range []string{"undionly.kpxe", "ipxe.efi"} {
