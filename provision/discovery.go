@@ -187,37 +187,20 @@ func (p *Provisioner) byRule(ctx context.Context, cfg *profiles.Config, mac stri
 	if err := p.checkSource(ctx, mac, r.RemoteAddr, cfg.TrustOf(cfg.Profile(d.Rule.Profile)), "boot script"); err != nil {
 		return nil, err
 	}
-	if err := p.register(ctx, cfg, mac); err != nil {
-		return nil, err
+	// A host can invent MACs that match a MAC-prefix rule: past
+	// server.max_discovered assigned machines, a new one is refused.
+	err = p.store.AssignNew(ctx, mac, d.Rule.Profile, d.Hostname, byRule, d.Why+" (at the PXE request)", cfg.Server.MaxDiscovered)
+	if errors.Is(err, store.ErrLimit) {
+		p.logLimited("assign-limit", "a rule matched, but server.max_discovered machines are assigned already; `pxe-anywhere machines forget MAC` makes room, or raise the limit", "mac", mac)
+		return nil, fmt.Errorf("%w: %d machines assigned by rules or operators (server.max_discovered)", httpboot.ErrForbidden, cfg.Server.MaxDiscovered)
 	}
-	p.saveDHCP(ctx, mac, seen)
-	if err := p.store.Assign(ctx, mac, d.Rule.Profile, d.Hostname, byRule, d.Why+" (at the PXE request)"); err != nil {
+	if err != nil {
 		return nil, p.unavailable(mac, "assigning it by rule", err)
 	}
+	p.saveDHCP(ctx, mac, seen)
 	p.refreshAssigned(ctx)
 	p.metrics.dhcpDecisions.WithLabelValues("rule").Inc()
 	return &profiles.Machine{MAC: mustMAC(mac), Profile: d.Rule.Profile, Hostname: d.Hostname}, nil
-}
-
-// register records an unlisted machine that a rule matched, unless the
-// store holds server.max_discovered machines assigned already: a host
-// can invent MACs that match a MAC-prefix rule.
-func (p *Provisioner) register(ctx context.Context, cfg *profiles.Config, mac string) error {
-	if _, err := p.store.Machine(ctx, mac); err == nil {
-		return nil
-	}
-	n, err := p.store.CountAssignments(ctx)
-	if err != nil {
-		return p.unavailable(mac, "counting assigned machines", err)
-	}
-	if n >= cfg.Server.MaxDiscovered {
-		p.logLimited("assign-limit", "a rule matched, but server.max_discovered machines are assigned already; `pxe-anywhere machines forget MAC` makes room, or raise the limit", "mac", mac)
-		return fmt.Errorf("%w: %d machines assigned by rules or operators (server.max_discovered)", httpboot.ErrForbidden, n)
-	}
-	if _, err = p.store.UpsertMachine(ctx, mac, "", ""); err != nil {
-		return p.unavailable(mac, "registering the machine", err)
-	}
-	return nil
 }
 
 // saveDHCP keeps the DHCP context of a boot of an unlisted machine.

@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -134,6 +136,66 @@ func TestDiscoverLimit(t *testing.T) {
 	if _, err := f.store.Discover(ctx, inventedMAC(11).String(), 3); !errors.Is(err, store.ErrLimit) {
 		t.Fatalf("store.Discover past the limit: %v, want ErrLimit", err)
 	}
+}
+
+// TestRuleAssignLimit: a MAC-prefix rule matches any MAC a host invents;
+// invented MACs that ask for their scripts at once get assignments up to
+// max_discovered, and past it are refused with no machine row; forgetting
+// one makes room.
+func TestRuleAssignLimit(t *testing.T) {
+	cfg := withRules(t, "ignore", "  - {match: {mac_prefix: \"02:00\"}, profile: web}\n")
+	cfg.Server.MaxDiscovered = 3
+	f := newFixture(t, cfg, "")
+	ctx := context.Background()
+	boot := func(i int) (httpboot.BootPlan, error) {
+		m, addr := inventedMAC(i), netip.AddrFrom4([4]byte{10, 77, 2, byte(10 + i)})
+		f.p.Decide(ctx, dhcp.Machine{MAC: m, Interface: "br0"}) // the PXE request, as DHCP asks
+		f.p.Bound(ctx, dhcp.Binding{MAC: m, Addr: addr, Interface: "br0", Expires: time.Now().Add(time.Hour)})
+		return f.p.Boot(ctx, httpboot.BootRequest{MAC: m, RemoteAddr: addr})
+	}
+	const n = 12
+	plans, errs := make([]httpboot.BootPlan, n), make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() { defer wg.Done(); plans[i], errs[i] = boot(i) }()
+	}
+	wg.Wait()
+	installs := 0
+	for i := range n {
+		switch {
+		case errs[i] == nil && plans[i].Action == httpboot.ActionInstall:
+			installs++
+		case errors.Is(errs[i], httpboot.ErrForbidden) && strings.Contains(errs[i].Error(), "server.max_discovered"):
+		default:
+			t.Fatalf("invented MAC %d: plan %v, err %v", i, plans[i].Action, errs[i])
+		}
+	}
+	recs, err := f.store.Machines(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if installs != 3 || len(recs) != 3+1 { // and the listed machine
+		t.Fatalf("%d invented MACs installing, %d machines recorded; want 3 and 3+1", installs, len(recs))
+	}
+	var assigned []string
+	for _, r := range recs {
+		if r.Profile == "web" && r.MAC != macA {
+			assigned = append(assigned, r.MAC)
+		}
+	}
+	if len(assigned) != 3 {
+		t.Fatalf("assigned by the rule: %v, want 3", assigned)
+	}
+	if err := f.p.Forget(ctx, assigned[0], "operator (API)"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if plan, err := boot(i); err == nil && plan.Action == httpboot.ActionInstall && !slices.Contains(assigned, inventedMAC(i).String()) {
+			return // a new MAC got the room
+		}
+	}
+	t.Fatal("after a forget, no new MAC was assigned")
 }
 
 // TestSweepPrunes: the minute's sweep applies server.keep_boots and

@@ -141,3 +141,58 @@ func testStoreTransitionConcurrent(t *testing.T, be backend) {
 		}
 	}
 }
+
+// TestStoreAssignNewLimitConcurrent: rules that match many new machines
+// at once never assign more than the limit, and a machine the store
+// knows is assigned whatever the count.
+func TestStoreAssignNewLimitConcurrent(t *testing.T) {
+	forBackends(t, testStoreAssignNewLimitConcurrent)
+}
+
+func testStoreAssignNewLimitConcurrent(t *testing.T, be backend) {
+	ctx := context.Background()
+	for round := range 5 {
+		s, _ := be.open(t)
+		const n, limit = 16, 3
+		errs := make([]error, n)
+		race(n, func(i int) {
+			errs[i] = s.AssignNew(ctx, fmt.Sprintf("52:54:00:00:06:%02x", i), "web", "", "rule", "rule r matched", limit)
+		})
+		ok := 0
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				ok++
+			case !errors.Is(err, ErrLimit):
+				t.Fatalf("round %d: assign %d: %v", round, i, err)
+			}
+		}
+		as, err := s.Assignments(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms, err := s.Machines(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok != limit || len(as) != limit || len(ms) != limit {
+			t.Fatalf("round %d: %d assignments succeeded, %d recorded, %d machines; want %d", round, ok, len(as), len(ms), limit)
+		}
+		// At the limit: a known machine (one the operator listed, say)
+		// is still assigned, and its profile and event say so.
+		const known = "52:54:00:00:06:ff"
+		if _, err := s.UpsertMachine(ctx, known, "", ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AssignNew(ctx, known, "db", "db-1", "rule", "rule d matched", limit); err != nil {
+			t.Fatalf("round %d: a known machine at the limit: %v", round, err)
+		}
+		m, err := s.Machine(ctx, known)
+		if err != nil || m.Profile != "db" || m.Hostname != "db-1" {
+			t.Fatalf("round %d: known machine after AssignNew: %+v %v", round, m, err)
+		}
+		if ev, err := s.LastEvent(ctx, known); err != nil || ev.Message != "assigned profile db, hostname db-1, by rule: rule d matched" {
+			t.Fatalf("round %d: event %+v %v", round, ev, err)
+		}
+	}
+}

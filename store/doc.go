@@ -60,10 +60,10 @@ type Store interface {
 	SaveDHCPContext(ctx context.Context, mac, dhcp string) error
 	Facts(ctx context.Context, mac string) (MachineFacts, error)
 	Assign(ctx context.Context, mac, profile, hostname, source, reason string) error
+	AssignNew(ctx context.Context, mac, profile, hostname, source, reason string, limit int) error
 	Unassign(ctx context.Context, mac, why string) error
 	GetAssignment(ctx context.Context, mac string) (Assignment, error)
 	Assignments(ctx context.Context) (map[string]Assignment, error)
-	CountAssignments(ctx context.Context) (int, error)
 
 	// Claims: which server drives a machine's install (claims.go).
 	Claim(ctx context.Context, mac, server string, lease time.Duration, now time.Time) (Claim, error)

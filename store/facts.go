@@ -112,6 +112,53 @@ func (s *DB) Assign(ctx context.Context, mac, profile, hostname, source, reason 
 		return err
 	}
 	defer tx.Rollback()
+	if err := assignIn(ctx, tx, mac, profile, hostname, source, reason); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// AssignNew is Assign for a machine the store may not know yet: an
+// unknown one is recorded first, unless limit machines hold an
+// assignment already (ErrLimit). A known machine is never refused. The
+// count, the insert and the assignment are one transaction under the
+// discovery lock, so rules that match many new machines at once, on one
+// server or several, cannot pass the limit together.
+func (s *DB) AssignNew(ctx context.Context, mac, profile, hostname, source, reason string, limit int) error {
+	mac = normMAC(mac)
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if err := s.db.d.lock(ctx, tx, "discover"); err != nil {
+		return err
+	}
+	now := unix(time.Now())
+	res, err := tx.ExecContext(ctx, `INSERT INTO machines (mac, state, created_at, updated_at)
+		SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT)
+		WHERE (SELECT count(*) FROM assignments) < ?
+		ON CONFLICT(mac) DO NOTHING`, mac, StateDiscovered, now, now, limit)
+	if err != nil {
+		return fmt.Errorf("register machine %s: %w", mac, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		var known int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM machines WHERE mac = ?`, mac).Scan(&known); err != nil {
+			return fmt.Errorf("register machine %s: %w", mac, err)
+		}
+		if known == 0 {
+			return fmt.Errorf("register machine %s: %d machines assigned: %w", mac, limit, ErrLimit)
+		}
+	}
+	if err := assignIn(ctx, tx, mac, profile, hostname, source, reason); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// assignIn is Assign's work inside tx.
+func assignIn(ctx context.Context, tx *sqlTx, mac, profile, hostname, source, reason string) error {
 	now := unix(time.Now())
 	res, err := tx.ExecContext(ctx, `UPDATE machines SET profile = ?, hostname = ?, updated_at = ? WHERE mac = ?`, profile, hostname, now, mac)
 	if err != nil {
@@ -128,10 +175,8 @@ func (s *DB) Assign(ctx context.Context, mac, profile, hostname, source, reason 
 	if hostname != "" {
 		msg = fmt.Sprintf("assigned profile %s, hostname %s, by %s: %s", profile, hostname, source, reason)
 	}
-	if _, err := tx.ExecContext(ctx, noteEvent, now, "", msg, mac); err != nil {
-		return err
-	}
-	return tx.Commit()
+	_, err = tx.ExecContext(ctx, noteEvent, now, "", msg, mac)
+	return err
 }
 
 // Unassign takes back a profile that a rule or an operator gave, with
@@ -192,10 +237,3 @@ func (s *DB) Assignments(ctx context.Context) (map[string]Assignment, error) {
 	return out, rows.Err()
 }
 
-// CountAssignments is how many machines a rule or an operator gave a
-// profile.
-func (s *DB) CountAssignments(ctx context.Context) (int, error) {
-	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM assignments`).Scan(&n)
-	return n, err
-}
