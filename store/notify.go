@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -93,7 +92,9 @@ func (s *DB) listen(ctx context.Context, fn func(Change)) error {
 	c, err := pgx.ConnectConfig(cctx, s.pgcfg)
 	cancel()
 	if err != nil {
-		return errors.New("listening for changes: connecting failed") // pgx's error may quote the connection string
+		// pgx's connect error names user and database, not the password
+		// (only its parse error quotes the connection string).
+		return fmt.Errorf("listening for changes: %w", err)
 	}
 	defer c.Close(context.WithoutCancel(ctx))
 	if _, err := c.Exec(ctx, "LISTEN "+changesChannel); err != nil {

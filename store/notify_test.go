@@ -23,8 +23,15 @@ func TestWatchAcrossServers(t *testing.T) {
 	}
 
 	url := postgresBackend.create(t)
+	watchErrs := make(chan error, 100)
 	open := func(name string) *DB {
-		s, err := OpenPostgres(ctx, PostgresOptions{URL: url, Password: pg.srv.Password, Name: name, OnWatchError: func(err error) { t.Logf("watch of %s: %v", name, err) }})
+		s, err := OpenPostgres(ctx, PostgresOptions{URL: url, Password: pg.srv.Password, Name: name, OnWatchError: func(err error) {
+			t.Logf("watch of %s: %v", name, err)
+			select {
+			case watchErrs <- err:
+			default:
+			}
+		}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -82,7 +89,26 @@ func TestWatchAcrossServers(t *testing.T) {
 	listening("at its start")
 	expect(mac, func() { a.AddEvent(ctx, mac, "", "an event") })
 	expect(mac, func() { a.RequestReinstall(ctx, mac) })
-	if err := pg.srv.Restart(ctx); err != nil {
+	// While the database is away, Watch says why it cannot reconnect
+	// (what pgx says of the connection), never with the password.
+	if err := pg.srv.Down(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.After(30 * time.Second); ; {
+		var err error
+		select {
+		case err = <-watchErrs:
+		case <-deadline:
+			t.Fatal("Watch reported no error while the database was down")
+		}
+		if strings.Contains(err.Error(), pg.srv.Password) {
+			t.Fatalf("a watch error shows the password: %v", err)
+		}
+		if strings.Contains(err.Error(), "failed to connect") {
+			break
+		}
+	}
+	if err := pg.srv.Up(ctx); err != nil {
 		t.Fatal(err)
 	}
 	listening("again after the restart")
