@@ -57,6 +57,11 @@ type Machine struct {
 	CircuitID, RemoteID string
 	// VendorClass is option 60.
 	VendorClass string
+	// Addr is the address this server leases the machine in
+	// authoritative mode: the one it offers (DISCOVER), acknowledges
+	// (REQUEST) or the client holds (INFORM). Zero in proxy mode, where
+	// another server gives the address.
+	Addr netip.Addr
 }
 
 // Decision is the Decider's answer.

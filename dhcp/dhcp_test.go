@@ -1256,3 +1256,38 @@ func TestMetricsRegisteredTwice(t *testing.T) {
 		t.Fatalf("answered DISCOVERs counted %v, want 2 in one series", got)
 	}
 }
+
+// TestDeciderSeesLeasedAddress: in authoritative mode the Decider is
+// asked once the address is known (offered for a DISCOVER, acknowledged
+// for a REQUEST), so a rule can place a machine by it; a proxy knows no
+// address and says none.
+func TestDeciderSeesLeasedAddress(t *testing.T) {
+	s, d := newTestServer(t, testConfig(Authoritative, ""))
+	ctx := context.Background()
+	disc := pxeRequest(t, dhcpv4.MessageTypeDiscover, knownMAC, "PXEClient:Arch:00000", []uint16{0}, "", false)
+	offer, err := s.Handle(ctx, disc, "br0", 67)
+	if err != nil || offer == nil {
+		t.Fatalf("no offer: %v", err)
+	}
+	if got := d.asked[len(d.asked)-1].Addr; got.String() != offer.YourIPAddr.String() {
+		t.Fatalf("Decider saw address %v at the DISCOVER, want the offered %v", got, offer.YourIPAddr)
+	}
+	req := pxeRequest(t, dhcpv4.MessageTypeRequest, knownMAC, "PXEClient:Arch:00000", []uint16{0}, "", false)
+	req.UpdateOption(dhcpv4.OptRequestedIPAddress(offer.YourIPAddr))
+	req.UpdateOption(dhcpv4.OptServerIdentifier(net.ParseIP("10.80.0.1")))
+	ack, err := s.Handle(ctx, req, "br0", 67)
+	if err != nil || ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck {
+		t.Fatalf("no ACK: %v %v", ack, err)
+	}
+	if got := d.asked[len(d.asked)-1].Addr; got.String() != offer.YourIPAddr.String() {
+		t.Fatalf("Decider saw address %v at the REQUEST, want %v", got, offer.YourIPAddr)
+	}
+
+	p, pd := newTestServer(t, testConfig(Proxy, ""))
+	if _, err := p.Handle(ctx, disc, "br0", 67); err != nil {
+		t.Fatal(err)
+	}
+	if got := pd.asked[len(pd.asked)-1].Addr; got.IsValid() {
+		t.Fatalf("a proxy told the Decider address %v", got)
+	}
+}

@@ -68,17 +68,19 @@ func (s *Server) handle(ctx context.Context, req *dhcpv4.DHCPv4, m Machine, pxe 
 		return resp, nil
 	}
 	// Authoritative: everybody gets a lease; boot options only for PXE
-	// clients that the Decider lets boot.
-	boot := false
-	switch mt {
-	case dhcpv4.MessageTypeDiscover, dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeInform:
-		boot = pxe && s.decider.Decide(ctx, m) == Boot
-	}
+	// clients that the Decider lets boot, asked once the address is
+	// known, so that a rule may place a machine by it.
 	if mt == dhcpv4.MessageTypeDecline {
 		count(s.decline(ctx, req, m))
 		return nil, nil
 	}
-	resp, err := s.authoritativeReply(ctx, req, m, boot)
+	boot := false
+	decide := func(addr netip.Addr) bool {
+		m.Addr = addr
+		boot = pxe && s.decider.Decide(ctx, m) == Boot
+		return boot
+	}
+	resp, err := s.authoritativeReply(ctx, req, m, decide)
 	switch {
 	case err != nil:
 		count("error")
@@ -132,8 +134,9 @@ func (s *Server) proxyReply(req *dhcpv4.DHCPv4, m Machine) (*dhcpv4.DHCPv4, erro
 }
 
 // authoritativeReply leases addresses to every client and adds boot
-// options for the network-booting ones that the Decider lets boot.
-func (s *Server) authoritativeReply(ctx context.Context, req *dhcpv4.DHCPv4, m Machine, boot bool) (*dhcpv4.DHCPv4, error) {
+// options for the network-booting ones that decide, given the address
+// the client gets, lets boot.
+func (s *Server) authoritativeReply(ctx context.Context, req *dhcpv4.DHCPv4, m Machine, decide func(netip.Addr) bool) (*dhcpv4.DHCPv4, error) {
 	mac := macKey(m.MAC)
 	if gw := req.GatewayIPAddr; gw != nil && !gw.IsUnspecified() {
 		// A relay forwarded this from another segment: we only lease our
@@ -152,7 +155,7 @@ func (s *Server) authoritativeReply(ctx context.Context, req *dhcpv4.DHCPv4, m M
 		if !ok {
 			return nil, fmt.Errorf("no free address in %s-%s for %s", s.cfg.RangeStart, s.cfg.RangeEnd, mac)
 		}
-		return s.lease(req, m, dhcpv4.MessageTypeOffer, ip, boot)
+		return s.lease(req, m, dhcpv4.MessageTypeOffer, ip, decide(ip))
 	case dhcpv4.MessageTypeRequest:
 		if !sidOK() {
 			return nil, nil // the client took another server's offer
@@ -172,6 +175,9 @@ func (s *Server) authoritativeReply(ctx context.Context, req *dhcpv4.DHCPv4, m M
 				dhcpv4.WithOption(dhcpv4.OptMessage(fmt.Sprintf("address %s is not yours", want))),
 			)
 		}
+		// Decided before the binding is reported: a machine that a rule
+		// places by its address is one the Binder keeps bindings of.
+		boot := decide(want)
 		if s.cfg.Binder != nil {
 			s.cfg.Binder.Bound(ctx, s.binding(req, m.Interface, want, s.cfg.LeaseTime))
 		}
@@ -188,7 +194,7 @@ func (s *Server) authoritativeReply(ctx context.Context, req *dhcpv4.DHCPv4, m M
 			return nil, err
 		}
 		s.networkOptions(resp)
-		if boot {
+		if decide(addrOf(req.ClientIPAddr)) {
 			if err := s.bootOptions(req, resp, m); err != nil {
 				return nil, err
 			}

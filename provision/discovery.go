@@ -52,6 +52,9 @@ func seenOf(m dhcp.Machine) dhcpSeen {
 	if m.Relay.IsValid() {
 		s.Relay = m.Relay.String()
 	}
+	if m.Addr.IsValid() {
+		s.Addr = m.Addr.String() // authoritative mode: the address it is leased
+	}
 	switch m.Firmware.Arch {
 	case dhcp.ArchBIOS:
 		s.Firmware, s.Arch = "bios", "x86_64"

@@ -3,6 +3,7 @@ package provision
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -110,5 +111,85 @@ rules:
 	var seen dhcpSeen
 	if err != nil || json.Unmarshal([]byte(f.DHCP), &seen) != nil || seen.CircuitID != down || seen.Relay != "10.89.0.1" || seen.Addr != lease[0] {
 		t.Fatalf("DHCP context kept: %q, %v", f.DHCP, err)
+	}
+}
+
+// TestSubnetRuleDirect: under unknown_machines: ignore, a rule on
+// subnet places a machine on the server's own segment by the address
+// this (authoritative) server leases it: DHCP asks the rules with the
+// offered address, so the machine gets boot options, and its script
+// request installs it. A machine whose address falls outside the rule's
+// subnet gets a lease and nothing to boot.
+func TestSubnetRuleDirect(t *testing.T) {
+	netlab.Require(t, "udhcpc", "curl")
+	const mac, other = "52:54:00:77:22:01", "52:54:00:77:22:02"
+	lab := netlab.New(t, "10.87.0.0/24")
+	h := &handoff{dir: t.TempDir(), apiToken: "subnet-api-token-0123456789", lab: lab}
+	for _, f := range []string{"bzImage", "initrd"} {
+		os.WriteFile(filepath.Join(h.dir, f), []byte("image file "+f), 0o644)
+	}
+	cfg, err := profiles.Parse(filepath.Join(h.dir, "config.yaml"), []byte(fmt.Sprintf(`server:
+  interfaces: [br0]
+  advertise: 10.87.0.1
+  unknown_machines: ignore
+dhcp:
+  mode: authoritative
+  subnet: 10.87.0.0/24
+  range: [10.87.0.100, 10.87.0.140]
+  router: 10.87.0.1
+images:
+  test:
+    kernel: %[1]s/bzImage
+    initrd: [%[1]s/initrd]
+profiles:
+  web:
+    image: test
+    flake: ".#web"
+rules:
+  - name: low
+    match: {subnet: 10.87.0.96/27}
+    profile: web
+`, h.dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.start(t, cfg, filepath.Join(h.dir, "state.db"))
+	dir := t.TempDir()
+	sc := filepath.Join(dir, "udhcpc.sh")
+	os.WriteFile(sc, []byte("#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add \"$ip/${mask:-24}\" dev \"$interface\"\necho \"$ip $boot_file\" > \"$OUT\"\n"), 0o755)
+	dhcpAs := func(ns *netlab.NS, out string, extra ...string) []string {
+		args := append([]string{"-q", "-n", "-f", "-i", "eth0", "-t", "4", "-T", "2", "-s", sc,
+			"-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x4d:69505845"}, extra...)
+		cmd := lab.Command(ns, "udhcpc", args...)
+		cmd.Env = append(os.Environ(), "OUT="+out)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("udhcpc: %v\n%s", err, b)
+		}
+		b, _ := os.ReadFile(out)
+		return strings.Fields(string(b))
+	}
+	machine := lab.Client(mac)
+	lease := dhcpAs(machine, filepath.Join(dir, "lease"))
+	if len(lease) != 2 || !strings.HasPrefix(lease[0], "10.87.0.1") || !strings.HasSuffix(lease[1], "/boot/52-54-00-77-22-01.ipxe") {
+		t.Fatalf("lease: %q: want an address in 10.87.0.96/27 and the script as boot file", lease)
+	}
+	out, err := lab.Command(machine, "curl", "-sS", "-f", "--max-time", "30", lease[1]).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "# pxe-anywhere: install ") {
+		t.Fatalf("script: %v %s", err, out)
+	}
+	ctx := context.Background()
+	a, err := h.store.GetAssignment(ctx, mac)
+	if err != nil || a.Source != "rule" || !strings.Contains(a.Reason, fmt.Sprintf(`rule "low" (rules[0]) matched: subnet=%q`, lease[0])) {
+		t.Fatalf("assignment %+v, %v", a, err)
+	}
+
+	// Another machine asks for 10.87.0.130, outside the rule's subnet:
+	// it gets that address and no boot file, and is not recorded.
+	got := dhcpAs(lab.Client(other), filepath.Join(dir, "other"), "-r", "10.87.0.130")
+	if len(got) != 1 || got[0] != "10.87.0.130" {
+		t.Fatalf("machine outside the rule's subnet: lease %q, want 10.87.0.130 and no boot file", got)
+	}
+	if _, err := h.store.Machine(ctx, other); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("machine outside the rule's subnet recorded: %v", err)
 	}
 }
