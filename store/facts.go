@@ -236,4 +236,3 @@ func (s *DB) Assignments(ctx context.Context) (map[string]Assignment, error) {
 	}
 	return out, rows.Err()
 }
-
