@@ -33,6 +33,8 @@ profiles:
     flake: ".#web"
 machines:
   - {mac: "` + macA + `", profile: web, hostname: web-01}
+dhcp:
+  relays: [10.9.0.1]
 rules:
 ` + rules
 	cfg, err := profiles.Parse(filepath.Join(dir, "config.yaml"), []byte(text))

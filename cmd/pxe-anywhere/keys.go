@@ -19,7 +19,7 @@ import (
 // loadOrCreateKey returns the install key at path, generating an
 // ed25519 key (0600, its directory 0700) the first time.
 func loadOrCreateKey(path string) (ssh.Signer, error) {
-	data, err := os.ReadFile(path)
+	data, err := privfile.Read(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		_, priv, err := ed25519.GenerateKey(rand.Reader)
 		if err != nil {
@@ -45,9 +45,6 @@ func loadOrCreateKey(path string) (ssh.Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("install key: %w", err)
 	}
-	if err := checkPrivate(path); err != nil {
-		return nil, err
-	}
 	signer, err := ssh.ParsePrivateKey(data)
 	if err != nil {
 		return nil, fmt.Errorf("install key %s: %w (an unencrypted OpenSSH private key is needed)", path, err)
@@ -58,7 +55,7 @@ func loadOrCreateKey(path string) (ssh.Signer, error) {
 // loadOrCreateToken returns the API bearer token kept in path,
 // generating one (0600) the first time.
 func loadOrCreateToken(path string) (string, error) {
-	data, err := os.ReadFile(path)
+	data, err := privfile.Read(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		var b [32]byte
 		if _, err := rand.Read(b[:]); err != nil {
@@ -73,24 +70,9 @@ func loadOrCreateToken(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("API token: %w", err)
 	}
-	if err := checkPrivate(path); err != nil {
-		return "", err
-	}
 	tok := strings.TrimSpace(string(data))
 	if len(tok) < 16 {
 		return "", fmt.Errorf("API token %s: shorter than 16 characters; write a longer random token or delete the file to have one generated", path)
 	}
 	return tok, nil
-}
-
-// checkPrivate refuses a secret file that others can read.
-func checkPrivate(path string) error {
-	st, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return fmt.Errorf("%s is readable by others (mode %o): chmod 600 it", path, st.Mode().Perm())
-	}
-	return nil
 }
