@@ -32,11 +32,7 @@ func TestRelayCircuitIDRule(t *testing.T) {
 	lab.Run(relay, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
 	lab.Run(lab.Server, "ip", "route", "add", "10.89.0.0/24", "via", "10.88.0.2")
 
-	h := &handoff{dir: t.TempDir(), apiToken: "relay-api-token-0123456789", lab: lab}
-	for _, f := range []string{"bzImage", "initrd"} {
-		os.WriteFile(filepath.Join(h.dir, f), []byte("image file "+f), 0o644)
-	}
-	cfg, err := profiles.Parse(filepath.Join(h.dir, "config.yaml"), []byte(fmt.Sprintf(`server:
+	h := startHandoff(t, lab, "relay-api-token-0123456789", `server:
   interfaces: [br0]
   advertise: 10.88.0.1
   unknown_machines: ignore
@@ -59,11 +55,7 @@ rules:
     match: {circuit_id: "down*"}
     profile: web
     hostname: "r3-{circuit_id}"
-`, h.dir)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.start(t, cfg, filepath.Join(h.dir, "state.db"))
+`)
 
 	dir := t.TempDir()
 	rl := lab.Command(relay, "dhcrelay", "-d", "-q", "-4", "-a", "-pf", filepath.Join(dir, "relay.pid"), "-id", down, "-iu", "eth0", "10.88.0.1")
@@ -124,11 +116,7 @@ func TestSubnetRuleDirect(t *testing.T) {
 	netlab.Require(t, "udhcpc", "curl")
 	const mac, other = "52:54:00:77:22:01", "52:54:00:77:22:02"
 	lab := netlab.New(t, "10.87.0.0/24")
-	h := &handoff{dir: t.TempDir(), apiToken: "subnet-api-token-0123456789", lab: lab}
-	for _, f := range []string{"bzImage", "initrd"} {
-		os.WriteFile(filepath.Join(h.dir, f), []byte("image file "+f), 0o644)
-	}
-	cfg, err := profiles.Parse(filepath.Join(h.dir, "config.yaml"), []byte(fmt.Sprintf(`server:
+	h := startHandoff(t, lab, "subnet-api-token-0123456789", `server:
   interfaces: [br0]
   advertise: 10.87.0.1
   unknown_machines: ignore
@@ -149,11 +137,7 @@ rules:
   - name: low
     match: {subnet: 10.87.0.96/27}
     profile: web
-`, h.dir)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.start(t, cfg, filepath.Join(h.dir, "state.db"))
+`)
 	dir := t.TempDir()
 	sc := filepath.Join(dir, "udhcpc.sh")
 	os.WriteFile(sc, []byte("#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add \"$ip/${mask:-24}\" dev \"$interface\"\necho \"$ip $boot_file\" > \"$OUT\"\n"), 0o755)
@@ -192,4 +176,21 @@ rules:
 	if _, err := h.store.Machine(ctx, other); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("machine outside the rule's subnet recorded: %v", err)
 	}
+}
+
+// startHandoff serves config (%[1]s in it is the directory of its image
+// files) on lab, with a SQLite store, for a test of the whole boot
+// side.
+func startHandoff(t *testing.T, lab *netlab.Lab, apiToken, config string) *handoff {
+	t.Helper()
+	h := &handoff{dir: t.TempDir(), apiToken: apiToken, lab: lab}
+	for _, f := range []string{"bzImage", "initrd"} {
+		os.WriteFile(filepath.Join(h.dir, f), []byte("image file "+f), 0o644)
+	}
+	cfg, err := profiles.Parse(filepath.Join(h.dir, "config.yaml"), []byte(fmt.Sprintf(config, h.dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.start(t, cfg, filepath.Join(h.dir, "state.db"))
+	return h
 }

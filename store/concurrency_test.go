@@ -28,6 +28,22 @@ func race(n int, f func(i int)) {
 	wg.Wait()
 }
 
+// succeeded counts the nil errors of a race under a limit, failing the
+// test on any error but ErrLimit.
+func succeeded(t *testing.T, errs []error) int {
+	t.Helper()
+	ok := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, ErrLimit):
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	return ok
+}
+
 // TestStoreDiscoverLimitConcurrent: discoveries at once never record
 // more machines without a profile than the limit.
 func TestStoreDiscoverLimitConcurrent(t *testing.T) { forBackends(t, testStoreDiscoverLimitConcurrent) }
@@ -41,15 +57,7 @@ func testStoreDiscoverLimitConcurrent(t *testing.T, be backend) {
 		race(n, func(i int) {
 			_, errs[i] = s.Discover(ctx, fmt.Sprintf("52:54:00:00:05:%02x", i), limit)
 		})
-		ok := 0
-		for i, err := range errs {
-			switch {
-			case err == nil:
-				ok++
-			case !errors.Is(err, ErrLimit):
-				t.Fatalf("round %d: discover %d: %v", round, i, err)
-			}
-		}
+		ok := succeeded(t, errs)
 		ms, err := s.Machines(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -158,15 +166,7 @@ func testStoreAssignNewLimitConcurrent(t *testing.T, be backend) {
 		race(n, func(i int) {
 			errs[i] = s.AssignNew(ctx, fmt.Sprintf("52:54:00:00:06:%02x", i), "web", "", "rule", "rule r matched", limit)
 		})
-		ok := 0
-		for i, err := range errs {
-			switch {
-			case err == nil:
-				ok++
-			case !errors.Is(err, ErrLimit):
-				t.Fatalf("round %d: assign %d: %v", round, i, err)
-			}
-		}
+		ok := succeeded(t, errs)
 		as, err := s.Assignments(ctx)
 		if err != nil {
 			t.Fatal(err)
