@@ -59,8 +59,8 @@ type Machine struct {
 	VendorClass string
 	// Addr is the address this server leases the machine in
 	// authoritative mode: the one it offers (DISCOVER), acknowledges
-	// (REQUEST) or the client holds (INFORM). Zero in proxy mode, where
-	// another server gives the address.
+	// (REQUEST), or the one of its lease that an INFORM names. Zero in
+	// proxy mode, where another server gives the address.
 	Addr netip.Addr
 }
 
@@ -399,7 +399,7 @@ func (s *Server) loop(ctx context.Context, l listener) error {
 			s.log.Debug("DHCP request on an interface not in server.interfaces dropped", "interface", iface, "from", peer, "port", l.port)
 			continue
 		}
-		if !s.fromTrustedRelay(req, peer) {
+		if req.OpCode == dhcpv4.OpcodeBootRequest && !s.fromTrustedRelay(req, peer) {
 			s.packets.WithLabelValues(strings.ToLower(req.MessageType().String()), "untrusted-relay").Inc()
 			s.limited.Warn("untrusted-relay", "relayed DHCP request dropped: its sender is not in dhcp.relays",
 				"from", peer, "giaddr", req.GatewayIPAddr.String(), "mac", req.ClientHWAddr.String())

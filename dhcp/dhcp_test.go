@@ -1283,6 +1283,18 @@ func TestDeciderSeesLeasedAddress(t *testing.T) {
 		t.Fatalf("Decider saw address %v at the REQUEST, want %v", got, offer.YourIPAddr)
 	}
 
+	// An INFORM's ciaddr counts only when it is the client's lease.
+	for _, tt := range []struct{ ciaddr, want string }{{offer.YourIPAddr.String(), offer.YourIPAddr.String()}, {"10.80.0.200", "invalid IP"}} {
+		inf := pxeRequest(t, dhcpv4.MessageTypeInform, knownMAC, "PXEClient:Arch:00000", []uint16{0}, "", false)
+		inf.ClientIPAddr = net.ParseIP(tt.ciaddr)
+		if _, err := s.Handle(ctx, inf, "br0", 67); err != nil {
+			t.Fatal(err)
+		}
+		if got := d.asked[len(d.asked)-1].Addr; got.String() != tt.want {
+			t.Fatalf("Decider saw address %v at an INFORM from %s, want %s", got, tt.ciaddr, tt.want)
+		}
+	}
+
 	p, pd := newTestServer(t, testConfig(Proxy, ""))
 	if _, err := p.Handle(ctx, disc, "br0", 67); err != nil {
 		t.Fatal(err)

@@ -194,7 +194,13 @@ func (s *Server) authoritativeReply(ctx context.Context, req *dhcpv4.DHCPv4, m M
 			return nil, err
 		}
 		s.networkOptions(resp)
-		if decide(addrOf(req.ClientIPAddr)) {
+		// ciaddr is the client's word: it counts only as the address of
+		// a lease of ours.
+		var held netip.Addr
+		if l, ok := s.pool.lookup(mac); ok && l.IP == addrOf(req.ClientIPAddr) {
+			held = l.IP
+		}
+		if decide(held) {
 			if err := s.bootOptions(req, resp, m); err != nil {
 				return nil, err
 			}

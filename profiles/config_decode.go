@@ -485,20 +485,29 @@ func (d *decoder) dhcp(c *DHCP, n *yaml.Node) {
 const maxRelays = 256
 
 // ipv4Prefix reads an IPv4 address (a /32) or an IPv4 prefix.
+// A relay's source must be a unicast address: a client with no address
+// yet sends from 0.0.0.0, so a prefix holding it would trust every such
+// client's giaddr and option 82.
 func (d *decoder) ipv4Prefix(n *yaml.Node, where string) (netip.Prefix, bool) {
+	const want = "an IPv4 address like 10.88.0.2 or a prefix like 10.88.0.0/24"
 	s, ok := d.str(n, where)
 	if !ok {
+		if isNull(n) {
+			d.errf(n, where, want, "empty relay entry")
+		}
 		return netip.Prefix{}, false
 	}
-	if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
-		return netip.PrefixFrom(a, 32), true
-	}
 	p, err := netip.ParsePrefix(s)
+	if a, aerr := netip.ParseAddr(s); aerr == nil {
+		p, err = netip.PrefixFrom(a, a.BitLen()), nil
+	}
 	switch {
 	case err != nil || !p.Addr().Is4():
-		d.errf(n, where, "an IPv4 address like 10.88.0.2 or a prefix like 10.88.0.0/24", "bad relay address %q", s)
+		d.errf(n, where, want, "bad relay address %q", s)
 	case p.Masked() != p:
 		d.errf(n, where, fmt.Sprintf("did you mean %q?", p.Masked().String()), "prefix %q has host bits set", s)
+	case p.Contains(netip.IPv4Unspecified()), p.Addr().IsMulticast(), p.Addr() == netip.AddrFrom4([4]byte{255, 255, 255, 255}), p.Addr().IsLoopback():
+		d.errf(n, where, "list the unicast addresses the relays send from; a client without an address sends from 0.0.0.0", "%q is not a relay's address", s)
 	default:
 		return p, true
 	}

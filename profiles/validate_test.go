@@ -158,11 +158,16 @@ func TestParseErrors(t *testing.T) {
 		},
 		{
 			name: "bad relays",
-			in:   "dhcp:\n  relays: [10.88.0.2, 10.88.0.1/24, fe80::1, relay1]\n",
+			in:   "dhcp:\n  relays: [10.88.0.2, 10.88.0.1/24, fe80::1, relay1, ~, 0.0.0.0/0, 0.0.0.0, 224.0.0.1, 255.255.255.255]\n",
 			want: []string{
 				`pxe.yaml:2: dhcp.relays[1]: prefix "10.88.0.1/24" has host bits set (did you mean "10.88.0.0/24"?)`,
 				`pxe.yaml:2: dhcp.relays[2]: bad relay address "fe80::1" (an IPv4 address like 10.88.0.2 or a prefix like 10.88.0.0/24)`,
 				`pxe.yaml:2: dhcp.relays[3]: bad relay address "relay1" (an IPv4 address like 10.88.0.2 or a prefix like 10.88.0.0/24)`,
+				`pxe.yaml:2: dhcp.relays[4]: empty relay entry (an IPv4 address like 10.88.0.2 or a prefix like 10.88.0.0/24)`,
+				`pxe.yaml:2: dhcp.relays[5]: "0.0.0.0/0" is not a relay's address (list the unicast addresses the relays send from; a client without an address sends from 0.0.0.0)`,
+				`pxe.yaml:2: dhcp.relays[6]: "0.0.0.0" is not a relay's address (list the unicast addresses the relays send from; a client without an address sends from 0.0.0.0)`,
+				`pxe.yaml:2: dhcp.relays[7]: "224.0.0.1" is not a relay's address (list the unicast addresses the relays send from; a client without an address sends from 0.0.0.0)`,
+				`pxe.yaml:2: dhcp.relays[8]: "255.255.255.255" is not a relay's address (list the unicast addresses the relays send from; a client without an address sends from 0.0.0.0)`,
 			},
 		},
 		{

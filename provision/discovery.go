@@ -304,7 +304,13 @@ func (p *Provisioner) decideDiscovered(ctx context.Context, b store.Boot, ip str
 		p.publish(ctx, b.MAC)
 		return
 	}
-	if err := p.store.Assign(ctx, b.MAC, d.Rule.Profile, d.Hostname, byRule, d.Why+" (after discovery)"); err != nil {
+	err = p.store.AssignNew(ctx, b.MAC, d.Rule.Profile, d.Hostname, byRule, d.Why+" (after discovery)", cfg.Server.MaxDiscovered)
+	if errors.Is(err, store.ErrLimit) {
+		p.event(ctx, b.MAC, "", fmt.Sprintf("discovered: %s, but server.max_discovered machines are assigned already; the installer stays up: `pxe-anywhere machines forget MAC` of another makes room, `pxe-anywhere machines assign %s %s` installs it", d.Why, b.MAC, d.Rule.Profile))
+		p.publish(ctx, b.MAC)
+		return
+	}
+	if err != nil {
 		p.log.Warn("assigning a discovered machine failed", "mac", b.MAC, "err", err)
 		return
 	}
@@ -418,7 +424,12 @@ func (p *Provisioner) reevaluate(ctx context.Context, cfg *profiles.Config, star
 		case d.Rule == nil:
 		case has && rec.Profile == d.Rule.Profile && rec.Hostname == d.Hostname:
 		default:
-			if err := p.store.Assign(ctx, rec.MAC, d.Rule.Profile, d.Hostname, byRule, d.Why+" (config reload)"); err != nil {
+			err := p.store.AssignNew(ctx, rec.MAC, d.Rule.Profile, d.Hostname, byRule, d.Why+" (config reload)", cfg.Server.MaxDiscovered)
+			if errors.Is(err, store.ErrLimit) {
+				p.logLimited("assign-limit", "a rule matched, but server.max_discovered machines are assigned already; `pxe-anywhere machines forget MAC` makes room, or raise the limit", "mac", rec.MAC)
+				continue
+			}
+			if err != nil {
 				return err
 			}
 			if start {

@@ -146,6 +146,45 @@ func TestDiscoveryRuleInstallsInSameBoot(t *testing.T) {
 	}
 }
 
+// TestDiscoveryRuleAtAssignLimit: a rule that matches a discovered
+// machine's facts assigns it only while fewer than max_discovered
+// machines hold an assignment; past that the machine stays up, untouched
+// but for its facts, and its events say what makes room.
+func TestDiscoveryRuleAtAssignLimit(t *testing.T) {
+	h := newDiscoveryHandoff(t, "SN-*")
+	if h == nil {
+		return
+	}
+	ctx := context.Background()
+	cfg, err := profiles.Parse(h.dir+"/config.yaml", []byte(h.cfgText(22)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Server.MaxDiscovered = 1
+	if err := h.p.Reload(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	const other = "52:54:00:77:24:99" // holds the one assignment
+	if _, err := h.store.UpsertMachine(ctx, other, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.store.Assign(ctx, other, "web", "", "rule", "earlier"); err != nil {
+		t.Fatal(err)
+	}
+	_, token, hostKey, authKeys := h.pxeBoot(t)
+	tg := h.rackMachine(t, hostKey, authKeys)
+	if code := h.callback(t, token); code != "200" {
+		t.Fatalf("callback: %s", code)
+	}
+	h.waitEvent(t, "but server.max_discovered machines are assigned already")
+	if r, _ := h.store.Machine(ctx, macA); r.State != store.StateInstallerUp || r.Profile != "" {
+		t.Fatalf("machine past the limit: %+v", r)
+	}
+	if c := tg.Calls(); len(c) != 1 || c[0] != "ipmitool lan print" {
+		t.Fatalf("machine past the limit was touched: %q", c)
+	}
+}
+
 // TestDiscoveryAssignStartsAtOnce: no rule matches a discovered
 // machine, whose installer stays up; an operator's assign over the API
 // installs it at once, in that boot. A config reload does not take an

@@ -3,9 +3,11 @@ package provision
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -110,6 +112,45 @@ func TestReloadReevaluatesRules(t *testing.T) {
 	check(assigned, "web", "op-2", "operator")
 	check(installed, "web", "n-b-3", "rule")
 	check(macA, "web", "web-01", "")
+}
+
+// TestReloadRespectsAssignLimit: a reload whose rule matches more
+// discovered machines than max_discovered allows assigns up to the limit
+// and goes on; the rest stay discovered.
+func TestReloadRespectsAssignLimit(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, withRules(t, "discover", serialRule("A-*")), filepath.Join(t.TempDir(), "state.db"))
+	for i := range 4 {
+		m := fmt.Sprintf("52:54:00:77:25:%02x", i)
+		if _, err := f.store.Discover(ctx, m, 10); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.store.SaveFacts(ctx, m, `{"serial":"B-`+strconv.Itoa(i)+`"}`, "", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := withRules(t, "discover", serialRule("B-*"))
+	next.Server.MaxDiscovered = 2
+	if err := f.p.Reload(ctx, next); err != nil {
+		t.Fatalf("reload past the limit: %v", err)
+	}
+	as, err := f.store.Assignments(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := f.store.Machines(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := 0
+	for _, r := range recs {
+		if r.Profile == "" {
+			left++
+		}
+	}
+	if len(as) != 2 || left != 2 {
+		t.Fatalf("%d machines assigned, %d left discovered; want 2 and 2", len(as), left)
+	}
 }
 
 // TestDecideByRuleBeforeDiscovery: under unknown_machines: ignore, a

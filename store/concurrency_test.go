@@ -178,20 +178,28 @@ func testStoreAssignNewLimitConcurrent(t *testing.T, be backend) {
 		if ok != limit || len(as) != limit || len(ms) != limit {
 			t.Fatalf("round %d: %d assignments succeeded, %d recorded, %d machines; want %d", round, ok, len(as), len(ms), limit)
 		}
-		// At the limit: a known machine (one the operator listed, say)
-		// is still assigned, and its profile and event say so.
-		const known = "52:54:00:00:06:ff"
-		if _, err := s.UpsertMachine(ctx, known, "", ""); err != nil {
+		// At the limit: a machine the store knows without an assignment
+		// (a discovered one) is refused too; one that holds an
+		// assignment may be given another, and its event says so.
+		const discovered = "52:54:00:00:06:ff"
+		if _, err := s.Discover(ctx, discovered, 10); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.AssignNew(ctx, known, "db", "db-1", "rule", "rule d matched", limit); err != nil {
-			t.Fatalf("round %d: a known machine at the limit: %v", round, err)
+		if err := s.AssignNew(ctx, discovered, "db", "", "rule", "rule d matched", limit); !errors.Is(err, ErrLimit) {
+			t.Fatalf("round %d: a discovered machine at the limit: %v, want ErrLimit", round, err)
 		}
-		m, err := s.Machine(ctx, known)
+		var held string
+		for mac := range as {
+			held = mac
+		}
+		if err := s.AssignNew(ctx, held, "db", "db-1", "rule", "rule d matched", limit); err != nil {
+			t.Fatalf("round %d: an assigned machine at the limit: %v", round, err)
+		}
+		m, err := s.Machine(ctx, held)
 		if err != nil || m.Profile != "db" || m.Hostname != "db-1" {
-			t.Fatalf("round %d: known machine after AssignNew: %+v %v", round, m, err)
+			t.Fatalf("round %d: assigned machine after AssignNew: %+v %v", round, m, err)
 		}
-		if ev, err := s.LastEvent(ctx, known); err != nil || ev.Message != "assigned profile db, hostname db-1, by rule: rule d matched" {
+		if ev, err := s.LastEvent(ctx, held); err != nil || ev.Message != "assigned profile db, hostname db-1, by rule: rule d matched" {
 			t.Fatalf("round %d: event %+v %v", round, ev, err)
 		}
 	}

@@ -118,12 +118,14 @@ func (s *DB) Assign(ctx context.Context, mac, profile, hostname, source, reason 
 	return tx.Commit()
 }
 
-// AssignNew is Assign for a machine the store may not know yet: an
-// unknown one is recorded first, unless limit machines hold an
-// assignment already (ErrLimit). A known machine is never refused. The
-// count, the insert and the assignment are one transaction under the
-// discovery lock, so rules that match many new machines at once, on one
-// server or several, cannot pass the limit together.
+// AssignNew is Assign for a rule's match, bounded: a machine that holds
+// no assignment yet is refused (ErrLimit) when limit machines hold one
+// already, and a machine the store does not know is recorded first. A
+// machine that holds one (a rule renames it, or gives it another
+// profile) is never refused. A rule can match any MAC that a host
+// invents; the count, the insert and the assignment are one transaction
+// under the discovery lock, so matches at once, on one server or
+// several, cannot pass the limit together.
 func (s *DB) AssignNew(ctx context.Context, mac, profile, hostname, source, reason string, limit int) error {
 	mac = normMAC(mac)
 	tx, err := s.db.BeginTx(ctx, nil)
@@ -134,22 +136,22 @@ func (s *DB) AssignNew(ctx context.Context, mac, profile, hostname, source, reas
 	if err := s.db.d.lock(ctx, tx, "discover"); err != nil {
 		return err
 	}
-	now := unix(time.Now())
-	res, err := tx.ExecContext(ctx, `INSERT INTO machines (mac, state, created_at, updated_at)
-		SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT)
-		WHERE (SELECT count(*) FROM assignments) < ?
-		ON CONFLICT(mac) DO NOTHING`, mac, StateDiscovered, now, now, limit)
-	if err != nil {
-		return fmt.Errorf("register machine %s: %w", mac, err)
+	var has, n int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM assignments WHERE mac = ?`, mac).Scan(&has); err != nil {
+		return fmt.Errorf("assign %s: %w", mac, err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		var known int
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM machines WHERE mac = ?`, mac).Scan(&known); err != nil {
-			return fmt.Errorf("register machine %s: %w", mac, err)
+	if has == 0 {
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM assignments`).Scan(&n); err != nil {
+			return fmt.Errorf("assign %s: %w", mac, err)
 		}
-		if known == 0 {
-			return fmt.Errorf("register machine %s: %d machines assigned: %w", mac, limit, ErrLimit)
+		if n >= limit {
+			return fmt.Errorf("assign %s: %d machines assigned: %w", mac, n, ErrLimit)
 		}
+	}
+	now := unix(time.Now())
+	if _, err := tx.ExecContext(ctx, `INSERT INTO machines (mac, state, created_at, updated_at) VALUES (?, ?, ?, ?)
+		ON CONFLICT(mac) DO NOTHING`, mac, StateDiscovered, now, now); err != nil {
+		return fmt.Errorf("register machine %s: %w", mac, err)
 	}
 	if err := assignIn(ctx, tx, mac, profile, hostname, source, reason); err != nil {
 		return err
