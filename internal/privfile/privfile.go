@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // Write replaces path with data, mode 0600, creating its directory
@@ -79,7 +80,9 @@ func CheckPrivate(path string) error {
 // mode is checked on the open file, so a swap after the check changes
 // nothing.
 func Read(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO (or a device) put where a secret
+	// should be must not wait for a writer; the mode check refuses it.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}

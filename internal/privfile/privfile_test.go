@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestWriteIsPrivateAndReplaces(t *testing.T) {
@@ -70,6 +72,21 @@ func TestReadRefusesWhatOthersCanRead(t *testing.T) {
 	}
 	if _, err := Read(dir); err == nil {
 		t.Fatal("a directory was read as a secret file")
+	}
+	// A FIFO where the secret should be is refused at once, not waited on.
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := Read(fifo); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("Read of a FIFO: %v", err)
+		}
+	case <-time.After(10 * time.Second): // bounds a broken run only
+		t.Fatal("Read of a FIFO waits for a writer")
 	}
 	big := filepath.Join(dir, "big")
 	if err := os.WriteFile(big, make([]byte, 64<<10+1), 0o600); err != nil {
