@@ -227,5 +227,5 @@ func cancelStatus(asked string) string {
 	if asked == "" {
 		return "install cancelled: the machine is failed (cancelled by operator)"
 	}
-	return "cancel asked of server " + asked + ", which runs the install: it stops it at its next heartbeat (every server.claim_lease/3)"
+	return "cancel asked of server " + asked + ", which runs the install: it stops it when it hears of it (at once through the database's change notifications; at the latest at its next heartbeat, every server.claim_lease/3)"
 }

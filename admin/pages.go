@@ -424,7 +424,7 @@ func (s *Server) pageLog(w http.ResponseWriter, r *http.Request) {
 var doneMessages = map[string]string{
 	"reinstall":    "Reinstall requested: the next PXE boot installs again.",
 	"cancel":       "Install cancelled: the machine is failed (cancelled by operator).",
-	"cancel-asked": "Cancel asked of the server that runs the install: it stops it at its next heartbeat (every server.claim_lease/3); the machine's events say when.",
+	"cancel-asked": "Cancel asked of the server that runs the install: it stops it when it hears of it (at once through the database's change notifications; at the latest at its next heartbeat, every server.claim_lease/3); the machine's events say when.",
 	"assign":       "Assigned: the install starts at once if the machine's installer is up, else at its next PXE boot.",
 	"power-on":     "Powered on through the BMC.",
 	"power-off":    "Powered off through the BMC.",

@@ -78,7 +78,27 @@ func (p *Provisioner) watch(ctx context.Context, w watcher) {
 		}
 		if c.Server != p.serverID {
 			p.refreshAssignedMAC(ctx, c.MAC) // another server may have assigned it
+			p.cancelAsked(ctx, c.MAC)
 			p.publish(ctx, c.MAC)
 		}
 	})
+}
+
+// cancelAsked stops the install of mac that this server runs when an
+// operator asked another server to cancel it (the cancel rides on this
+// server's claim, store.RequestCancel): heard here at once, where the
+// heartbeat would find it up to a third of server.claim_lease later.
+// Not waited for, as in the heartbeat.
+func (p *Provisioner) cancelAsked(ctx context.Context, mac string) {
+	p.claimMu.Lock()
+	held := p.held[mac] > 0
+	p.claimMu.Unlock()
+	if !held {
+		return
+	}
+	c, err := p.store.ClaimOf(ctx, mac)
+	if err != nil || c.Server != p.serverID || c.CancelBy == "" {
+		return // the heartbeat looks again
+	}
+	p.queue.stop(mac, &cancelled{by: c.CancelBy})
 }

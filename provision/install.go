@@ -59,7 +59,8 @@ func (p *Provisioner) startInstallPort(b store.Boot, m *profiles.Machine, ip str
 // It returns once all that is done. When another server that shares
 // the store holds the install's claim, the cancel is left on that
 // claim, and Cancel returns that server's name: the holder stops the
-// install at its next heartbeat. A machine with no install running anywhere is a
+// install when the change notification reaches it (cancelAsked), or at
+// its next heartbeat. A machine with no install running anywhere is a
 // conflict.
 func (p *Provisioner) Cancel(ctx context.Context, mac, by string) (string, error) {
 	if _, err := p.store.Machine(ctx, mac); err != nil {
