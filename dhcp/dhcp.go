@@ -452,7 +452,7 @@ func (s *Server) destination(req, resp *dhcpv4.DHCPv4, peer net.Addr, port int) 
 	switch {
 	case port == 4011:
 		return peer
-	case !req.GatewayIPAddr.IsUnspecified() && req.GatewayIPAddr != nil:
+	case addrOf(req.GatewayIPAddr).IsValid():
 		return &net.UDPAddr{IP: req.GatewayIPAddr, Port: dhcpv4.ServerPort}
 	case resp.MessageType() == dhcpv4.MessageTypeNak:
 		// RFC 2131 4.3.2: a NAK is broadcast, since the client's

@@ -138,12 +138,10 @@ func (s *Server) proxyReply(req *dhcpv4.DHCPv4, m Machine) (*dhcpv4.DHCPv4, erro
 // the client gets, lets boot.
 func (s *Server) authoritativeReply(ctx context.Context, req *dhcpv4.DHCPv4, m Machine, decide func(netip.Addr) bool) (*dhcpv4.DHCPv4, error) {
 	mac := macKey(m.MAC)
-	if gw := req.GatewayIPAddr; gw != nil && !gw.IsUnspecified() {
+	if gw := addrOf(req.GatewayIPAddr); gw.IsValid() && !s.cfg.Subnet.Contains(gw) {
 		// A relay forwarded this from another segment: we only lease our
 		// subnet, so it must be that relay's.
-		if a, ok := netip.AddrFromSlice(gw.To4()); !ok || !s.cfg.Subnet.Contains(a) {
-			return nil, fmt.Errorf("relayed from %s, outside subnet %s", gw, s.cfg.Subnet)
-		}
+		return nil, fmt.Errorf("relayed from %s, outside subnet %s", gw, s.cfg.Subnet)
 	}
 	sidOK := func() bool {
 		sid := req.ServerIdentifier()

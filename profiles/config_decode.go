@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/pxe-anywhere/pxe-anywhere/images"
+	"github.com/pxe-anywhere/pxe-anywhere/rules"
 )
 
 // decoder walks the YAML node tree by hand, rather than through
@@ -456,7 +457,7 @@ func (d *decoder) dhcp(c *DHCP, n *yaml.Node) {
 		}
 	}
 	d.setStr(&c.Domain, f["domain"], w+".domain")
-	if c.Domain != "" && !validHostname(c.Domain) {
+	if c.Domain != "" && !rules.ValidHostname(c.Domain) {
 		d.errf(f["domain"], w+".domain", "a DNS name like lab or example.org", "bad domain %q", c.Domain)
 	}
 	if s, ok := d.str(f["lease_time"], w+".lease_time"); ok {
@@ -749,7 +750,7 @@ func (d *decoder) machines(c *Config, n *yaml.Node) {
 			d.errf(mn, w, "name one of the profiles: entries", "missing profile")
 		}
 		d.setStr(&m.Hostname, f["hostname"], w+".hostname")
-		if m.Hostname != "" && !validHostname(m.Hostname) {
+		if m.Hostname != "" && !rules.ValidHostname(m.Hostname) {
 			d.errf(f["hostname"], w+".hostname", "letters, digits and '-', dot-separated labels of at most 63", "bad hostname %q", m.Hostname)
 		}
 		d.setIPv4(&m.IP, f["ip"], w+".ip")

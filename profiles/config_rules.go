@@ -86,7 +86,7 @@ func (d *decoder) rules(c *Config, n *yaml.Node) {
 				"the rule needs hardware facts, which only discovery collects")
 		}
 		if len(c.DHCP.Relays) == 0 {
-			d.needRelays(s, w, f, matchNodes)
+			d.needRelays(r, w, f, matchNodes)
 		}
 		c.Rules = append(c.Rules, r)
 		if rb != nil {
@@ -133,13 +133,14 @@ func (d *decoder) ruleErrors(err error, w string, rn *yaml.Node, f map[string]*y
 // remote_id, in its match or its hostname) when dhcp.relays lists no
 // relay: relayed requests are then all dropped, and the rule could
 // never see what it asks for.
-func (d *decoder) needRelays(s rules.Spec, w string, f, match map[string]*yaml.Node) {
+func (d *decoder) needRelays(r *rules.Rule, w string, f, match map[string]*yaml.Node) {
 	const hint = "list the relay agents that add option 82 under dhcp.relays; requests relayed from anywhere else are dropped"
 	for _, key := range []string{"circuit_id", "remote_id"} {
-		if _, ok := s.Match[key]; ok {
+		inMatch, inHostname := r.Reads(key)
+		if inMatch {
 			d.errf(match[key], w+".match."+key, hint, "%s comes from a relay's option 82, and dhcp.relays lists no relay", key)
 		}
-		if strings.Contains(s.Hostname, "{"+key+"}") {
+		if inHostname {
 			d.errf(f["hostname"], w+".hostname", hint, "{%s} comes from a relay's option 82, and dhcp.relays lists no relay", key)
 		}
 	}

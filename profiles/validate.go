@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"path"
 	"strings"
-
-	"github.com/pxe-anywhere/pxe-anywhere/rules"
 )
 
 // validate runs the checks that span sections: references between
@@ -178,6 +176,3 @@ func isStorePath(p string) bool {
 	rest, ok := strings.CutPrefix(path.Clean(p), "/nix/store/")
 	return ok && rest != "" && p == path.Clean(p)
 }
-
-// validHostname checks RFC 1123 names (rules.ValidHostname).
-func validHostname(h string) bool { return rules.ValidHostname(h) }

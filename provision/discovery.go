@@ -194,7 +194,7 @@ func (p *Provisioner) byRule(ctx context.Context, cfg *profiles.Config, mac stri
 	// server.max_discovered assigned machines, a new one is refused.
 	err = p.store.AssignNew(ctx, mac, d.Rule.Profile, d.Hostname, byRule, d.Why+" (at the PXE request)", cfg.Server.MaxDiscovered)
 	if errors.Is(err, store.ErrLimit) {
-		p.logLimited("assign-limit", "a rule matched, but server.max_discovered machines are assigned already; `pxe-anywhere machines forget MAC` makes room, or raise the limit", "mac", mac)
+		p.logLimited("assign-limit", assignLimitMsg, "mac", mac)
 		return nil, fmt.Errorf("%w: %d machines assigned by rules or operators (server.max_discovered)", httpboot.ErrForbidden, cfg.Server.MaxDiscovered)
 	}
 	if err != nil {
@@ -205,6 +205,10 @@ func (p *Provisioner) byRule(ctx context.Context, cfg *profiles.Config, mac stri
 	p.metrics.dhcpDecisions.WithLabelValues("rule").Inc()
 	return &profiles.Machine{MAC: mustMAC(mac), Profile: d.Rule.Profile, Hostname: d.Hostname}, nil
 }
+
+// assignLimitMsg is the log line of a rule's match refused past
+// server.max_discovered (store.AssignNew).
+const assignLimitMsg = "a rule matched, but server.max_discovered machines are assigned already; `pxe-anywhere machines forget MAC` makes room, or raise the limit"
 
 // saveDHCP keeps the DHCP context of a boot of an unlisted machine.
 func (p *Provisioner) saveDHCP(ctx context.Context, mac string, seen dhcpSeen) {
@@ -426,7 +430,7 @@ func (p *Provisioner) reevaluate(ctx context.Context, cfg *profiles.Config, star
 		default:
 			err := p.store.AssignNew(ctx, rec.MAC, d.Rule.Profile, d.Hostname, byRule, d.Why+" (config reload)", cfg.Server.MaxDiscovered)
 			if errors.Is(err, store.ErrLimit) {
-				p.logLimited("assign-limit", "a rule matched, but server.max_discovered machines are assigned already; `pxe-anywhere machines forget MAC` makes room, or raise the limit", "mac", rec.MAC)
+				p.logLimited("assign-limit", assignLimitMsg, "mac", rec.MAC)
 				continue
 			}
 			if err != nil {

@@ -110,6 +110,18 @@ type Rule struct {
 // discovery.
 func (r *Rule) NeedsFacts() bool { return r.needsFacts }
 
+// Reads reports whether the rule's match, and its hostname template,
+// read field (a matcher name or a template field, such as circuit_id).
+func (r *Rule) Reads(field string) (inMatch, inHostname bool) {
+	for _, m := range r.matchers {
+		inMatch = inMatch || m.name == field
+	}
+	for _, p := range r.tmpl {
+		inHostname = inHostname || p.field == field
+	}
+	return inMatch, inHostname
+}
+
 type matcher struct {
 	name    string
 	pattern string

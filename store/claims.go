@@ -31,7 +31,8 @@ type Claim struct {
 	Expires   time.Time
 	// CancelBy, when set, is an operator's request, made through
 	// another server, that the holder stop the install: who asked
-	// (RequestCancel). The holder finds it at its next heartbeat.
+	// (RequestCancel). The holder hears of it through Watch, or finds
+	// it at its next heartbeat.
 	CancelBy string
 }
 

@@ -149,8 +149,7 @@ func (s *DB) AssignNew(ctx context.Context, mac, profile, hostname, source, reas
 		}
 	}
 	now := unix(time.Now())
-	if _, err := tx.ExecContext(ctx, `INSERT INTO machines (mac, state, created_at, updated_at) VALUES (?, ?, ?, ?)
-		ON CONFLICT(mac) DO NOTHING`, mac, StateDiscovered, now, now); err != nil {
+	if _, err := tx.ExecContext(ctx, insertDiscovered, mac, StateDiscovered, now, now); err != nil {
 		return fmt.Errorf("register machine %s: %w", mac, err)
 	}
 	if err := assignIn(ctx, tx, mac, profile, hostname, source, reason); err != nil {

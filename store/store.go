@@ -376,8 +376,9 @@ func (s *DB) Discover(ctx context.Context, mac string, limit int) (MachineRecord
 
 // discoverInsert inserts a discovered machine unless limit machines
 // without a profile are recorded, and reports whether it did. The
-// transaction's lock keeps concurrent discoveries from counting the same
-// rows (PostgreSQL reads committed rows; SQLite's writers take turns).
+// discovery lock keeps concurrent discoveries, on any server, from
+// counting the same rows (PostgreSQL: an advisory lock; SQLite's
+// writers take turns).
 func (s *DB) discoverInsert(ctx context.Context, mac string, limit int) (int64, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -387,22 +388,29 @@ func (s *DB) discoverInsert(ctx context.Context, mac string, limit int) (int64, 
 	if err := s.db.d.lock(ctx, tx, "discover"); err != nil {
 		return 0, err
 	}
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM machines WHERE profile = ''`).Scan(&n); err != nil {
+		return 0, err
+	}
+	if n >= limit {
+		return 0, nil
+	}
 	now := unix(time.Now())
-	// The casts type the parameters of a SELECT list, which PostgreSQL
-	// would otherwise take for text.
-	res, err := tx.ExecContext(ctx, `INSERT INTO machines (mac, state, created_at, updated_at)
-		SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT)
-		WHERE (SELECT count(*) FROM machines WHERE profile = '') < ?
-		ON CONFLICT(mac) DO NOTHING`, mac, StateDiscovered, now, now, limit)
+	res, err := tx.ExecContext(ctx, insertDiscovered, mac, StateDiscovered, now, now)
 	if err != nil {
 		return 0, err
 	}
-	n, err := res.RowsAffected()
+	added, err := res.RowsAffected()
 	if err != nil {
 		return 0, err
 	}
-	return n, tx.Commit()
+	return added, tx.Commit()
 }
+
+// insertDiscovered records a machine (mac, state, created and updated
+// at) with no profile, unless it is recorded already.
+const insertDiscovered = `INSERT INTO machines (mac, state, created_at, updated_at) VALUES (?, ?, ?, ?)
+	ON CONFLICT(mac) DO NOTHING`
 
 // Machine returns one machine.
 func (s *DB) Machine(ctx context.Context, mac string) (MachineRecord, error) {
