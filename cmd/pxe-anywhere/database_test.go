@@ -23,28 +23,11 @@ func TestServeOnPostgres(t *testing.T) {
 	netlab.Require(t, "udhcpc")
 	ctx := context.Background()
 	fx := newPGServe(t)
-	pg, dbname, dir, bin, pwfile, ipxe := fx.pg, fx.db, fx.dir, fx.bin, fx.pwfile, fx.ipxe
+	pg, dbname, dir, bin, ipxe := fx.pg, fx.db, fx.dir, fx.bin, fx.ipxe
 	const mac = "52:54:00:8d:00:01"
 	url := pg.URLWithoutPassword(dbname)
-	cfgPath := filepath.Join(dir, "config.yaml")
-	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`server:
-  interfaces: [br0]
-  state_dir: %[1]s/state
-  database: %[2]s
-  database_password_file: %[3]s
-dhcp:
-  mode: authoritative
-  subnet: 10.141.0.0/24
-  range: [10.141.0.100, 10.141.0.120]
-images:
-  test: {kernel: %[1]s/bzImage, initrd: [%[1]s/initrd]}
-profiles:
-  web:
-    image: test
-    store_paths: {disko: /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-disko, system: /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-system}
-machines:
-  - {mac: "%[4]s", profile: web, hostname: pg-01}
-`, dir, url, pwfile, mac)), 0o644)
+	cfgPath := fx.writeConfig(t, "config.yaml", filepath.Join(dir, "state"), "", "10.141.0",
+		fmt.Sprintf("machines:\n  - {mac: %q, profile: web, hostname: pg-01}\n", mac))
 
 	lab := netlab.New(t, "10.141.0.0/24")
 	cl := lab.Client(mac)

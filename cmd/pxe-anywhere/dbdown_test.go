@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,30 +20,12 @@ func TestServeDatabaseDown(t *testing.T) {
 	netlab.Require(t, "curl")
 	ctx := context.Background()
 	fx := newPGServe(t)
-	cfg := filepath.Join(fx.dir, "config.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`server:
-  interfaces: [br0]
-  state_dir: %[1]s/state
-  database: %[2]s
-  database_password_file: %[3]s
-  trust: mac
-  unknown_machines: discover
-  discover_image: test
-dhcp:
-  mode: authoritative
-  subnet: 10.145.0.0/24
-  range: [10.145.0.100, 10.145.0.120]
-images:
-  test: {kernel: %[1]s/bzImage, initrd: [%[1]s/initrd]}
-profiles:
-  web:
-    image: test
-    store_paths: {disko: /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-disko, system: /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-system}
-rules:
+	cfg := fx.writeConfig(t, "config.yaml", filepath.Join(fx.dir, "state"),
+		"  trust: mac\n  unknown_machines: discover\n  discover_image: test\n", "10.145.0", `rules:
   - {name: rack, match: {mac_prefix: "52:54:00:90"}, profile: web, hostname: "r-{mac}"}
 machines:
   - {mac: "52:54:00:91:00:01", profile: web}
-`, fx.dir, fx.pg.URLWithoutPassword(fx.db), fx.pwfile)), 0o644)
+`)
 	lab := netlab.New(t, "10.145.0.0/24")
 	cl := lab.Client("52:54:00:91:ff:ff")
 	lab.Run(cl, "ip", "addr", "add", "10.145.0.50/24", "dev", "eth0")

@@ -26,32 +26,14 @@ func TestServeDatabaseRestartUnderLoad(t *testing.T) {
 	netlab.Require(t, "curl")
 	ctx := context.Background()
 	fx := newPGServe(t)
-	pg, dbname, dir, bin, pwfile, ipxe := fx.pg, fx.db, fx.dir, fx.bin, fx.pwfile, fx.ipxe
+	pg, dbname, dir, bin, ipxe := fx.pg, fx.db, fx.dir, fx.bin, fx.ipxe
 	const n = 150
 	var machines strings.Builder
 	for i := 0; i < n; i++ {
 		fmt.Fprintf(&machines, "  - {mac: \"52:54:00:8f:%02x:%02x\", profile: web}\n", i/256, i%256)
 	}
-	cfg := filepath.Join(dir, "config.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`server:
-  interfaces: [br0]
-  state_dir: %[1]s/state
-  database: %[2]s
-  database_password_file: %[3]s
-  trust: mac
-  boot_scripts_per_minute: 100000
-dhcp:
-  mode: authoritative
-  subnet: 10.144.0.0/24
-  range: [10.144.0.100, 10.144.0.120]
-images:
-  test: {kernel: %[1]s/bzImage, initrd: [%[1]s/initrd]}
-profiles:
-  web:
-    image: test
-    store_paths: {disko: /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-disko, system: /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-system}
-machines:
-%[4]s`, dir, pg.URLWithoutPassword(dbname), pwfile, machines.String())), 0o644)
+	cfg := fx.writeConfig(t, "config.yaml", filepath.Join(dir, "state"),
+		"  trust: mac\n  boot_scripts_per_minute: 100000\n", "10.144.0", "machines:\n"+machines.String())
 	lab := netlab.New(t, "10.144.0.0/24")
 	cl := lab.Client("52:54:00:8f:ff:ff")
 	lab.Run(cl, "ip", "addr", "add", "10.144.0.50/24", "dev", "eth0")

@@ -23,7 +23,7 @@ import (
 func TestServeTwoSegmentsOneDatabase(t *testing.T) {
 	netlab.Require(t, "udhcpc", "curl")
 	fx := newPGServe(t)
-	pg, dbname, dir, bin, pwfile, ipxe := fx.pg, fx.db, fx.dir, fx.bin, fx.pwfile, fx.ipxe
+	dir, bin, ipxe := fx.dir, fx.bin, fx.ipxe
 
 	type segment struct {
 		id, net, mac, host string
@@ -37,26 +37,8 @@ func TestServeTwoSegmentsOneDatabase(t *testing.T) {
 	}
 	for _, s := range segs {
 		s.state = filepath.Join(dir, s.id)
-		cfg := filepath.Join(dir, s.id+".yaml")
-		os.WriteFile(cfg, []byte(fmt.Sprintf(`server:
-  interfaces: [br0]
-  state_dir: %[1]s
-  database: %[2]s
-  database_password_file: %[3]s
-  id: %[4]s
-dhcp:
-  mode: authoritative
-  subnet: %[5]s.0/24
-  range: [%[5]s.100, %[5]s.120]
-images:
-  test: {kernel: %[6]s/bzImage, initrd: [%[6]s/initrd]}
-profiles:
-  web:
-    image: test
-    store_paths: {disko: /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-disko, system: /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-system}
-machines:
-  - {mac: "%[7]s", profile: web, hostname: %[8]s}
-`, s.state, pg.URLWithoutPassword(dbname), pwfile, s.id, s.net, dir, s.mac, s.host)), 0o644)
+		cfg := fx.writeConfig(t, s.id+".yaml", s.state, "  id: "+s.id+"\n", s.net,
+			fmt.Sprintf("machines:\n  - {mac: %q, profile: web, hostname: %s}\n", s.mac, s.host))
 		s.lab = netlab.New(t, s.net+".0/24")
 		s.logs = &syncbuf.Buffer{}
 		srv := s.lab.Command(s.lab.Server, bin, "serve", "--config", cfg, "--ipxe-dir", ipxe)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,4 +45,34 @@ func newPGServe(t *testing.T) *pgServe {
 		}
 	}
 	return s
+}
+
+// writeConfig writes name (in dir) and returns its path: a config on
+// this database, with state in stateDir, authoritative DHCP on net
+// ("10.141.0": its /24, leasing .100 to .120), the test image and the
+// web profile; server holds extra lines under server: (indented two
+// spaces), tail the sections after profiles: (machines:, rules:).
+func (s *pgServe) writeConfig(t *testing.T, name, stateDir, server, net, tail string) string {
+	t.Helper()
+	path := filepath.Join(s.dir, name)
+	text := fmt.Sprintf(`server:
+  interfaces: [br0]
+  state_dir: %[1]s
+  database: %[2]s
+  database_password_file: %[3]s
+%[4]sdhcp:
+  mode: authoritative
+  subnet: %[5]s.0/24
+  range: [%[5]s.100, %[5]s.120]
+images:
+  test: {kernel: %[6]s/bzImage, initrd: [%[6]s/initrd]}
+profiles:
+  web:
+    image: test
+    store_paths: {disko: /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-disko, system: /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-system}
+%[7]s`, stateDir, s.pg.URLWithoutPassword(s.db), s.pwfile, server, net, s.dir, tail)
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
